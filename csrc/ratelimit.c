@@ -1,0 +1,132 @@
+/* Token buckets keyed by "<client identity>|<action>|<scope>".
+ *
+ * The table is process-wide on purpose: Fly's limits belong to the machine or
+ * app, not to a Lua object, so every client in the process must draw from the
+ * same bucket. One mutex guards it; callers hold it only for a lookup and a
+ * few arithmetic operations. A bucket that has refilled completely carries no
+ * information (a new one would start full), so such buckets are dropped once
+ * the table grows, which keeps memory bounded by the number of recently used
+ * keys. */
+#define _POSIX_C_SOURCE 200809L
+#include "ratelimit.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SLOTS 1024
+#define SWEEP_ABOVE 512
+
+typedef struct bucket {
+  struct bucket *next;
+  double tokens;
+  double last;    /* when tokens was last brought up to date */
+  double rate;    /* the limit in force when last touched */
+  double burst;
+  char key[];     /* owned, NUL-terminated */
+} bucket;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static bucket *slots[SLOTS];
+static size_t count;
+
+double fly_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint32_t hash(const char *s) {
+  uint32_t h = 2166136261u;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static void refill(bucket *b, fly_limit limit, double now) {
+  b->rate = limit.rate;
+  b->burst = limit.burst;
+  if (now > b->last) {
+    b->tokens += (now - b->last) * limit.rate;
+    if (b->tokens > limit.burst) b->tokens = limit.burst;
+    b->last = now;
+  }
+}
+
+static int is_full(const bucket *b, double now) {
+  double t = b->tokens + (now > b->last ? (now - b->last) * b->rate : 0);
+  return t >= b->burst;
+}
+
+static void sweep_locked(double now) {
+  for (size_t i = 0; i < SLOTS; i++) {
+    bucket **p = &slots[i];
+    while (*p) {
+      bucket *b = *p;
+      if (is_full(b, now)) {
+        *p = b->next;
+        free(b);
+        count--;
+      } else {
+        p = &b->next;
+      }
+    }
+  }
+}
+
+/* Returns the bucket for key, creating it full; NULL only when out of memory. */
+static bucket *lookup(const char *key, fly_limit limit, double now) {
+  uint32_t slot = hash(key) % SLOTS;
+  for (bucket *b = slots[slot]; b; b = b->next)
+    if (strcmp(b->key, key) == 0) return b;
+  if (count >= SWEEP_ABOVE) sweep_locked(now);
+  size_t len = strlen(key);
+  bucket *b = malloc(sizeof *b + len + 1);
+  if (!b) return NULL;
+  memcpy(b->key, key, len + 1);
+  b->tokens = limit.burst;
+  b->last = now;
+  b->rate = limit.rate;
+  b->burst = limit.burst;
+  b->next = slots[slot];
+  slots[slot] = b;
+  count++;
+  return b;
+}
+
+double fly_rate_reserve(const char *key, fly_limit limit, double now) {
+  double ready = now;
+  pthread_mutex_lock(&lock);
+  bucket *b = lookup(key, limit, now);
+  if (b) {
+    refill(b, limit, now);
+    b->tokens -= 1;
+    if (b->tokens < 0) ready = b->last + (-b->tokens) / limit.rate;
+  }
+  pthread_mutex_unlock(&lock);
+  return ready;
+}
+
+void fly_rate_penalize(const char *key, fly_limit limit, double now) {
+  pthread_mutex_lock(&lock);
+  bucket *b = lookup(key, limit, now);
+  if (b) {
+    refill(b, limit, now);
+    if (b->tokens > 0) b->tokens = 0;
+  }
+  pthread_mutex_unlock(&lock);
+}
+
+size_t fly_rate_bucket_count(void) {
+  pthread_mutex_lock(&lock);
+  size_t n = count;
+  pthread_mutex_unlock(&lock);
+  return n;
+}
+
+void fly_rate_sweep(double now) {
+  pthread_mutex_lock(&lock);
+  sweep_locked(now);
+  pthread_mutex_unlock(&lock);
+}

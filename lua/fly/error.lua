@@ -1,0 +1,82 @@
+--- fly.Error: the structured error of every failed call.
+--
+-- Runtime failures are returned as `nil, err`; `err` is a table with this
+-- metatable. Fields: `status` (HTTP status, nil for transport failures),
+-- `code` (the error body's `status` such as "name_taken", a name derived
+-- from the HTTP status, or a transport code: timeout, connect, tls, resolve,
+-- reset, protocol, cancelled), `message`, `request_id`, `retryable`,
+-- `method`, `path`, `operation`, `attempts`, `body` (raw response text).
+-- @module fly.error
+local Error = { __name = "fly.Error" }
+Error.__index = Error
+
+-- Names for HTTP statuses whose body does not say more.
+local STATUS_CODES = {
+  [400] = "bad_request", [401] = "unauthorized", [403] = "forbidden", [404] = "not_found",
+  [408] = "timeout", [409] = "conflict", [410] = "gone", [412] = "precondition_failed",
+  [422] = "unprocessable", [429] = "rate_limited", [500] = "server_error", [502] = "bad_gateway",
+  [503] = "unavailable", [504] = "gateway_timeout",
+}
+
+--- Makes an error from a table of fields.
+-- @tparam table fields
+-- @treturn fly.Error
+function Error.new(fields)
+  return setmetatable(fields, Error)
+end
+
+--- Whether a value is a fly.Error.
+function Error.is(v)
+  return getmetatable(v) == Error
+end
+
+--- The error for a finished request (see fly.core's request:result()).
+-- @tparam table res the request's result table
+-- @param[opt] decoded the decoded body, when it was JSON
+function Error.from_result(res, decoded)
+  local e = {
+    status = res.status, method = res.method, path = res.path, operation = res.operation,
+    request_id = res.request_id, attempts = res.attempts, retryable = res.retryable,
+    body = res.body,
+  }
+  if res.code then
+    e.code, e.message = res.code, res.message
+  else
+    local message, code
+    if type(decoded) == "table" then
+      message = decoded.error or decoded.message
+      code = decoded.status
+    end
+    if type(code) ~= "string" or code == "" or code == "unknown" or code == "error" then
+      code = STATUS_CODES[res.status] or ("http_" .. tostring(res.status))
+    end
+    if type(message) ~= "string" then
+      local text = res.body or ""
+      message = (text ~= "" and #text < 300 and not text:find("^%s*[{[]")) and text:gsub("%s+$", "")
+        or ("HTTP " .. tostring(res.status))
+    end
+    e.code, e.message = code, message
+  end
+  return setmetatable(e, Error)
+end
+
+--- One line: `fly: 422 name_taken POST /v1/apps: message (request_id=…)`.
+function Error:__tostring()
+  local parts = { "fly:" }
+  if self.status then parts[#parts + 1] = tostring(self.status) end
+  parts[#parts + 1] = self.code or "error"
+  if self.method and self.path then
+    parts[#parts + 1] = self.method .. " " .. self.path .. ":"
+  else
+    parts[#parts] = parts[#parts] .. ":"
+  end
+  parts[#parts + 1] = tostring(self.message or "")
+  local extra = {}
+  if self.request_id then extra[#extra + 1] = "request_id=" .. self.request_id end
+  if self.attempts and self.attempts > 1 then extra[#extra + 1] = "attempts=" .. self.attempts end
+  local line = table.concat(parts, " ")
+  if #extra > 0 then line = line .. " (" .. table.concat(extra, ", ") .. ")" end
+  return (line:gsub("[\r\n]+", " "))
+end
+
+return Error

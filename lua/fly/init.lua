@@ -1,0 +1,223 @@
+--- fly: a client for the Fly.io Machines API.
+--
+--     local fly = require "fly"
+--     local client = assert(fly.new())          -- token from FLY_API_TOKEN
+--     local app = assert(client.apps:get("my-app"))
+--
+-- The C core (`fly.core`) does HTTP on one libcurl multi handle per client,
+-- authentication, the operation table, rate limiting and retries; this layer
+-- adds resource namespaces, objects with methods, and tasks.
+-- @module fly
+local core = require "fly.core"
+local json = require "fly.json"
+local Error = require "fly.error"
+local loop = require "fly.loop"
+local resource = require "fly.resource"
+
+local fly = {
+  _VERSION = "0.1.0",
+  --- The public API endpoint.
+  DEFAULT_BASE_URL = "https://api.machines.dev",
+  --- The endpoint inside Fly's private network.
+  INTERNAL_BASE_URL = "http://_api.internal:4280",
+  --- JSON null, as decoded results hold it and as bodies may send it.
+  null = json.null,
+  array = json.array,
+  Error = Error,
+  Task = loop.Task,
+  --- Seconds on a monotonic clock.
+  now = core.now,
+}
+
+-- Resource namespaces reachable as client.<name>; each is a class whose
+-- instances hold `client`.
+local namespaces = {
+  apps = require "fly.apps",
+}
+fly.namespaces = namespaces
+
+local methods = core.Client
+local client_mt = core.client_mt
+local bound = setmetatable({}, { __mode = "k" })
+
+client_mt.__index = function(self, key)
+  local m = methods[key]
+  if m ~= nil then return m end
+  local class = namespaces[key]
+  if class then
+    local cache = bound[self]
+    if not cache then
+      cache = {}
+      bound[self] = cache
+    end
+    local ns = cache[key]
+    if not ns then
+      ns = setmetatable({ client = self }, class)
+      cache[key] = ns
+    end
+    return ns
+  end
+end
+
+local OPTIONS = {
+  token = "string", base_url = "string", timeout = "number", connect_timeout = "number",
+  user_agent = "string", ca_file = "string", insecure = "boolean", headers = "table",
+  rate_limit = "boolean|table", retry = "boolean|table",
+}
+
+local function getenv(name)
+  local v = os.getenv(name)
+  if v and v ~= "" then return v end
+end
+
+--- Makes a client.
+-- @tparam[opt] table opts `token` (default: FLY_API_TOKEN, then FLY_ACCESS_TOKEN),
+-- `base_url` (default: FLY_API_HOSTNAME, then https://api.machines.dev), `timeout`
+-- (seconds per attempt, default 60), `connect_timeout` (default 10), `user_agent`,
+-- `ca_file`, `insecure` (true turns TLS verification off), `headers` (extra headers),
+-- `rate_limit` (false, or `{ scale = n, [action] = { rate = r, burst = b } }`),
+-- `retry` (false, or `{ attempts = 4, base = 0.1, cap = 5 }`)
+-- @treturn fly.Client or nil, fly.Error when no token is configured
+-- @raise on unknown options and wrong types
+function fly.new(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then error("fly.new: options must be a table (got " .. type(opts) .. ")", 2) end
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then error(("fly.new: unknown option '%s'"):format(tostring(k)), 2) end
+    if not want:find(type(v), 1, true) then
+      error(("fly.new: option '%s' must be a %s (got %s)"):format(k, want:gsub("|", " or "), type(v)), 2)
+    end
+  end
+  for _, k in ipairs { "timeout", "connect_timeout" } do
+    if opts[k] and not (opts[k] > 0) then error(("fly.new: option '%s' must be > 0"):format(k), 2) end
+  end
+  if opts.insecure == false then opts = resource.merge(opts, { insecure = false }) end
+  local token = opts.token or getenv("FLY_API_TOKEN") or getenv("FLY_ACCESS_TOKEN")
+  if not token or token:find("^%s*$") then
+    return nil, Error.new {
+      code = "no_token",
+      message = "no API token: pass token to fly.new, or set FLY_API_TOKEN (or FLY_ACCESS_TOKEN)",
+    }
+  end
+  local base = opts.base_url or getenv("FLY_API_HOSTNAME") or fly.DEFAULT_BASE_URL
+  if not base:find("^%a[%w+.-]*://") then base = "https://" .. base end
+  if not base:find("^https?://[^/?#%s]+") or base:find("[?#%s]") then
+    error(("fly.new: base_url must be an http(s) URL without query or fragment (got %q)"):format(base), 2)
+  end
+  local ok, client = pcall(core.new, {
+    token = token, base_url = base, timeout = opts.timeout, connect_timeout = opts.connect_timeout,
+    user_agent = opts.user_agent or ("fly-machines/%s (libcurl/%s; %s)"):format(
+      fly._VERSION, core.curl_version, _VERSION),
+    ca_file = opts.ca_file, insecure = opts.insecure, headers = opts.headers,
+    rate_limit = opts.rate_limit, retry = opts.retry,
+  })
+  if not ok then error(client, 2) end
+  return client
+end
+
+--- Calls any operation by its operationId.
+-- @tparam string operation e.g. "Machines_start"
+-- @tparam[opt] table params path, query and header parameters by name, and `body`
+-- (a table sent as JSON, or a string)
+-- @tparam[opt] table opts `timeout`, `deadline` (seconds), `attempts`
+-- @return the decoded result (`true` for an empty success, a string for text), or nil, fly.Error
+-- @raise on an unknown operation, a missing or unknown parameter, or a wrong type
+function methods:call(operation, params, opts)
+  if type(operation) ~= "string" then
+    error("fly: call: operation must be a string (got " .. type(operation) .. ")", 2)
+  end
+  return resource.call(self, operation, params, opts, 2)
+end
+
+local core_close = methods.close
+
+--- Closes the client: cancels its tasks and requests, frees its connections.
+-- Closing again does nothing; any other call on a closed client raises.
+function methods:close()
+  loop.cancel_all(self)
+  core_close(self)
+end
+client_mt.__close = methods.close
+
+--- Starts `fn(...)` as a task: API calls made inside it yield instead of blocking.
+-- @treturn fly.Task
+function methods:spawn(fn, ...)
+  if type(fn) ~= "function" then error("fly: spawn: expected a function (got " .. type(fn) .. ")", 2) end
+  if self:is_closed() then error("fly: client is closed", 2) end
+  return loop.spawn(self, fn, ...)
+end
+
+--- Drives the loop until every task has finished, or `timeout` seconds pass.
+-- @treturn boolean true when all tasks finished
+function methods:run(timeout)
+  local deadline = timeout and core.now() + timeout
+  while loop.count(self) > 0 do
+    local wait = 1
+    if deadline then
+      wait = deadline - core.now()
+      if wait <= 0 then return false end
+      if wait > 1 then wait = 1 end
+    end
+    loop.drive(self, wait)
+  end
+  return true
+end
+
+--- One step of the loop, waiting at most `timeout` seconds (default 0: never
+-- blocks). For game loops: call it once per frame.
+-- @treturn integer the number of unfinished tasks
+function methods:poll(timeout)
+  return loop.drive(self, timeout or 0)
+end
+
+--- Seconds until the loop next needs a step (for host event loops), or nil
+-- when nothing is pending.
+function methods:timeout()
+  if loop.has_ready(self) then return 0 end
+  return self:_timeout()
+end
+
+--- The sockets the loop waits on: `{ [fd] = "r" | "w" | "rw" }`.
+function methods:sockets()
+  return self:_sockets()
+end
+
+--- Sleeps `seconds` without blocking other tasks.
+function methods:sleep(seconds)
+  if type(seconds) ~= "number" then error("fly: sleep: seconds must be a number", 2) end
+  loop.sleep(self, seconds)
+end
+
+--- Runs `fn(item, i)` for every item, `concurrency` at a time (default 32),
+-- each in its own task.
+-- @treturn table results in input order (the first value each call returned)
+-- @treturn table errors by index (the second value, or the raised error)
+function methods:map(list, fn, opts)
+  if type(list) ~= "table" then error("fly: map: list must be a table", 2) end
+  if type(fn) ~= "function" then error("fly: map: fn must be a function", 2) end
+  local n = #list
+  local concurrency = opts and opts.concurrency or 32
+  local results, errors, next_index = {}, {}, 1
+  local function worker()
+    while next_index <= n do
+      local i = next_index
+      next_index = i + 1
+      local ok, res, err = pcall(fn, list[i], i)
+      if ok then
+        results[i], errors[i] = res, err
+      else
+        errors[i] = Error.new { code = "task_failed", message = tostring(res), cause = res }
+      end
+    end
+  end
+  local tasks = {}
+  for w = 1, math.min(concurrency, n) do tasks[w] = self:spawn(worker) end
+  for _, t in ipairs(tasks) do t:join() end
+  return results, errors
+end
+
+--- Every operation of the API: `{ id, method, path, tag, params, idempotent, action, rate, burst, scope }`.
+fly.operations = core.operations
+
+return fly

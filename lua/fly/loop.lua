@@ -1,0 +1,227 @@
+--- The driver: runs a client's libcurl loop and the tasks spawned on it.
+--
+-- Every request lives in the C core until it finishes. A plain call steps
+-- the loop until its own request is done; a call made inside a task yields
+-- instead, and the loop resumes the task when the request is done. Either
+-- way, stepping the loop also resumes every other task whose request
+-- finished, so tasks progress while a plain call waits.
+-- @module fly.loop
+local core = require "fly.core"
+local Error = require "fly.error"
+
+local now_fn = core.now
+
+local loop = {}
+
+-- Per-client scheduler state, collected with the client.
+local states = setmetatable({}, { __mode = "k" })
+-- The task running in each coroutine.
+local task_of = setmetatable({}, { __mode = "k" })
+
+local AWAIT = {}  -- the value a task yields while it waits for a request
+
+local function state(client)
+  local st = states[client]
+  if not st then
+    st = { waiting = {}, ready = {}, tasks = {}, count = 0 }
+    states[client] = st
+  end
+  return st
+end
+
+--- The Task metatable (`fly.Task`).
+local Task = { __name = "fly.Task" }
+Task.__index = Task
+loop.Task = Task
+
+function Task:__tostring()
+  return ("fly.Task{%s}: %s"):format(self._status, self._id)
+end
+
+local function finish(task, status, ...)
+  local st = state(task.client)
+  task._status = status
+  task._results = table.pack(...)
+  if st.tasks[task] then
+    st.tasks[task] = nil
+    st.count = st.count - 1
+  end
+  for _, joiner in ipairs(task._joiners) do st.ready[#st.ready + 1] = joiner end
+  task._joiners = {}
+end
+
+-- Resumes a task and records how it ended, if it did.
+local function step_task(task, ...)
+  if task._status ~= "running" then return end
+  local co = task._co
+  local res = table.pack(coroutine.resume(co, ...))
+  if coroutine.status(co) == "dead" then
+    if res[1] then
+      finish(task, "done", table.unpack(res, 2, res.n))
+    else
+      local err = res[2]
+      task.traceback = debug.traceback(co, tostring(err))
+      finish(task, "failed", nil, Error.new { code = "task_failed", message = tostring(err), cause = err })
+    end
+  elseif res[2] ~= AWAIT then
+    -- the task yielded on its own: give it another turn on the next step
+    local st = state(task.client)
+    st.ready[#st.ready + 1] = task
+  end
+end
+
+--- One turn of the loop: resume tasks that are ready, then let libcurl work
+-- for at most `wait` seconds and resume the tasks whose requests finished.
+-- @return the number of unfinished tasks
+function loop.drive(client, wait)
+  local st = state(client)
+  if #st.ready > 0 then
+    local ready = st.ready
+    st.ready = {}
+    for i = 1, #ready do step_task(ready[i]) end
+    wait = 0
+  end
+  local done = client:_step(wait)
+  for i = 1, #done do
+    local req = done[i]
+    local task = st.waiting[req]
+    if task then
+      st.waiting[req] = nil
+      step_task(task)
+    end
+  end
+  if #st.ready > 0 then
+    local ready = st.ready
+    st.ready = {}
+    for i = 1, #ready do step_task(ready[i]) end
+  end
+  return st.count
+end
+
+--- The task running the current coroutine on this client, if any.
+function loop.current(client)
+  local task = task_of[coroutine.running()]
+  if task and task.client == client then return task end
+end
+
+--- Waits for a request (or timer) to finish: yields inside a task of this
+-- client, steps the loop otherwise.
+-- @return the request
+function loop.await(client, req)
+  local task = loop.current(client)
+  if task then
+    if not req:done() then
+      state(client).waiting[req] = task
+      task._req = req
+      coroutine.yield(AWAIT)
+      task._req = nil
+    end
+  else
+    while not req:done() do loop.drive(client, 1) end
+  end
+  return req
+end
+
+--- Sleeps without blocking the loop.
+function loop.sleep(client, seconds)
+  loop.await(client, client:_timer(seconds))
+end
+
+local next_id = 0
+
+--- Starts `fn(...)` as a task on the client's loop.
+function loop.spawn(client, fn, ...)
+  next_id = next_id + 1
+  local args = table.pack(...)
+  local task = setmetatable({
+    client = client, _status = "running", _joiners = {}, _id = next_id,
+  }, Task)
+  task._co = coroutine.create(function() return fn(table.unpack(args, 1, args.n)) end)
+  task_of[task._co] = task
+  local st = state(client)
+  st.tasks[task] = true
+  st.count = st.count + 1
+  st.ready[#st.ready + 1] = task
+  return task
+end
+
+--- "running", "done", "failed" or "cancelled".
+function Task:status()
+  return self._status
+end
+
+--- The task's outcome once it has finished: what its function returned; for
+-- a task that raised, `nil, err` (code "task_failed", the raised value in
+-- `err.cause`); for a cancelled one `nil, err` (code "cancelled"); for one
+-- still running `nil, err` (code "running").
+function Task:result()
+  if self._status == "running" then
+    return nil, Error.new { code = "running", message = "the task has not finished" }
+  end
+  return table.unpack(self._results, 1, self._results.n)
+end
+
+--- Waits for the task to finish (at most `timeout` seconds), from outside any
+-- task or from another task, and returns its result (see Task:result).
+function Task:join(timeout)
+  local client = self.client
+  local deadline = timeout and (now_fn() + timeout)
+  local me = loop.current(client)
+  if me == self then error("fly: a task cannot join itself", 2) end
+  while self._status == "running" do
+    local now = now_fn()
+    if deadline and now >= deadline then
+      return nil, Error.new { code = "timeout", message = "the task did not finish in time" }
+    end
+    if me then
+      self._joiners[#self._joiners + 1] = me
+      local timer = deadline and client:_timer(deadline - now)
+      if timer then state(client).waiting[timer] = me end
+      coroutine.yield(AWAIT)
+      if timer then
+        state(client).waiting[timer] = nil
+        timer:cancel()
+      end
+      for i = #self._joiners, 1, -1 do
+        if self._joiners[i] == me then table.remove(self._joiners, i) end
+      end
+    else
+      loop.drive(client, deadline and math.min(1, deadline - now) or 1)
+    end
+  end
+  return self:result()
+end
+
+--- Cancels the task: its request is abandoned and it never runs again.
+function Task:cancel()
+  if self._status ~= "running" then return false end
+  local st = state(self.client)
+  if self._req then
+    st.waiting[self._req] = nil
+    self._req:cancel()
+  end
+  finish(self, "cancelled", nil, Error.new { code = "cancelled", message = "the task was cancelled" })
+  if coroutine.status(self._co) == "suspended" and coroutine.close then coroutine.close(self._co) end
+  return true
+end
+
+--- Cancels every task of a client (when it closes).
+function loop.cancel_all(client)
+  local st = states[client]
+  if not st then return end
+  for task in pairs(st.tasks) do task:cancel() end
+end
+
+--- The number of unfinished tasks.
+function loop.count(client)
+  local st = states[client]
+  return st and st.count or 0
+end
+
+--- Whether some task can run right now.
+function loop.has_ready(client)
+  local st = states[client]
+  return st ~= nil and #st.ready > 0
+end
+
+return loop
