@@ -40,6 +40,14 @@
 typedef struct fly_client fly_client;
 typedef struct fly_request fly_request;
 
+/* A growable string owned by a Request (freed by its __gc even when an error
+ * is raised half-way). */
+typedef struct {
+  char *p;
+  size_t n, cap;
+} sbuf;
+
+
 enum { KIND_HTTP, KIND_TIMER };
 enum { REQ_NEW, REQ_QUEUED, REQ_ACTIVE, REQ_DONE };
 
@@ -49,7 +57,8 @@ struct fly_request {
   const fly_operation *op;     /* NULL for timers */
   int kind, state, ref;        /* ref: registry pin while live */
   CURL *easy;                  /* borrowed from the pool while active */
-  char *url, *path, *body;     /* owned */
+  sbuf url;                    /* owned: base URL, path and query */
+  char *path, *body;           /* owned */
   size_t body_len;
   struct curl_slist *headers;  /* owned; NULL: the client's shared list */
   char *rate_key;              /* owned; NULL when not rate limited */
@@ -200,13 +209,6 @@ static int l_operations(lua_State *L) {
 
 /* --------------------------------------------------------------- encoding */
 
-/* A growable string owned by a Request (freed by its __gc even when an error
- * is raised half-way). */
-typedef struct {
-  char *p;
-  size_t n, cap;
-} sbuf;
-
 static void sbuf_add(lua_State *L, sbuf *b, const char *s, size_t n) {
   if (b->n + n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
@@ -336,7 +338,7 @@ static void request_fail(lua_State *L, fly_request *r, const char *code, const c
 static int request_gc(lua_State *L) {
   fly_request *r = check_request(L, 1);
   request_finish(L, r);
-  free(r->url), r->url = NULL;
+  free(r->url.p), r->url.p = NULL;
   free(r->path), r->path = NULL;
   free(r->body), r->body = NULL;
   free(r->rate_key), r->rate_key = NULL;
@@ -406,7 +408,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
   r->resp_len = 0;
   r->request_id[0] = r->content_type[0] = '\0';
   r->retry_after = -1;
-  curl_easy_setopt(e, CURLOPT_URL, r->url);
+  curl_easy_setopt(e, CURLOPT_URL, r->url.p);
   curl_easy_setopt(e, CURLOPT_PRIVATE, r);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER,
                    r->headers ? r->headers : (r->body ? c->json_headers : c->headers));
@@ -796,17 +798,16 @@ static int l_submit(lua_State *L) {
   }
   r->timeout_ms = (long)(timeout * 1000);
 
-  sbuf url = {NULL, 0, 0};
+  sbuf *url = &r->url;
   size_t base_len = strlen(c->base_url), path_len;
-  sbuf_add(L, &url, c->base_url, base_len);
-  r->url = url.p;
+  sbuf_add(L, url, c->base_url, base_len);
   for (const char *t = op->path; *t;) {
     const char *open = strchr(t, '{');
     if (!open) {
-      sbuf_add(L, &url, t, strlen(t));
+      sbuf_add(L, url, t, strlen(t));
       break;
     }
-    sbuf_add(L, &url, t, (size_t)(open - t));
+    sbuf_add(L, url, t, (size_t)(open - t));
     const char *close = strchr(open, '}');
     size_t nn = (size_t)(close - open - 1);
     const fly_param *p = NULL;
@@ -818,22 +819,20 @@ static int l_submit(lua_State *L) {
     size_t vn;
     const char *v = param_string(L, lua_gettop(L), op, p->name, &vn);
     if (vn == 0) return luaL_error(L, "fly: %s: parameter '%s' must not be empty", op->id, p->name);
-    sbuf_add_escaped(L, &url, v, vn, only_dots(v, vn));
-    r->url = url.p;
+    sbuf_add_escaped(L, url, v, vn, only_dots(v, vn));
     lua_pop(L, 1);
     t = close + 1;
   }
-  path_len = url.n - base_len;
+  path_len = url->n - base_len;
   int first = 1;
   for (int i = 0; i < op->nparams; i++) {
     const fly_param *p = &op->params[i];
     if (p->in != FLY_IN_QUERY && p->in != FLY_IN_QUERY_MAP) continue;
     lua_getfield(L, 3, p->name);
-    if (!lua_isnil(L, -1)) add_query(L, &url, &first, op, p, lua_gettop(L));
-    r->url = url.p;
+    if (!lua_isnil(L, -1)) add_query(L, url, &first, op, p, lua_gettop(L));
     lua_pop(L, 1);
   }
-  r->path = dupn(url.p + base_len, path_len);
+  r->path = dupn(url->p + base_len, path_len);
   if (!r->path) return luaL_error(L, "fly: out of memory");
 
   if (!lua_isnil(L, 5) || op->has_body) { /* a declared body is always sent, {} at least */

@@ -118,6 +118,21 @@ void fly_rate_penalize(const char *key, fly_limit limit, double now) {
   pthread_mutex_unlock(&lock);
 }
 
+/* The table lives as long as the library: when the last Lua state that
+ * loaded the core unloads it, the buckets go with it. */
+__attribute__((destructor)) static void drop_all(void) {
+  pthread_mutex_lock(&lock);
+  for (size_t i = 0; i < SLOTS; i++) {
+    while (slots[i]) {
+      bucket *b = slots[i];
+      slots[i] = b->next;
+      free(b);
+    }
+  }
+  count = 0;
+  pthread_mutex_unlock(&lock);
+}
+
 size_t fly_rate_bucket_count(void) {
   pthread_mutex_lock(&lock);
   size_t n = count;

@@ -45,7 +45,8 @@ end
 -- @return true, or nil, fly.Error
 function Apps:destroy(name)
   check(name, "string", "name", "apps:destroy")
-  return call(self.client, "Apps_delete", { app_name = name }, nil, 2)
+  local res, err = call(self.client, "Apps_delete", { app_name = name }, nil, 2)
+  return res, err
 end
 
 --- Creates a deploy token for an app.
@@ -55,7 +56,8 @@ end
 function Apps:create_deploy_token(name, body)
   check(name, "string", "name", "apps:create_deploy_token")
   if body ~= nil then check(body, "table", "body", "apps:create_deploy_token") end
-  return call(self.client, "App_create_deploy_token", { app_name = name, body = body or {} }, nil, 2)
+  local res, err = call(self.client, "App_create_deploy_token", { app_name = name, body = body or {} }, nil, 2)
+  return res, err
 end
 
 --- Reloads this app from the API.

@@ -127,7 +127,8 @@ function methods:call(operation, params, opts)
   if type(operation) ~= "string" then
     error("fly: call: operation must be a string (got " .. type(operation) .. ")", 2)
   end
-  return resource.call(self, operation, params, opts, 2)
+  local res, err = resource.call(self, operation, params, opts, 2)
+  return res, err
 end
 
 local core_close = methods.close

@@ -58,13 +58,11 @@ local function encode_table(t, out, depth)
     if type(k) ~= "string" then
       error("fly: cannot encode a table key of type " .. type(k), 0)
     end
-    if type(v) ~= "function" then
-      if not first then out[#out + 1] = "," end
-      first = false
-      out[#out + 1] = cjson.encode(k)
-      out[#out + 1] = ":"
-      encode_value(v, out, depth + 1)
-    end
+    if not first then out[#out + 1] = "," end
+    first = false
+    out[#out + 1] = cjson.encode(k)
+    out[#out + 1] = ":"
+    encode_value(v, out, depth + 1)
   end
   out[#out + 1] = "}"
 end

@@ -1,0 +1,78 @@
+# fly-machines: build, test, demo and benchmark on Debian 12.
+#
+#   make test         install what is missing, build, run every spec against the emulator
+#   make demo         build, start the emulator, run examples/quickstart.lua, stop it
+#   make check-asan   the whole spec suite against an ASan/UBSan build of the core
+#   make lint         luacheck
+#   make bench        benchmarks (not tests)
+#   make emulator     run the emulator in the foreground, for exploring with curl
+#   make install      install the rock for Lua 5.4 with luarocks
+
+LUA      ?= lua5.4
+CC       ?= cc
+PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev pkg-config lua-cjson lua-busted lua-check \
+            nginx libnginx-mod-http-lua luarocks lua-luv curl gcc make
+CFLAGS   ?= -O2 -g
+WARN     := -std=gnu11 -Wall -Wextra -Werror
+SANITIZE := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+DEPCFLAGS = $(shell pkg-config --cflags lua5.4 libcurl)
+LIBS      = $(shell pkg-config --libs libcurl) -lpthread -lm
+SRC      := $(wildcard csrc/*.c)
+HDR      := $(wildcard csrc/*.h)
+
+export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
+export LUA_CPATH := $(CURDIR)/build/?.so;;
+
+.PHONY: all setup build test demo check-asan lint bench emulator install clean
+
+all: build
+
+# Installs the Debian packages that are missing (needs root, as on a fresh machine).
+setup:
+	@missing=""; for p in $(PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+build: setup build/fly/core.so
+
+build/fly/core.so: $(SRC) $(HDR)
+	@mkdir -p build/fly
+	$(CC) $(CFLAGS) $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o $@ $(LIBS)
+
+test: build
+	@spec/run
+
+demo: build
+	@spec/emulator/with-emulator $(LUA) examples/quickstart.lua
+
+# The same suite, with the core built under AddressSanitizer and
+# UndefinedBehaviorSanitizer; any report fails the run.
+check-asan: setup
+	@mkdir -p build/asan/fly
+	$(CC) $(SANITIZE) $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o build/asan/fly/core.so $(LIBS)
+	$(CC) $(SANITIZE) $(WARN) $(DEPCFLAGS) spec/sanitized-lua.c -o build/asan/lua $(shell pkg-config --libs lua5.4)
+	@FLY_SPEC_LUA="$(CURDIR)/build/asan/lua" LUA_CPATH="$(CURDIR)/build/asan/?.so;;" \
+	  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=66" \
+	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0" \
+	  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+	  spec/run
+
+lint: setup
+	luacheck lua spec examples bench
+
+bench: build
+	@bench/run
+
+emulator: setup
+	@spec/emulator/run --foreground
+
+install: build
+	luarocks --lua-version=5.4 make --deps-mode=none rockspec/fly-machines-scm-1.rockspec
+
+clean:
+	rm -rf build

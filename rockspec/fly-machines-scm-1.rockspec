@@ -1,0 +1,40 @@
+rockspec_format = "3.0"
+package = "fly-machines"
+version = "scm-1"
+source = {
+  url = "git+file://./",
+}
+description = {
+  summary = "A client for the Fly.io Machines API: C core on libcurl, Lua layer on top",
+  detailed = [[
+Every operation of the Machines API, with rate limiting to Fly's published
+limits, safe retries, waits, leases, and tasks on one libcurl multi loop.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson",
+}
+external_dependencies = {
+  -- found by its library: Debian keeps curl/curl.h in a multiarch include
+  -- directory that the compiler searches by itself
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["fly"] = "lua/fly/init.lua",
+    ["fly.apps"] = "lua/fly/apps.lua",
+    ["fly.error"] = "lua/fly/error.lua",
+    ["fly.json"] = "lua/fly/json.lua",
+    ["fly.loop"] = "lua/fly/loop.lua",
+    ["fly.resource"] = "lua/fly/resource.lua",
+    ["fly.core"] = {
+      sources = { "csrc/core.c", "csrc/operations.c", "csrc/ratelimit.c" },
+      incdirs = { "csrc", "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl", "pthread", "m" },
+    },
+  },
+}

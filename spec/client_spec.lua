@@ -1,0 +1,167 @@
+-- fly.new, options, authentication, connections and the client's lifecycle.
+local H = require "helper"
+local fly = require "fly"
+
+describe("fly.new", function()
+  before_each(H.reset)
+
+  it("takes the token from FLY_API_TOKEN, then FLY_ACCESS_TOKEN", function()
+    local code = [[
+      local fly = require "fly"
+      local c, err = fly.new { base_url = os.getenv("URL") }
+      print(c and "client" or tostring(err))
+      print(select(2, c.apps:get("nope")).status)
+    ]]
+    assert.matches("client\n404", H.child(code, { FLY_API_TOKEN = H.TOKEN, URL = H.url() }))
+    assert.matches("client\n404", H.child(code, { FLY_ACCESS_TOKEN = H.TOKEN, URL = H.url() }))
+    -- FLY_API_TOKEN wins over FLY_ACCESS_TOKEN
+    assert.matches("client\n404", H.child(code, { FLY_API_TOKEN = H.TOKEN, FLY_ACCESS_TOKEN = "wrong",
+      URL = H.url() }))
+    assert.matches("client\n401", H.child(code, { FLY_API_TOKEN = "wrong", FLY_ACCESS_TOKEN = H.TOKEN,
+      URL = H.url() }))
+  end)
+
+  it("takes the base URL from FLY_API_HOSTNAME, then the public endpoint", function()
+    local code = [[
+      local fly = require "fly"
+      print(fly.new({ token = "t" }):base_url())
+    ]]
+    assert.equals("https://api.machines.dev\n", H.child(code))
+    assert.equals(H.url() .. "\n", H.child(code, { FLY_API_HOSTNAME = H.url() }))
+    assert.equals("http://_api.internal:4280", fly.INTERNAL_BASE_URL)
+  end)
+
+  it("returns nil and an error naming both variables when there is no token", function()
+    local out = H.child([[
+      local fly = require "fly"
+      local c, err = fly.new()
+      print(c, getmetatable(err) == fly.Error, err.code, tostring(err))
+    ]])
+    assert.matches("^nil\ttrue\tno_token\t", out)
+    assert.matches("FLY_API_TOKEN", out)
+    assert.matches("FLY_ACCESS_TOKEN", out)
+  end)
+
+  it("raises on unknown options and wrong types", function()
+    assert.has_error(function() fly.new { token = "t", tokn = "x" } end, "fly.new: unknown option 'tokn'")
+    assert.has_error(function() fly.new { token = 42 } end, "fly.new: option 'token' must be a string (got number)")
+    assert.has_error(function() fly.new { token = "t", timeout = "5" } end)
+    assert.has_error(function() fly.new { token = "t", insecure = "yes" } end)
+    assert.has_error(function() fly.new { token = "t", timeout = -1 } end)
+    assert.has_error(function() fly.new "token" end)
+    assert.has_error(function() fly.new { token = "t", base_url = "ftp://x" } end)
+    assert.has_error(function() fly.new { token = "t", headers = { ["X-A"] = "1\r\nX-B: 2" } } end)
+  end)
+end)
+
+describe("authorization", function()
+  after_each(function() H.config { token = H.TOKEN } end)
+
+  local function scheme_seen(token, server_token)
+    H.reset()
+    H.config { token = server_token }
+    local c = H.client { token = token }
+    local app, err = c.apps:get("none")
+    c:close()
+    return H.stats().last_auth_scheme, err and err.status or app
+  end
+
+  it("sends macaroon tokens as FlyV1", function()
+    local macaroon = "fm2_lJPECAAAAAAAAA,fm2_lJPEtokenpart"
+    assert.same({ "FlyV1", 404 }, { scheme_seen(macaroon, macaroon) })
+    assert.same({ "FlyV1", 404 }, { scheme_seen("FlyV1 " .. macaroon, macaroon) })
+    assert.same({ "FlyV1", 404 }, { scheme_seen("fm1r_abc", "fm1r_abc") })
+    assert.same({ "FlyV1", 404 }, { scheme_seen("fm1a_abc", "fm1a_abc") })
+    -- a Bearer prefix on a macaroon is dropped, never doubled
+    assert.same({ "FlyV1", 404 }, { scheme_seen("Bearer " .. macaroon, macaroon) })
+  end)
+
+  it("sends other tokens as Bearer, never doubled", function()
+    assert.same({ "Bearer", 404 }, { scheme_seen("personal-token", "personal-token") })
+    assert.same({ "Bearer", 404 }, { scheme_seen("Bearer personal-token", "personal-token") })
+  end)
+
+  it("gets a 401 with a wrong token", function()
+    H.reset()
+    local c = H.client { token = "wrong" }
+    local app, err = c.apps:get("x")
+    assert.is_nil(app)
+    assert.equals(401, err.status)
+    assert.equals("unauthorized", err.code)
+  end)
+end)
+
+describe("the client", function()
+  before_each(H.reset)
+
+  it("sends its User-Agent, Accept and extra headers", function()
+    local c = H.client { headers = { ["X-Extra"] = "yes" } }
+    c.apps:get("x")
+    local h = H.stats().last_request.headers
+    assert.matches("^fly%-machines/" .. fly._VERSION:gsub("%.", "%%.") .. " %(libcurl/[%d.]+; Lua 5%.4%)$",
+      h["user-agent"])
+    assert.equals("application/json", h["accept"])
+    assert.equals("yes", h["x-extra"])
+    local c2 = H.client { user_agent = "my-tool/1.0" }
+    c2.apps:get("x")
+    assert.equals("my-tool/1.0", H.stats().last_request.headers["user-agent"])
+  end)
+
+  it("reuses one keep-alive connection for 50 sequential calls", function()
+    local c = H.client()
+    local name = H.app(c)
+    for _ = 1, 50 do
+      local app = assert(c.apps:get(name))
+      assert.equals(name, app.name)
+    end
+    local stats = H.stats()
+    assert.equals(51, stats.total)
+    assert.equals(1, stats.connections)
+  end)
+
+  it("closes idempotently and raises on calls after close", function()
+    local c = H.client()
+    assert.is_false(c:is_closed())
+    c:close()
+    c:close()
+    assert.is_true(c:is_closed())
+    assert.has_error(function() c.apps:get("x") end, "fly: client is closed")
+    assert.has_error(function() c:call("Apps_show", { app_name = "x" }) end)
+    assert.matches("^fly%.Client{closed}", tostring(c))
+  end)
+
+  it("closes at the end of a <close> block", function()
+    local chunk = load [[
+      local H = ...
+      local c <close> = H.client()
+      assert(c.apps:get("x") == nil)
+      return c
+    ]]
+    local c = chunk(H)
+    assert.is_true(c:is_closed())
+  end)
+
+  it("shows its base URL but never the token", function()
+    local secret = "fm2_" .. ("s3cr3t"):rep(8)
+    H.config { token = secret }
+    local c = H.client { token = secret }
+    local s = tostring(c)
+    assert.matches("^fly%.Client{" .. H.url():gsub("%p", "%%%0") .. "}: ", s)
+    local _, err = c.apps:get("missing")
+    H.config { token = H.TOKEN }
+    local bad, err2 = H.client({ token = secret }).apps:get("x")
+    assert.is_nil(bad)
+    for _, text in ipairs { s, tostring(err), tostring(err2), err2.body, err2.message } do
+      assert.is_nil(text:find("s3cr3t", 1, true))
+    end
+  end)
+
+  it("does not follow redirects", function()
+    H.fault { method = "GET", path = "/v1/apps/redirected", kind = "status", status = 302, count = 1,
+      headers = { location = "http://127.0.0.2:1/elsewhere" } }
+    local c = H.client()
+    local res, err = c.apps:get("redirected")
+    assert.is_nil(res)
+    assert.equals(302, err.status)
+  end)
+end)

@@ -1,0 +1,70 @@
+-- emu.stats: request accounting for specs (GET /__emulator/stats). Lives in
+-- state.table("__stats"), so POST /__emulator/reset clears it.
+--
+-- Shape returned by stats.snapshot():
+--   { requests = { [operationId] = n },   requests received per operation (also 401/429/faulted)
+--     executed = { [operationId] = n },   times the handler really ran
+--     total = n,                          /v1 (non-control) requests received
+--     connections = n,                    TCP connections (requests with connection_requests == 1)
+--     last_auth_scheme = "Bearer" | "FlyV1" | nil,
+--     last_request = { method, uri (raw $request_uri), headers (all but authorization) },
+--     rate_limited = n,                   429s sent by the rate limiter
+--     statuses = { ["200"] = n, … },      statuses sent (faults included; closes count as "444")
+--     faults_applied = n }
+-- Unmatched paths count under operation "_not_found" / "_method_not_allowed".
+local state = require "emu.state"
+
+local stats = {}
+
+local function get()
+  local s = state.table("__stats")
+  if not s.requests then
+    s.requests, s.executed, s.statuses = {}, {}, {}
+    s.total, s.connections, s.rate_limited, s.faults_applied = 0, 0, 0, 0
+  end
+  return s
+end
+
+local function bump(t, k)
+  t[k] = (t[k] or 0) + 1
+end
+
+function stats.request(op, method, uri, headers)
+  local s = get()
+  s.total = s.total + 1
+  bump(s.requests, op)
+  if ngx.var.connection_requests == "1" then s.connections = s.connections + 1 end
+  local h = {}
+  for k, v in pairs(headers) do
+    if k ~= "authorization" then h[k] = v end
+  end
+  s.last_request = { method = method, uri = uri, headers = h }
+end
+
+function stats.auth_scheme(scheme)
+  get().last_auth_scheme = scheme
+end
+
+function stats.executed(op)
+  bump(get().executed, op)
+end
+
+function stats.status(code)
+  bump(get().statuses, tostring(code))
+end
+
+function stats.rate_limited()
+  local s = get()
+  s.rate_limited = s.rate_limited + 1
+end
+
+function stats.fault()
+  local s = get()
+  s.faults_applied = s.faults_applied + 1
+end
+
+function stats.snapshot()
+  return get()
+end
+
+return stats

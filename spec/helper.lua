@@ -1,0 +1,114 @@
+--- Shared by the specs: the emulator's URL and control endpoints, and clients
+-- pointed at it. `local H = require "helper"`.
+--
+-- spec/run starts one emulator for the whole suite and exports its URL as
+-- FLY_EMULATOR_URL; a spec file run on its own starts its own emulator here,
+-- stopped when the Lua state closes.
+local http = require "socket.http"
+local ltn12 = require "ltn12"
+local cjson = require "cjson"
+
+local H = {}
+
+H.TOKEN = os.getenv("FLY_EMULATOR_TOKEN") or "emulator-token"
+H.ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helper%.lua$")) or "."
+
+local url = os.getenv("FLY_EMULATOR_URL")
+local owned  -- keeps the stopper of an emulator started here alive until exit
+
+--- The emulator's base URL, starting one if the suite did not.
+function H.url()
+  if not url then
+    local p = assert(io.popen(H.ROOT .. "/spec/emulator/run"))
+    url = p:read("l")
+    p:close()
+    assert(url and url:find("^http://127%.0%.0%.1:%d+$"), "the emulator did not start")
+    owned = setmetatable({}, { __gc = function() os.execute(H.ROOT .. "/spec/emulator/stop " .. url) end })
+  end
+  return url
+end
+H._owned = function() return owned end
+
+--- Calls a control endpoint of the emulator (no auth); returns the decoded answer and status.
+function H.control(method, path, body)
+  local out = {}
+  local src = body ~= nil and cjson.encode(body) or nil
+  local _, status = http.request {
+    url = H.url() .. "/__emulator/" .. path, method = method, sink = ltn12.sink.table(out),
+    source = src and ltn12.source.string(src) or nil,
+    headers = src and { ["content-type"] = "application/json", ["content-length"] = #src } or nil,
+  }
+  local text = table.concat(out)
+  local ok, decoded = pcall(cjson.decode, text)
+  return ok and decoded or text, status
+end
+
+--- Empties the emulator's state, faults and config.
+function H.reset()
+  local _, status = H.control("POST", "reset")
+  assert(status == 200, "emulator reset failed")
+end
+
+--- The emulator's counters (requests per operation, connections, …).
+function H.stats()
+  return (H.control("GET", "stats"))
+end
+
+--- Merges settings into the emulator's config.
+function H.config(t)
+  local _, status = H.control("POST", "config", t)
+  assert(status == 200, "emulator config failed")
+end
+
+--- Adds a fault (see spec/emulator/README.md).
+function H.fault(t)
+  local _, status = H.control("POST", "faults", t)
+  assert(status == 200, "emulator fault failed")
+end
+
+--- A client pointed at the emulator; rate limiting is off unless asked for.
+function H.client(opts)
+  local fly = require "fly"
+  local o = { token = H.TOKEN, base_url = H.url(), rate_limit = false, timeout = 10 }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return assert(fly.new(o))
+end
+
+local n = 0
+--- A fresh name for an app (or anything) in this run.
+function H.name(prefix)
+  n = n + 1
+  return ("%s-%d-%d"):format(prefix or "app", os.time() % 100000, n)
+end
+
+--- Creates an app in org "personal" and returns its name.
+function H.app(client, name)
+  name = name or H.name("app")
+  assert(client.apps:create { app_name = name, org_slug = "personal" })
+  return name
+end
+
+--- Runs a Lua 5.4 chunk in a child process with the given environment
+-- (only these FLY_* variables set) and returns what it printed.
+function H.child(code, env)
+  local parts = { "env" }
+  for _, k in ipairs { "FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_API_HOSTNAME" } do
+    parts[#parts + 1] = "-u " .. k
+  end
+  for k, v in pairs(env or {}) do parts[#parts + 1] = ("%s='%s'"):format(k, v) end
+  local path = ("%s/lua/?.lua;%s/lua/?/init.lua;;"):format(H.ROOT, H.ROOT)
+  parts[#parts + 1] = ("LUA_PATH='%s'"):format(path)
+  parts[#parts + 1] = ("LUA_CPATH='%s'"):format(os.getenv("LUA_CPATH") or (H.ROOT .. "/build/?.so;;"))
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(code)
+  f:close()
+  parts[#parts + 1] = (os.getenv("FLY_SPEC_LUA") or "lua5.4") .. " " .. script .. " 2>&1"
+  local p = assert(io.popen(table.concat(parts, " ")))
+  local out = p:read("a")
+  p:close()
+  os.remove(script)
+  return out
+end
+
+return H
