@@ -293,17 +293,36 @@ static void request_unlink(fly_request *r) {
   r->client = NULL;
 }
 
+/* Easy handles are reused: the options that never change for a client are
+ * set once, when a handle is made; start_transfer sets the rest. */
 static void pool_put(fly_client *c, CURL *easy) {
-  if (c->npool < POOL_MAX) {
-    curl_easy_reset(easy);
-    c->pool[c->npool++] = easy;
-  } else {
-    curl_easy_cleanup(easy);
-  }
+  if (c->npool < POOL_MAX) c->pool[c->npool++] = easy;
+  else curl_easy_cleanup(easy);
 }
 
+static size_t on_body(char *data, size_t size, size_t n, void *ud);
+static size_t on_header(char *line, size_t size, size_t n, void *ud);
+
 static CURL *pool_get(fly_client *c) {
-  return c->npool > 0 ? c->pool[--c->npool] : curl_easy_init();
+  if (c->npool > 0) return c->pool[--c->npool];
+  CURL *e = curl_easy_init();
+  if (!e) return NULL;
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
+  if (c->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, c->insecure ? 0L : 1L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, c->insecure ? 0L : 2L);
+  return e;
 }
 
 /* Stops the transfer if one runs and gives the easy handle back. */
@@ -412,31 +431,20 @@ static int start_transfer(fly_client *c, fly_request *r) {
   curl_easy_setopt(e, CURLOPT_PRIVATE, r);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER,
                    r->headers ? r->headers : (r->body ? c->json_headers : c->headers));
+  /* the method, stated in full each time since the handle is reused */
   const char *m = r->op->method;
-  if (strcmp(m, "GET") == 0) {
+  int get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0;
+  if (get || (!r->body && strcmp(m, "DELETE") == 0)) {
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   } else {
-    if (strcmp(m, "POST") == 0) curl_easy_setopt(e, CURLOPT_POST, 1L);
-    else curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m);
-    if (r->body || strcmp(m, "DELETE") != 0) {
-      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)r->body_len);
-      curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body ? r->body : "");
-    }
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)r->body_len);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body ? r->body : "");
   }
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, get || post ? NULL : m);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
-#if LIBCURL_VERSION_NUM >= 0x075500
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   long timeout = r->timeout_ms;
   if (r->deadline > 0) {
     long left = (long)((r->deadline - fly_now()) * 1000) + 1;
@@ -444,10 +452,6 @@ static int start_transfer(fly_client *c, fly_request *r) {
     if (timeout <= 0 || left < timeout) timeout = left;
   }
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
-  if (c->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, c->insecure ? 0L : 1L);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, c->insecure ? 0L : 2L);
   if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
     pool_put(c, e);
     r->easy = NULL;
@@ -584,13 +588,9 @@ static void harvest(lua_State *L, fly_client *c, int results) {
   }
 }
 
-/* client:_step(max_wait) -> finished requests (array), number still live.
- * Waits at most max_wait seconds for something to happen. */
-static int l_step(lua_State *L) {
-  fly_client *c = check_client(L, 1);
-  double max_wait = luaL_optnumber(L, 2, 0);
-  lua_newtable(L);
-  int results = lua_gettop(L);
+/* One turn: start what is ready, let libcurl work, and if nothing finished,
+ * wait at most max_wait seconds on the sockets and the nearest deadline. */
+static void step_once(lua_State *L, fly_client *c, int results, double max_wait) {
   int running;
   double next = launch_ready(L, c, results);
   curl_multi_perform(c->multi, &running);
@@ -607,10 +607,35 @@ static int l_step(lua_State *L) {
     curl_multi_perform(c->multi, &running);
     harvest(L, c, results);
   }
+}
+
+static int push_live_count(lua_State *L, fly_client *c) {
   int live = 0;
   for (fly_request *r = c->live; r; r = r->next) live++;
   lua_pushinteger(L, live);
   return 2;
+}
+
+/* client:_step(max_wait) -> finished requests (array), number still live.
+ * Waits at most max_wait seconds for something to happen. */
+static int l_step(lua_State *L) {
+  fly_client *c = check_client(L, 1);
+  double max_wait = luaL_optnumber(L, 2, 0);
+  lua_newtable(L);
+  step_once(L, c, lua_gettop(L), max_wait);
+  return push_live_count(L, c);
+}
+
+/* client:_step_until(request) -> finished requests, number still live.
+ * Steps until `request` or any other request finishes: a plain call needs
+ * one trip into C instead of one per turn. */
+static int l_step_until(lua_State *L) {
+  fly_client *c = check_client(L, 1);
+  fly_request *r = check_request(L, 2);
+  lua_newtable(L);
+  int results = lua_gettop(L);
+  while (r->state != REQ_DONE && fly_rawlen(L, results) == 0 && c->live) step_once(L, c, results, 1.0);
+  return push_live_count(L, c);
 }
 
 /* client:_timeout() -> seconds until the loop needs a step (0: now), or nil
@@ -935,6 +960,19 @@ static int l_req_result(lua_State *L) {
   return 1;
 }
 
+/* request:response() -> status, body, content_type for a finished HTTP
+ * request that got an answer; nothing for timers and transport failures.
+ * The fast path for successes: no table is built. */
+static int l_req_response(lua_State *L) {
+  fly_request *r = check_request(L, 1);
+  if (r->state != REQ_DONE || r->kind != KIND_HTTP || r->code || !r->status) return 0;
+  lua_pushinteger(L, r->status);
+  lua_pushlstring(L, r->resp ? r->resp : "", r->resp_len);
+  if (r->content_type[0]) lua_pushstring(L, r->content_type);
+  else lua_pushnil(L);
+  return 3;
+}
+
 static int l_req_tostring(lua_State *L) {
   fly_request *r = check_request(L, 1);
   static const char *const states[] = {"new", "queued", "active", "done"};
@@ -1164,12 +1202,14 @@ static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
 static const luaL_Reg client_methods[] = {
-  {"_submit", l_submit}, {"_timer", l_timer}, {"_step", l_step}, {"_timeout", l_timeout},
+  {"_submit", l_submit}, {"_timer", l_timer}, {"_step", l_step}, {"_step_until", l_step_until},
+  {"_timeout", l_timeout},
   {"_sockets", l_sockets}, {"close", l_close}, {"base_url", l_base_url}, {"is_closed", l_is_closed},
   {NULL, NULL}};
 
 static const luaL_Reg request_methods[] = {
-  {"done", l_req_done}, {"result", l_req_result}, {"cancel", l_req_cancel}, {NULL, NULL}};
+  {"done", l_req_done}, {"result", l_req_result}, {"response", l_req_response},
+  {"cancel", l_req_cancel}, {NULL, NULL}};
 
 /* Creates a class metatable once per state; loading the module again (busted
  * does) finds it and leaves it, and whatever the Lua layer added, as it is.

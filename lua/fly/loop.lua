@@ -10,6 +10,8 @@ local core = require "fly.core"
 local Error = require "fly.error"
 
 local now_fn = core.now
+local step, step_until = core.Client._step, core.Client._step_until
+local done_fn = core.request_mt.methods.done
 
 local loop = {}
 
@@ -71,9 +73,10 @@ local function step_task(task, ...)
 end
 
 --- One turn of the loop: resume tasks that are ready, then let libcurl work
--- for at most `wait` seconds and resume the tasks whose requests finished.
+-- for at most `wait` seconds (or, given `req`, until `req` or another
+-- request finishes) and resume the tasks whose requests finished.
 -- @return the number of unfinished tasks
-function loop.drive(client, wait)
+function loop.drive(client, wait, req)
   local st = state(client)
   if #st.ready > 0 then
     local ready = st.ready
@@ -81,7 +84,12 @@ function loop.drive(client, wait)
     for i = 1, #ready do step_task(ready[i]) end
     wait = 0
   end
-  local done = client:_step(wait)
+  local done
+  if req and wait ~= 0 then
+    done = step_until(client, req)
+  else
+    done = step(client, wait)
+  end
   for i = 1, #done do
     local req = done[i]
     local task = st.waiting[req]
@@ -117,7 +125,7 @@ function loop.await(client, req)
       task._req = nil
     end
   else
-    while not req:done() do loop.drive(client, 1) end
+    while not done_fn(req) do loop.drive(client, 1, req) end
   end
   return req
 end

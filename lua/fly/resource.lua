@@ -5,30 +5,34 @@
 local json = require "fly.json"
 local Error = require "fly.error"
 local loop = require "fly.loop"
+local core = require "fly.core"
+
+local submit = core.Client._submit
+local response, result = core.request_mt.methods.response, core.request_mt.methods.result
+local decode = json.decode
 
 local resource = {}
 
 local unpack = table.unpack
 
--- Turns a finished request's result table into the value or error a user sees.
-local function outcome(res)
-  if res.code then return nil, Error.from_result(res) end
-  local status, body, ctype = res.status, res.body, res.content_type
-  local is_json = ctype ~= nil and ctype:find("json", 1, true) ~= nil
-  if status >= 200 and status < 300 then
+-- Turns a finished request into the value or error a user sees.
+local function outcome(req)
+  local status, body, ctype = response(req)
+  if status and status >= 200 and status < 300 then
     if body == "" then return true end
-    if is_json or (ctype == nil and body:find("^%s*[{%[]")) then
-      local value, why = json.decode(body)
-      if value == nil then
-        local err = Error.from_result(res)
-        err.code, err.message, err.retryable = "protocol", "the response is not valid JSON: " .. tostring(why), false
-        return nil, err
-      end
-      return value
+    if (ctype and ctype:find("json", 1, true)) or (not ctype and body:find("^%s*[{%[]")) then
+      local value, why = decode(body)
+      if value ~= nil then return value end
+      local err = Error.from_result(result(req))
+      err.code, err.message, err.retryable = "protocol", "the response is not valid JSON: " .. tostring(why), false
+      return nil, err
     end
     return body
   end
-  return nil, Error.from_result(res, is_json and json.decode(body) or nil)
+  local res = result(req)
+  if res.code then return nil, Error.from_result(res) end
+  local is_json = ctype ~= nil and ctype:find("json", 1, true) ~= nil
+  return nil, Error.from_result(res, is_json and decode(body) or nil)
 end
 resource.outcome = outcome
 
@@ -49,10 +53,10 @@ function resource.call(client, op, params, opts, level)
     copy.body = body
     params = copy
   end
-  local ok, req = pcall(client._submit, client, op, params, opts)
+  local ok, req = pcall(submit, client, op, params, opts)
   if not ok then error(req, level) end
   loop.await(client, req)
-  return outcome(req:result())
+  return outcome(req)
 end
 
 -- Objects remember their client (and app) here, not in their fields.

@@ -48,7 +48,7 @@ ctl POST reset >/dev/null
 ctl POST config '{"delays":{"transition":0.05}}' >/dev/null
 
 # --- auth, routing
-req GET "/v1/apps?org_slug=x" "" -H "Authorization:"
+STATUS=$(curl -s -o "$tmp/body" -w '%{http_code}' "$U/v1/apps?org_slug=x"); BODY=$(cat "$tmp/body")
 status 401 "no auth"; has '"status":"unauthorized"' "no auth body"
 STATUS=$(curl -s -o "$tmp/body" -w '%{http_code}' -H "Authorization: Bearer wrong" "$U/v1/apps?org_slug=x"); BODY=$(cat "$tmp/body")
 status 401 "bad token"; has '"status":"unauthorized"' "bad token body"
@@ -107,7 +107,7 @@ ctl POST config '{"wait_max":60}' >/dev/null
 # update
 req POST "$P" '{"config":{"image":"nginx:2"}}'; status 200 "update"
 V2=$(field instance_id)
-checks=$((checks + 1)); [ "$V2" != "$V1" ] && [ ${#V2} = 26 ] || fail "update changes version"
+checks=$((checks + 1)); if [ "$V2" = "$V1" ] || [ ${#V2} != 26 ]; then fail "update changes version"; fi
 req POST "$P" '{}'; status 400 "update without config"
 req GET "$P/versions"; has "$V1" "versions old"; has "$V2" "versions new"
 req GET "$P/wait?state=started&timeout=5&version=$V2"; status 200 "wait started after update"
@@ -185,7 +185,7 @@ ctl DELETE faults >/dev/null
 
 # rate limits
 ctl POST config '{"rate_limits":{"enabled":true}}' >/dev/null
-for i in 1 2 3; do req GET "/v1/apps/smoke-app"; done; status 200 "burst 3"
+for _ in 1 2 3; do req GET "/v1/apps/smoke-app"; done; status 200 "burst 3"
 req GET "/v1/apps/smoke-app"; status 429 "rate limited"; has '"status":"rate_limited"' "429 body"
 ctl POST config '{"rate_limits":{"enabled":false}}' >/dev/null
 

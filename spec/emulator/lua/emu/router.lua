@@ -314,7 +314,7 @@ end
 
 local function run_handler(route, req)
   local ok, status, body, headers = xpcall(route.handler, debug.traceback, req)
-  stats.executed(route.op)
+  stats.executed(route.op, route.method .. " " .. route.path)
   if not ok then
     log(ngx.ERR, "emulator: handler ", route.op, " failed: ", tostring(status))
     return 500, { error = "emulator internal error in " .. route.op, status = "unknown" }

@@ -10,11 +10,17 @@
 --     last_request = { method, uri (raw $request_uri), headers (all but authorization) },
 --     rate_limited = n,                   429s sent by the rate limiter
 --     statuses = { ["200"] = n, … },      statuses sent (faults included; closes count as "444")
---     faults_applied = n }
+--     faults_applied = n,
+--     lifetime = { ["METHOD /path/{template}"] = n } }  handler runs since the emulator
+--                                         started: NOT cleared by reset (the coverage spec
+--                                         reads it at the end of a full suite)
 -- Unmatched paths count under operation "_not_found" / "_method_not_allowed".
 local state = require "emu.state"
 
 local stats = {}
+
+-- Survives resets: module-level, not in a state table.
+local lifetime = {}
 
 local function get()
   local s = state.table("__stats")
@@ -45,8 +51,9 @@ function stats.auth_scheme(scheme)
   get().last_auth_scheme = scheme
 end
 
-function stats.executed(op)
+function stats.executed(op, route)
   bump(get().executed, op)
+  bump(lifetime, route or op)
 end
 
 function stats.status(code)
@@ -64,7 +71,9 @@ function stats.fault()
 end
 
 function stats.snapshot()
-  return get()
+  local s = get()
+  s.lifetime = lifetime
+  return s
 end
 
 return stats

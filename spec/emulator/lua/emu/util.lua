@@ -28,7 +28,7 @@ local cjson = require "cjson"
 
 local util = {}
 
-local floor, random, char, byte, concat = math.floor, math.random, string.char, string.byte, table.concat
+local floor, random, concat = math.floor, math.random, table.concat
 
 ---------------------------------------------------------------------------- time
 
