@@ -96,6 +96,7 @@ struct fly_client {
   long timeout_ms, connect_timeout_ms;
   int rate_limit;
   double rate_scale;
+  double rate_margin;          /* added to every rate wait: absorbs latency jitter */
   fly_override overrides[OVERRIDES_MAX];
   int noverrides;
   int max_attempts;
@@ -442,6 +443,10 @@ static int start_transfer(fly_client *c, fly_request *r) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body ? r->body : "");
   }
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, get || post ? NULL : m);
+  /* libcurl silently resends a request whose reused connection closed before
+   * any answer; for a call that is not safe to repeat that could run it twice,
+   * so such calls always get a connection of their own. */
+  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, (r->op->idempotent || r->nonce) ? 0L : 1L);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
@@ -497,12 +502,14 @@ static double retry_delay(fly_client *c, fly_request *r, double now) {
   if (!r->retryable || r->attempts >= r->max_attempts) return -1;
   double delay;
   if (r->status == 429) {
-    double at = now;
+    /* the bucket's refill time: through the shared bucket when limiting,
+       else one token's worth of the published limit */
     if (r->rate_key) {
       fly_rate_penalize(r->rate_key, r->limit, now);
-      at = fly_rate_reserve(r->rate_key, r->limit, now);
+      delay = fly_rate_reserve(r->rate_key, r->limit, now) + c->rate_margin - now;
+    } else {
+      delay = 1.0 / r->limit.rate;
     }
-    delay = at - now;
     if (r->retry_after > delay) delay = r->retry_after;
     if (delay <= 0) delay = c->retry_base;
     delay += rng_unit(c) * delay * 0.1; /* later, never earlier, than allowed */
@@ -716,6 +723,12 @@ static fly_request *new_request(lua_State *L, int kind) {
   return r;
 }
 
+static int known_action(const char *name) {
+  for (size_t i = 0; i < fly_operation_count; i++)
+    if (strcmp(fly_operations[i].action, name) == 0) return 1;
+  return 0;
+}
+
 static fly_limit limit_for(fly_client *c, const fly_operation *op) {
   fly_limit l = RATE_DEFAULTS[op->rate_class];
   for (int i = 0; i < c->noverrides; i++)
@@ -892,8 +905,8 @@ static int l_submit(lua_State *L) {
   double now = fly_now();
   r->deadline = deadline > 0 ? now + deadline : 0;
   r->ready_at = now;
+  r->limit = limit_for(c, op);
   if (c->rate_limit) {
-    r->limit = limit_for(c, op);
     const char *scope = "";
     if (op->scope >= 0) {
       lua_getfield(L, 3, op->params[op->scope].name);
@@ -903,6 +916,7 @@ static int l_submit(lua_State *L) {
     r->rate_key = dupn(lua_tostring(L, -1), fly_rawlen(L, -1));
     if (!r->rate_key) return luaL_error(L, "fly: out of memory");
     r->ready_at = fly_rate_reserve(r->rate_key, r->limit, now);
+    if (r->ready_at > now) r->ready_at += c->rate_margin;
   }
   pin(L, c, r, 6);
   if (r->deadline > 0 && r->ready_at > r->deadline)
@@ -1137,17 +1151,28 @@ static int l_new(lua_State *L) {
   /* rate limiting: false, or a table of { scale = n, [action] = {rate, burst} } */
   c->rate_limit = 1;
   c->rate_scale = 1;
+  c->rate_margin = 0.02;
   lua_getfield(L, 1, "rate_limit");
   if (lua_isboolean(L, -1)) {
     c->rate_limit = lua_toboolean(L, -1);
   } else if (lua_istable(L, -1)) {
     int t = lua_gettop(L);
     c->rate_scale = opt_number_field(L, t, "scale", 1);
+    c->rate_margin = opt_number_field(L, t, "margin", 0.02);
+    if (!(c->rate_margin >= 0)) return client_close(L, c), luaL_error(L, "fly: rate_limit.margin must be >= 0");
     if (!(c->rate_scale > 0)) return client_close(L, c), luaL_error(L, "fly: rate_limit.scale must be > 0");
     lua_pushnil(L);
     while (lua_next(L, t)) {
-      if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)) {
-        const char *action = lua_tostring(L, -2);
+      const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+      if (key && (strcmp(key, "scale") == 0 || strcmp(key, "margin") == 0)) {
+        /* read above */
+      } else if (!key || !lua_istable(L, -1) || !known_action(key)) {
+        client_close(L, c);
+        return luaL_error(L, "fly: rate_limit: '%s' is neither scale, margin nor an action "
+                          "(an operationId) mapped to { rate = r, burst = b }",
+                          key ? key : luaL_typename(L, -2));
+      } else {
+        const char *action = key;
         if (c->noverrides == OVERRIDES_MAX || strlen(action) >= sizeof c->overrides[0].action)
           return client_close(L, c), luaL_error(L, "fly: too many rate_limit overrides");
         fly_override *o = &c->overrides[c->noverrides++];

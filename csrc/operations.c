@@ -59,6 +59,7 @@ static const fly_param p16[] = {
 static const fly_param p18[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p19[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
@@ -72,15 +73,18 @@ static const fly_param p21[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
   {"force", "force", FLY_IN_QUERY, 0},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p22[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
   {"key", "key", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p23[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p24[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
@@ -128,10 +132,12 @@ static const fly_param p30[] = {
 static const fly_param p31[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p32[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p33[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
@@ -143,10 +149,12 @@ static const fly_param p34[] = {
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
   {"timeout", "timeout", FLY_IN_QUERY, 0},
   {"signal", "signal", FLY_IN_QUERY, 0},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p35[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p36[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
@@ -164,35 +172,43 @@ static const fly_param p38[] = {
 static const fly_param p39[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p40[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p41[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p42[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p43[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p44[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p45[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p46[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"machine_id", "machine_id", FLY_IN_PATH, 1},
   {"key", "key", FLY_IN_PATH, 1},
+  {"lease_nonce", "fly-machine-lease-nonce", FLY_IN_HEADER, 0},
 };
 static const fly_param p47[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
@@ -402,12 +418,12 @@ const fly_operation fly_operations[] = {
   {"Apps_list", "GET", "/v1/apps", "Apps", p15, 2, 1, 0, 0, "Apps_list", FLY_RATE_DEFAULT, -1},
   {"Apps_show", "GET", "/v1/apps/{app_name}", "Apps", p16, 1, 1, 0, 0, "Apps_show", FLY_RATE_DEFAULT, 0},
   {"CurrentToken_show", "GET", "/v1/tokens/current", "Tokens", NULL, 0, 1, 0, 0, "CurrentToken_show", FLY_RATE_DEFAULT, -1},
-  {"Machines_cordon", "POST", "/v1/apps/{app_name}/machines/{machine_id}/cordon", "Machines", p18, 2, 0, 0, 0, "Machines_cordon", FLY_RATE_DEFAULT, 1},
+  {"Machines_cordon", "POST", "/v1/apps/{app_name}/machines/{machine_id}/cordon", "Machines", p18, 3, 0, 0, 0, "Machines_cordon", FLY_RATE_DEFAULT, 1},
   {"Machines_create", "POST", "/v1/apps/{app_name}/machines", "Machines", p19, 1, 0, 1, 1, "Machines_create", FLY_RATE_DEFAULT, 0},
   {"Machines_create_lease", "POST", "/v1/apps/{app_name}/machines/{machine_id}/lease", "Machines", p20, 3, 0, 1, 1, "Machines_create_lease", FLY_RATE_DEFAULT, 1},
-  {"Machines_delete", "DELETE", "/v1/apps/{app_name}/machines/{machine_id}", "Machines", p21, 3, 1, 0, 0, "Machines_delete", FLY_RATE_DEFAULT, 1},
-  {"Machines_delete_metadata", "DELETE", "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", "Machines", p22, 3, 1, 0, 0, "Machines_delete_metadata", FLY_RATE_DEFAULT, 1},
-  {"Machines_exec", "POST", "/v1/apps/{app_name}/machines/{machine_id}/exec", "Machines", p23, 2, 0, 1, 1, "Machines_exec", FLY_RATE_DEFAULT, 1},
+  {"Machines_delete", "DELETE", "/v1/apps/{app_name}/machines/{machine_id}", "Machines", p21, 4, 1, 0, 0, "Machines_delete", FLY_RATE_DEFAULT, 1},
+  {"Machines_delete_metadata", "DELETE", "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", "Machines", p22, 4, 1, 0, 0, "Machines_delete_metadata", FLY_RATE_DEFAULT, 1},
+  {"Machines_exec", "POST", "/v1/apps/{app_name}/machines/{machine_id}/exec", "Machines", p23, 3, 0, 1, 1, "Machines_exec", FLY_RATE_DEFAULT, 1},
   {"Machines_get_memory", "GET", "/v1/apps/{app_name}/machines/{machine_id}/memory", "Machines", p24, 2, 1, 0, 0, "Machines_get_memory", FLY_RATE_DEFAULT, 1},
   {"Machines_get_metadata_key", "GET", "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", "Machines", p25, 3, 1, 0, 0, "Machines_get_metadata_key", FLY_RATE_DEFAULT, 1},
   {"Machines_list", "GET", "/v1/apps/{app_name}/machines", "Machines", p26, 7, 1, 0, 0, "Machines_list", FLY_RATE_DEFAULT, 0},
@@ -415,22 +431,22 @@ const fly_operation fly_operations[] = {
   {"Machines_list_processes", "GET", "/v1/apps/{app_name}/machines/{machine_id}/ps", "Machines", p28, 4, 1, 0, 0, "Machines_list_processes", FLY_RATE_DEFAULT, 1},
   {"Machines_list_versions", "GET", "/v1/apps/{app_name}/machines/{machine_id}/versions", "Machines", p29, 2, 1, 0, 0, "Machines_list_versions", FLY_RATE_DEFAULT, 1},
   {"Machines_org_list", "GET", "/v1/orgs/{org_slug}/machines", "Organizations", p30, 8, 1, 0, 0, "Machines_org_list", FLY_RATE_DEFAULT, 0},
-  {"Machines_patch_metadata", "PATCH", "/v1/apps/{app_name}/machines/{machine_id}/metadata", "Machines", p31, 2, 0, 1, 1, "Machines_update_metadata", FLY_RATE_DEFAULT, 1},
-  {"Machines_reclaim_memory", "POST", "/v1/apps/{app_name}/machines/{machine_id}/memory/reclaim", "Machines", p32, 2, 0, 1, 1, "Machines_reclaim_memory", FLY_RATE_DEFAULT, 1},
+  {"Machines_patch_metadata", "PATCH", "/v1/apps/{app_name}/machines/{machine_id}/metadata", "Machines", p31, 3, 0, 1, 1, "Machines_update_metadata", FLY_RATE_DEFAULT, 1},
+  {"Machines_reclaim_memory", "POST", "/v1/apps/{app_name}/machines/{machine_id}/memory/reclaim", "Machines", p32, 3, 0, 1, 1, "Machines_reclaim_memory", FLY_RATE_DEFAULT, 1},
   {"Machines_release_lease", "DELETE", "/v1/apps/{app_name}/machines/{machine_id}/lease", "Machines", p33, 3, 1, 0, 0, "Machines_release_lease", FLY_RATE_DEFAULT, 1},
-  {"Machines_restart", "POST", "/v1/apps/{app_name}/machines/{machine_id}/restart", "Machines", p34, 4, 0, 0, 0, "Machines_restart", FLY_RATE_DEFAULT, 1},
-  {"Machines_set_memory_limit", "PUT", "/v1/apps/{app_name}/machines/{machine_id}/memory", "Machines", p35, 2, 1, 1, 1, "Machines_set_memory_limit", FLY_RATE_DEFAULT, 1},
+  {"Machines_restart", "POST", "/v1/apps/{app_name}/machines/{machine_id}/restart", "Machines", p34, 5, 0, 0, 0, "Machines_restart", FLY_RATE_DEFAULT, 1},
+  {"Machines_set_memory_limit", "PUT", "/v1/apps/{app_name}/machines/{machine_id}/memory", "Machines", p35, 3, 1, 1, 1, "Machines_set_memory_limit", FLY_RATE_DEFAULT, 1},
   {"Machines_show", "GET", "/v1/apps/{app_name}/machines/{machine_id}", "Machines", p36, 3, 1, 0, 0, "Machines_show", FLY_RATE_GET_MACHINE, 1},
   {"Machines_show_lease", "GET", "/v1/apps/{app_name}/machines/{machine_id}/lease", "Machines", p37, 2, 1, 0, 0, "Machines_show_lease", FLY_RATE_DEFAULT, 1},
   {"Machines_show_metadata", "GET", "/v1/apps/{app_name}/machines/{machine_id}/metadata", "Machines", p38, 2, 1, 0, 0, "Machines_show_metadata", FLY_RATE_DEFAULT, 1},
-  {"Machines_signal", "POST", "/v1/apps/{app_name}/machines/{machine_id}/signal", "Machines", p39, 2, 0, 1, 1, "Machines_signal", FLY_RATE_DEFAULT, 1},
-  {"Machines_start", "POST", "/v1/apps/{app_name}/machines/{machine_id}/start", "Machines", p40, 2, 0, 0, 0, "Machines_start", FLY_RATE_DEFAULT, 1},
-  {"Machines_stop", "POST", "/v1/apps/{app_name}/machines/{machine_id}/stop", "Machines", p41, 2, 0, 1, 0, "Machines_stop", FLY_RATE_DEFAULT, 1},
-  {"Machines_suspend", "POST", "/v1/apps/{app_name}/machines/{machine_id}/suspend", "Machines", p42, 2, 0, 0, 0, "Machines_suspend", FLY_RATE_DEFAULT, 1},
-  {"Machines_uncordon", "POST", "/v1/apps/{app_name}/machines/{machine_id}/uncordon", "Machines", p43, 2, 0, 0, 0, "Machines_uncordon", FLY_RATE_DEFAULT, 1},
-  {"Machines_update", "POST", "/v1/apps/{app_name}/machines/{machine_id}", "Machines", p44, 2, 0, 1, 1, "Machines_update", FLY_RATE_DEFAULT, 1},
-  {"Machines_update_metadata", "PUT", "/v1/apps/{app_name}/machines/{machine_id}/metadata", "Machines", p45, 2, 1, 1, 1, "Machines_update_metadata", FLY_RATE_DEFAULT, 1},
-  {"Machines_upsert_metadata", "POST", "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", "Machines", p46, 3, 0, 1, 1, "Machines_upsert_metadata", FLY_RATE_DEFAULT, 1},
+  {"Machines_signal", "POST", "/v1/apps/{app_name}/machines/{machine_id}/signal", "Machines", p39, 3, 0, 1, 1, "Machines_signal", FLY_RATE_DEFAULT, 1},
+  {"Machines_start", "POST", "/v1/apps/{app_name}/machines/{machine_id}/start", "Machines", p40, 3, 0, 0, 0, "Machines_start", FLY_RATE_DEFAULT, 1},
+  {"Machines_stop", "POST", "/v1/apps/{app_name}/machines/{machine_id}/stop", "Machines", p41, 3, 0, 1, 0, "Machines_stop", FLY_RATE_DEFAULT, 1},
+  {"Machines_suspend", "POST", "/v1/apps/{app_name}/machines/{machine_id}/suspend", "Machines", p42, 3, 0, 0, 0, "Machines_suspend", FLY_RATE_DEFAULT, 1},
+  {"Machines_uncordon", "POST", "/v1/apps/{app_name}/machines/{machine_id}/uncordon", "Machines", p43, 3, 0, 0, 0, "Machines_uncordon", FLY_RATE_DEFAULT, 1},
+  {"Machines_update", "POST", "/v1/apps/{app_name}/machines/{machine_id}", "Machines", p44, 3, 0, 1, 1, "Machines_update", FLY_RATE_DEFAULT, 1},
+  {"Machines_update_metadata", "PUT", "/v1/apps/{app_name}/machines/{machine_id}/metadata", "Machines", p45, 3, 1, 1, 1, "Machines_update_metadata", FLY_RATE_DEFAULT, 1},
+  {"Machines_upsert_metadata", "POST", "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", "Machines", p46, 4, 0, 1, 1, "Machines_upsert_metadata", FLY_RATE_DEFAULT, 1},
   {"Machines_wait", "GET", "/v1/apps/{app_name}/machines/{machine_id}/wait", "Machines", p47, 7, 1, 0, 0, "Machines_wait", FLY_RATE_DEFAULT, 1},
   {"Platform_placements_post", "POST", "/v1/platform/placements", "Platform", NULL, 0, 0, 1, 1, "Platform_placements_post", FLY_RATE_DEFAULT, -1},
   {"Platform_regions_get", "GET", "/v1/platform/regions", "Platform", NULL, 0, 1, 0, 0, "Platform_regions_get", FLY_RATE_DEFAULT, -1},

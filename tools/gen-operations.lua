@@ -62,6 +62,17 @@ for _, path in ipairs(paths) do
           required = p.required == true or kind == "path",
         }
       end
+      -- API-NOTES: while a lease is held, every mutating call on the machine
+      -- must carry the nonce, so every such operation takes it.
+      local has_machine, has_nonce = false, false
+      for _, p in ipairs(params) do
+        if p.name == "machine_id" then has_machine = true end
+        if p.name == "lease_nonce" then has_nonce = true end
+      end
+      if has_machine and not has_nonce and method ~= "GET" then
+        params[#params + 1] = { name = "lease_nonce", wire = "fly-machine-lease-nonce", kind = "header",
+          required = false }
+      end
       local scope = -1
       if RATE_CLASS[id] ~= "FLY_RATE_APP_DELETE" then
         for _, want in ipairs(SCOPE_ORDER) do

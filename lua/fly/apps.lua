@@ -10,6 +10,15 @@ local App = resource.class("fly.App")
 local Apps = { __name = "fly.apps" }
 Apps.__index = Apps
 
+--- The operation each method calls.
+Apps.operations = {
+  list = "Apps_list",
+  create = "Apps_create",
+  get = "Apps_show",
+  destroy = "Apps_delete",
+  create_deploy_token = "App_create_deploy_token",
+}
+
 --- Lists the apps of an organization.
 -- @tparam table params `org_slug` (required), `app_role` (optional)
 -- @treturn table `{ total_apps = n, apps = { App, … } }`, or nil, fly.Error

@@ -33,6 +33,15 @@ local fly = {
 -- instances hold `client`.
 local namespaces = {
   apps = require "fly.apps",
+  volumes = require "fly.volumes",
+  secrets = require "fly.secrets",
+  secretkeys = require "fly.secretkeys",
+  certificates = require "fly.certificates",
+  ips = require "fly.ips",
+  orgs = require "fly.orgs",
+  platform = require "fly.platform",
+  tokens = require "fly.tokens",
+  postgres = require "fly.postgres",
 }
 fly.namespaces = namespaces
 

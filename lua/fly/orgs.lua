@@ -1,0 +1,115 @@
+--- client.orgs: organization-wide listings of machines and volumes.
+-- Both are cursor paginated: `machines` and `volumes` give one page, `each_machine` and
+-- `each_volume` iterate over all of them (see fly.pages).
+-- @module fly.orgs
+local resource = require "fly.resource"
+local pages = require "fly.pages"
+local Volumes = require "fly.volumes"
+
+local call, check = resource.call, resource.check
+
+local Orgs = { __name = "fly.orgs" }
+Orgs.__index = Orgs
+
+--- The operation each method calls.
+Orgs.operations = {
+  machines = "Machines_org_list",
+  volumes = "Volumes_org_list",
+}
+
+-- Volumes of a page become Volume objects of their app; machines become Machine objects
+-- when the machines namespace (fly.machines) is loaded.
+local function bind_volumes(page, client)
+  if type(page) ~= "table" or type(page.volumes) ~= "table" then return end
+  for _, v in ipairs(page.volumes) do
+    if type(v) == "table" and type(v.app_name) == "string" then
+      resource.bind(Volumes.Volume, v, client, { app = v.app_name })
+    end
+  end
+end
+
+local function bind_machines(page, client)
+  local machines = package.loaded["fly.machines"]
+  local Machine = type(machines) == "table" and machines.Machine
+  if not Machine or type(page) ~= "table" or type(page.machines) ~= "table" then return end
+  for _, m in ipairs(page.machines) do
+    if type(m) == "table" and type(m.app_name) == "string" then
+      resource.bind(Machine, m, client, { app = m.app_name })
+    end
+  end
+end
+
+local LISTS = {
+  machines = { op = "Machines_org_list", bind = bind_machines },
+  volumes = { op = "Volumes_org_list", bind = bind_volumes },
+}
+
+local function page(client, what, org, params, level)
+  local l = LISTS[what]
+  local res, err = call(client, l.op, resource.merge(params, { org_slug = org }), nil, level)
+  l.bind(res, client)
+  return res, err
+end
+
+local function each(self, what, method, org, params)
+  check(org, "string", "org", method, 3)
+  if params ~= nil then check(params, "table", "params", method, 3) end
+  local client, first = self.client, params and params.cursor
+  return pages.iterate(function(cursor, level)
+    -- page() adds a frame between resource.call and this function
+    local res, err = page(client, what, org, resource.merge(params, { cursor = cursor or first }), level + 1)
+    return res, err
+  end, what)
+end
+
+--- Lists one page of an organization's machines, in all its apps.
+-- @tparam string org the organization's slug (`"personal"`)
+-- @tparam[opt] table params `include_deleted`, `region`, `state` (comma-separated: created,
+-- started, stopped, suspended), `summary` (leave out config), `updated_after` (RFC 3339),
+-- `cursor` (a previous page's `next_cursor`), `limit` (advisory: pages may be shorter)
+-- @treturn table `{ machines = { OrgMachine, … }, next_cursor = s?, last_machine_id,
+-- last_updated_at }`, or nil, fly.Error (404 for an unknown organization)
+function Orgs:machines(org, params)
+  check(org, "string", "org", "orgs:machines")
+  if params ~= nil then check(params, "table", "params", "orgs:machines") end
+  local res, err = page(self.client, "machines", org, params, 3)
+  return res, err
+end
+
+--- Lists one page of an organization's volumes, in all its apps.
+-- @tparam string org the organization's slug
+-- @tparam[opt] table params `include_deleted`, `region`, `state`, `summary`, `updated_after`,
+-- `cursor`, `limit` (as for machines)
+-- @treturn table `{ volumes = { Volume, … }, next_cursor = s?, last_volume_id, last_updated_at }`,
+-- or nil, fly.Error. The volumes carry `app_name` and are Volume objects of that app.
+function Orgs:volumes(org, params)
+  check(org, "string", "org", "orgs:volumes")
+  if params ~= nil then check(params, "table", "params", "orgs:volumes") end
+  local res, err = page(self.client, "volumes", org, params, 3)
+  return res, err
+end
+
+--- Iterates over all of an organization's machines, following `next_cursor`.
+--
+--     for m, err in client.orgs:each_machine("personal", { limit = 100 }) do
+--       if not m then error(tostring(err)) end
+--       print(m.app_name, m.id, m.state)
+--     end
+-- @tparam string org the organization's slug
+-- @tparam[opt] table params as for `machines`; `limit` is the page size, `cursor` where to start
+-- @treturn function an iterator giving each OrgMachine; on a failure it gives `false, err`
+-- once and ends
+function Orgs:each_machine(org, params)
+  return (each(self, "machines", "orgs:each_machine", org, params))
+end
+
+--- Iterates over all of an organization's volumes, following `next_cursor`.
+-- @tparam string org the organization's slug
+-- @tparam[opt] table params as for `volumes`
+-- @treturn function an iterator giving each Volume; on a failure it gives `false, err` once
+-- and ends
+function Orgs:each_volume(org, params)
+  return (each(self, "volumes", "orgs:each_volume", org, params))
+end
+
+return Orgs

@@ -1,0 +1,105 @@
+-- Client-side rate limiting to Fly's published limits (C core token buckets).
+local H = require "helper"
+local fly = require "fly"
+local core = require "fly.core"
+
+-- The emulator enforces the same limits, `scale` times faster so the suite stays quick.
+local SCALE = 20
+
+local function limited_client(extra)
+  local opts = { rate_limit = { scale = SCALE } }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return H.client(opts)
+end
+
+describe("rate limiting", function()
+  before_each(function()
+    H.reset()
+    H.config { rate_limits = { enabled = true, scale = SCALE } }
+  end)
+
+  it("paces a burst on one key so the server never answers 429", function()
+    local c = limited_client()
+    local name = H.app(c)
+    local results = c:map({}, function() end)
+    assert.same({}, results)
+    local list = {}
+    for i = 1, 12 do list[i] = i end
+    local ok = c:map(list, function() return c.apps:get(name) ~= nil end)
+    for i = 1, 12 do assert.is_true(ok[i]) end
+    local stats = H.stats()
+    assert.equals(0, stats.rate_limited)
+    assert.equals(12, stats.executed.Apps_show)
+  end)
+
+  it("shares buckets between clients with the same base URL and token", function()
+    local a, b = limited_client(), limited_client()
+    local name = H.app(a)
+    local done = 0
+    for _, client in ipairs { a, b } do
+      for _ = 1, 8 do
+        client:spawn(function()
+          assert(client.apps:get(name))
+          done = done + 1
+        end)
+      end
+    end
+    local deadline = fly.now() + 30
+    while (a:poll(0.01) + b:poll(0.01)) > 0 and fly.now() < deadline do end
+    assert.equals(16, done)
+    assert.equals(0, H.stats().rate_limited)
+  end)
+
+  it("keeps separate buckets per machine (or app) and per action", function()
+    local c = limited_client()
+    local names = { H.app(c), H.app(c), H.app(c) }
+    H.reset()
+    H.config { rate_limits = { enabled = true, scale = SCALE } }
+    -- three apps x three gets each: all within their own bursts, none waits
+    local list = {}
+    for i = 1, 9 do list[i] = names[(i - 1) % 3 + 1] end
+    local t0 = fly.now()
+    c:map(list, function(name) return c:call("Apps_show", { app_name = name }) end)
+    assert.equals(0, H.stats().rate_limited)
+    assert.is_true(fly.now() - t0 < 2.5 / SCALE * 10) -- generous: no key waited for a refill
+  end)
+
+  it("without client-side limits, gets 429s and retries them until they pass", function()
+    local c = H.client { rate_limit = false, retry = { attempts = 10, base = 0.01, cap = 0.2 } }
+    local name = H.app(c)
+    local list = {}
+    for i = 1, 10 do list[i] = i end
+    local res, errs = c:map(list, function() return c.apps:get(name) end)
+    for i = 1, 10 do
+      assert.is_nil(errs[i])
+      assert.equals(name, res[i].name)
+    end
+    assert.is_true(H.stats().rate_limited > 0)
+  end)
+
+  it("fails at once when the rate-limit wait would pass the deadline", function()
+    local c = H.client { rate_limit = { Apps_show = { rate = 0.01, burst = 1 } } }
+    local name = H.app(c)
+    assert(c.apps:get(name))
+    local t0 = fly.now()
+    local res, err = c:call("Apps_show", { app_name = name }, { deadline = 5 })
+    assert.is_nil(res)
+    assert.equals("timeout", err.code)
+    assert.is_true(fly.now() - t0 < 4)
+  end)
+
+  it("raises on bad rate_limit options", function()
+    assert.has_error(function() H.client { rate_limit = { Machines_strat = { rate = 1, burst = 1 } } } end)
+    assert.has_error(function() H.client { rate_limit = { Machines_start = 5 } } end)
+    assert.has_error(function() H.client { rate_limit = { scale = 0 } } end)
+    assert.has_error(function() H.client { rate_limit = { Machines_start = { rate = 0, burst = 1 } } } end)
+  end)
+
+  it("drops idle buckets so memory stays bounded", function()
+    local c = H.client { rate_limit = { scale = 1000 } }
+    H.config { rate_limits = { enabled = false } }
+    for i = 1, 700 do c:call("Apps_show", { app_name = "idle-" .. i }) end
+    c:sleep(0.05)
+    assert.is_true(core.bucket_count() < 100)
+  end)
+end)

@@ -1,0 +1,174 @@
+-- Retries: what is retried, what never is, and transport failures.
+local H = require "helper"
+local fly = require "fly"
+
+local FAST = { attempts = 4, base = 0.01, cap = 0.05 }
+
+describe("retries", function()
+  local c, name
+  before_each(function()
+    H.reset()
+    c = H.client { retry = FAST }
+    name = H.app(c)
+  end)
+
+  local function path(suffix) return "/v1/apps/" .. name .. (suffix or "") end
+
+  for _, status in ipairs { 500, 502, 503, 504, 408 } do
+    it(("retries an idempotent GET after %d and recovers"):format(status), function()
+      H.fault { method = "GET", path = path(), kind = "status", status = status, count = 2 }
+      local app, err = c.apps:get(name)
+      assert.is_nil(err)
+      assert.equals(name, app.name)
+      assert.equals(3, H.stats().requests.Apps_show)
+    end)
+  end
+
+  it("retries an idempotent call after the connection closes without an answer", function()
+    H.fault { method = "GET", path = path(), kind = "close", count = 2 }
+    assert.equals(name, assert(c.apps:get(name)).name)
+  end)
+
+  it("retries a DELETE after a 503", function()
+    H.fault { method = "DELETE", path = path(), kind = "status", status = 503, count = 1 }
+    assert.is_true(c.apps:destroy(name))
+    assert.equals(1, H.stats().executed.Apps_delete)
+  end)
+
+  it("gives up after the configured attempts and says how many were made", function()
+    H.fault { method = "GET", path = path(), kind = "status", status = 503, count = 0 }
+    local app, err = c.apps:get(name)
+    assert.is_nil(app)
+    assert.equals(503, err.status)
+    assert.equals(4, err.attempts)
+    assert.is_true(err.retryable)
+    assert.matches("attempts=4", tostring(err))
+    local _, err1 = c:call("Apps_show", { app_name = name }, { attempts = 1 })
+    assert.equals(1, err1.attempts)
+  end)
+
+  it("never repeats a create after an ambiguous failure (answer lost)", function()
+    H.fault { method = "POST", path = "/v1/apps", kind = "close_after", count = 1 }
+    local before = H.stats().executed.Apps_create
+    local other = H.name()
+    local res, err = c.apps:create { app_name = other, org_slug = "personal" }
+    assert.is_nil(res)
+    assert.equals("reset", err.code)
+    assert.is_false(err.retryable)
+    assert.equals(1, err.attempts)
+    assert.equals(before + 1, H.stats().executed.Apps_create)
+    -- it did happen: the app exists, once
+    assert.equals(other, assert(c.apps:get(other)).name)
+  end)
+
+  it("never repeats a machine create after a 503 that came after executing it", function()
+    H.fault { method = "POST", path = path("/machines"), kind = "status_after", status = 503, count = 1 }
+    local res, err = c:call("Machines_create", { app_name = name, body = { config = { image = "nginx" } } })
+    assert.is_nil(res)
+    assert.equals(503, err.status)
+    assert.is_false(err.retryable)
+    assert.equals(1, H.stats().executed.Machines_create)
+    local list = assert(c:call("Machines_list", { app_name = name }))
+    assert.equals(1, #list)
+  end)
+
+  it("does not retry a POST after a plain 503 either", function()
+    H.fault { method = "POST", path = "/v1/apps", kind = "status", status = 503, count = 1 }
+    local _, err = c.apps:create { app_name = H.name(), org_slug = "personal" }
+    assert.equals(503, err.status)
+    assert.equals(1, err.attempts)
+  end)
+
+  it("retries a POST that carries a lease nonce", function()
+    local m = assert(c:call("Machines_create", { app_name = name, body = { config = { image = "nginx" } } }))
+    local lease = assert(c:call("Machines_create_lease", { app_name = name, machine_id = m.id, body = { ttl = 30 } }))
+    local nonce = (lease.data or lease).nonce
+    H.fault { method = "POST", path = path("/machines/" .. m.id .. "/cordon"), kind = "status", status = 503,
+      count = 1 }
+    local ok, err = c:call("Machines_cordon", { app_name = name, machine_id = m.id, lease_nonce = nonce })
+    assert.is_nil(err)
+    assert.truthy(ok)
+    assert.equals(2, H.stats().requests.Machines_cordon)
+  end)
+
+  it("retries a 429 on any operation, even a create", function()
+    H.fault { method = "POST", path = "/v1/apps", kind = "status", status = 429, count = 2 }
+    local before = H.stats().executed.Apps_create
+    local other = H.name()
+    assert(c.apps:create { app_name = other, org_slug = "personal" })
+    assert.equals(before + 1, H.stats().executed.Apps_create)
+    assert.equals(3, H.stats().requests.Apps_create - before)
+  end)
+
+  it("waits at least Retry-After before retrying a 429", function()
+    H.fault { method = "GET", path = path(), kind = "status", status = 429, count = 1, retry_after = 1 }
+    local t0 = fly.now()
+    assert(c.apps:get(name))
+    assert.is_true(fly.now() - t0 >= 0.95)
+  end)
+
+  it("does not retry the wait long-poll's 408 (it means: not yet)", function()
+    local m = assert(c:call("Machines_create", { app_name = name, body = { config = { image = "nginx" } } }))
+    H.fault { method = "GET", path = path("/machines/" .. m.id .. "/wait"), kind = "status", status = 408,
+      count = 1 }
+    local res, err = c:call("Machines_wait", { app_name = name, machine_id = m.id, state = "stopped", timeout = 1 })
+    assert.is_nil(res)
+    assert.equals(408, err.status)
+    assert.equals(1, err.attempts)
+  end)
+
+  it("retries a POST when the request never reached a server", function()
+    local dead = assert(fly.new { token = "t", base_url = "http://127.0.0.1:9", retry = FAST })
+    local res, err = dead.apps:create { app_name = "x", org_slug = "personal" }
+    assert.is_nil(res)
+    assert.equals("connect", err.code)
+    assert.equals(4, err.attempts)
+    assert.is_true(err.retryable)
+  end)
+end)
+
+describe("transport failures", function()
+  local c, name
+  before_each(function()
+    H.reset()
+    c = H.client { retry = false }
+    name = H.app(c)
+  end)
+
+  it("end a stalled response at the deadline with code timeout", function()
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "stall", delay = 30, count = 1 }
+    local t0 = fly.now()
+    local res, err = c:call("Apps_show", { app_name = name }, { deadline = 1 })
+    assert.is_nil(res)
+    assert.equals("timeout", err.code)
+    assert.is_true(fly.now() - t0 < 10)
+  end)
+
+  it("bound every attempt and the backoff by the deadline", function()
+    local r = H.client { retry = { attempts = 100, base = 0.2, cap = 0.2 } }
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 503, count = 0 }
+    local t0 = fly.now()
+    local res, err = r:call("Apps_show", { app_name = name }, { deadline = 1 })
+    assert.is_nil(res)
+    assert.is_true(err.attempts > 1 and err.attempts < 100)
+    assert.is_true(fly.now() - t0 < 5)
+  end)
+
+  it("report a closed connection as reset", function()
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "close", count = 0 }
+    local _, err = c.apps:get(name)
+    assert.equals("reset", err.code)
+    assert.is_nil(err.status)
+  end)
+
+  it("report malformed JSON and truncated bodies as protocol errors, never as success", function()
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "malformed", count = 1 }
+    local res, err = c.apps:get(name)
+    assert.is_nil(res)
+    assert.equals("protocol", err.code)
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "truncate", count = 1 }
+    res, err = c.apps:get(name)
+    assert.is_nil(res)
+    assert.equals("protocol", err.code)
+  end)
+end)
