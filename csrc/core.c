@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/select.h>
 
 #include "compat.h"
 #include "operations.h"
@@ -105,9 +106,6 @@ struct fly_client {
   fly_request *live;           /* queued and active requests */
   CURL *pool[POOL_MAX];
   int npool;
-  /* sockets libcurl wants watched, for host event loops */
-  struct { curl_socket_t fd; int what; } *socks;
-  int nsocks, capsocks;
 };
 
 /* ------------------------------------------------------------------ utils */
@@ -488,6 +486,12 @@ static const char *transport_code(CURLcode cc) {
 
 static int is_wait(const fly_operation *op) { return strcmp(op->id, "Machines_wait") == 0; }
 
+/* Appends a finished request to the results array of a step. */
+static void deliver(lua_State *L, fly_request *r, int results) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  lua_rawseti(L, results, (int)fly_rawlen(L, results) + 1);
+}
+
 /* Seconds to wait before the next attempt; negative: do not retry. */
 static double retry_delay(fly_client *c, fly_request *r, double now) {
   int safe = r->op->idempotent || r->nonce;
@@ -545,41 +549,42 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
     r->ready_at = now + delay;
     return;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-  lua_rawseti(L, results, (int)fly_rawlen(L, results) + 1);
+  deliver(L, r, results);
   request_finish(L, r);
 }
 
 /* Starts every queued request whose time has come; ends timers and requests
- * whose deadline passed. Returns the earliest future ready time (or +inf). */
-static double launch_ready(lua_State *L, fly_client *c, int results) {
-  double now = fly_now(), next = INFINITY;
-  fly_request *r = c->live;
-  while (r) {
-    fly_request *nx = r->next;
-    if (r->state == REQ_QUEUED) {
-      if (r->deadline > 0 && now >= r->deadline && r->kind == KIND_HTTP) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-        lua_rawseti(L, results, (int)fly_rawlen(L, results) + 1);
-        r->status = 0;
-        request_fail(L, r, "timeout", "deadline exceeded", 1);
-      } else if (r->ready_at <= now) {
-        if (r->kind == KIND_TIMER) {
-          lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-          lua_rawseti(L, results, (int)fly_rawlen(L, results) + 1);
-          request_finish(L, r);
-        } else if (!start_transfer(c, r)) {
-          lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-          lua_rawseti(L, results, (int)fly_rawlen(L, results) + 1);
-          request_fail(L, r, "protocol", "could not start the transfer (out of memory)", 0);
-        }
-      } else {
-        double t = r->ready_at;
-        if (r->deadline > 0 && r->deadline < t) t = r->deadline;
-        if (t < next) next = t;
+ * whose deadline passed. */
+static void launch_ready(lua_State *L, fly_client *c, int results) {
+  double now = fly_now();
+  for (fly_request *r = c->live, *nx; r; r = nx) {
+    nx = r->next;
+    if (r->state != REQ_QUEUED) continue;
+    if (r->deadline > 0 && now >= r->deadline && r->kind == KIND_HTTP) {
+      deliver(L, r, results);
+      r->status = 0;
+      request_fail(L, r, "timeout", "deadline exceeded", 1);
+    } else if (r->ready_at <= now) {
+      if (r->kind == KIND_TIMER) {
+        deliver(L, r, results);
+        request_finish(L, r);
+      } else if (!start_transfer(c, r)) {
+        deliver(L, r, results);
+        request_fail(L, r, "protocol", "could not start the transfer (out of memory)", 0);
       }
     }
-    r = nx;
+  }
+}
+
+/* The earliest time a queued request needs attention (ready, or its
+ * deadline), or +inf. */
+static double earliest(fly_client *c) {
+  double next = INFINITY;
+  for (fly_request *r = c->live; r; r = r->next) {
+    if (r->state != REQ_QUEUED) continue;
+    double t = r->ready_at;
+    if (r->deadline > 0 && r->deadline < t) t = r->deadline;
+    if (t < next) next = t;
   }
   return next;
 }
@@ -599,12 +604,13 @@ static void harvest(lua_State *L, fly_client *c, int results) {
  * wait at most max_wait seconds on the sockets and the nearest deadline. */
 static void step_once(lua_State *L, fly_client *c, int results, double max_wait) {
   int running;
-  double next = launch_ready(L, c, results);
+  launch_ready(L, c, results);
   curl_multi_perform(c->multi, &running);
-  harvest(L, c, results);
+  harvest(L, c, results); /* may queue retries: the earliest time is taken after */
   if (fly_rawlen(L, results) == 0 && max_wait > 0 && c->live) {
     double now = fly_now();
     double wait = max_wait;
+    double next = earliest(c);
     if (next - now < wait) wait = next - now;
     long curl_ms = -1;
     curl_multi_timeout(c->multi, &curl_ms);
@@ -650,13 +656,7 @@ static int l_step_until(lua_State *L) {
 static int l_timeout(lua_State *L) {
   fly_client *c = check_client(L, 1);
   if (!c->live) return lua_pushnil(L), 1;
-  double now = fly_now(), wait = INFINITY;
-  for (fly_request *r = c->live; r; r = r->next) {
-    if (r->state != REQ_QUEUED) continue;
-    double t = r->ready_at;
-    if (r->deadline > 0 && r->deadline < t) t = r->deadline;
-    if (t - now < wait) wait = t - now;
-  }
+  double wait = earliest(c) - fly_now();
   long curl_ms = -1;
   curl_multi_timeout(c->multi, &curl_ms);
   if (curl_ms >= 0 && curl_ms / 1000.0 < wait) wait = curl_ms / 1000.0;
@@ -665,38 +665,24 @@ static int l_timeout(lua_State *L) {
   return 1;
 }
 
-static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
-  (void)e, (void)sockp;
-  fly_client *c = ud;
-  for (int i = 0; i < c->nsocks; i++) {
-    if (c->socks[i].fd == fd) {
-      if (what == CURL_POLL_REMOVE) c->socks[i] = c->socks[--c->nsocks];
-      else c->socks[i].what = what;
-      return 0;
-    }
-  }
-  if (what == CURL_POLL_REMOVE) return 0;
-  if (c->nsocks == c->capsocks) {
-    int cap = c->capsocks ? c->capsocks * 2 : 8;
-    void *p = realloc(c->socks, (size_t)cap * sizeof *c->socks);
-    if (!p) return -1;
-    c->socks = p;
-    c->capsocks = cap;
-  }
-  c->socks[c->nsocks].fd = fd;
-  c->socks[c->nsocks].what = what;
-  c->nsocks++;
-  return 0;
-}
-
-/* client:_sockets() -> { [fd] = "r" | "w" | "rw" } libcurl wants watched. */
+/* client:_sockets() -> { [fd] = "r" | "w" | "rw" }: the sockets libcurl
+ * waits on right now (as curl_multi_fdset reports them, so descriptors up to
+ * FD_SETSIZE). The set changes after every step, and a number may be reused
+ * for a new connection: watchers are best made anew after each step. */
 static int l_sockets(lua_State *L) {
   fly_client *c = check_client(L, 1);
-  lua_createtable(L, 0, c->nsocks);
-  for (int i = 0; i < c->nsocks; i++) {
-    int w = c->socks[i].what;
-    lua_pushstring(L, w == CURL_POLL_IN ? "r" : w == CURL_POLL_OUT ? "w" : "rw");
-    lua_rawseti(L, -2, (int)c->socks[i].fd);
+  fd_set r, w, x;
+  int maxfd = -1;
+  FD_ZERO(&r);
+  FD_ZERO(&w);
+  FD_ZERO(&x);
+  curl_multi_fdset(c->multi, &r, &w, &x, &maxfd);
+  lua_createtable(L, 0, maxfd + 1 > 0 ? maxfd + 1 : 0);
+  for (int fd = 0; fd <= maxfd && fd < FD_SETSIZE; fd++) {
+    int rd = FD_ISSET(fd, &r), wr = FD_ISSET(fd, &w);
+    if (!rd && !wr) continue;
+    lua_pushstring(L, rd && wr ? "rw" : rd ? "r" : "w");
+    lua_rawseti(L, -2, fd);
   }
   return 1;
 }
@@ -1008,8 +994,6 @@ static void client_close(lua_State *L, fly_client *c) {
   if (c->json_headers) curl_slist_free_all(c->json_headers), c->json_headers = NULL;
   free(c->base_url), c->base_url = NULL;
   free(c->ca_file), c->ca_file = NULL;
-  free(c->socks), c->socks = NULL;
-  c->nsocks = c->capsocks = 0;
 }
 
 static int l_close(lua_State *L) {
@@ -1100,8 +1084,6 @@ static int l_new(lua_State *L) {
     client_close(L, c);
     return luaL_error(L, "fly: out of memory");
   }
-  curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-  curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
   uint64_t h = fnv64(14695981039346656037ull, base, bn);
   h = fnv64(h, "\n", 1);
   h = fnv64(h, token, tn);

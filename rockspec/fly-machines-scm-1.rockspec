@@ -28,6 +28,7 @@ build = {
     ["fly.apps"] = "lua/fly/apps.lua",
     ["fly.certificates"] = "lua/fly/certificates.lua",
     ["fly.ips"] = "lua/fly/ips.lua",
+    ["fly.machines"] = "lua/fly/machines.lua",
     ["fly.orgs"] = "lua/fly/orgs.lua",
     ["fly.pages"] = "lua/fly/pages.lua",
     ["fly.platform"] = "lua/fly/platform.lua",

@@ -33,6 +33,7 @@ local fly = {
 -- instances hold `client`.
 local namespaces = {
   apps = require "fly.apps",
+  machines = require "fly.machines",
   volumes = require "fly.volumes",
   secrets = require "fly.secrets",
   secretkeys = require "fly.secretkeys",

@@ -1,0 +1,236 @@
+-- Tasks: many calls at once on one libcurl loop, for scripts, game loops and event loops.
+local H = require "helper"
+local fly = require "fly"
+
+describe("tasks", function()
+  local c, name
+  before_each(function()
+    H.reset()
+    c = H.client()
+    name = H.app(c)
+  end)
+  after_each(function() c:close() end)
+
+  local function slow(path, seconds, count)
+    H.fault { method = "GET", path = path, kind = "delay", delay = seconds, count = count or 1 }
+  end
+
+  it("run calls concurrently and return their results", function()
+    slow("/v1/apps/" .. name, 0.5, 5)
+    local tasks = {}
+    for i = 1, 5 do
+      tasks[i] = c:spawn(function(k)
+        local app = assert(c.apps:get(name))
+        return app.name, k
+      end, i)
+    end
+    local t0 = fly.now()
+    assert.is_true(c:run(30))
+    assert.is_true(fly.now() - t0 < 2.4) -- five 0.5 s requests overlapped, not queued
+    for i = 1, 5 do
+      assert.equals("done", tasks[i]:status())
+      assert.same({ name, i }, { tasks[i]:result() })
+    end
+  end)
+
+  it("progress while a plain call outside any task waits", function()
+    local steps = 0
+    local t = c:spawn(function()
+      for _ = 1, 3 do
+        assert(c.apps:get(name))
+        steps = steps + 1
+      end
+      return "finished"
+    end)
+    slow("/v1/apps/slow-one", 0.5)
+    local res, err = c.apps:get("slow-one")
+    assert.is_nil(res)
+    assert.equals(404, err.status)
+    assert.equals(3, steps)
+    assert.equals("finished", t:join(5))
+  end)
+
+  it("poll(0) never blocks and counts unfinished tasks", function()
+    H.fault { method = "GET", path = "/v1/apps/stalled", kind = "stall", delay = 5, count = 1 }
+    local t = c:spawn(function() return c:call("Apps_show", { app_name = "stalled" }, { timeout = 3 }) end)
+    local t0 = fly.now()
+    local n
+    for _ = 1, 20 do n = c:poll(0) end
+    assert.equals(1, n)
+    assert.is_true(fly.now() - t0 < 1)
+    t:cancel()
+    assert.equals(0, c:poll(0))
+    assert.equals("cancelled", t:status())
+  end)
+
+  it("keep a task's error in the task without stopping the others", function()
+    local bad = c:spawn(function() error("boom") end)
+    local good = c:spawn(function() return assert(c.apps:get(name)).name end)
+    assert.is_true(c:run(10))
+    assert.equals("failed", bad:status())
+    local res, err = bad:result()
+    assert.is_nil(res)
+    assert.equals("task_failed", err.code)
+    assert.matches("boom", err.message)
+    assert.matches("boom", bad.traceback)
+    assert.equals(name, good:result())
+  end)
+
+  it("join from another task, with a timeout", function()
+    slow("/v1/apps/" .. name, 0.3)
+    local inner = c:spawn(function() return assert(c.apps:get(name)).name end)
+    local outer = c:spawn(function()
+      local r = inner:join()
+      return "saw " .. r
+    end)
+    assert.equals("saw " .. name, outer:join(10))
+    slow("/v1/apps/" .. name, 2)
+    local long = c:spawn(function() return c.apps:get(name) end)
+    local waiter = c:spawn(function() return long:join(0.2) end)
+    local res, err = waiter:join(10)
+    assert.is_nil(res)
+    assert.equals("timeout", err.code)
+    long:cancel()
+    local res2, err2 = long:join()
+    assert.is_nil(res2)
+    assert.equals("cancelled", err2.code)
+  end)
+
+  it("report a running task's result as not finished", function()
+    local t = c:spawn(function() c:sleep(0.2) end)
+    local res, err = t:result()
+    assert.is_nil(res)
+    assert.equals("running", err.code)
+    assert.is_true(c:run(5))
+  end)
+
+  it("sleep without blocking other tasks", function()
+    local order = {}
+    c:spawn(function() c:sleep(0.3); order[#order + 1] = "sleeper" end)
+    c:spawn(function() assert(c.apps:get(name)); order[#order + 1] = "caller" end)
+    assert.is_true(c:run(5))
+    assert.same({ "caller", "sleeper" }, order)
+  end)
+
+  it("wait for a rate limit without blocking other tasks", function()
+    local rl = H.client { rate_limit = { Apps_show = { rate = 2, burst = 1 } } }
+    local order = {}
+    rl:spawn(function()
+      assert(rl.apps:get(name))
+      assert(rl.apps:get(name)) -- waits ~0.5 s for its token
+      order[#order + 1] = "limited"
+    end)
+    rl:spawn(function()
+      assert(rl:call("Apps_list", { org_slug = "personal" }))
+      order[#order + 1] = "free"
+    end)
+    assert.is_true(rl:run(10))
+    assert.same({ "free", "limited" }, order)
+    rl:close()
+  end)
+
+  it("map keeps input order, reports errors by index and respects concurrency", function()
+    local names = { name, "missing-1", name, "missing-2", name }
+    local active, peak = 0, 0
+    local res, errs = c:map(names, function(n)
+      active = active + 1
+      if active > peak then peak = active end
+      local app, err = c.apps:get(n)
+      active = active - 1
+      return app and app.name, err
+    end, { concurrency = 2 })
+    assert.same({ name, nil, name, nil, name }, { res[1], res[2], res[3], res[4], res[5] })
+    assert.equals(404, errs[2].status)
+    assert.equals(404, errs[4].status)
+    assert.is_nil(errs[1])
+    assert.equals(2, peak)
+    local _, raised = c:map({ 1 }, function() error("inside map") end)
+    assert.matches("inside map", raised[1].message)
+  end)
+
+  it("survive forced garbage collection between every step", function()
+    slow("/v1/apps/" .. name, 0.05, 0)
+    local tasks = {}
+    for i = 1, 20 do
+      tasks[i] = c:spawn(function()
+        local app = assert(c.apps:get(name))
+        c:sleep(0.01)
+        return #app.name
+      end)
+    end
+    local deadline = fly.now() + 30
+    while c:poll(0.005) > 0 and fly.now() < deadline do
+      collectgarbage("collect")
+      collectgarbage("step")
+    end
+    for i = 1, 20 do assert.equals(#name, tasks[i]:result()) end
+  end)
+
+  it("are cancelled cleanly when the client closes with requests in flight", function()
+    local other = H.client()
+    H.fault { method = "GET", path = "/v1/apps/hang", kind = "stall", delay = 5, count = 0 }
+    local tasks = {}
+    for i = 1, 5 do tasks[i] = other:spawn(function() return other.apps:get("hang") end) end
+    other:poll(0.1)
+    other:close()
+    for i = 1, 5 do assert.equals("cancelled", tasks[i]:status()) end
+    assert.has_error(function() other:poll(0) end, "fly: client is closed")
+    H.reset()
+  end)
+
+  it("can be driven by a host event loop (luv) through timeout() and sockets()", function()
+    local uv = require "luv"
+    slow("/v1/apps/" .. name, 0.2, 3)
+    local results = {}
+    for i = 1, 3 do
+      c:spawn(function() results[i] = assert(c.apps:get(name)).name end)
+    end
+    local polls, timer = {}, uv.new_timer()
+    local step
+    -- libcurl may close a socket and open another under the same number, so
+    -- the watchers are made anew after every step
+    local function sync()
+      for fd, p in pairs(polls) do
+        p:stop()
+        p:close()
+        polls[fd] = nil
+      end
+      for fd, mode in pairs(c:sockets()) do
+        local p = uv.new_socket_poll(fd)
+        polls[fd] = p
+        p:start(mode == "rw" and "rw" or mode, function() step() end)
+      end
+      local t = c:timeout()
+      timer:stop()
+      if t then timer:start(math.max(1, math.ceil(t * 1000)), 0, function() step() end) end
+    end
+    local steps = 0
+    step = function()
+      steps = steps + 1
+      if c:poll(0) == 0 then
+        uv.stop()
+        return
+      end
+      sync()
+    end
+    local guard = uv.new_timer()
+    guard:start(10000, 0, function() uv.stop() end)
+    step()
+    uv.run()
+    guard:close()
+    timer:close()
+    for _, p in pairs(polls) do p:close() end
+    uv.run("nowait")
+    assert.same({ name, name, name }, results)
+    assert.is_true(steps < 1000) -- woken by events, not spinning
+  end)
+
+  it("raise on misuse", function()
+    assert.has_error(function() c:spawn("not a function") end)
+    assert.has_error(function() c:map("x", print) end)
+    local t
+    t = c:spawn(function() return t:join() end)
+    c:run(5)
+    assert.equals("failed", t:status())
+  end)
+end)

@@ -1,0 +1,154 @@
+-- Waiting for machine states: the long-poll loop, its timeouts, 408, 404 and versions.
+local H = require "helper"
+local fly = require "fly"
+
+local function last_uri() return H.stats().last_request.uri end
+
+describe("machines:wait", function()
+  local c, app
+  before_each(function()
+    H.reset()
+    c = H.client()
+    app = H.app(c)
+  end)
+  after_each(function() c:close() end)
+
+  local function started()
+    local m = assert(c.machines:create(app, { config = { image = "nginx" } }))
+    assert.equals("started", (m:wait("started", { timeout = 10 })))
+    return m
+  end
+
+  it("returns the state reached and the version", function()
+    local m = assert(c.machines:create(app, { config = { image = "nginx" } }))
+    local state, version = c.machines:wait(app, m.id, { state = "started", timeout = 10 })
+    assert.equals("started", state)
+    assert.equals(m.instance_id, version)
+    -- the default state is "started"
+    state, version = c.machines:wait(app, m.id)
+    assert.equals("started", state)
+    assert.equals(m.instance_id, version)
+  end)
+
+  it("passes the machine's version from an object, and opts.version / from_event_id as given", function()
+    local m = started()
+    assert.equals("started", (m:wait()))
+    assert.matches("version=" .. m.instance_id, last_uri())
+    assert.equals("started", (m:wait("started", { version = false })))
+    assert.is_nil(last_uri():find("version=", 1, true))
+    local events = assert(m:list_events())
+    assert(m:stop())
+    local state = c.machines:wait(app, m.id, { state = "stopped", from_event_id = events[1].id, timeout = 10 })
+    assert.equals("stopped", state)
+    assert.matches("from_event_id=" .. events[1].id, last_uri())
+  end)
+
+  it("sends an integer server timeout of at most 60 s and never beyond the time left", function()
+    local m = started()
+    assert.equals("started", (c.machines:wait(app, m.id, { timeout = 500 })))
+    assert.matches("timeout=60", last_uri())
+    assert.equals("started", (c.machines:wait(app, m.id, { timeout = 2.5 })))
+    assert.matches("timeout=3", last_uri())
+    assert.equals("started", (c.machines:wait(app, m.id, { timeout = 0.2 })))
+    assert.matches("timeout=1", last_uri())
+  end)
+
+  it("keeps waiting after 408 until the state is reached", function()
+    H.config { wait_max = 0.3, delays = { start = 1.2 } }
+    local m = assert(c.machines:create(app, { config = { image = "nginx" }, skip_launch = true }))
+    assert(m:start())
+    local state = m:wait("started", { timeout = 20 })
+    assert.equals("started", state)
+    local stats = H.stats()
+    assert.is_true(stats.requests.Machines_wait >= 2)
+    assert.is_true((stats.statuses["408"] or 0) >= 1)
+  end)
+
+  it("sets each request's HTTP timeout above the long-poll's", function()
+    local slow = H.client { timeout = 1 }
+    H.config { delays = { start = 2 } }
+    local m = assert(slow.machines:create(app, { config = { image = "nginx" }, skip_launch = true }))
+    assert(m:start())
+    assert.equals("started", (m:wait("started", { timeout = 15 })))
+    assert.equals(1, H.stats().requests.Machines_wait)
+    slow:close()
+  end)
+
+  it("ends with a timeout error carrying the last state seen", function()
+    H.config { delays = { stop = 30 } }
+    local m = started()
+    assert(m:stop())
+    local t0 = fly.now()
+    local state, err = m:wait("stopped", { timeout = 1.5 })
+    local took = fly.now() - t0
+    assert.is_nil(state)
+    assert.is_true(fly.Error.is(err))
+    assert.equals("timeout", err.code)
+    assert.equals("stopping", err.state)
+    assert.matches("did not reach stopped", err.message)
+    assert.is_true(took >= 1.5)
+    assert.is_true(took < 1.5 + 5)  -- generous: the deadline is honoured, not the speed
+  end)
+
+  it("accepts several target states", function()
+    local m = started()
+    assert(m:stop())
+    local state = m:wait({ "suspended", "stopped" }, { timeout = 10 })
+    assert.equals("stopped", state)
+    assert.matches("state=suspended&state=stopped", last_uri())
+    assert.equals("stopped", (c.machines:wait(app, m.id, { states = { "failed", "stopped" }, timeout = 10 })))
+  end)
+
+  it("tolerates 404 for a while after create", function()
+    H.config { wait_404_after_create = 1 }
+    local m = assert(c.machines:create(app, { config = { image = "nginx" } }))
+    local state = m:wait("started", { timeout = 10 })
+    assert.equals("started", state)
+    assert.is_true((H.stats().statuses["404"] or 0) >= 1)
+  end)
+
+  it("gives up on 404 once the grace period is over", function()
+    H.config { wait_404_after_create = 30 }
+    local m = assert(c.machines:create(app, { config = { image = "nginx" } }))
+    local state, err = m:wait("started", { timeout = 10, not_found_grace = 0.5 })
+    assert.is_nil(state)
+    assert.equals(404, err.status)
+    local _, err2 = c.machines:wait(app, "no-such-machine", { timeout = 10, not_found_grace = 0.2 })
+    assert.equals(404, err2.status)
+  end)
+
+  it("treats 404 as success when waiting for destroyed", function()
+    local m = started()
+    assert(m:destroy { force = true })
+    assert.equals("destroyed", (m:wait("destroyed", { timeout = 10 })))
+    -- the machine is gone for good: still success
+    assert.equals("destroyed", (c.machines:wait(app, m.id, { state = "destroyed", timeout = 5 })))
+    assert.is_true((H.stats().statuses["404"] or 0) >= 1)
+  end)
+
+  it("returns other errors at once", function()
+    local m = started()
+    local before = H.stats().requests.Machines_wait
+    H.fault { op = "Machines_wait", kind = "status", status = 500, count = 1 }
+    local state, err = m:wait("started", { timeout = 10 })
+    assert.is_nil(state)
+    assert.equals(500, err.status)
+    assert.equals(before + 1, H.stats().requests.Machines_wait)
+  end)
+
+  it("reaches a failed machine when asked to", function()
+    local m = assert(c.machines:create(app, { config = { image = "emulator/fail" } }))
+    assert.equals("failed", (m:wait({ "started", "failed" }, { timeout = 10 })))
+  end)
+
+  it("runs inside tasks, several at once", function()
+    local a, b = started(), started()
+    assert(a:stop())
+    assert(b:stop())
+    local ta = c:spawn(function() return a:wait("stopped", { timeout = 10 }) end)
+    local tb = c:spawn(function() return b:wait("stopped", { timeout = 10 }) end)
+    assert.equals("stopped", (ta:join()))
+    assert.equals("stopped", (tb:join()))
+    assert.equals("stopped", a.state)
+  end)
+end)
