@@ -75,6 +75,27 @@ describe("client.orgs", function()
       assert.equals(before + 3, H.stats().requests.Machines_org_list)
     end)
 
+    it("each_machine works inside a task, page by page, while other tasks run", function()
+      local a = H.app(c)
+      machines(a, 5)
+      local n, other = 0, 0
+      c:spawn(function()
+        for m, err in c.orgs:each_machine("personal") do
+          assert(m, err)
+          n = n + 1
+        end
+      end)
+      c:spawn(function()
+        for _ = 1, 3 do
+          assert(c.platform:regions())
+          other = other + 1
+        end
+      end)
+      assert.is_true(c:run(10))
+      assert.equals(5, n)
+      assert.equals(3, other)
+    end)
+
     it("each_machine passes the filters on every page", function()
       local a = H.app(c)
       machines(a, 3)

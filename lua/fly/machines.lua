@@ -121,7 +121,10 @@ local function replace_fields(obj, fresh)
   return obj
 end
 
--- The lease in a response, flat or wrapped ({status, data = {…}}); nulls become nil.
+--- The lease in a response, flat or wrapped (`{status, data = {…}}`), as a plain table
+-- `{ nonce, expires_at, owner, version, description }`; nulls become nil.
+-- @param res a decoded lease response
+-- @treturn table
 local function parse_lease(res)
   if type(res) ~= "table" then return res end
   local data = type(res.data) == "table" and res.data or res
