@@ -10,7 +10,7 @@
 
 LUA      ?= lua5.4
 CC       ?= cc
-PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev pkg-config lua-cjson lua-busted lua-check \
+PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev pkg-config lua-cjson lua-busted lua-check lua-socket \
             nginx libnginx-mod-http-lua luarocks lua-luv curl gcc make
 CFLAGS   ?= -O2 -g
 WARN     := -std=gnu11 -Wall -Wextra -Werror

@@ -35,9 +35,8 @@ E.control("POST", "faults", { method = "GET", path = "/v1/apps/bench%-map/machin
   delay = 1, count = 0 })
 collectgarbage("collect")
 local lua0, rss0 = collectgarbage("count"), E.rss_kib()
-local tasks = {}
-for i, id in ipairs(map_ids) do
-  tasks[i] = client:spawn(function() return client:call("Machines_show", { app_name = "bench-map", machine_id = id }) end)
+for _, id in ipairs(map_ids) do
+  client:spawn(function() return client:call("Machines_show", { app_name = "bench-map", machine_id = id }) end)
 end
 local deadline = fly.now() + 0.5
 while fly.now() < deadline do client:poll(0.05) end

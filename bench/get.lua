@@ -75,10 +75,12 @@ local client = fly.new { token = token, base_url = base_url, rate_limit = false 
 local function get_once(i) -- i < 0: warm-up call -i
   local app, err = client.apps:get(APP)
   if not app then
-    error(("get.lua: %s %d failed: %s"):format(i < 0 and "warm-up call" or "call", math.abs(i), tostring(err)), 0)
+    local what = i < 0 and "warm-up call" or "call"
+    error(("get.lua: %s %d failed: %s"):format(what, math.abs(i), tostring(err)), 0)
   end
   if app.name ~= APP then
-    error(("get.lua: %s %d: unexpected result (name = %s)"):format(i < 0 and "warm-up call" or "call", math.abs(i), tostring(app.name)), 0)
+    local what = i < 0 and "warm-up call" or "call"
+    error(("get.lua: %s %d: unexpected result (name = %s)"):format(what, math.abs(i), tostring(app.name)), 0)
   end
 end
 

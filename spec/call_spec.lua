@@ -47,6 +47,7 @@ describe("client:call", function()
     assert.is_false(ok)
     assert.matches("call_spec%.lua:%d+: fly: Apps_show", err)
     ok, err = pcall(function() c.apps:get(nil) end)
+    assert.is_false(ok)
     assert.matches("call_spec%.lua:%d+: fly: apps:get", err)
   end)
 

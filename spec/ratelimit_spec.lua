@@ -88,6 +88,21 @@ describe("rate limiting", function()
     assert.is_true(fly.now() - t0 < 4)
   end)
 
+  it("allows a full burst again after an idle period", function()
+    -- rate 2/s here: waiting for even one refill would take 0.5 s
+    local c = H.client { rate_limit = { scale = 2 } }
+    local name = H.app(c)
+    H.reset()
+    H.config { rate_limits = { enabled = true, scale = 2 } }
+    H.app(c, name)
+    for _ = 1, 3 do assert(c.apps:get(name)) end       -- the burst
+    c:sleep(1.6)                                         -- idle: the bucket refills
+    local t0 = fly.now()
+    for _ = 1, 3 do assert(c.apps:get(name)) end       -- a whole burst again
+    assert.is_true(fly.now() - t0 < 0.45)               -- without waiting for a refill
+    assert.equals(0, H.stats().rate_limited)
+  end)
+
   it("raises on bad rate_limit options", function()
     assert.has_error(function() H.client { rate_limit = { Machines_strat = { rate = 1, burst = 1 } } } end)
     assert.has_error(function() H.client { rate_limit = { Machines_start = 5 } } end)

@@ -100,9 +100,9 @@ function fly.new(opts)
     end
   end
   for _, k in ipairs { "timeout", "connect_timeout" } do
-    if opts[k] and not (opts[k] > 0) then error(("fly.new: option '%s' must be > 0"):format(k), 2) end
+    local v = opts[k]
+    if v and (v <= 0 or v ~= v) then error(("fly.new: option '%s' must be > 0"):format(k), 2) end
   end
-  if opts.insecure == false then opts = resource.merge(opts, { insecure = false }) end
   local token = opts.token or getenv("FLY_API_TOKEN") or getenv("FLY_ACCESS_TOKEN")
   if not token or token:find("^%s*$") then
     return nil, Error.new {

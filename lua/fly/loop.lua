@@ -91,10 +91,10 @@ function loop.drive(client, wait, req)
     done = step(client, wait)
   end
   for i = 1, #done do
-    local req = done[i]
-    local task = st.waiting[req]
+    local finished = done[i]
+    local task = st.waiting[finished]
     if task then
-      st.waiting[req] = nil
+      st.waiting[finished] = nil
       step_task(task)
     end
   end
