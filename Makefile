@@ -44,7 +44,11 @@ build/fly/core.so: $(SRC) $(HDR)
 	@mkdir -p build/fly
 	$(CC) $(CFLAGS) $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o $@ $(LIBS)
 
-test: build
+build/spec/threads: spec/threads.c
+	@mkdir -p build/spec
+	$(CC) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< -o $@ $(shell pkg-config --libs lua5.4) -lpthread
+
+test: build build/spec/threads
 	@spec/run
 
 demo: build
@@ -56,7 +60,9 @@ check-asan: setup
 	@mkdir -p build/asan/fly
 	$(CC) $(SANITIZE) $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o build/asan/fly/core.so $(LIBS)
 	$(CC) $(SANITIZE) $(WARN) $(DEPCFLAGS) spec/sanitized-lua.c -o build/asan/lua $(shell pkg-config --libs lua5.4)
-	@FLY_SPEC_LUA="$(CURDIR)/build/asan/lua" LUA_CPATH="$(CURDIR)/build/asan/?.so;;" \
+	$(CC) $(SANITIZE) $(WARN) $(DEPCFLAGS) spec/threads.c -o build/asan/threads $(shell pkg-config --libs lua5.4) -lpthread
+	@FLY_SPEC_LUA="$(CURDIR)/build/asan/lua" FLY_SPEC_THREADS="$(CURDIR)/build/asan/threads" \
+	  LUA_CPATH="$(CURDIR)/build/asan/?.so;;" \
 	  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=66" \
 	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0" \
 	  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
