@@ -79,7 +79,7 @@ describe("client.postgres", function()
       assert.equals("src-fork", fork.data.name)
       local named = assert(c.postgres:fork(id, { name = "copy" }))
       assert.equals("copy", named.data.name)
-      local dbs = assert(c.postgres:databases(named.data.id))
+      local dbs = assert(c.postgres:list_databases(named.data.id))
       local names = {}
       for _, d in ipairs(dbs.data) do names[d.name] = true end
       assert.is_true(names.app_db)
@@ -92,7 +92,7 @@ describe("client.postgres", function()
       assert.is_nil(r)
       assert.equals(409, err.status)
       assert.equals("conflict", err.code)
-      local backups = assert(c.postgres:backups(id))
+      local backups = assert(c.postgres:list_backups(id))
       assert.equals(1, #backups.data)
       assert.equals("completed", backups.data[1].status)
       local restored = assert(c.postgres:restore(id, { backup_id = backups.data[1].id, name = "prod-restored" }))
@@ -123,7 +123,7 @@ describe("client.postgres", function()
       assert.equals("orders", res.data.name)
       assert(c.postgres:create_database(id, { name = "audit" }))
       local names = {}
-      for _, d in ipairs(assert(c.postgres:databases(id)).data) do names[#names + 1] = d.name end
+      for _, d in ipairs(assert(c.postgres:list_databases(id)).data) do names[#names + 1] = d.name end
       assert.same({ "audit", "fly-db", "orders" }, names)
       local r, err = c.postgres:create_database(id, "orders")
       assert.is_nil(r)
@@ -140,7 +140,7 @@ describe("client.postgres", function()
     it("enable, list and disable extensions (force drops dependents)", function()
       local id = cluster()
       local function installed(name)
-        for _, e in ipairs(assert(c.postgres:extensions(id, "fly-db")).data) do
+        for _, e in ipairs(assert(c.postgres:list_extensions(id, "fly-db")).data) do
           if e.name == name then return e.installed ~= fly.null end
         end
       end
@@ -170,24 +170,24 @@ describe("client.postgres", function()
       local res = assert(c.postgres:create_user(id, { username = "reporter", role = "reader" }))
       assert.same({ username = "reporter", role = "reader" }, res.data)
       local users = {}
-      for _, u in ipairs(assert(c.postgres:users(id)).data) do users[u.username] = u.role end
+      for _, u in ipairs(assert(c.postgres:list_users(id)).data) do users[u.username] = u.role end
       assert.same({ ["fly-user"] = "schema_admin", reporter = "reader" }, users)
 
       assert.is_true(c.postgres:update_user_role(id, "reporter", "writer"))
       assert(c.postgres:update_user_role(id, "reporter", { role = "writer" }))
       users = {}
-      for _, u in ipairs(assert(c.postgres:users(id)).data) do users[u.username] = u.role end
+      for _, u in ipairs(assert(c.postgres:list_users(id)).data) do users[u.username] = u.role end
       assert.equals("writer", users.reporter)
 
-      local cred = assert(c.postgres:credentials(id, "reporter"))
+      local cred = assert(c.postgres:get_credentials(id, "reporter"))
       assert.equals("reporter", cred.data.username)
       local rotated = assert(c.postgres:rotate_password(id, "reporter", { kill_sessions = true }))
       assert.are_not.equal(cred.data.password, rotated.data.password)
-      assert.equals(rotated.data.password, assert(c.postgres:credentials(id, "reporter")).data.password)
+      assert.equals(rotated.data.password, assert(c.postgres:get_credentials(id, "reporter")).data.password)
       assert(c.postgres:rotate_password(id, "reporter"))
 
       assert.is_true(c.postgres:delete_user(id, "reporter"))
-      local r, err = c.postgres:credentials(id, "reporter")
+      local r, err = c.postgres:get_credentials(id, "reporter")
       assert.is_nil(r)
       assert.equals(404, err.status)
     end)

@@ -80,10 +80,10 @@ describe("client.volumes", function()
 
   it("lists snapshots after create_snapshot", function()
     local v = new_volume()
-    assert.same({}, assert(c.volumes:snapshots(app, v.id)))
+    assert.same({}, assert(c.volumes:list_snapshots(app, v.id)))
     assert.is_true(c.volumes:create_snapshot(app, v.id))
     assert.is_true(c.volumes:create_snapshot(app, v.id))
-    local snaps = assert(c.volumes:snapshots(app, v.id))
+    local snaps = assert(c.volumes:list_snapshots(app, v.id))
     assert.equals(2, #snaps)
     assert.matches("^vs_", snaps[1].id)
     assert.is_string(snaps[1].created_at)
@@ -133,7 +133,7 @@ describe("client.volumes", function()
       assert.equals(2, math.tointeger(v.size_gb)) -- the object itself is the answer it came from
 
       assert.is_true(v:create_snapshot())
-      assert.equals(1, #assert(v:snapshots()))
+      assert.equals(1, #assert(v:list_snapshots()))
 
       local gone = assert(v:destroy())
       assert.equals("destroyed", gone.state)

@@ -13,8 +13,8 @@ Orgs.__index = Orgs
 
 --- The operation each method calls.
 Orgs.operations = {
-  machines = "Machines_org_list",
-  volumes = "Volumes_org_list",
+  list_machines = "Machines_org_list",
+  list_volumes = "Volumes_org_list",
 }
 
 -- Volumes of a page become Volume objects of their app; machines become Machine objects
@@ -69,9 +69,9 @@ end
 -- `cursor` (a previous page's `next_cursor`), `limit` (advisory: pages may be shorter)
 -- @treturn table `{ machines = { OrgMachine, … }, next_cursor = s?, last_machine_id,
 -- last_updated_at }`, or nil, fly.Error (404 for an unknown organization)
-function Orgs:machines(org, params)
-  check(org, "string", "org", "orgs:machines")
-  if params ~= nil then check(params, "table", "params", "orgs:machines") end
+function Orgs:list_machines(org, params)
+  check(org, "string", "org", "orgs:list_machines")
+  if params ~= nil then check(params, "table", "params", "orgs:list_machines") end
   local res, err = page(self.client, "machines", org, params, 3)
   return res, err
 end
@@ -82,9 +82,9 @@ end
 -- `cursor`, `limit` (as for machines)
 -- @treturn table `{ volumes = { Volume, … }, next_cursor = s?, last_volume_id, last_updated_at }`,
 -- or nil, fly.Error. The volumes carry `app_name` and are Volume objects of that app.
-function Orgs:volumes(org, params)
-  check(org, "string", "org", "orgs:volumes")
-  if params ~= nil then check(params, "table", "params", "orgs:volumes") end
+function Orgs:list_volumes(org, params)
+  check(org, "string", "org", "orgs:list_volumes")
+  if params ~= nil then check(params, "table", "params", "orgs:list_volumes") end
   local res, err = page(self.client, "volumes", org, params, 3)
   return res, err
 end

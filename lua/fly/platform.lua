@@ -9,14 +9,14 @@ Platform.__index = Platform
 
 --- The operation each method calls.
 Platform.operations = {
-  regions = "Platform_regions_get",
-  placements = "Platform_placements_post",
+  list_regions = "Platform_regions_get",
+  get_placements = "Platform_placements_post",
 }
 
 --- Lists Fly's regions.
 -- @treturn table `{ nearest = "iad", regions = { { code, name, latitude, longitude, … }, … } }`,
 -- or nil, fly.Error
-function Platform:regions()
+function Platform:list_regions()
   local res, err = call(self.client, "Platform_regions_get", nil, nil, 2)
   return res, err
 end
@@ -25,8 +25,8 @@ end
 -- @tparam table body `org_slug` (required), `count`, `region` (a region expression such as
 -- `"ams,fra"` or `"any"`), `compute` (a MachineGuest), `volume_name`, `weights`
 -- @treturn table `{ regions = { { region, count, concurrency }, … } }`, or nil, fly.Error
-function Platform:placements(body)
-  check(body, "table", "body", "platform:placements")
+function Platform:get_placements(body)
+  check(body, "table", "body", "platform:get_placements")
   local res, err = call(self.client, "Platform_placements_post", { body = body }, nil, 2)
   return res, err
 end

@@ -21,21 +21,21 @@ Postgres.operations = {
   destroy = "Postgres_delete",
   create_attachment = "Postgres_attachments_create",
   delete_attachment = "Postgres_attachments_delete",
-  backups = "Postgres_backups_list",
+  list_backups = "Postgres_backups_list",
   create_backup = "Postgres_backups_create",
-  databases = "Postgres_databases_list",
+  list_databases = "Postgres_databases_list",
   create_database = "Postgres_databases_create",
   destroy_database = "Postgres_databases_delete",
-  extensions = "Postgres_extensions_list",
+  list_extensions = "Postgres_extensions_list",
   enable_extension = "Postgres_extensions_enable",
   disable_extension = "Postgres_extensions_disable",
   fork = "Postgres_fork",
   restore = "Postgres_restore",
-  users = "Postgres_users_list",
+  list_users = "Postgres_users_list",
   create_user = "Postgres_users_create",
   delete_user = "Postgres_users_delete",
   update_user_role = "Postgres_users_update_role",
-  credentials = "Postgres_users_credentials",
+  get_credentials = "Postgres_users_credentials",
   rotate_password = "Postgres_users_rotate_password",
 }
 
@@ -149,8 +149,8 @@ end
 -- @tparam string id the cluster's id
 -- @treturn table `{ data = { { id, type, status, started_at, finished_at, size_bytes }, … } }`,
 -- or nil, fly.Error
-function Postgres:backups(id)
-  strings("postgres:backups", { "id" }, id)
+function Postgres:list_backups(id)
+  strings("postgres:list_backups", { "id" }, id)
   local res, err = call(self.client, "Postgres_backups_list", { postgres_cluster_id = id }, nil, 2)
   return res, err
 end
@@ -171,8 +171,8 @@ end
 --- Lists a cluster's databases.
 -- @tparam string id the cluster's id
 -- @treturn table `{ data = { { name }, … } }`, or nil, fly.Error
-function Postgres:databases(id)
-  strings("postgres:databases", { "id" }, id)
+function Postgres:list_databases(id)
+  strings("postgres:list_databases", { "id" }, id)
   local res, err = call(self.client, "Postgres_databases_list", { postgres_cluster_id = id }, nil, 2)
   return res, err
 end
@@ -206,8 +206,8 @@ end
 -- @tparam string database the database's name
 -- @treturn table `{ data = { { name, default_version, description, system, installed }, … } }`
 -- (`installed` is fly.null or `{ schema, version }`), or nil, fly.Error
-function Postgres:extensions(id, database)
-  strings("postgres:extensions", { "id", "database" }, id, database)
+function Postgres:list_extensions(id, database)
+  strings("postgres:list_extensions", { "id", "database" }, id, database)
   local res, err = call(self.client, "Postgres_extensions_list",
     { postgres_cluster_id = id, database_name = database }, nil, 2)
   return res, err
@@ -246,8 +246,8 @@ end
 --- Lists a cluster's users.
 -- @tparam string id the cluster's id
 -- @treturn table `{ data = { { username, role }, … } }`, or nil, fly.Error
-function Postgres:users(id)
-  strings("postgres:users", { "id" }, id)
+function Postgres:list_users(id)
+  strings("postgres:list_users", { "id" }, id)
   local res, err = call(self.client, "Postgres_users_list", { postgres_cluster_id = id }, nil, 2)
   return res, err
 end
@@ -291,8 +291,8 @@ end
 -- @tparam string id the cluster's id
 -- @tparam string username
 -- @treturn table `{ data = { username, password } }`, or nil, fly.Error
-function Postgres:credentials(id, username)
-  strings("postgres:credentials", { "id", "username" }, id, username)
+function Postgres:get_credentials(id, username)
+  strings("postgres:get_credentials", { "id", "username" }, id, username)
   local res, err = call(self.client, "Postgres_users_credentials",
     { postgres_cluster_id = id, username = username }, nil, 2)
   return res, err

@@ -9,9 +9,9 @@ Tokens.__index = Tokens
 
 --- The operation each method calls.
 Tokens.operations = {
-  oidc = "Tokens_request_OIDC",
-  kms = "Tokens_request_Kms",
-  current = "CurrentToken_show",
+  request_oidc = "Tokens_request_OIDC",
+  request_kms = "Tokens_request_Kms",
+  get_current = "CurrentToken_show",
   authenticate = "Tokens_authenticate",
   authorize = "Tokens_authorize",
 }
@@ -20,15 +20,15 @@ Tokens.operations = {
 -- @tparam[opt] table body `aud` (the audience, default `https://fly.io/<org>`),
 -- `aws_principal_tags` (boolean)
 -- @treturn string the token, or nil, fly.Error
-function Tokens:oidc(body)
-  if body ~= nil then check(body, "table", "body", "tokens:oidc") end
+function Tokens:request_oidc(body)
+  if body ~= nil then check(body, "table", "body", "tokens:request_oidc") end
   local res, err = call(self.client, "Tokens_request_OIDC", { body = body or {} }, nil, 2)
   return res, err
 end
 
 --- Requests a token for Fly's KMS (Petsem).
 -- @treturn string the token (`FlyV1 fm2_…`), or nil, fly.Error
-function Tokens:kms()
+function Tokens:request_kms()
   local res, err = call(self.client, "Tokens_request_Kms", nil, nil, 2)
   return res, err
 end
@@ -36,7 +36,7 @@ end
 --- Describes the token this client uses.
 -- @treturn table `{ tokens = { { token_id, org_slug, organization, apps, user? }, … } }`, or nil,
 -- fly.Error (401)
-function Tokens:current()
+function Tokens:get_current()
   local res, err = call(self.client, "CurrentToken_show", nil, nil, 2)
   return res, err
 end

@@ -18,7 +18,7 @@ Volumes.operations = {
   update = "Volumes_update",
   destroy = "Volume_delete",
   extend = "Volumes_extend",
-  snapshots = "Volumes_list_snapshots",
+  list_snapshots = "Volumes_list_snapshots",
   create_snapshot = "createVolumeSnapshot",
 }
 
@@ -145,9 +145,9 @@ end
 -- @tparam string id the volume's id
 -- @treturn table an array of VolumeSnapshot (`id`, `created_at`, `size`, `status`, …), or nil,
 -- fly.Error
-function Volumes:snapshots(app, id)
-  check(app, "string", "app", "volumes:snapshots")
-  check(id, "string", "id", "volumes:snapshots")
+function Volumes:list_snapshots(app, id)
+  check(app, "string", "app", "volumes:list_snapshots")
+  check(id, "string", "id", "volumes:list_snapshots")
   local res, err = snapshots(self.client, app, id, 3)
   return res, err
 end
@@ -200,7 +200,7 @@ end
 
 --- Lists this volume's snapshots.
 -- @treturn table an array of VolumeSnapshot, or nil, fly.Error
-function Volume:snapshots()
+function Volume:list_snapshots()
   local client, ctx = resource.owner(self)
   local res, err = snapshots(client, ctx.app, self.id, 3)
   return res, err
