@@ -122,6 +122,29 @@ describe("machine leases", function()
       assert.equals("yes", m:get_metadata_key("long"))
     end)
 
+    it("refreshes from a background task when used inside a task", function()
+      local before = H.stats().requests.Machines_create_lease or 0
+      local other_calls = 0
+      local holder = c:spawn(function()
+        return m:with_lease({ ttl = 2 }, function(leased)
+          c:sleep(3) -- yields: only the background refresher keeps the lease alive
+          return leased:set_metadata("from-task", "yes")
+        end)
+      end)
+      c:spawn(function()
+        for _ = 1, 5 do
+          assert(c.machines:get(app, m.id))
+          other_calls = other_calls + 1
+          c:sleep(0.2)
+        end
+      end)
+      assert.is_true(c:run(30))
+      assert.is_true(holder:result())
+      assert.equals(5, other_calls)
+      assert.is_true(H.stats().requests.Machines_create_lease - before - 1 >= 2)
+      assert.is_nil((m:get_lease()))
+    end)
+
     it("releases and re-raises when fn raises, with the original error value", function()
       local boom = setmetatable({}, { __tostring = function() return "boom" end })
       local ok, err = pcall(m.with_lease, m, { ttl = 5 }, function() error(boom) end)

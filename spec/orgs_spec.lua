@@ -232,7 +232,8 @@ describe("client.orgs", function()
   end)
 
   it("raises programmer errors at the caller's line (and at the loop for parameters)", function()
-    raises("orgs_spec%.lua:%d+: fly: orgs:list_machines: org must be a string", function() c.orgs:list_machines(nil) end)
+    raises("orgs_spec%.lua:%d+: fly: orgs:list_machines: org must be a string",
+      function() c.orgs:list_machines(nil) end)
     raises("orgs_spec%.lua:%d+: fly: orgs:list_volumes: params must be a table",
       function() c.orgs:list_volumes("personal", "x") end)
     raises("orgs_spec%.lua:%d+: fly: orgs:each_volume: org must be a string", function() c.orgs:each_volume(1) end)

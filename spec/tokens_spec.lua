@@ -82,7 +82,8 @@ describe("client.tokens", function()
   end)
 
   it("raises programmer errors at the caller's line", function()
-    raises("tokens_spec%.lua:%d+: fly: tokens:request_oidc: body must be a table", function() c.tokens:request_oidc("aud") end)
+    raises("tokens_spec%.lua:%d+: fly: tokens:request_oidc: body must be a table",
+      function() c.tokens:request_oidc("aud") end)
     raises("tokens_spec%.lua:%d+: fly: tokens:authenticate: header must be", function() c.tokens:authenticate(nil) end)
     raises("tokens_spec%.lua:%d+: fly: tokens:authorize: body must be a table", function() c.tokens:authorize() end)
   end)
