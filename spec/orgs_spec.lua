@@ -53,6 +53,7 @@ describe("client.orgs", function()
       local m = assert(c.orgs:list_machines("personal")).machines[1]
       assert.equals(id, m.id)
       assert.equals(a, m.app_name)
+      assert.equals(a, m:app())
       assert.equals("fly.Machine", getmetatable(m).__name)
       local fresh = assert(m:refresh())
       assert.equals(id, fresh.id)

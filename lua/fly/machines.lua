@@ -1134,7 +1134,7 @@ end
 
 --- The app this machine belongs to (from the binding, not a JSON field).
 -- @treturn string
-function Machine:app_name()
+function Machine:app()
   local _, app = ctx(self)
   return app
 end
