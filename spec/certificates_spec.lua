@@ -5,13 +5,6 @@ local fly = require "fly"
 local PEM_CHAIN = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 local PEM_KEY = "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n"
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.certificates", function()
   local c, app
   before_each(function()
@@ -148,22 +141,22 @@ describe("client.certificates", function()
     end)
 
     it("each raises programmer errors at the line of the loop", function()
-      raises("certificates_spec%.lua:%d+: fly: App_Certificates_list: unknown parameter 'bogus'", function()
+      H.raises("certificates_spec%.lua:%d+: fly: App_Certificates_list: unknown parameter 'bogus'", function()
         for _ in c.certificates:each(app, { bogus = 1 }) do end
       end)
-      raises("certificates_spec%.lua:%d+: fly: certificates:each: app must be a string",
+      H.raises("certificates_spec%.lua:%d+: fly: certificates:each: app must be a string",
         function() c.certificates:each(42) end)
     end)
   end)
 
   it("raises programmer errors at the caller's line", function()
-    raises("certificates_spec%.lua:%d+: fly: certificates:request_acme: hostname must be",
+    H.raises("certificates_spec%.lua:%d+: fly: certificates:request_acme: hostname must be",
       function() c.certificates:request_acme(app, 5) end)
-    raises("certificates_spec%.lua:%d+: fly: certificates:check: hostname must be a string",
+    H.raises("certificates_spec%.lua:%d+: fly: certificates:check: hostname must be a string",
       function() c.certificates:check(app, nil) end)
-    raises("certificates_spec%.lua:%d+: fly: App_Certificates_custom_delete: parameter 'hostname'",
+    H.raises("certificates_spec%.lua:%d+: fly: App_Certificates_custom_delete: parameter 'hostname'",
       function() c.certificates:delete_custom(app, "") end)
-    raises("certificates_spec%.lua:%d+: fly: certificates:upload_custom: body must be a table",
+    H.raises("certificates_spec%.lua:%d+: fly: certificates:upload_custom: body must be a table",
       function() c.certificates:upload_custom(app, "pem") end)
   end)
 end)

@@ -88,6 +88,14 @@ function H.app(client, name)
   return name
 end
 
+--- Asserts that fn fails (pcall(fn) is false) with a message matching pattern.
+function H.raises(pattern, fn)
+  local assert = require "luassert" -- busted's assert (the specs' global is not visible here)
+  local ok, err = pcall(fn)
+  assert.is_false(ok)
+  assert.matches(pattern, err)
+end
+
 --- Runs a Lua 5.4 chunk in a child process with the given environment
 -- (only these FLY_* variables set) and returns what it printed.
 function H.child(code, env)

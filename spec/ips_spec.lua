@@ -2,13 +2,6 @@
 local H = require "helper"
 local fly = require "fly"
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.ips", function()
   local c, app
   before_each(function()
@@ -59,12 +52,12 @@ describe("client.ips", function()
 
   it("raises on a type outside the API's enum, naming the allowed ones, before any request", function()
     local before = H.stats().total
-    raises("ips_spec%.lua:%d+: fly: ips:assign: type must be one of v4, v6, shared_v4, private_v6, "
+    H.raises("ips_spec%.lua:%d+: fly: ips:assign: type must be one of v4, v6, shared_v4, private_v6, "
       .. "egress_v4, egress_v6, egress_pair %(got \"v5\"%)", function() c.ips:assign(app, { type = "v5" }) end)
-    raises("ips_spec%.lua:%d+: fly: ips:assign: type must be one of .* %(got nil%)",
+    H.raises("ips_spec%.lua:%d+: fly: ips:assign: type must be one of .* %(got nil%)",
       function() c.ips:assign(app, {}) end)
-    raises("ips_spec%.lua:%d+: fly: ips:assign: body must be a table", function() c.ips:assign(app, 4) end)
-    raises("ips_spec%.lua:%d+: fly: ips:release: ip must be a string", function() c.ips:release(app) end)
+    H.raises("ips_spec%.lua:%d+: fly: ips:assign: body must be a table", function() c.ips:assign(app, 4) end)
+    H.raises("ips_spec%.lua:%d+: fly: ips:release: ip must be a string", function() c.ips:release(app) end)
     assert.equals(before, H.stats().total)
   end)
 

@@ -2,13 +2,6 @@
 local H = require "helper"
 local fly = require "fly"
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.orgs", function()
   local c
   before_each(function()
@@ -233,14 +226,14 @@ describe("client.orgs", function()
   end)
 
   it("raises programmer errors at the caller's line (and at the loop for parameters)", function()
-    raises("orgs_spec%.lua:%d+: fly: orgs:list_machines: org must be a string",
+    H.raises("orgs_spec%.lua:%d+: fly: orgs:list_machines: org must be a string",
       function() c.orgs:list_machines(nil) end)
-    raises("orgs_spec%.lua:%d+: fly: orgs:list_volumes: params must be a table",
+    H.raises("orgs_spec%.lua:%d+: fly: orgs:list_volumes: params must be a table",
       function() c.orgs:list_volumes("personal", "x") end)
-    raises("orgs_spec%.lua:%d+: fly: orgs:each_volume: org must be a string", function() c.orgs:each_volume(1) end)
-    raises("orgs_spec%.lua:%d+: fly: Machines_org_list: unknown parameter 'page'",
+    H.raises("orgs_spec%.lua:%d+: fly: orgs:each_volume: org must be a string", function() c.orgs:each_volume(1) end)
+    H.raises("orgs_spec%.lua:%d+: fly: Machines_org_list: unknown parameter 'page'",
       function() c.orgs:list_machines("personal", { page = 2 }) end)
-    raises("orgs_spec%.lua:%d+: fly: Machines_org_list: unknown parameter 'page'", function()
+    H.raises("orgs_spec%.lua:%d+: fly: Machines_org_list: unknown parameter 'page'", function()
       for _ in c.orgs:each_machine("personal", { page = 2 }) do end
     end)
   end)

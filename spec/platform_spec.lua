@@ -1,13 +1,6 @@
 -- client.platform: regions and placements.
 local H = require "helper"
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.platform", function()
   local c
   before_each(function()
@@ -55,7 +48,7 @@ describe("client.platform", function()
   end)
 
   it("raises programmer errors at the caller's line", function()
-    raises("platform_spec%.lua:%d+: fly: platform:get_placements: body must be a table",
+    H.raises("platform_spec%.lua:%d+: fly: platform:get_placements: body must be a table",
       function() c.platform:get_placements("iad") end)
   end)
 end)

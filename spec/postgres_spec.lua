@@ -2,13 +2,6 @@
 local H = require "helper"
 local fly = require "fly"
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.postgres", function()
   local c
   before_each(function()
@@ -204,16 +197,16 @@ describe("client.postgres", function()
   end)
 
   it("raises programmer errors at the caller's line", function()
-    raises("postgres_spec%.lua:%d+: fly: postgres:get: id must be a string", function() c.postgres:get(nil) end)
-    raises("postgres_spec%.lua:%d+: fly: postgres:list: params must be a table", function() c.postgres:list() end)
-    raises("postgres_spec%.lua:%d+: fly: Postgres_list: missing required parameter 'org_slug'",
+    H.raises("postgres_spec%.lua:%d+: fly: postgres:get: id must be a string", function() c.postgres:get(nil) end)
+    H.raises("postgres_spec%.lua:%d+: fly: postgres:list: params must be a table", function() c.postgres:list() end)
+    H.raises("postgres_spec%.lua:%d+: fly: Postgres_list: missing required parameter 'org_slug'",
       function() c.postgres:list {} end)
-    raises("postgres_spec%.lua:%d+: fly: postgres:create_backup: type must be a string or a table",
+    H.raises("postgres_spec%.lua:%d+: fly: postgres:create_backup: type must be a string or a table",
       function() c.postgres:create_backup("x", 1) end)
-    raises("postgres_spec%.lua:%d+: fly: postgres:disable_extension: name must be a string",
+    H.raises("postgres_spec%.lua:%d+: fly: postgres:disable_extension: name must be a string",
       function() c.postgres:disable_extension("x", "db", nil) end)
-    raises("postgres_spec%.lua:%d+: fly: postgres:rotate_password: body must be a table",
+    H.raises("postgres_spec%.lua:%d+: fly: postgres:rotate_password: body must be a table",
       function() c.postgres:rotate_password("x", "u", "now") end)
-    raises("postgres_spec%.lua:%d+: fly: postgres:fork: body must be a table", function() c.postgres:fork("x", 1) end)
+    H.raises("postgres_spec%.lua:%d+: fly: postgres:fork: body must be a table", function() c.postgres:fork("x", 1) end)
   end)
 end)

@@ -15,13 +15,6 @@ local function b64(s)
   end) .. ({ "", "==", "=" })[#s % 3 + 1]
 end
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.secretkeys", function()
   local c, app
   before_each(function()
@@ -111,15 +104,15 @@ describe("client.secretkeys", function()
   end)
 
   it("raises programmer errors at the caller's line", function()
-    raises("secretkeys_spec%.lua:%d+: fly: secretkeys:encrypt: body must be a table",
+    H.raises("secretkeys_spec%.lua:%d+: fly: secretkeys:encrypt: body must be a table",
       function() c.secretkeys:encrypt(app, "k", "plaintext") end)
-    raises("secretkeys_spec%.lua:%d+: fly: secretkeys:sign: name must be a string",
+    H.raises("secretkeys_spec%.lua:%d+: fly: secretkeys:sign: name must be a string",
       function() c.secretkeys:sign(app, 7, {}) end)
-    raises("secretkeys_spec%.lua:%d+: fly: secretkeys:generate: key_type must be",
+    H.raises("secretkeys_spec%.lua:%d+: fly: secretkeys:generate: key_type must be",
       function() c.secretkeys:generate(app, "k") end)
-    raises("secretkeys_spec%.lua:%d+: fly: Secretkey_get: unknown parameter 'x'",
+    H.raises("secretkeys_spec%.lua:%d+: fly: Secretkey_get: unknown parameter 'x'",
       function() c.secretkeys:get(app, "k", { x = 1 }) end)
-    raises("secretkeys_spec%.lua:%d+: fly: Secretkey_verify: unknown parameter 'x'",
+    H.raises("secretkeys_spec%.lua:%d+: fly: Secretkey_verify: unknown parameter 'x'",
       function() c.secretkeys:verify(app, "k", {}, { x = 1 }) end)
   end)
 end)

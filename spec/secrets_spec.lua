@@ -2,13 +2,6 @@
 local H = require "helper"
 local fly = require "fly"
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.secrets", function()
   local c, app
   before_each(function()
@@ -79,13 +72,13 @@ describe("client.secrets", function()
   end)
 
   it("raises programmer errors at the caller's line", function()
-    raises("secrets_spec%.lua:%d+: fly: secrets:set: value must be a string or a table",
+    H.raises("secrets_spec%.lua:%d+: fly: secrets:set: value must be a string or a table",
       function() c.secrets:set(app, "X", 42) end)
-    raises("secrets_spec%.lua:%d+: fly: secrets:update: values must be a table",
+    H.raises("secrets_spec%.lua:%d+: fly: secrets:update: values must be a table",
       function() c.secrets:update(app, nil) end)
-    raises("secrets_spec%.lua:%d+: fly: Secret_get: unknown parameter 'nope'",
+    H.raises("secrets_spec%.lua:%d+: fly: Secret_get: unknown parameter 'nope'",
       function() c.secrets:get(app, "X", { nope = true }) end)
-    raises("secrets_spec%.lua:%d+: fly: secrets:delete: app must be a string",
+    H.raises("secrets_spec%.lua:%d+: fly: secrets:delete: app must be a string",
       function() c.secrets:delete(nil, "X") end)
   end)
 end)

@@ -1,13 +1,6 @@
 -- client.tokens: OIDC and KMS tokens (text/plain), and token introspection.
 local H = require "helper"
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.tokens", function()
   local c
   before_each(function()
@@ -82,9 +75,10 @@ describe("client.tokens", function()
   end)
 
   it("raises programmer errors at the caller's line", function()
-    raises("tokens_spec%.lua:%d+: fly: tokens:request_oidc: body must be a table",
+    H.raises("tokens_spec%.lua:%d+: fly: tokens:request_oidc: body must be a table",
       function() c.tokens:request_oidc("aud") end)
-    raises("tokens_spec%.lua:%d+: fly: tokens:authenticate: header must be", function() c.tokens:authenticate(nil) end)
-    raises("tokens_spec%.lua:%d+: fly: tokens:authorize: body must be a table", function() c.tokens:authorize() end)
+    H.raises("tokens_spec%.lua:%d+: fly: tokens:authenticate: header must be",
+      function() c.tokens:authenticate(nil) end)
+    H.raises("tokens_spec%.lua:%d+: fly: tokens:authorize: body must be a table", function() c.tokens:authorize() end)
   end)
 end)

@@ -2,13 +2,6 @@
 local H = require "helper"
 local fly = require "fly"
 
--- pcall(fn) must fail with a message matching `pattern`
-local function raises(pattern, fn)
-  local ok, err = pcall(fn)
-  assert.is_false(ok)
-  assert.matches(pattern, err)
-end
-
 describe("client.volumes", function()
   local c, app
   before_each(function()
@@ -155,23 +148,23 @@ describe("client.volumes", function()
 
   describe("programmer errors", function()
     it("raise at the caller's line, naming the method and argument", function()
-      raises("volumes_spec%.lua:%d+: fly: volumes:get: id must be a string %(got number%)",
+      H.raises("volumes_spec%.lua:%d+: fly: volumes:get: id must be a string %(got number%)",
         function() c.volumes:get(app, 42) end)
-      raises("volumes_spec%.lua:%d+: fly: volumes:create: body must be a table", function() c.volumes:create(app) end)
-      raises("volumes_spec%.lua:%d+: fly: volumes:extend: size_gb must be a number",
+      H.raises("volumes_spec%.lua:%d+: fly: volumes:create: body must be a table", function() c.volumes:create(app) end)
+      H.raises("volumes_spec%.lua:%d+: fly: volumes:extend: size_gb must be a number",
         function() c.volumes:extend(app, "vol_x", "big") end)
-      raises("volumes_spec%.lua:%d+: fly: Volumes_list: unknown parameter 'bogus'",
+      H.raises("volumes_spec%.lua:%d+: fly: Volumes_list: unknown parameter 'bogus'",
         function() c.volumes:list(app, { bogus = 1 }) end)
-      raises("volumes_spec%.lua:%d+: fly: Volumes_get_by_id: parameter 'volume_id' must not be empty",
+      H.raises("volumes_spec%.lua:%d+: fly: Volumes_get_by_id: parameter 'volume_id' must not be empty",
         function() c.volumes:get(app, "") end)
     end)
 
     it("raise at the caller's line from object methods too", function()
       local v = new_volume()
-      raises("volumes_spec%.lua:%d+: fly: volume:update: body must be a table", function() v:update("x") end)
-      raises("volumes_spec%.lua:%d+: fly: volume:extend: size_gb must be a number", function() v:extend(nil) end)
-      raises("volumes_spec%.lua:%d+: fly: cannot encode", function() v:update { f = print } end)
-      raises("volumes_spec%.lua:%d+: fly: this object is not bound",
+      H.raises("volumes_spec%.lua:%d+: fly: volume:update: body must be a table", function() v:update("x") end)
+      H.raises("volumes_spec%.lua:%d+: fly: volume:extend: size_gb must be a number", function() v:extend(nil) end)
+      H.raises("volumes_spec%.lua:%d+: fly: cannot encode", function() v:update { f = print } end)
+      H.raises("volumes_spec%.lua:%d+: fly: this object is not bound",
         function() fly.namespaces.volumes.Volume.refresh({ id = "x" }) end)
     end)
   end)

@@ -13,7 +13,6 @@
 -- State: state.table("certificates")[app_name] = {app_id, items = {[hostname] = record}}
 -- (see new_record).
 
-local cjson = require "cjson"
 local state = require "emu.state"
 local util = require "emu.util"
 
@@ -21,44 +20,10 @@ local M = {}
 
 local DAY = 86400
 
-local function arr(t)
-  if #t > 0 then return t end
-  return cjson.empty_array or setmetatable({}, { __jsontype = "array" })
-end
-
--- one query value as a string ("?flag" without a value counts as "true"), or nil
-local function qval(v)
-  if type(v) == "table" then v = v[#v] end
-  if v == true then return "true" end
-  if type(v) ~= "string" then return nil end
-  return v
-end
-
-local function now_epoch()
-  if ngx and ngx.time then return ngx.time() end
-  return os.time()
-end
-
-local function iso_in(seconds) return os.date("!%Y-%m-%dT%H:%M:%SZ", now_epoch() + seconds) end
+local function iso_in(seconds) return os.date("!%Y-%m-%dT%H:%M:%SZ", util.now_epoch() + seconds) end
 
 -- the app's certificates (a fresh set when the app was deleted and created again)
-local function app_certs(app_name)
-  local all = state.table("certificates")
-  local app = state.table("apps")[app_name]
-  local app_id = app and app.id
-  local b = all[app_name]
-  if not b or b.app_id ~= app_id then
-    b = { app_id = app_id, items = {} }
-    all[app_name] = b
-  end
-  return b.items
-end
-
-local function hex_encode(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
-local function hex_decode(s)
-  if #s % 2 == 1 or s:find("[^0-9a-fA-F]") then return nil end
-  return (s:gsub("..", function(h) return string.char(tonumber(h, 16)) end))
-end
+local function app_certs(app_name) return util.app_items("certificates", app_name) end
 
 local function valid_hostname(h)
   if type(h) ~= "string" or #h > 253 or h:find("%.%.") then return false end
@@ -115,7 +80,7 @@ local function entries(c)
       }
     else
       e.status = c.configured and "pending_validation" or "pending_ownership"
-      e.issued = arr({})
+      e.issued = util.arr({})
     end
     list[#list + 1] = e
   end
@@ -126,7 +91,7 @@ local function entries(c)
       issued = { { type = c.custom.type, certificate_authority = c.custom.issuer, expires_at = c.custom.expires_at } },
     }
   end
-  return arr(list)
+  return util.arr(list)
 end
 
 local function detail(app_name, c)
@@ -140,8 +105,8 @@ local function detail(app_name, c)
     acme_requested = c.acme_requested,
     certificates = entries(c),
     dns_requirements = {
-      a = arr(a),
-      aaaa = arr(aaaa),
+      a = util.arr(a),
+      aaaa = util.arr(aaaa),
       cname = app_name .. ".fly.dev",
       acme_challenge = { name = "_acme-challenge." .. c.hostname,
                          target = c.hostname .. "." .. app_name .. ".flydns.net" },
@@ -152,7 +117,7 @@ local function detail(app_name, c)
       alpn_configured = c.configured, http_configured = c.configured,
       dns_configured = false, ownership_txt_configured = false,
     },
-    validation_errors = arr({}),
+    validation_errors = util.arr({}),
   }
 end
 
@@ -199,7 +164,7 @@ local function list(req)
   if not state.table("apps")[app_name] then return util.err(404, "app not found") end
   local q = req.query or {}
   local limit = 25
-  local lq = qval(q.limit)
+  local lq = util.qval(q.limit)
   if lq ~= nil and lq ~= "" then
     limit = tonumber(lq)
     if not limit or limit ~= math.floor(limit) or limit < 1 then
@@ -208,12 +173,12 @@ local function list(req)
     limit = math.min(limit, 500)
   end
   local after
-  local cq = qval(q.cursor)
+  local cq = util.qval(q.cursor)
   if cq ~= nil and cq ~= "" then
-    after = hex_decode(cq)
+    after = util.hex_decode(cq)
     if not after then return util.err(400, "invalid cursor") end
   end
-  local filter = qval(q.filter)
+  local filter = util.qval(q.filter)
   filter = filter and filter:lower() or nil
 
   local matching = {}
@@ -229,8 +194,8 @@ local function list(req)
       page[#page + 1] = summary(c)
     end
   end
-  local out = { certificates = arr(page), total_count = #matching }
-  if more then out.next_cursor = hex_encode(page[#page].hostname) end
+  local out = { certificates = util.arr(page), total_count = #matching }
+  if more then out.next_cursor = util.hex_encode(page[#page].hostname) end
   return 200, out
 end
 
@@ -329,10 +294,10 @@ local function check(req)
   local out = detail(app_name, c)
   local a, aaaa = app_addresses(app_name)
   out.dns_records = {
-    a = arr(c.configured and a or {}),
-    aaaa = arr(c.configured and aaaa or {}),
-    cname = arr(c.configured and #a == 0 and #aaaa == 0 and { app_name .. ".fly.dev" } or {}),
-    resolved_addresses = arr(c.configured and (#a > 0 and a or aaaa) or {}),
+    a = util.arr(c.configured and a or {}),
+    aaaa = util.arr(c.configured and aaaa or {}),
+    cname = util.arr(c.configured and #a == 0 and #aaaa == 0 and { app_name .. ".fly.dev" } or {}),
+    resolved_addresses = util.arr(c.configured and (#a > 0 and a or aaaa) or {}),
     acme_challenge_cname = "",
     ownership_txt = "",
     soa = "ns1.dns-provider.example. hostmaster.dns-provider.example.",

@@ -20,25 +20,8 @@ local TYPES = { "v4", "v6", "shared_v4", "private_v6", "egress_v4", "egress_v6",
 local TYPE_SET = {}
 for _, t in ipairs(TYPES) do TYPE_SET[t] = true end
 
-local function arr(t)
-  if #t > 0 then return t end
-  return cjson.empty_array or setmetatable({}, { __jsontype = "array" })
-end
-
-local function app_exists(name) return state.table("apps")[name] ~= nil end
-
 -- the app's IP assignments (an array) (a fresh set when the app was deleted and created again)
-function M.app_ips(app_name)
-  local all = state.table("ips")
-  local app = state.table("apps")[app_name]
-  local app_id = app and app.id
-  local b = all[app_name]
-  if not b or b.app_id ~= app_id then
-    b = { app_id = app_id, items = {} }
-    all[app_name] = b
-  end
-  return b.items
-end
+function M.app_ips(app_name) return util.app_items("ips", app_name) end
 
 local function next_seq()
   local seq = state.table("ips_seq")
@@ -94,10 +77,10 @@ end
 
 local function list(req)
   local app_name = req.params.app_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   local out = {}
   for i, r in ipairs(M.app_ips(app_name)) do out[i] = render(r) end
-  return 200, { ips = arr(out) }
+  return 200, { ips = util.arr(out) }
 end
 
 local function create(req)
@@ -145,7 +128,7 @@ end
 
 local function delete(req)
   local app_name = req.params.app_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   local wanted = (req.params.ip or ""):lower()
   local ips = M.app_ips(app_name)
   for i, r in ipairs(ips) do

@@ -195,10 +195,8 @@ end
 local function set_memory(req)
   local body, bst, beb = util.json_body(req, true)
   if not body then return bst, beb end
-  local m, st, eb = store.find(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
-  local gst, geb = store.lease_guard(m, req)
-  if gst then return gst, geb end
   local want = tonumber(body.limit_mb)
   local _, max = limit_of(m)
   if not want or want < 1 or want > max then
@@ -212,10 +210,8 @@ end
 local function reclaim(req)
   local body, bst, beb = util.json_body(req, false)
   if not body then return bst, beb end
-  local m, st, eb = store.find(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
-  local gst, geb = store.lease_guard(m, req)
-  if gst then return gst, geb end
   local amount = tonumber(body.amount_mb) or 0
   if amount < 0 then
     return util.err(400, "invalid_argument: amount_mb must not be negative", "invalid_argument")

@@ -15,6 +15,7 @@
 --   store.lease_guard(m, req)  nil, or an error response when a lease is held and the request
 --                              lacks its nonce (409 — API-NOTES: "A lease held by someone else
 --                              answers 409")
+--   store.find_writable(req)   store.find then store.lease_guard: the machine or nil, status, body
 --   store.render(m, opts)      Machine JSON: opts.summary, opts.include_lease, opts.nonce
 --   store.machines_of(app)     non-destroyed machines of an app ordered by creation
 --   store.touch(m)             bump updated_at
@@ -72,6 +73,15 @@ function store.lease_guard(m, req)
     "machine %s is currently leased by %s (%s), lease expires at %s; " ..
     "send its nonce in the fly-machine-lease-nonce header",
     m.id, l.owner, l.description or "", util.now_iso(l.expires_at)))
+end
+
+-- The machine a request may change: found (404 otherwise) and not leased by someone else (409).
+function store.find_writable(req)
+  local m, st, eb = store.find(req)
+  if not m then return nil, st, eb end
+  local gst, geb = store.lease_guard(m, req)
+  if gst then return nil, gst, geb end
+  return m
 end
 
 function store.touch(m)

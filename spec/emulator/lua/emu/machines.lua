@@ -193,10 +193,8 @@ end
 local DESTROYABLE = { stopped = true, suspended = true, failed = true, created = true }
 
 local function delete(req)
-  local m, st, eb = store.find(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
-  local gst, geb = store.lease_guard(m, req)
-  if gst then return gst, geb end
   local force = util.truthy(req.query.force) or util.truthy(req.query.kill)
   if m.state == "destroying" then return 200 end
   if not DESTROYABLE[m.state] and not force then
@@ -210,22 +208,13 @@ end
 
 ---------------------------------------------------------------------------- actions
 
--- Common prologue of action endpoints: find the machine and check the lease.
-local function action(req)
-  local m, st, eb = store.find(req)
-  if not m then return nil, st, eb end
-  local gst, geb = store.lease_guard(m, req)
-  if gst then return nil, gst, geb end
-  return m
-end
-
 local function precondition(verb, m)
   return util.err(412, string.format(
     "failed_precondition: unable to %s machine from current state: '%s'", verb, m.state))
 end
 
 local function start(req)
-  local m, st, eb = action(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
   if m.state == "started" or m.state == "starting" then return 200 end
   if m.state == "destroying" or m.state == "replacing" then return precondition("start", m) end
@@ -244,7 +233,7 @@ local function stop(req)
     return util.err(400, "invalid_argument: invalid signal " .. tostring(body.signal),
                     "invalid_argument")
   end
-  local m, st, eb = action(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
   if m.state == "stopped" or m.state == "stopping" or m.state == "created"
      or m.state == "failed" then
@@ -260,7 +249,7 @@ local function restart(req)
   if sig ~= nil and not SIGNALS[sig] then
     return util.err(400, "invalid_argument: invalid signal " .. tostring(sig), "invalid_argument")
   end
-  local m, st, eb = action(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
   if m.state == "destroying" then return precondition("restart", m) end
   lifecycle.restart(m)
@@ -274,7 +263,7 @@ local function signal(req)
     return util.err(400, "invalid_argument: invalid signal " .. tostring(body.signal),
                     "invalid_argument")
   end
-  local m, st, eb = action(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
   if m.state ~= "started" then return precondition("signal", m) end
   if body.signal == "SIGKILL" then
@@ -287,7 +276,7 @@ local function signal(req)
 end
 
 local function suspend(req)
-  local m, st, eb = action(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
   if m.state == "suspended" or m.state == "suspending" then return 200 end
   if m.state ~= "started" then return precondition("suspend", m) end
@@ -297,7 +286,7 @@ end
 
 local function cordon_fn(flag)
   return function(req)
-    local m, st, eb = action(req)
+    local m, st, eb = store.find_writable(req)
     if not m then return st, eb end
     m.cordoned = flag
     store.touch(m)

@@ -18,14 +18,6 @@ local function meta_of(m)
   return m.config.metadata
 end
 
-local function mutable(req)
-  local m, st, eb = store.find(req)
-  if not m then return nil, st, eb end
-  local gst, geb = store.lease_guard(m, req)
-  if gst then return nil, gst, geb end
-  return m
-end
-
 local function show(req)
   local m, st, eb = store.find(req)
   if not m then return st, eb end
@@ -38,7 +30,7 @@ local function update_many(req)
   if body.metadata ~= nil and body.metadata ~= cjson.null and type(body.metadata) ~= "table" then
     return util.err(400, "invalid_argument: metadata must be an object", "invalid_argument")
   end
-  local m, st, eb = mutable(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
   local want = body.machine_version
   if type(want) == "string" and want ~= "" and want ~= m.version then
@@ -73,7 +65,7 @@ local function upsert(req)
   if type(body.value) ~= "string" then
     return util.err(400, "invalid_argument: value must be a string", "invalid_argument")
   end
-  local m, st, eb = mutable(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
   meta_of(m)[req.params.key] = body.value
   store.touch(m)
@@ -81,7 +73,7 @@ local function upsert(req)
 end
 
 local function delete(req)
-  local m, st, eb = mutable(req)
+  local m, st, eb = store.find_writable(req)
   if not m then return st, eb end
   meta_of(m)[req.params.key] = nil
   store.touch(m)

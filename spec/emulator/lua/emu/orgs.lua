@@ -12,29 +12,10 @@
 -- belongs to it, when it is listed in state.config.orgs or state.table("orgs"), or when it
 -- is the default organization (state.config.org_slug, default "personal").
 
-local cjson = require "cjson"
 local state = require "emu.state"
 local util = require "emu.util"
 
 local M = {}
-
-local function arr(t)
-  if #t > 0 then return t end
-  return cjson.empty_array or setmetatable({}, { __jsontype = "array" })
-end
-
--- one query value as a string ("?flag" without a value counts as "true"), or nil
-local function qval(v)
-  if type(v) == "table" then v = v[#v] end
-  if v == true then return "true" end
-  if type(v) ~= "string" then return nil end
-  return v
-end
-
-local function qbool(v)
-  v = qval(v)
-  return v == "true" or v == "1" or v == "t" or v == "TRUE" or v == "True"
-end
 
 local function app_org(app)
   if type(app) ~= "table" then return nil end
@@ -104,17 +85,11 @@ function M.parse_time(s)
     + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) + tonumber("0" .. frac:gsub("^0", "")) - offset
 end
 
-local function hex_encode(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
-local function hex_decode(s)
-  if #s % 2 == 1 or s:find("[^0-9a-fA-F]") then return nil end
-  return (s:gsub("..", function(h) return string.char(tonumber(h, 16)) end))
-end
-
 -- the cursor carries the last item's timestamp text and id (re-parsed, so it compares equal)
-local function make_cursor(item) return hex_encode(item.ts .. "|" .. item.id) end
+local function make_cursor(item) return util.hex_encode(item.ts .. "|" .. item.id) end
 
 local function read_cursor(c)
-  local raw = hex_decode(c)
+  local raw = util.hex_decode(c)
   local ts, id = (raw or ""):match("^([^|]*)|(.+)$")
   if not ts then return nil end
   return { t = M.parse_time(ts) or 0, id = id }
@@ -127,19 +102,19 @@ local function page(req, items)
   local q = req.query or {}
   local cap = tonumber(state.config.org_page_size) or 2
   local size = cap
-  local lq = qval(q.limit)
+  local lq = util.qval(q.limit)
   if lq ~= nil and lq ~= "" then
     local n = tonumber(lq)
     if not n or n ~= math.floor(n) or n < 1 then return nil, "limit must be a positive integer" end
     size = math.min(n, cap, 1000)
   end
   local from
-  local cq = qval(q.cursor)
+  local cq = util.qval(q.cursor)
   if cq ~= nil and cq ~= "" then
     from = read_cursor(cq)
     if not from then return nil, "invalid cursor" end
   else
-    local ua = qval(q.updated_after)
+    local ua = util.qval(q.updated_after)
     if ua ~= nil and ua ~= "" then
       local t = M.parse_time(ua)
       if not t then return nil, "updated_after must be an RFC 3339 timestamp" end
@@ -155,22 +130,22 @@ local function page(req, items)
       last = item
     end
   end
-  return { rows = arr(rows), last = last, next_cursor = more and make_cursor(last) or nil }
+  return { rows = util.arr(rows), last = last, next_cursor = more and make_cursor(last) or nil }
 end
 
 local function filters(req)
   local q = req.query or {}
   local states
-  local sq = qval(q.state)
+  local sq = util.qval(q.state)
   if sq and sq ~= "" then
     states = {}
     for s in sq:gmatch("[^,%s]+") do states[s] = true end
   end
-  local region = qval(q.region)
+  local region = util.qval(q.region)
   if region == "" then region = nil end
   return {
-    include_deleted = qbool(q.include_deleted),
-    summary = qbool(q.summary),
+    include_deleted = util.qbool(q.include_deleted),
+    summary = util.qbool(q.summary),
     region = region,
     states = states,
   }
@@ -235,7 +210,7 @@ local function machines(req)
     next_cursor = p.next_cursor,
     last_machine_id = p.last and p.last.id or nil,
     last_updated_at = p.last and p.last.row.updated_at or nil,
-    error_regions = arr({}),
+    error_regions = util.arr({}),
   }
 end
 

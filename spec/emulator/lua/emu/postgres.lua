@@ -57,20 +57,7 @@ local EXTENSIONS = {
   postgis_topology = { "3.5.2", "PostGIS topology spatial types and functions", postgis = true, requires = "postgis" },
 }
 
-local function arr(t)
-  if #t > 0 then return t end
-  return cjson.empty_array or setmetatable({}, { __jsontype = "array" })
-end
-
 local function perr(status, message) return status, { error = message } end
-
--- one query value as a string ("?flag" without a value counts as "true"), or nil
-local function qval(v)
-  if type(v) == "table" then v = v[#v] end
-  if v == true then return "true" end
-  if type(v) ~= "string" then return nil end
-  return v
-end
 
 local function clusters() return state.table("postgres") end
 
@@ -182,7 +169,7 @@ end
 local function attached_apps(c)
   local out = {}
   for i, a in ipairs(c.attachments) do out[i] = { name = a.app_name } end
-  return arr(out)
+  return util.arr(out)
 end
 
 local function render(c)
@@ -238,9 +225,9 @@ end
 
 local function list(req)
   local q = req.query or {}
-  local slug = qval(q.org_slug)
+  local slug = util.qval(q.org_slug)
   if slug == nil or slug == "" then return perr(422, "org_slug is required") end
-  local inc = qval(q.include_deleted)
+  local inc = util.qval(q.include_deleted)
   if inc ~= nil and inc ~= "true" and inc ~= "false" then return perr(422, "include_deleted must be true or false") end
   if not org_exists(slug) then return perr(404, "Organization not found") end
   local rows = {}
@@ -253,7 +240,7 @@ local function list(req)
   table.sort(rows, function(a, b) return a.seq < b.seq end)
   local out = {}
   for i, c in ipairs(rows) do out[i] = summary(c) end
-  return 200, { data = arr(out) }
+  return 200, { data = util.arr(out) }
 end
 
 local function create(req)
@@ -353,7 +340,7 @@ local function backups_list(req)
   if not c then return perr(status, msg) end
   local out = {}
   for i, b in ipairs(c.backups) do out[i] = render_backup(b) end
-  return 200, { data = arr(out) }
+  return 200, { data = util.arr(out) }
 end
 
 local function backups_create(req)
@@ -384,7 +371,7 @@ end
 local function db_names(c)
   local out = {}
   for i, name in ipairs(sorted_keys(c.databases)) do out[i] = { name = name } end
-  return arr(out)
+  return util.arr(out)
 end
 
 local function databases_list(req)
@@ -486,7 +473,7 @@ local function extensions_disable(req)
   if not e then return perr(422, "Invalid extension name") end
   if e.system then return perr(400, "System extensions cannot be disabled") end
   if not db.extensions[name] then return 204, nil end -- DROP EXTENSION IF EXISTS
-  local force = qval(req.query and req.query.force) == "true"
+  local force = util.qval(req.query and req.query.force) == "true"
   for other in pairs(db.extensions) do
     if EXTENSIONS[other].requires == name then
       if not force then
@@ -559,7 +546,7 @@ local function users_list(req)
   if not c then return perr(status, msg) end
   local out = {}
   for i, u in ipairs(sorted_keys(c.users)) do out[i] = { username = u, role = c.users[u].role } end
-  return 200, { data = arr(out) }
+  return 200, { data = util.arr(out) }
 end
 
 local function users_create(req)

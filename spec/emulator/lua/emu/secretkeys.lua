@@ -14,12 +14,13 @@
 -- state.config.secretkey_bytes == "base64"), arrays of integers otherwise.
 --
 -- State: state.table("secretkeys")[app_name] = {app_id, items = {[name] = {name, type,
--- material, public_key, created_at, updated_at, version}}}; versions are shared with secrets.lua through
--- state.table("secret_versions").
+-- material, public_key, created_at, updated_at, version}}}; versions are shared with secrets.lua
+-- (secrets.bump_version, secrets.min_version) through state.table("secret_versions").
 
 local cjson = require "cjson"
 local state = require "emu.state"
 local util = require "emu.util"
+local secrets = require "emu.secrets"
 
 local M = {}
 
@@ -36,39 +37,8 @@ local TYPES = {
 }
 M.types = TYPES
 
-local function arr(t)
-  if #t > 0 then return t end
-  return cjson.empty_array or setmetatable({}, { __jsontype = "array" })
-end
-
--- one query value as a string ("?flag" without a value counts as "true"), or nil
-local function qval(v)
-  if type(v) == "table" then v = v[#v] end
-  if v == true then return "true" end
-  if type(v) ~= "string" then return nil end
-  return v
-end
-
-local function app_exists(name) return state.table("apps")[name] ~= nil end
-
 -- the app's secret keys (a fresh set when the app was deleted and created again)
-local function app_keys(app_name)
-  local all = state.table("secretkeys")
-  local app = state.table("apps")[app_name]
-  local app_id = app and app.id
-  local b = all[app_name]
-  if not b or b.app_id ~= app_id then
-    b = { app_id = app_id, items = {} }
-    all[app_name] = b
-  end
-  return b.items
-end
-
-local function bump_version(app_name)
-  local versions = state.table("secret_versions")
-  versions[app_name] = (versions[app_name] or 0) + 1
-  return versions[app_name]
-end
+local function app_keys(app_name) return util.app_items("secretkeys", app_name) end
 
 ---------------------------------------------------------------------------- bytes
 
@@ -136,20 +106,14 @@ local function bytes_out(s, format)
   end
   local t = {}
   for i = 1, #s do t[i] = s:byte(i) end
-  return arr(t)
+  return util.arr(t)
 end
 
 ---------------------------------------------------------------------------- stand-in crypto
 
-local function hash32(s, seed, mul)
-  local h = seed
-  for i = 1, #s do h = (h * mul + s:byte(i)) % 4294967296 end
-  return h
-end
-
 -- n pseudo-random bytes determined by s (a tiny keyed stream)
 local function stream(s, n)
-  local x = hash32(s, 2166136, 131)
+  local x = util.hash32(s, 2166136, 131)
   local out = {}
   for i = 1, n do
     x = (x * 69069 + 1) % 4294967296
@@ -204,14 +168,6 @@ local function valid_name(name)
     and name ~= "." and name ~= ".."
 end
 
-local function min_version(req)
-  local v = qval(req.query and req.query.min_version)
-  if v == nil or v == "" then return nil end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n < 0 then return false end
-  return n
-end
-
 local function store(app_name, name, ktype, material)
   local keys = app_keys(app_name)
   local now = util.now_iso()
@@ -222,7 +178,7 @@ local function store(app_name, name, ktype, material)
   if pub then
     key.public_key = (ktype == "es256" and "\4" or "") .. tag("pub|" .. material, ktype == "es256" and pub - 1 or pub)
   end
-  key.version = bump_version(app_name)
+  key.version = secrets.bump_version(app_name)
   keys[name] = key
   return key
 end
@@ -230,29 +186,23 @@ end
 -- common preamble: app, key name, body checks. Returns key (or nil), body, or an error.
 local function lookup(req)
   local app_name, name = req.params.app_name, req.params.secret_name
-  if not app_exists(app_name) then return nil, 404, "app not found" end
-  local min = min_version(req)
+  if not util.app_exists(app_name) then return nil, 404, "app not found" end
+  local min = secrets.min_version(req)
   if min == false then return nil, 400, "min_version must be a non-negative integer" end
   local key = app_keys(app_name)[name]
   if not key or (min and key.version < min) then return nil, 404, "secret key not found" end
   return key
 end
 
-local function body_object(req)
-  if req.bad_json then return nil, "invalid JSON in request body" end
-  if type(req.body) ~= "table" then return nil, "request body must be a JSON object" end
-  return req.body
-end
-
 ---------------------------------------------------------------------------- handlers
 
 local function list(req)
   local app_name = req.params.app_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
-  local min = min_version(req)
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
+  local min = secrets.min_version(req)
   if min == false then return util.err(400, "min_version must be a non-negative integer") end
   local wanted
-  local types = qval(req.query and req.query.types)
+  local types = util.qval(req.query and req.query.types)
   if types and types ~= "" then
     wanted = {}
     for t in types:gmatch("[^,%s]+") do wanted[t:lower()] = true end
@@ -264,7 +214,7 @@ local function list(req)
   table.sort(keys, function(a, b) return a.name < b.name end)
   local out = {}
   for i, key in ipairs(keys) do out[i] = render(key) end
-  return 200, { secret_keys = arr(out) }
+  return 200, { secret_keys = util.arr(out) }
 end
 
 local function get(req)
@@ -275,9 +225,9 @@ end
 
 local function set_or_generate(req, generate)
   local app_name, name = req.params.app_name, req.params.secret_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   if not valid_name(name) then return util.err(400, "invalid secret key name") end
-  local body, berr = body_object(req)
+  local body, berr = util.body_object(req)
   if not body then return util.err(400, berr) end
   local ktype = type(body.type) == "string" and body.type:lower() or nil
   if not ktype or not TYPES[ktype] then
@@ -307,11 +257,11 @@ local function generate(req) return set_or_generate(req, true) end
 
 local function delete(req)
   local app_name, name = req.params.app_name, req.params.secret_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   local keys = app_keys(app_name)
   if not keys[name] then return util.err(404, "secret key not found") end
   keys[name] = nil
-  local version = bump_version(app_name)
+  local version = secrets.bump_version(app_name)
   return 200, { version = version, Version = version }
 end
 
@@ -325,7 +275,7 @@ local function usable_key(req, what)
     local verb = what == "encrypt" and "encryption" or "signing"
     return nil, util.err(400, "secret key type " .. key.type .. " does not support " .. verb)
   end
-  local body, berr = body_object(req)
+  local body, berr = util.body_object(req)
   if not body then return nil, util.err(400, berr) end
   return key, body
 end

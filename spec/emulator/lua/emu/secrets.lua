@@ -13,38 +13,8 @@ local util = require "emu.util"
 
 local M = {}
 
-local function arr(t)
-  if #t > 0 then return t end
-  return cjson.empty_array or setmetatable({}, { __jsontype = "array" })
-end
-
--- one query value as a string ("?flag" without a value counts as "true"), or nil
-local function qval(v)
-  if type(v) == "table" then v = v[#v] end
-  if v == true then return "true" end
-  if type(v) ~= "string" then return nil end
-  return v
-end
-
-local function qbool(v)
-  v = qval(v)
-  return v == "true" or v == "1" or v == "t" or v == "TRUE" or v == "True"
-end
-
-local function app_exists(name) return state.table("apps")[name] ~= nil end
-
 -- the app's secrets (a fresh set when the app was deleted and created again)
-local function app_secrets(app_name)
-  local all = state.table("secrets")
-  local app = state.table("apps")[app_name]
-  local app_id = app and app.id
-  local b = all[app_name]
-  if not b or b.app_id ~= app_id then
-    b = { app_id = app_id, items = {} }
-    all[app_name] = b
-  end
-  return b.items
-end
+local function app_secrets(app_name) return util.app_items("secrets", app_name) end
 
 local function current_version(app_name) return state.table("secret_versions")[app_name] or 0 end
 
@@ -55,13 +25,8 @@ local function bump_version(app_name)
 end
 
 -- two small polynomial hashes -> 16 hex digits (stands in for Fly's value digest)
-local function hash32(s, seed, mul)
-  local h = seed
-  for i = 1, #s do h = (h * mul + s:byte(i)) % 4294967296 end
-  return h
-end
 local function digest(s)
-  return string.format("%08x%08x", hash32(s, 5381, 33), hash32(s, 2166136, 131))
+  return string.format("%08x%08x", util.hash32(s, 5381, 33), util.hash32(s, 2166136, 131))
 end
 
 local function valid_name(name)
@@ -70,7 +35,7 @@ end
 
 -- min_version query: nil when absent, false when malformed
 local function min_version(req)
-  local v = qval(req.query and req.query.min_version)
+  local v = util.qval(req.query and req.query.min_version)
   if v == nil or v == "" then return nil end
   local n = tonumber(v)
   if not n or n ~= math.floor(n) or n < 0 then return false end
@@ -111,19 +76,19 @@ end
 
 local function list(req)
   local app_name = req.params.app_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   local min = min_version(req)
   if min == false then return util.err(400, "min_version must be a non-negative integer") end
-  local show = qbool(req.query and req.query.show_secrets)
+  local show = util.qbool(req.query and req.query.show_secrets)
   local out = {}
   for i, s in ipairs(sorted(app_name, min)) do out[i] = render(s, show) end
-  return 200, { secrets = arr(out) }
+  return 200, { secrets = util.arr(out) }
 end
 
 -- {"values": {"NAME": "value", "OTHER": null}}: a null value unsets the secret
 local function update(req)
   local app_name = req.params.app_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   if req.bad_json then return util.err(400, "invalid JSON in request body") end
   local values = type(req.body) == "table" and req.body.values
   if type(values) ~= "table" then return util.err(400, "values is required and must be an object") end
@@ -142,22 +107,22 @@ local function update(req)
   end
   local out = {}
   for i, s in ipairs(sorted(app_name)) do out[i] = render(s, false) end
-  return 200, { secrets = arr(out), version = version, Version = version }
+  return 200, { secrets = util.arr(out), version = version, Version = version }
 end
 
 local function get(req)
   local app_name, name = req.params.app_name, req.params.secret_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   local min = min_version(req)
   if min == false then return util.err(400, "min_version must be a non-negative integer") end
   local s = app_secrets(app_name)[name]
   if not s or (min and s.version < min) then return util.err(404, "secret not found") end
-  return 200, render(s, qbool(req.query and req.query.show_secrets))
+  return 200, render(s, util.qbool(req.query and req.query.show_secrets))
 end
 
 local function create(req)
   local app_name, name = req.params.app_name, req.params.secret_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   if not valid_name(name) then return util.err(400, "invalid secret name: " .. tostring(name)) end
   if req.bad_json then return util.err(400, "invalid JSON in request body") end
   local value = type(req.body) == "table" and req.body.value
@@ -171,7 +136,7 @@ end
 
 local function delete(req)
   local app_name, name = req.params.app_name, req.params.secret_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
   local secrets = app_secrets(app_name)
   if not secrets[name] then return util.err(404, "secret not found") end
   secrets[name] = nil
@@ -180,6 +145,8 @@ local function delete(req)
 end
 
 M.current_version = current_version
+M.bump_version = bump_version   -- shared with secretkeys.lua (one version per app)
+M.min_version = min_version
 
 local base = "/v1/apps/{app_name}/secrets"
 M.routes = {

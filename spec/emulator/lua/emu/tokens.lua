@@ -16,16 +16,6 @@ local util = require "emu.util"
 
 local M = {}
 
-local function arr(t)
-  if #t > 0 then return t end
-  return cjson.empty_array or setmetatable({}, { __jsontype = "array" })
-end
-
-local function now_epoch()
-  if ngx and ngx.time then return ngx.time() end
-  return os.time()
-end
-
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 local function b64url(s)
   local out = {}
@@ -39,11 +29,7 @@ local function b64url(s)
   return table.concat(out)
 end
 
-local function hash32(s, seed)
-  local h = seed or 5381
-  for i = 1, #s do h = (h * 33 + s:byte(i)) % 4294967296 end
-  return h
-end
+local function hash32(s, seed) return util.hash32(s, seed or 5381, 33) end
 
 -- n bytes determined by s, as an array of integers
 local function byte_array(s, n)
@@ -86,7 +72,7 @@ end
 local function verified_token(part)
   return {
     header = part,
-    caveats = { caveats = arr({}) },
+    caveats = { caveats = util.arr({}) },
     nonce = { kid = byte_array("kid|" .. part, 16), rnd = byte_array("rnd|" .. part, 16), proof = false },
     permission_token = byte_array("perm|" .. part, 32),
   }
@@ -125,7 +111,7 @@ local function oidc(req)
   local app_name, m = sample_app()
   local machine_id = m and m.id or util.machine_id()
   local machine_name = m and m.name or "machine"
-  local now = now_epoch()
+  local now = util.now_epoch()
   local claims = {
     iss = "https://oidc.fly.io/" .. org,
     aud = (body.aud and body.aud ~= "") and body.aud or ("https://fly.io/" .. org),
@@ -169,7 +155,7 @@ local function current(req)
       token_id = string.format("tok_%08x", hash32(part)),
       org_slug = org,
       organization = app and app.org_name or org,
-      apps = app and { app.name } or arr({}),
+      apps = app and { app.name } or util.arr({}),
       user = not app and string.format("user_%08x", hash32(part, 7)) or nil,
     }
   end

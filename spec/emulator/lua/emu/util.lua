@@ -3,6 +3,7 @@
 --   util.now()               current time in seconds (float), refreshed (ngx.update_time)
 --   util.now_ms()            current time in integer milliseconds
 --   util.now_iso([t])        RFC 3339 UTC timestamp with Z, e.g. "2025-01-02T03:04:05Z"
+--   util.now_epoch()         current time in whole seconds (ngx.time(), cached per request)
 --   util.hex(n)              n random lowercase hex characters
 --   util.machine_id()        14 lowercase hex characters, like Fly machine ids
 --   util.ulid()              26-char Crockford base32 ULID, strictly increasing per process
@@ -13,8 +14,20 @@
 --                            -> body (table) or nil, status, errbody
 --                            400 when the body is not JSON (or not an object), and when
 --                            `required` and no body was sent.
---   util.truthy(v)           query-string boolean: true, "true", "1", "yes"
+--   util.body_object(req)    -> body (table) or nil, message (no body counts as an error)
+--   util.truthy(v)           query-string boolean: true, "true", "1", "yes", "True"
+--   util.qval(v)             one query value as a string (a repeated one: the last; "?flag"
+--                            without a value: "true"), or nil
+--   util.qbool(v)            query-string boolean: "true", "1", "t", "TRUE", "True" (and "?flag")
+--   util.app_exists(name)    whether the app exists (state.table("apps"))
+--   util.app_items(table_name, app_name)
+--                            the app's bucket in state.table(table_name): a fresh one when the
+--                            app was deleted and created again (buckets remember the app id)
+--   util.hex_encode(s) / util.hex_decode(s)
+--                            bytes <-> lowercase hex (decode: nil when s is not hex)
+--   util.hash32(s, h0, mul)  small polynomial string hash modulo 2^32: h = h * mul + byte
 --   util.array(t)            marks t (or a new table) as a JSON array: encodes "[]" when empty
+--   util.arr(t)              t when it has array items, else the shared empty JSON array
 --   util.empty_array         shared immutable empty array value
 --   util.json_encode(v)      cjson.encode that honours array marks
 --   util.json_decode(s)      cjson.decode that keeps "[]" as marked empty arrays; nil, err on error
@@ -25,6 +38,7 @@
 -- cjson.empty_array_mt, cjson.encode_empty_table_as_object as a no-op) so code written for
 -- the OpenResty fork works when its bodies are encoded by the router (util.json_encode).
 local cjson = require "cjson"
+local state = require "emu.state"
 
 local util = {}
 
@@ -46,6 +60,11 @@ end
 
 function util.now_iso(t)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", floor(t or util.now()))
+end
+
+function util.now_epoch()
+  if ngx and ngx.time then return ngx.time() end
+  return os.time()
 end
 
 ---------------------------------------------------------------------------- ids
@@ -129,6 +148,27 @@ function util.truthy(v)
   return v == true or v == "true" or v == "1" or v == "yes" or v == "True"
 end
 
+-- one query value as a string ("?flag" without a value counts as "true"), or nil
+function util.qval(v)
+  if type(v) == "table" then v = v[#v] end
+  if v == true then return "true" end
+  if type(v) ~= "string" then return nil end
+  return v
+end
+
+-- a boolean query flag ("?summary" without a value counts as true)
+function util.qbool(v)
+  v = util.qval(v)
+  return v == "true" or v == "1" or v == "t" or v == "TRUE" or v == "True"
+end
+
+-- The request's JSON object body, or nil + message (a missing body is an error too).
+function util.body_object(req)
+  if req.bad_json then return nil, "invalid JSON in request body" end
+  if type(req.body) ~= "table" then return nil, "request body must be a JSON object" end
+  return req.body
+end
+
 -- Decoded JSON object body of a request, or nil + error response.
 function util.json_body(req, required)
   if req.bad_json or (req.body ~= nil and type(req.body) ~= "table") then
@@ -138,6 +178,41 @@ function util.json_body(req, required)
     return nil, util.err(400, "request body is required (EOF)", "invalid_argument")
   end
   return req.body or {}
+end
+
+---------------------------------------------------------------------------- apps
+
+function util.app_exists(name) return state.table("apps")[name] ~= nil end
+
+-- The app's items in state.table(table_name) (a fresh set when the app was deleted and
+-- created again): all[app_name] = { app_id = …, items = … }.
+function util.app_items(table_name, app_name)
+  local all = state.table(table_name)
+  local app = state.table("apps")[app_name]
+  local app_id = app and app.id
+  local b = all[app_name]
+  if not b or b.app_id ~= app_id then
+    b = { app_id = app_id, items = {} }
+    all[app_name] = b
+  end
+  return b.items
+end
+
+---------------------------------------------------------------------------- bytes
+
+function util.hex_encode(s)
+  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+function util.hex_decode(s)
+  if #s % 2 == 1 or s:find("[^0-9a-fA-F]") then return nil end
+  return (s:gsub("..", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+function util.hash32(s, h0, mul)
+  local h = h0
+  for i = 1, #s do h = (h * mul + s:byte(i)) % 4294967296 end
+  return h
 end
 
 ---------------------------------------------------------------------------- JSON
@@ -165,6 +240,12 @@ cjson.empty_array = cjson.empty_array or util.empty_array
 cjson.array_mt = cjson.array_mt or array_mt
 cjson.empty_array_mt = cjson.empty_array_mt or array_mt
 cjson.encode_empty_table_as_object = cjson.encode_empty_table_as_object or function() end
+
+-- t itself when it has array items (unmarked), else the shared empty JSON array (not t).
+function util.arr(t)
+  if #t > 0 then return t end
+  return cjson.empty_array or util.empty_array
+end
 
 local PLACEHOLDER = "@@emu-empty-array-7f3c@@"
 

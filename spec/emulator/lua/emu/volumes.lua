@@ -20,21 +20,9 @@ local GiB = 1024 * 1024 * 1024
 local BLOCK_SIZE = 4096
 local MAX_SIZE_GB = 500
 
--- an empty JSON array, whatever cjson flavour is loaded
-local function arr(t)
-  if #t > 0 then return t end
-  return cjson.empty_array or setmetatable({}, { __jsontype = "array" })
-end
-
 local function null_or(v) if v == nil then return cjson.null end return v end
 
 local function is_int(v) return type(v) == "number" and v == math.floor(v) end
-
--- a boolean query flag ("?summary" without a value counts as true)
-local function qbool(v)
-  if type(v) == "table" then v = v[#v] end
-  return v == true or v == "true" or v == "1" or v == "t" or v == "TRUE" or v == "True"
-end
 
 local volumes = state.table("volumes")
 
@@ -51,14 +39,6 @@ local function app_volumes(app_name)
     if type(vol) == "table" and vol.app_name == app_name and M.current(vol) then out[#out + 1] = vol end
   end
   return out
-end
-
-local function app_exists(name) return state.table("apps")[name] ~= nil end
-
-local function body_object(req)
-  if req.bad_json then return nil, "invalid JSON in request body" end
-  if type(req.body) ~= "table" then return nil, "request body must be a JSON object" end
-  return req.body
 end
 
 -- Known region codes come from the platform module (kept in one place); accept anything
@@ -144,7 +124,7 @@ end
 -- the live (not destroyed) volume, or nil plus an error response
 local function find_volume(req)
   local app_name = req.params.app_name
-  if not app_exists(app_name) then return nil, 404, "app not found" end
+  if not util.app_exists(app_name) then return nil, 404, "app not found" end
   local vol = volumes[req.params.volume_id]
   if type(vol) ~= "table" or vol.app_name ~= app_name or vol.state == "destroyed" or not M.current(vol) then
     return nil, 404, "volume not found"
@@ -166,8 +146,8 @@ end
 
 local function list(req)
   local app_name = req.params.app_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
-  local summary = qbool(req.query and req.query.summary)
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
+  local summary = util.qbool(req.query and req.query.summary)
   local vols = {}
   for _, vol in ipairs(app_volumes(app_name)) do
     if vol.state ~= "destroyed" then vols[#vols + 1] = vol end
@@ -175,7 +155,7 @@ local function list(req)
   table.sort(vols, function(a, b) return a.seq < b.seq end)
   local out = {}
   for i, vol in ipairs(vols) do out[i] = M.render(vol, summary) end
-  return 200, arr(out)
+  return 200, util.arr(out)
 end
 
 local function validate_create(body)
@@ -200,8 +180,8 @@ end
 
 local function create(req)
   local app_name = req.params.app_name
-  if not app_exists(app_name) then return util.err(404, "app not found") end
-  local body, berr = body_object(req)
+  if not util.app_exists(app_name) then return util.err(404, "app not found") end
+  local body, berr = util.body_object(req)
   if not body then return util.err(400, berr) end
   local verr = validate_create(body)
   if verr then return util.err(400, verr) end
@@ -266,7 +246,7 @@ end
 local function update(req)
   local vol, status, msg = find_volume(req)
   if not vol then return util.err(status, msg) end
-  local body, berr = body_object(req)
+  local body, berr = util.body_object(req)
   if not body then return util.err(400, berr) end
   if body.auto_backup_enabled ~= nil and type(body.auto_backup_enabled) ~= "boolean" then
     return util.err(400, "auto_backup_enabled must be a boolean")
@@ -298,7 +278,7 @@ end
 local function extend(req)
   local vol, status, msg = find_volume(req)
   if not vol then return util.err(status, msg) end
-  local body, berr = body_object(req)
+  local body, berr = util.body_object(req)
   if not body then return util.err(400, berr) end
   local size = body.size_gb
   if not is_int(size) then return util.err(400, "size_gb is required and must be an integer") end
@@ -323,7 +303,7 @@ local function list_snapshots(req)
   if not vol then return util.err(status, msg) end
   local out = {}
   for i, s in ipairs(vol.snapshots) do out[i] = render_snapshot(s) end
-  return 200, arr(out)
+  return 200, util.arr(out)
 end
 
 local function create_snapshot(req)
