@@ -3,6 +3,7 @@
 #   make test         install what is missing, build, run every spec against the emulator
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
 #   make check-asan   the whole spec suite against an ASan/UBSan build of the core
+#   make check-compat the core against Lua 5.1 and LuaJIT headers, loaded under LuaJIT
 #   make lint         luacheck
 #   make bench        benchmarks (not tests)
 #   make emulator     run the emulator in the foreground, for exploring with curl
@@ -11,7 +12,8 @@
 LUA      ?= lua5.4
 CC       ?= cc
 PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev pkg-config lua-cjson lua-busted lua-check lua-socket \
-            nginx libnginx-mod-http-lua luarocks lua-luv curl openssl gcc make
+            nginx libnginx-mod-http-lua luarocks lua-luv curl openssl gcc make \
+            liblua5.1-0-dev libluajit2-5.1-dev luajit2
 CFLAGS   ?= -O2 -g
 WARN     := -std=gnu11 -Wall -Wextra -Werror
 SANITIZE := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -23,7 +25,7 @@ HDR      := $(wildcard csrc/*.h)
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/build/?.so;;
 
-.PHONY: all setup build test demo check-asan lint bench emulator install clean
+.PHONY: all setup build test demo check-asan check-compat lint bench emulator install clean
 
 all: build
 
@@ -67,6 +69,14 @@ check-asan: setup
 	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0" \
 	  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
 	  spec/run
+
+# The core against the Lua 5.1 and LuaJIT headers (the compat shims), then
+# loaded and driven under LuaJIT.
+check-compat: setup
+	@mkdir -p build/luajit/fly
+	$(CC) $(CFLAGS) $(WARN) -fsyntax-only -I/usr/include/lua5.1 $(SRC)
+	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -I/usr/include/luajit-2.1 $(SRC) -o build/luajit/fly/core.so $(LIBS)
+	LUA_CPATH="$(CURDIR)/build/luajit/?.so" luajit spec/compat-smoke.lua
 
 lint: setup
 	luacheck lua spec examples bench

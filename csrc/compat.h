@@ -10,7 +10,7 @@
 #if LUA_VERSION_NUM >= 502
 #define fly_setfuncs luaL_setfuncs
 #define fly_rawlen lua_rawlen
-#define fly_testudata luaL_testudata
+#define fly_setmetatable luaL_setmetatable
 #else
 static void fly_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   luaL_checkstack(L, nup + 1, "too many upvalues");
@@ -23,15 +23,9 @@ static void fly_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   lua_pop(L, nup);
 }
 #define fly_rawlen lua_objlen
-static void *fly_testudata(lua_State *L, int idx, const char *tname) {
-  void *p = lua_touserdata(L, idx);
-  if (p != NULL && lua_getmetatable(L, idx)) {
-    luaL_getmetatable(L, tname);
-    if (!lua_rawequal(L, -1, -2)) p = NULL;
-    lua_pop(L, 2);
-    return p;
-  }
-  return NULL;
+static void fly_setmetatable(lua_State *L, const char *tname) {
+  luaL_getmetatable(L, tname);
+  lua_setmetatable(L, -2);
 }
 #endif
 

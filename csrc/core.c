@@ -147,15 +147,31 @@ static fly_request *check_request(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, REQUEST_MT);
 }
 
+/* Pushes t[k] without metamethods: user tables are read raw, so no user
+ * code can run half-way through a core function. */
+static int rawfield(lua_State *L, int t, const char *k) {
+  lua_pushstring(L, k);
+  lua_rawget(L, t < 0 ? t - 1 : t);
+  return lua_type(L, -1);
+}
+
 static double opt_number_field(lua_State *L, int t, const char *k, double dflt) {
   double v = dflt;
-  lua_getfield(L, t, k);
+  rawfield(L, t, k);
   if (!lua_isnil(L, -1)) {
     if (!lua_isnumber(L, -1)) luaL_error(L, "fly: option '%s' must be a number", k);
     v = lua_tonumber(L, -1);
   }
   lua_pop(L, 1);
   return v;
+}
+
+/* Seconds to milliseconds for libcurl; 0 (no limit) for values too large
+ * to mean anything, so an infinite timeout never overflows. */
+static long seconds_to_ms(double s) {
+  if (!(s > 0)) return 1;
+  if (s > 1e8) return 0;
+  return (long)ceil(s * 1000);
 }
 
 /* ------------------------------------------------------------- operations */
@@ -346,10 +362,14 @@ static void request_finish(lua_State *L, fly_request *r) {
   }
 }
 
-static void request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable) {
+static void set_failure(fly_request *r, const char *code, const char *msg, int retryable) {
   r->code = code;
   r->retryable = retryable;
   snprintf(r->errbuf, sizeof r->errbuf, "%s", msg);
+}
+
+static void request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable) {
+  set_failure(r, code, msg, retryable);
   request_finish(L, r);
 }
 
@@ -486,9 +506,12 @@ static const char *transport_code(CURLcode cc) {
 
 static int is_wait(const fly_operation *op) { return strcmp(op->id, "Machines_wait") == 0; }
 
-/* Appends a finished request to the results array of a step. */
+/* Ends a request and appends it to the results array of a step. It is
+ * ended before the append, the one step that allocates, so that even a
+ * memory error there leaves it in a consistent state. */
 static void deliver(lua_State *L, fly_request *r, int results) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  request_finish(L, r);
   lua_rawseti(L, results, (int)fly_rawlen(L, results) + 1);
 }
 
@@ -521,6 +544,11 @@ static double retry_delay(fly_client *c, fly_request *r, double now) {
     double cap = c->retry_base * pow(2.0, r->attempts - 1);
     if (cap > c->retry_cap) cap = c->retry_cap;
     delay = rng_unit(c) * cap; /* full jitter */
+    if (r->deadline > 0 && now + delay >= r->deadline) return -1;
+    if (r->rate_key) { /* a retry is another request: it takes its place in the bucket */
+      double at = fly_rate_reserve(r->rate_key, r->limit, now);
+      if (at > now && at + c->rate_margin - now > delay) delay = at + c->rate_margin - now;
+    }
   }
   if (r->deadline > 0 && now + delay >= r->deadline) return -1;
   return delay;
@@ -550,7 +578,6 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
     return;
   }
   deliver(L, r, results);
-  request_finish(L, r);
 }
 
 /* Starts every queued request whose time has come; ends timers and requests
@@ -561,16 +588,15 @@ static void launch_ready(lua_State *L, fly_client *c, int results) {
     nx = r->next;
     if (r->state != REQ_QUEUED) continue;
     if (r->deadline > 0 && now >= r->deadline && r->kind == KIND_HTTP) {
-      deliver(L, r, results);
       r->status = 0;
-      request_fail(L, r, "timeout", "deadline exceeded", 1);
+      set_failure(r, "timeout", "deadline exceeded", 1);
+      deliver(L, r, results);
     } else if (r->ready_at <= now) {
       if (r->kind == KIND_TIMER) {
         deliver(L, r, results);
-        request_finish(L, r);
       } else if (!start_transfer(c, r)) {
+        set_failure(r, "protocol", "could not start the transfer (out of memory)", 0);
         deliver(L, r, results);
-        request_fail(L, r, "protocol", "could not start the transfer (out of memory)", 0);
       }
     }
   }
@@ -615,6 +641,7 @@ static void step_once(lua_State *L, fly_client *c, int results, double max_wait)
     long curl_ms = -1;
     curl_multi_timeout(c->multi, &curl_ms);
     if (curl_ms >= 0 && curl_ms / 1000.0 < wait) wait = curl_ms / 1000.0;
+    if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
     if (wait > 0) curl_multi_poll(c->multi, NULL, 0, (int)ceil(wait * 1000), NULL);
     launch_ready(L, c, results);
     curl_multi_perform(c->multi, &running);
@@ -705,7 +732,7 @@ static fly_request *new_request(lua_State *L, int kind) {
   r->kind = kind;
   r->ref = LUA_NOREF;
   r->retry_after = -1;
-  luaL_setmetatable(L, REQUEST_MT);
+  fly_setmetatable(L, REQUEST_MT);
   return r;
 }
 
@@ -774,15 +801,15 @@ static void add_header(lua_State *L, struct curl_slist **list, const char *h) {
  * params: parameters by name and `body` (an encoded string). opts: timeout,
  * deadline (seconds from now), attempts. Raises on programmer errors. */
 static int l_submit(lua_State *L) {
+  lua_settop(L, 4);
   fly_client *c = check_client(L, 1);
   const char *id = luaL_checkstring(L, 2);
   const fly_operation *op = fly_operation_find(id);
   if (!op) return luaL_error(L, "fly: unknown operation '%s'", id);
-  if (lua_isnoneornil(L, 3)) lua_newtable(L), lua_replace(L, 3);
+  if (lua_isnil(L, 3)) lua_newtable(L), lua_replace(L, 3);
   if (!lua_istable(L, 3)) return luaL_error(L, "fly: %s: params must be a table", op->id);
-  int has_opts = !lua_isnoneornil(L, 4);
+  int has_opts = !lua_isnil(L, 4);
   if (has_opts && !lua_istable(L, 4)) return luaL_error(L, "fly: %s: options must be a table", op->id);
-  lua_settop(L, 4);
 
   /* every key must be a parameter of this operation, or body */
   lua_pushnil(L);
@@ -795,14 +822,14 @@ static int l_submit(lua_State *L) {
     for (int i = 0; !known && i < op->nparams; i++) known = strcmp(k, op->params[i].name) == 0;
     if (!known) return luaL_error(L, "fly: %s: unknown parameter '%s'", op->id, k);
   }
-  lua_getfield(L, 3, "body"); /* 5 */
+  rawfield(L, 3, "body"); /* 5 */
   if (!lua_isnil(L, 5) && lua_type(L, 5) != LUA_TSTRING)
     return luaL_error(L, "fly: %s: body must be an encoded string here", op->id);
   if (!lua_isnil(L, 5) && !op->has_body)
     return luaL_error(L, "fly: %s: this operation takes no body", op->id);
   for (int i = 0; i < op->nparams; i++) {
     if (!op->params[i].required) continue;
-    lua_getfield(L, 3, op->params[i].name);
+    rawfield(L, 3, op->params[i].name);
     if (lua_isnil(L, -1))
       return luaL_error(L, "fly: %s: missing required parameter '%s'", op->id, op->params[i].name);
     lua_pop(L, 1);
@@ -812,15 +839,20 @@ static int l_submit(lua_State *L) {
      raised half-way (its __gc frees it) */
   fly_request *r = new_request(L, KIND_HTTP); /* 6 */
   r->op = op;
-  double timeout = c->timeout_ms / 1000.0, deadline = 0;
+  r->timeout_ms = c->timeout_ms;
   r->max_attempts = c->max_attempts;
+  double deadline = 0;
   if (has_opts) {
-    timeout = opt_number_field(L, 4, "timeout", timeout);
-    deadline = opt_number_field(L, 4, "deadline", 0);
-    r->max_attempts = (int)opt_number_field(L, 4, "attempts", r->max_attempts);
-    if (r->max_attempts < 1) r->max_attempts = 1;
+    double timeout = opt_number_field(L, 4, "timeout", 1);
+    deadline = opt_number_field(L, 4, "deadline", 1);
+    double attempts = opt_number_field(L, 4, "attempts", 1);
+    if (!(timeout > 0) || !(deadline > 0) || !(attempts >= 1))
+      return luaL_error(L, "fly: %s: options timeout and deadline must be > 0, attempts >= 1", op->id);
+    if (rawfield(L, 4, "timeout") != LUA_TNIL) r->timeout_ms = seconds_to_ms(timeout);
+    if (rawfield(L, 4, "attempts") != LUA_TNIL) r->max_attempts = attempts > 1000 ? 1000 : (int)attempts;
+    if (rawfield(L, 4, "deadline") == LUA_TNIL || deadline > 1e8) deadline = 0;
+    lua_pop(L, 3);
   }
-  r->timeout_ms = (long)(timeout * 1000);
 
   sbuf *url = &r->url;
   size_t base_len = strlen(c->base_url), path_len;
@@ -839,7 +871,7 @@ static int l_submit(lua_State *L) {
       if (op->params[i].in == FLY_IN_PATH && strncmp(op->params[i].name, open + 1, nn) == 0 &&
           op->params[i].name[nn] == '\0')
         p = &op->params[i];
-    lua_getfield(L, 3, p->name);
+    rawfield(L, 3, p->name);
     size_t vn;
     const char *v = param_string(L, lua_gettop(L), op, p->name, &vn);
     if (vn == 0) return luaL_error(L, "fly: %s: parameter '%s' must not be empty", op->id, p->name);
@@ -852,7 +884,7 @@ static int l_submit(lua_State *L) {
   for (int i = 0; i < op->nparams; i++) {
     const fly_param *p = &op->params[i];
     if (p->in != FLY_IN_QUERY && p->in != FLY_IN_QUERY_MAP) continue;
-    lua_getfield(L, 3, p->name);
+    rawfield(L, 3, p->name);
     if (!lua_isnil(L, -1)) add_query(L, url, &first, op, p, lua_gettop(L));
     lua_pop(L, 1);
   }
@@ -871,7 +903,7 @@ static int l_submit(lua_State *L) {
   for (int i = 0; i < op->nparams; i++) {
     const fly_param *p = &op->params[i];
     if (p->in != FLY_IN_HEADER) continue;
-    lua_getfield(L, 3, p->name);
+    rawfield(L, 3, p->name);
     if (!lua_isnil(L, -1)) {
       size_t vn;
       const char *v = param_string(L, lua_gettop(L), op, p->name, &vn);
@@ -894,9 +926,10 @@ static int l_submit(lua_State *L) {
   r->limit = limit_for(c, op);
   if (c->rate_limit) {
     const char *scope = "";
+    size_t scope_len;
     if (op->scope >= 0) {
-      lua_getfield(L, 3, op->params[op->scope].name);
-      scope = lua_tostring(L, -1);
+      rawfield(L, 3, op->params[op->scope].name);
+      scope = param_string(L, lua_gettop(L), op, op->params[op->scope].name, &scope_len);
     }
     lua_pushfstring(L, "%s|%s|%s", c->identity, op->action, scope);
     r->rate_key = dupn(lua_tostring(L, -1), fly_rawlen(L, -1));
@@ -904,6 +937,7 @@ static int l_submit(lua_State *L) {
     r->ready_at = fly_rate_reserve(r->rate_key, r->limit, now);
     if (r->ready_at > now) r->ready_at += c->rate_margin;
   }
+  if (c->closed) return luaL_error(L, "fly: client is closed");
   pin(L, c, r, 6);
   if (r->deadline > 0 && r->ready_at > r->deadline)
     request_fail(L, r, "timeout", "the rate limit delays this request past its deadline", 1);
@@ -1059,21 +1093,21 @@ static int l_new(lua_State *L) {
   fly_client *c = fly_newuserdata(L, sizeof *c);
   memset(c, 0, sizeof *c);
   c->closed = 1; /* until fully built, so __gc frees only what exists */
-  luaL_setmetatable(L, CLIENT_MT);
+  fly_setmetatable(L, CLIENT_MT);
   int cidx = lua_gettop(L);
 
-  lua_getfield(L, 1, "token");
+  rawfield(L, 1, "token");
   size_t tn;
   const char *token = luaL_checklstring(L, -1, &tn);
   if (has_crlf(token, tn)) return luaL_error(L, "fly: the token contains a line break");
-  lua_getfield(L, 1, "base_url");
+  rawfield(L, 1, "base_url");
   size_t bn;
   const char *base = luaL_checklstring(L, -1, &bn);
   while (bn > 0 && base[bn - 1] == '/') bn--;
-  lua_getfield(L, 1, "user_agent");
+  rawfield(L, 1, "user_agent");
   const char *ua = luaL_checkstring(L, -1);
   if (has_crlf(ua, strlen(ua))) return luaL_error(L, "fly: user_agent contains a line break");
-  lua_getfield(L, 1, "ca_file");
+  rawfield(L, 1, "ca_file");
   const char *ca = luaL_optstring(L, -1, NULL);
 
   c->closed = 0;
@@ -1091,9 +1125,9 @@ static int l_new(lua_State *L) {
   c->rng = h ^ (uint64_t)(uintptr_t)c ^ (uint64_t)(fly_now() * 1e9);
   if (!c->rng) c->rng = 88172645463325252ull;
 
-  c->timeout_ms = (long)(opt_number_field(L, 1, "timeout", 60) * 1000);
-  c->connect_timeout_ms = (long)(opt_number_field(L, 1, "connect_timeout", 10) * 1000);
-  lua_getfield(L, 1, "insecure");
+  c->timeout_ms = seconds_to_ms(opt_number_field(L, 1, "timeout", 60));
+  c->connect_timeout_ms = seconds_to_ms(opt_number_field(L, 1, "connect_timeout", 10));
+  rawfield(L, 1, "insecure");
   c->insecure = lua_toboolean(L, -1);
   lua_pop(L, 1);
 
@@ -1107,15 +1141,16 @@ static int l_new(lua_State *L) {
   lua_pop(L, 1);
   ok &= append_header(&c->headers, "Accept: application/json");
   ok &= append_header(&c->headers, "Expect:");
-  lua_getfield(L, 1, "headers");
+  rawfield(L, 1, "headers");
   if (lua_istable(L, -1)) {
     int t = lua_gettop(L);
     lua_pushnil(L);
     while (ok && lua_next(L, t)) {
+      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+        return client_close(L, c), luaL_error(L, "fly: headers must map names to strings");
       size_t kn, vn;
       const char *k = lua_tolstring(L, -2, &kn);
       const char *v = lua_tolstring(L, -1, &vn);
-      if (!k || !v) return client_close(L, c), luaL_error(L, "fly: headers must map names to strings");
       if (kn == 0 || has_crlf(k, kn) || has_crlf(v, vn) || memchr(k, ':', kn))
         return client_close(L, c), luaL_error(L, "fly: header '%s' is not a valid header", k);
       if (strcasecmp(k, "Authorization") == 0)
@@ -1134,7 +1169,7 @@ static int l_new(lua_State *L) {
   c->rate_limit = 1;
   c->rate_scale = 1;
   c->rate_margin = 0.02;
-  lua_getfield(L, 1, "rate_limit");
+  rawfield(L, 1, "rate_limit");
   if (lua_isboolean(L, -1)) {
     c->rate_limit = lua_toboolean(L, -1);
   } else if (lua_istable(L, -1)) {
@@ -1172,13 +1207,13 @@ static int l_new(lua_State *L) {
   c->max_attempts = 4;
   c->retry_base = 0.1;
   c->retry_cap = 5;
-  lua_getfield(L, 1, "retry");
+  rawfield(L, 1, "retry");
   if (lua_istable(L, -1)) {
     int t = lua_gettop(L);
-    c->max_attempts = (int)opt_number_field(L, t, "attempts", 4);
+    double attempts = opt_number_field(L, t, "attempts", 4);
+    c->max_attempts = attempts > 1000 ? 1000 : attempts >= 1 ? (int)attempts : 1;
     c->retry_base = opt_number_field(L, t, "base", 0.1);
     c->retry_cap = opt_number_field(L, t, "cap", 5);
-    if (c->max_attempts < 1) c->max_attempts = 1;
   } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
     c->max_attempts = 1;
   }

@@ -42,6 +42,46 @@ describe("client:call", function()
     end, "fly: Machines_release_lease: parameter 'lease_nonce' contains a line break")
   end)
 
+  it("reads params and options raw: no user code runs inside the core", function()
+    local ran = false
+    local proxy = setmetatable({}, { __index = function(_, k)
+      ran = true
+      c:close()
+      return k == "app_name" and "x" or nil
+    end })
+    assert.has_error(function() c:call("Apps_show", proxy) end,
+      "fly: Apps_show: missing required parameter 'app_name'")
+    assert.is_false(ran)
+    assert.is_false(c:is_closed())
+    local _, err = c:call("Apps_show", { app_name = "x" }, setmetatable({}, { __index = function()
+      ran = true
+    end }))
+    assert.equals(404, err.status)
+    assert.is_false(ran)
+  end)
+
+  it("sends {} for an operation whose body is omitted", function()
+    local res, err = c:call("Apps_create")
+    assert.is_nil(res)
+    assert.equals(400, err.status)
+    local h = H.stats().last_request.headers
+    assert.equals("2", h["content-length"])
+    assert.equals("application/json", h["content-type"])
+  end)
+
+  it("raises on bad call options and accepts unbounded ones", function()
+    assert.has_error(function() c:call("Apps_show", { app_name = "x" }, { timeout = 0 }) end)
+    assert.has_error(function() c:call("Apps_show", { app_name = "x" }, { deadline = -1 }) end)
+    assert.has_error(function() c:call("Apps_show", { app_name = "x" }, { attempts = 0 }) end)
+    assert.has_error(function() c:call("Apps_show", { app_name = "x" }, "fast") end)
+    local _, err = c:call("Apps_show", { app_name = "x" }, { timeout = math.huge, deadline = math.huge,
+      attempts = math.huge })
+    assert.equals(404, err.status)
+    local huge = H.client { timeout = math.huge, retry = { attempts = math.huge } }
+    assert.equals(404, select(2, huge.apps:get("x")).status)
+    assert.has_error(function() H.client { headers = { "X-A: b" } } end, "fly: headers must map names to strings")
+  end)
+
   it("reports programmer errors at the caller's line", function()
     local ok, err = pcall(function() c:call("Apps_show", {}) end)
     assert.is_false(ok)

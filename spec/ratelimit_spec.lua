@@ -77,6 +77,18 @@ describe("rate limiting", function()
     assert.is_true(H.stats().rate_limited > 0)
   end)
 
+  it("counts retries against the bucket too", function()
+    local c = limited_client { retry = { attempts = 4, base = 0.001, cap = 0.001 } }
+    local name = H.app(c)
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 503, count = 3 }
+    local res, errs = c:map({ 1, 2, 3 }, function() return c.apps:get(name) end)
+    for i = 1, 3 do
+      assert.is_nil(errs[i])
+      assert.equals(name, res[i].name)
+    end
+    assert.equals(0, H.stats().rate_limited)
+  end)
+
   it("fails at once when the rate-limit wait would pass the deadline", function()
     local c = H.client { rate_limit = { Apps_show = { rate = 0.01, burst = 1 } } }
     local name = H.app(c)

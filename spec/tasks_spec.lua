@@ -97,6 +97,21 @@ describe("tasks", function()
     assert.equals("cancelled", err2.code)
   end)
 
+  it("never wake a task early after a join whose timer and task end together", function()
+    for _ = 1, 5 do
+      local x
+      local a = c:spawn(function()
+        x:join(0.1)
+        local t0 = fly.now()
+        c:sleep(0.5)
+        return fly.now() - t0
+      end)
+      x = c:spawn(function() c:sleep(0.1) end)
+      assert.is_true(c:run(10))
+      assert.is_true(a:result() >= 0.45)
+    end
+  end)
+
   it("report a running task's result as not finished", function()
     local t = c:spawn(function() c:sleep(0.2) end)
     local res, err = t:result()

@@ -118,10 +118,12 @@ end
 function loop.await(client, req)
   local task = loop.current(client)
   if task then
-    if not req:done() then
+    if not done_fn(req) then
       state(client).waiting[req] = task
       task._req = req
-      coroutine.yield(AWAIT)
+      -- resumed when the request is done; a resume for anything else (a
+      -- stale wake-up from an earlier join) just waits again
+      repeat coroutine.yield(AWAIT) until done_fn(req)
       task._req = nil
     end
   else

@@ -45,11 +45,11 @@ function resource.call(client, op, params, opts, level)
   if params ~= nil and type(params) ~= "table" then
     error(("fly: %s: params must be a table (got %s)"):format(op, type(params)), level)
   end
-  if params and type(params.body) == "table" then
-    local ok, body = pcall(json.encode, params.body)
+  if params and type(rawget(params, "body")) == "table" then
+    local ok, body = pcall(json.encode, rawget(params, "body"))
     if not ok then error(body, level) end
     local copy = {}
-    for k, v in pairs(params) do copy[k] = v end
+    for k, v in next, params do copy[k] = v end
     copy.body = body
     params = copy
   end
