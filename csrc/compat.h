@@ -4,15 +4,17 @@
 #ifndef FLY_COMPAT_H
 #define FLY_COMPAT_H
 
-#include <lua.h>
 #include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
 
 #if LUA_VERSION_NUM >= 502
 #define fly_setfuncs luaL_setfuncs
 #define fly_rawlen lua_rawlen
 #define fly_setmetatable luaL_setmetatable
+#define fly_absindex lua_absindex
 #else
-static void fly_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
+static inline void fly_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   luaL_checkstack(L, nup + 1, "too many upvalues");
   for (; l->name != NULL; l++) {
     int i;
@@ -23,9 +25,23 @@ static void fly_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   lua_pop(L, nup);
 }
 #define fly_rawlen lua_objlen
-static void fly_setmetatable(lua_State *L, const char *tname) {
+static inline void fly_setmetatable(lua_State *L, const char *tname) {
   luaL_getmetatable(L, tname);
   lua_setmetatable(L, -2);
+}
+#define fly_absindex(L, i) ((i) > 0 || (i) <= LUA_REGISTRYINDEX ? (i) : lua_gettop(L) + (i) + 1)
+#endif
+
+#if LUA_VERSION_NUM >= 503
+#define fly_stringtonumber lua_stringtonumber
+#else
+/* Pushes the number in s and returns nonzero, or pushes nothing and returns 0. */
+static inline size_t fly_stringtonumber(lua_State *L, const char *s) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || *end != '\0') return 0;
+  lua_pushnumber(L, (lua_Number)v);
+  return (size_t)(end - s) + 1;
 }
 #endif
 

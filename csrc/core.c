@@ -22,6 +22,7 @@
 #include <lua.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,16 +31,26 @@
 #include <sys/select.h>
 
 #include "compat.h"
+#include "json.h"
 #include "operations.h"
 #include "ratelimit.h"
 
 #define CLIENT_MT "fly.Client"
 #define REQUEST_MT "fly.Request"
+#define ARRAY_MT "fly.array"
 #define POOL_MAX 32
 #define OVERRIDES_MAX 32
 
 typedef struct fly_client fly_client;
 typedef struct fly_request fly_request;
+
+/* An easy handle and the error buffer libcurl writes into, kept together in
+ * the client's pool (so a request does not carry 256 bytes for a message it
+ * rarely gets). */
+typedef struct fly_easy {
+  CURL *curl;
+  char errbuf[CURL_ERROR_SIZE];
+} fly_easy;
 
 /* A growable string owned by a Request (freed by its __gc even when an error
  * is raised half-way). */
@@ -57,7 +68,7 @@ struct fly_request {
   fly_request *prev, *next;    /* the client's list of live requests */
   const fly_operation *op;     /* NULL for timers */
   int kind, state, ref;        /* ref: registry pin while live */
-  CURL *easy;                  /* borrowed from the pool while active */
+  fly_easy *easy;              /* borrowed from the pool while active */
   sbuf url;                    /* owned: base URL, path and query */
   char *path, *body;           /* owned */
   size_t body_len;
@@ -73,10 +84,10 @@ struct fly_request {
   int sent;                    /* the request left this machine */
   const char *code;            /* transport or local failure code, or NULL */
   int retryable;
-  char errbuf[CURL_ERROR_SIZE];
-  char *resp;                  /* owned response body */
+  char *message;               /* owned: what went wrong, or NULL */
+  char *resp;                  /* owned response body, NUL-terminated */
   size_t resp_len, resp_cap;
-  char request_id[128], content_type[128];
+  char request_id[64], content_type[64];
   double retry_after;          /* seconds; < 0 when absent */
 };
 
@@ -104,7 +115,7 @@ struct fly_client {
   double retry_base, retry_cap;
   uint64_t rng;
   fly_request *live;           /* queued and active requests */
-  CURL *pool[POOL_MAX];
+  fly_easy *pool[POOL_MAX];
   int npool;
 };
 
@@ -164,6 +175,18 @@ static double opt_number_field(lua_State *L, int t, const char *k, double dflt) 
   }
   lua_pop(L, 1);
   return v;
+}
+
+/* Raises a programmer error positioned at the given call level (1: the
+ * function that called the C function), as `error(msg, level)` would. */
+static int raise_at(lua_State *L, int level, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  luaL_where(L, level);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  return lua_error(L);
 }
 
 /* Seconds to milliseconds for libcurl; 0 (no limit) for values too large
@@ -263,7 +286,7 @@ static int only_dots(const char *s, size_t n) {
 
 /* The string form of a parameter value, or a raised error naming it. */
 static const char *param_string(lua_State *L, int idx, const fly_operation *op, const char *name,
-                                size_t *len) {
+                                size_t *len, int level) {
   int t = lua_type(L, idx);
   if (t == LUA_TBOOLEAN) {
     const char *s = lua_toboolean(L, idx) ? "true" : "false";
@@ -282,7 +305,7 @@ static const char *param_string(lua_State *L, int idx, const fly_operation *op, 
     return lua_tolstring(L, idx, len);
   }
   if (t != LUA_TSTRING)
-    luaL_error(L, "fly: %s: parameter '%s' must be a string, number or boolean (got %s)", op->id, name,
+    raise_at(L, level, "fly: %s: parameter '%s' must be a string, number or boolean (got %s)", op->id, name,
                luaL_typename(L, idx));
   return lua_tolstring(L, idx, len);
 }
@@ -310,18 +333,26 @@ static void request_unlink(fly_request *r) {
 
 /* Easy handles are reused: the options that never change for a client are
  * set once, when a handle is made; start_transfer sets the rest. */
-static void pool_put(fly_client *c, CURL *easy) {
-  if (c->npool < POOL_MAX) c->pool[c->npool++] = easy;
-  else curl_easy_cleanup(easy);
+static void easy_free(fly_easy *e) {
+  curl_easy_cleanup(e->curl);
+  free(e);
+}
+
+static void pool_put(fly_client *c, fly_easy *e) {
+  if (c->npool < POOL_MAX) c->pool[c->npool++] = e;
+  else easy_free(e);
 }
 
 static size_t on_body(char *data, size_t size, size_t n, void *ud);
 static size_t on_header(char *line, size_t size, size_t n, void *ud);
 
-static CURL *pool_get(fly_client *c) {
+static fly_easy *pool_get(fly_client *c) {
   if (c->npool > 0) return c->pool[--c->npool];
-  CURL *e = curl_easy_init();
-  if (!e) return NULL;
+  fly_easy *fe = malloc(sizeof *fe);
+  if (!fe) return NULL;
+  CURL *e = fe->curl = curl_easy_init();
+  if (!e) return free(fe), NULL;
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, fe->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -337,16 +368,16 @@ static CURL *pool_get(fly_client *c) {
   if (c->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, c->insecure ? 0L : 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, c->insecure ? 0L : 2L);
-  return e;
+  return fe;
 }
 
 /* Stops the transfer if one runs and gives the easy handle back. */
 static void request_stop_transfer(fly_request *r) {
   if (r->easy && r->client) {
-    curl_multi_remove_handle(r->client->multi, r->easy);
+    curl_multi_remove_handle(r->client->multi, r->easy->curl);
     pool_put(r->client, r->easy);
   } else if (r->easy) {
-    curl_easy_cleanup(r->easy);
+    easy_free(r->easy);
   }
   r->easy = NULL;
 }
@@ -362,10 +393,15 @@ static void request_finish(lua_State *L, fly_request *r) {
   }
 }
 
+static void set_message(fly_request *r, const char *msg) {
+  free(r->message);
+  r->message = msg ? dupn(msg, strlen(msg)) : NULL; /* NULL on out of memory: the code remains */
+}
+
 static void set_failure(fly_request *r, const char *code, const char *msg, int retryable) {
   r->code = code;
   r->retryable = retryable;
-  snprintf(r->errbuf, sizeof r->errbuf, "%s", msg);
+  set_message(r, msg);
 }
 
 static void request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable) {
@@ -381,6 +417,7 @@ static int request_gc(lua_State *L) {
   free(r->body), r->body = NULL;
   free(r->rate_key), r->rate_key = NULL;
   free(r->resp), r->resp = NULL;
+  free(r->message), r->message = NULL;
   if (r->headers) curl_slist_free_all(r->headers), r->headers = NULL;
   return 0;
 }
@@ -398,6 +435,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud) {
   }
   memcpy(r->resp + r->resp_len, data, len);
   r->resp_len += len;
+  r->resp[r->resp_len] = '\0'; /* the JSON decoder may rely on it */
   return len;
 }
 
@@ -421,6 +459,7 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
     r->request_id[0] = r->content_type[0] = '\0';
     r->retry_after = -1;
     r->resp_len = 0;
+    if (r->resp) r->resp[0] = '\0';
   } else if (header_is(line, len, "fly-request-id")) {
     copy_header_value(r->request_id, sizeof r->request_id, line + 15, len - 15);
   } else if (header_is(line, len, "content-type")) {
@@ -436,14 +475,17 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
 }
 
 static int start_transfer(fly_client *c, fly_request *r) {
-  CURL *e = pool_get(c);
-  if (!e) return 0;
-  r->easy = e;
+  fly_easy *fe = pool_get(c);
+  if (!fe) return 0;
+  CURL *e = fe->curl;
+  r->easy = fe;
+  fe->errbuf[0] = '\0';
   r->status = 0;
   r->sent = 0;
   r->code = NULL;
-  r->errbuf[0] = '\0';
+  set_message(r, NULL);
   r->resp_len = 0;
+  if (r->resp) r->resp[0] = '\0';
   r->request_id[0] = r->content_type[0] = '\0';
   r->retry_after = -1;
   curl_easy_setopt(e, CURLOPT_URL, r->url.p);
@@ -467,7 +509,6 @@ static int start_transfer(fly_client *c, fly_request *r) {
   curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, (r->op->idempotent || r->nonce) ? 0L : 1L);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
   long timeout = r->timeout_ms;
   if (r->deadline > 0) {
     long left = (long)((r->deadline - fly_now()) * 1000) + 1;
@@ -476,7 +517,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
   }
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
   if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
-    pool_put(c, e);
+    pool_put(c, fe);
     r->easy = NULL;
     return 0;
   }
@@ -506,13 +547,14 @@ static const char *transport_code(CURLcode cc) {
 
 static int is_wait(const fly_operation *op) { return strcmp(op->id, "Machines_wait") == 0; }
 
-/* Ends a request and appends it to the results array of a step. It is
- * ended before the append, the one step that allocates, so that even a
- * memory error there leaves it in a consistent state. */
-static void deliver(lua_State *L, fly_request *r, int results) {
+/* Ends a request and pushes it on the stack: a step returns the requests it
+ * finished as its results. The stack space is made sure of first, so nothing
+ * can fail once the request is ended. */
+static void deliver(lua_State *L, fly_request *r, int *finished) {
+  luaL_checkstack(L, 1, "fly: too many finished requests");
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
   request_finish(L, r);
-  lua_rawseti(L, results, (int)fly_rawlen(L, results) + 1);
+  (*finished)++;
 }
 
 /* Seconds to wait before the next attempt; negative: do not retry. */
@@ -555,19 +597,20 @@ static double retry_delay(fly_client *c, fly_request *r, double now) {
 }
 
 /* libcurl is done with an attempt: retry later, or end the request. */
-static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode cc, int results) {
+static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode cc, int *finished) {
   long sent = 0;
-  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
-  curl_easy_getinfo(r->easy, CURLINFO_REQUEST_SIZE, &sent);
+  CURL *e = r->easy->curl;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+  curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &sent);
   r->sent = sent > 0;
-  curl_multi_remove_handle(c->multi, r->easy);
+  if (cc != CURLE_OK) set_message(r, r->easy->errbuf[0] ? r->easy->errbuf : curl_easy_strerror(cc));
+  curl_multi_remove_handle(c->multi, e);
   pool_put(c, r->easy);
   r->easy = NULL;
   r->attempts++;
   r->retryable = 0;
   if (cc != CURLE_OK) {
     r->code = transport_code(cc);
-    if (!r->errbuf[0]) snprintf(r->errbuf, sizeof r->errbuf, "%s", curl_easy_strerror(cc));
     r->status = 0;
   }
   double now = fly_now();
@@ -577,12 +620,12 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
     r->ready_at = now + delay;
     return;
   }
-  deliver(L, r, results);
+  deliver(L, r, finished);
 }
 
 /* Starts every queued request whose time has come; ends timers and requests
  * whose deadline passed. */
-static void launch_ready(lua_State *L, fly_client *c, int results) {
+static void launch_ready(lua_State *L, fly_client *c, int *finished) {
   double now = fly_now();
   for (fly_request *r = c->live, *nx; r; r = nx) {
     nx = r->next;
@@ -590,13 +633,13 @@ static void launch_ready(lua_State *L, fly_client *c, int results) {
     if (r->deadline > 0 && now >= r->deadline && r->kind == KIND_HTTP) {
       r->status = 0;
       set_failure(r, "timeout", "deadline exceeded", 1);
-      deliver(L, r, results);
+      deliver(L, r, finished);
     } else if (r->ready_at <= now) {
       if (r->kind == KIND_TIMER) {
-        deliver(L, r, results);
+        deliver(L, r, finished);
       } else if (!start_transfer(c, r)) {
         set_failure(r, "protocol", "could not start the transfer (out of memory)", 0);
-        deliver(L, r, results);
+        deliver(L, r, finished);
       }
     }
   }
@@ -615,25 +658,25 @@ static double earliest(fly_client *c) {
   return next;
 }
 
-static void harvest(lua_State *L, fly_client *c, int results) {
+static void harvest(lua_State *L, fly_client *c, int *finished) {
   CURLMsg *msg;
   int left;
   while ((msg = curl_multi_info_read(c->multi, &left))) {
     if (msg->msg != CURLMSG_DONE) continue;
     fly_request *r = NULL;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-    if (r) attempt_done(L, c, r, msg->data.result, results);
+    if (r) attempt_done(L, c, r, msg->data.result, finished);
   }
 }
 
 /* One turn: start what is ready, let libcurl work, and if nothing finished,
  * wait at most max_wait seconds on the sockets and the nearest deadline. */
-static void step_once(lua_State *L, fly_client *c, int results, double max_wait) {
+static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait) {
   int running;
-  launch_ready(L, c, results);
+  launch_ready(L, c, finished);
   curl_multi_perform(c->multi, &running);
-  harvest(L, c, results); /* may queue retries: the earliest time is taken after */
-  if (fly_rawlen(L, results) == 0 && max_wait > 0 && c->live) {
+  harvest(L, c, finished); /* may queue retries: the earliest time is taken after */
+  if (*finished == 0 && max_wait > 0 && c->live) {
     double now = fly_now();
     double wait = max_wait;
     double next = earliest(c);
@@ -643,39 +686,48 @@ static void step_once(lua_State *L, fly_client *c, int results, double max_wait)
     if (curl_ms >= 0 && curl_ms / 1000.0 < wait) wait = curl_ms / 1000.0;
     if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
     if (wait > 0) curl_multi_poll(c->multi, NULL, 0, (int)ceil(wait * 1000), NULL);
-    launch_ready(L, c, results);
+    launch_ready(L, c, finished);
     curl_multi_perform(c->multi, &running);
-    harvest(L, c, results);
+    harvest(L, c, finished);
   }
 }
 
-static int push_live_count(lua_State *L, fly_client *c) {
-  int live = 0;
-  for (fly_request *r = c->live; r; r = r->next) live++;
-  lua_pushinteger(L, live);
-  return 2;
-}
-
-/* client:_step(max_wait) -> finished requests (array), number still live.
+/* client:_step(max_wait) -> the requests that finished (as results).
  * Waits at most max_wait seconds for something to happen. */
 static int l_step(lua_State *L) {
   fly_client *c = check_client(L, 1);
   double max_wait = luaL_optnumber(L, 2, 0);
-  lua_newtable(L);
-  step_once(L, c, lua_gettop(L), max_wait);
-  return push_live_count(L, c);
+  lua_settop(L, 2);
+  int finished = 0;
+  step_once(L, c, &finished, max_wait);
+  return finished;
 }
 
-/* client:_step_until(request) -> finished requests, number still live.
+/* client:_step_until(request) -> the requests that finished (as results).
  * Steps until `request` or any other request finishes: a plain call needs
  * one trip into C instead of one per turn. */
 static int l_step_until(lua_State *L) {
   fly_client *c = check_client(L, 1);
   fly_request *r = check_request(L, 2);
-  lua_newtable(L);
-  int results = lua_gettop(L);
-  while (r->state != REQ_DONE && fly_rawlen(L, results) == 0 && c->live) step_once(L, c, results, 1.0);
-  return push_live_count(L, c);
+  lua_settop(L, 2);
+  int finished = 0;
+  while (r->state != REQ_DONE && finished == 0 && c->live) step_once(L, c, &finished, 1.0);
+  return finished;
+}
+
+/* client:_wait(request): steps until `request` finishes. For plain calls on
+ * a client with no tasks: nobody else waits for anything, so the other
+ * requests that finish meanwhile are simply left finished. */
+static int l_wait(lua_State *L) {
+  fly_client *c = check_client(L, 1);
+  fly_request *r = check_request(L, 2);
+  lua_settop(L, 2);
+  while (r->state != REQ_DONE && c->live) {
+    int finished = 0;
+    step_once(L, c, &finished, 1.0);
+    lua_settop(L, 2);
+  }
+  return 0;
 }
 
 /* client:_timeout() -> seconds until the loop needs a step (0: now), or nil
@@ -752,20 +804,20 @@ static fly_limit limit_for(fly_client *c, const fly_operation *op) {
 
 /* Appends the query string for one parameter value at idx. */
 static void add_query(lua_State *L, sbuf *b, int *first, const fly_operation *op, const fly_param *p,
-                      int idx) {
+                      int idx, int level) {
   size_t wn = strlen(p->wire), vn;
   if (p->in == FLY_IN_QUERY_MAP) { /* metadata = {k = v} -> metadata.k=v */
     if (!lua_istable(L, idx))
-      luaL_error(L, "fly: %s: parameter '%s' must be a table of key = value", op->id, p->name);
+      raise_at(L, level, "fly: %s: parameter '%s' must be a table of key = value", op->id, p->name);
     const char *dot = strchr(p->wire, '.');
     size_t pn = dot ? (size_t)(dot - p->wire) : wn;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
       if (lua_type(L, -2) != LUA_TSTRING)
-        luaL_error(L, "fly: %s: parameter '%s' needs string keys", op->id, p->name);
+        raise_at(L, level, "fly: %s: parameter '%s' needs string keys", op->id, p->name);
       size_t kn;
       const char *k = lua_tolstring(L, -2, &kn);
-      const char *v = param_string(L, lua_gettop(L), op, p->name, &vn);
+      const char *v = param_string(L, lua_gettop(L), op, p->name, &vn, level);
       sbuf_add(L, b, *first ? "?" : "&", 1);
       *first = 0;
       sbuf_add_escaped(L, b, p->wire, pn, 0);
@@ -781,13 +833,13 @@ static void add_query(lua_State *L, sbuf *b, int *first, const fly_operation *op
     int n = (int)fly_rawlen(L, idx);
     for (int i = 1; i <= n; i++) {
       lua_rawgeti(L, idx, i);
-      const char *v = param_string(L, lua_gettop(L), op, p->name, &vn);
+      const char *v = param_string(L, lua_gettop(L), op, p->name, &vn, level);
       add_query_pair(L, b, first, p->wire, wn, v, vn);
       lua_pop(L, 1);
     }
     return;
   }
-  const char *v = param_string(L, idx, op, p->name, &vn);
+  const char *v = param_string(L, idx, op, p->name, &vn, level);
   add_query_pair(L, b, first, p->wire, wn, v, vn);
 }
 
@@ -799,39 +851,42 @@ static void add_header(lua_State *L, struct curl_slist **list, const char *h) {
 
 /* client:_submit(operation_id, params, opts) -> Request
  * params: parameters by name and `body` (an encoded string). opts: timeout,
- * deadline (seconds from now), attempts. Raises on programmer errors. */
+ * deadline (seconds from now), attempts. Raises on programmer errors, at call
+ * level `level` (default 1: the caller). */
 static int l_submit(lua_State *L) {
+  int level = (int)luaL_optinteger(L, 5, 1);
   lua_settop(L, 4);
-  fly_client *c = check_client(L, 1);
+  fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+  if (c->closed) return raise_at(L, level, "fly: client is closed");
   const char *id = luaL_checkstring(L, 2);
   const fly_operation *op = fly_operation_find(id);
-  if (!op) return luaL_error(L, "fly: unknown operation '%s'", id);
+  if (!op) return raise_at(L, level, "fly: unknown operation '%s'", id);
   if (lua_isnil(L, 3)) lua_newtable(L), lua_replace(L, 3);
-  if (!lua_istable(L, 3)) return luaL_error(L, "fly: %s: params must be a table", op->id);
+  if (!lua_istable(L, 3)) return raise_at(L, level, "fly: %s: params must be a table", op->id);
   int has_opts = !lua_isnil(L, 4);
-  if (has_opts && !lua_istable(L, 4)) return luaL_error(L, "fly: %s: options must be a table", op->id);
+  if (has_opts && !lua_istable(L, 4)) return raise_at(L, level, "fly: %s: options must be a table", op->id);
 
   /* every key must be a parameter of this operation, or body */
   lua_pushnil(L);
   while (lua_next(L, 3)) {
     lua_pop(L, 1);
     if (lua_type(L, -1) != LUA_TSTRING)
-      return luaL_error(L, "fly: %s: parameter names must be strings", op->id);
+      return raise_at(L, level, "fly: %s: parameter names must be strings", op->id);
     const char *k = lua_tostring(L, -1);
     int known = strcmp(k, "body") == 0;
     for (int i = 0; !known && i < op->nparams; i++) known = strcmp(k, op->params[i].name) == 0;
-    if (!known) return luaL_error(L, "fly: %s: unknown parameter '%s'", op->id, k);
+    if (!known) return raise_at(L, level, "fly: %s: unknown parameter '%s'", op->id, k);
   }
   rawfield(L, 3, "body"); /* 5 */
   if (!lua_isnil(L, 5) && lua_type(L, 5) != LUA_TSTRING)
-    return luaL_error(L, "fly: %s: body must be an encoded string here", op->id);
+    return raise_at(L, level, "fly: %s: body must be an encoded string here", op->id);
   if (!lua_isnil(L, 5) && !op->has_body)
-    return luaL_error(L, "fly: %s: this operation takes no body", op->id);
+    return raise_at(L, level, "fly: %s: this operation takes no body", op->id);
   for (int i = 0; i < op->nparams; i++) {
     if (!op->params[i].required) continue;
     rawfield(L, 3, op->params[i].name);
     if (lua_isnil(L, -1))
-      return luaL_error(L, "fly: %s: missing required parameter '%s'", op->id, op->params[i].name);
+      return raise_at(L, level, "fly: %s: missing required parameter '%s'", op->id, op->params[i].name);
     lua_pop(L, 1);
   }
 
@@ -847,7 +902,7 @@ static int l_submit(lua_State *L) {
     deadline = opt_number_field(L, 4, "deadline", 1);
     double attempts = opt_number_field(L, 4, "attempts", 1);
     if (!(timeout > 0) || !(deadline > 0) || !(attempts >= 1))
-      return luaL_error(L, "fly: %s: options timeout and deadline must be > 0, attempts >= 1", op->id);
+      return raise_at(L, level, "fly: %s: options timeout and deadline must be > 0, attempts >= 1", op->id);
     if (rawfield(L, 4, "timeout") != LUA_TNIL) r->timeout_ms = seconds_to_ms(timeout);
     if (rawfield(L, 4, "attempts") != LUA_TNIL) r->max_attempts = attempts > 1000 ? 1000 : (int)attempts;
     if (rawfield(L, 4, "deadline") == LUA_TNIL || deadline > 1e8) deadline = 0;
@@ -873,8 +928,8 @@ static int l_submit(lua_State *L) {
         p = &op->params[i];
     rawfield(L, 3, p->name);
     size_t vn;
-    const char *v = param_string(L, lua_gettop(L), op, p->name, &vn);
-    if (vn == 0) return luaL_error(L, "fly: %s: parameter '%s' must not be empty", op->id, p->name);
+    const char *v = param_string(L, lua_gettop(L), op, p->name, &vn, level);
+    if (vn == 0) return raise_at(L, level, "fly: %s: parameter '%s' must not be empty", op->id, p->name);
     sbuf_add_escaped(L, url, v, vn, only_dots(v, vn));
     lua_pop(L, 1);
     t = close + 1;
@@ -885,7 +940,7 @@ static int l_submit(lua_State *L) {
     const fly_param *p = &op->params[i];
     if (p->in != FLY_IN_QUERY && p->in != FLY_IN_QUERY_MAP) continue;
     rawfield(L, 3, p->name);
-    if (!lua_isnil(L, -1)) add_query(L, url, &first, op, p, lua_gettop(L));
+    if (!lua_isnil(L, -1)) add_query(L, url, &first, op, p, lua_gettop(L), level);
     lua_pop(L, 1);
   }
   r->path = dupn(url->p + base_len, path_len);
@@ -906,9 +961,9 @@ static int l_submit(lua_State *L) {
     rawfield(L, 3, p->name);
     if (!lua_isnil(L, -1)) {
       size_t vn;
-      const char *v = param_string(L, lua_gettop(L), op, p->name, &vn);
+      const char *v = param_string(L, lua_gettop(L), op, p->name, &vn, level);
       if (has_crlf(v, vn))
-        return luaL_error(L, "fly: %s: parameter '%s' contains a line break", op->id, p->name);
+        return raise_at(L, level, "fly: %s: parameter '%s' contains a line break", op->id, p->name);
       if (!r->headers)
         for (struct curl_slist *h = r->body ? c->json_headers : c->headers; h; h = h->next)
           add_header(L, &r->headers, h->data);
@@ -929,7 +984,7 @@ static int l_submit(lua_State *L) {
     size_t scope_len;
     if (op->scope >= 0) {
       rawfield(L, 3, op->params[op->scope].name);
-      scope = param_string(L, lua_gettop(L), op, op->params[op->scope].name, &scope_len);
+      scope = param_string(L, lua_gettop(L), op, op->params[op->scope].name, &scope_len, level);
     }
     lua_pushfstring(L, "%s|%s|%s", c->identity, op->action, scope);
     r->rate_key = dupn(lua_tostring(L, -1), fly_rawlen(L, -1));
@@ -937,7 +992,7 @@ static int l_submit(lua_State *L) {
     r->ready_at = fly_rate_reserve(r->rate_key, r->limit, now);
     if (r->ready_at > now) r->ready_at += c->rate_margin;
   }
-  if (c->closed) return luaL_error(L, "fly: client is closed");
+  if (c->closed) return raise_at(L, level, "fly: client is closed");
   pin(L, c, r, 6);
   if (r->deadline > 0 && r->ready_at > r->deadline)
     request_fail(L, r, "timeout", "the rate limit delays this request past its deadline", 1);
@@ -985,7 +1040,7 @@ static int l_req_result(lua_State *L) {
   if (r->status) lua_pushinteger(L, r->status), lua_setfield(L, -2, "status");
   if (r->code) {
     lua_pushstring(L, r->code), lua_setfield(L, -2, "code");
-    lua_pushstring(L, r->errbuf), lua_setfield(L, -2, "message");
+    lua_pushstring(L, r->message ? r->message : r->code), lua_setfield(L, -2, "message");
   }
   lua_pushlstring(L, r->resp ? r->resp : "", r->resp_len), lua_setfield(L, -2, "body");
   if (r->content_type[0]) lua_pushstring(L, r->content_type), lua_setfield(L, -2, "content_type");
@@ -1007,6 +1062,49 @@ static int l_req_response(lua_State *L) {
   return 3;
 }
 
+static int is_json_type(const char *ct) {
+  return strstr(ct, "json") != NULL;
+}
+
+/* Decodes the body of a finished request (pushes the value, or nil and a
+ * message). */
+static int decode_body(lua_State *L, fly_request *r) {
+  luaL_getmetatable(L, ARRAY_MT);
+  int n = fly_json_decode(L, r->resp ? r->resp : "", r->resp_len, -1);
+  lua_remove(L, -n - 1);
+  return n;
+}
+
+/* request:success() -> the result of a successful call: its decoded JSON,
+ * `true` for an empty body, or the text of any other body; nil and a
+ * message when the body is not the JSON it claims to be; nothing for a call
+ * that failed (status or transport). The fast path of every call. */
+static int l_req_success(lua_State *L) {
+  fly_request *r = check_request(L, 1);
+  if (r->state != REQ_DONE || r->kind != KIND_HTTP || r->code || r->status < 200 || r->status > 299) return 0;
+  if (r->resp_len == 0) return lua_pushboolean(L, 1), 1;
+  int json = r->content_type[0] ? is_json_type(r->content_type) : (r->resp[0] == '{' || r->resp[0] == '[');
+  if (json) return decode_body(L, r);
+  lua_pushlstring(L, r->resp, r->resp_len);
+  return 1;
+}
+
+/* request:json() -> the body decoded as JSON, or nil and a message. */
+static int l_req_json(lua_State *L) {
+  fly_request *r = check_request(L, 1);
+  if (r->state != REQ_DONE || r->kind != KIND_HTTP) return luaL_error(L, "fly: request has not finished");
+  return decode_body(L, r);
+}
+
+/* core.decode(string) -> the value, or nil and a message: the decoder that
+ * reads responses, for JSON text from elsewhere. */
+static int l_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  luaL_getmetatable(L, ARRAY_MT);
+  return fly_json_decode(L, s, n, 2);
+}
+
 static int l_req_tostring(lua_State *L) {
   fly_request *r = check_request(L, 1);
   static const char *const states[] = {"new", "queued", "active", "done"};
@@ -1021,7 +1119,7 @@ static void client_close(lua_State *L, fly_client *c) {
   if (c->closed) return;
   c->closed = 1;
   while (c->live) request_fail(L, c->live, "cancelled", "the client was closed", 0);
-  for (int i = 0; i < c->npool; i++) curl_easy_cleanup(c->pool[i]);
+  for (int i = 0; i < c->npool; i++) easy_free(c->pool[i]);
   c->npool = 0;
   if (c->multi) curl_multi_cleanup(c->multi), c->multi = NULL;
   if (c->headers) curl_slist_free_all(c->headers), c->headers = NULL;
@@ -1245,12 +1343,14 @@ static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
 static const luaL_Reg client_methods[] = {
   {"_submit", l_submit}, {"_timer", l_timer}, {"_step", l_step}, {"_step_until", l_step_until},
+  {"_wait", l_wait},
   {"_timeout", l_timeout},
   {"_sockets", l_sockets}, {"close", l_close}, {"base_url", l_base_url}, {"is_closed", l_is_closed},
   {NULL, NULL}};
 
 static const luaL_Reg request_methods[] = {
   {"done", l_req_done}, {"result", l_req_result}, {"response", l_req_response},
+  {"success", l_req_success}, {"json", l_req_json},
   {"cancel", l_req_cancel}, {NULL, NULL}};
 
 /* Creates a class metatable once per state; loading the module again (busted
@@ -1280,8 +1380,12 @@ int luaopen_fly_core(lua_State *L) {
   lua_setfield(L, -2, "client_mt");
   new_class(L, REQUEST_MT, request_methods, request_gc, l_req_tostring);
   lua_setfield(L, -2, "request_mt");
+  luaL_newmetatable(L, ARRAY_MT); /* the mark of a JSON array; the same table on every load */
+  lua_setfield(L, -2, "array_mt");
   static const luaL_Reg fns[] = {{"new", l_new}, {"operations", l_operations}, {"now", l_now},
-                                 {"bucket_count", l_bucket_count}, {NULL, NULL}};
+                                 {"decode", l_decode},
+                                 {"bucket_count", l_bucket_count},
+                                 {NULL, NULL}};
   fly_setfuncs(L, fns, 0);
   curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
   lua_pushstring(L, v->version), lua_setfield(L, -2, "curl_version");

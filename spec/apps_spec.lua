@@ -20,6 +20,7 @@ describe("client.apps", function()
     assert.equals("fly.App", getmetatable(res.apps[1]).__name)
     local app = assert(c.apps:get(a))
     assert.equals("personal", app.organization.slug)
+    assert.equals("integer", math.type(app.machine_count)) -- JSON 0, not 0.0
     assert.equals("net-1", app.network)
     assert.is_true(c.apps:destroy(a))
     local gone, err = c.apps:get(a)

@@ -1,16 +1,18 @@
---- JSON for request and response bodies, on lua-cjson.
+--- JSON for request and response bodies.
 --
--- Decoding is cjson's own (a private instance, so the application's cjson
--- settings are left alone). Encoding walks tables in Lua so that a table
--- marked with `fly.array` is sent as a JSON array even when it is empty,
--- which cjson 2.1 cannot express; strings and numbers are still written by
--- cjson.
+-- Decoding is the C core's (csrc/json.c): whole numbers become integers and
+-- arrays carry the `fly.array` mark, so what is read encodes back the same.
+-- Encoding walks tables in Lua so that a table marked with `fly.array` is
+-- sent as a JSON array even when it is empty, which cjson 2.1 cannot
+-- express; strings and numbers are written by lua-cjson (a private instance,
+-- so the application's cjson settings are left alone).
 -- @module fly.json
 local cjson = require("cjson.safe").new()
+local core = require "fly.core"
 
 local json = {}
 
-local array_mt = { __name = "fly.array" }
+local array_mt = core.array_mt
 
 --- The JSON null value (`cjson.null`): decoded nulls compare equal to it.
 json.null = cjson.null
@@ -92,11 +94,12 @@ function json.encode(v)
   return table.concat(out)
 end
 
---- Decodes JSON text.
+--- Decodes JSON text as responses are decoded: integers for whole numbers,
+-- `fly.array`-marked arrays, `json.null` for null.
 -- @tparam string s
 -- @return the value, or nil and a message when `s` is not JSON
 function json.decode(s)
-  return cjson.decode(s)
+  return core.decode(s)
 end
 
 return json

@@ -10,7 +10,7 @@ local core = require "fly.core"
 local Error = require "fly.error"
 
 local now_fn = core.now
-local step, step_until = core.Client._step, core.Client._step_until
+local step, step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
 
 local loop = {}
@@ -72,6 +72,26 @@ local function step_task(task, ...)
   end
 end
 
+-- Resumes the task waiting on a finished request, if any.
+local function wake_one(st, finished)
+  local task = st.waiting[finished]
+  if task then
+    st.waiting[finished] = nil
+    step_task(task)
+  end
+end
+
+-- Resumes the tasks waiting on the finished requests given (a step's results).
+local function wake(st, ...)
+  local n = select("#", ...)
+  if n == 1 then
+    wake_one(st, (...))
+  elseif n > 1 then
+    local list = { ... }
+    for i = 1, n do wake_one(st, list[i]) end
+  end
+end
+
 --- One turn of the loop: resume tasks that are ready, then let libcurl work
 -- for at most `wait` seconds (or, given `req`, until `req` or another
 -- request finishes) and resume the tasks whose requests finished.
@@ -84,19 +104,10 @@ function loop.drive(client, wait, req)
     for i = 1, #ready do step_task(ready[i]) end
     wait = 0
   end
-  local done
   if req and wait ~= 0 then
-    done = step_until(client, req)
+    wake(st, step_until(client, req))
   else
-    done = step(client, wait)
-  end
-  for i = 1, #done do
-    local finished = done[i]
-    local task = st.waiting[finished]
-    if task then
-      st.waiting[finished] = nil
-      step_task(task)
-    end
+    wake(st, step(client, wait))
   end
   if #st.ready > 0 then
     local ready = st.ready
@@ -104,6 +115,19 @@ function loop.drive(client, wait, req)
     for i = 1, #ready do step_task(ready[i]) end
   end
   return st.count
+end
+
+-- The number of unfinished tasks of a client.
+local function st_count(client)
+  local st = states[client]
+  return st and st.count or 0
+end
+
+--- Whether a client has no tasks at all (then nobody but the caller waits
+-- for anything, and a plain call can wait in C from start to end).
+function loop.idle(client)
+  local st = states[client]
+  return st == nil or st.count == 0
 end
 
 --- The task running the current coroutine on this client, if any.
@@ -126,6 +150,8 @@ function loop.await(client, req)
       repeat coroutine.yield(AWAIT) until done_fn(req)
       task._req = nil
     end
+  elseif st_count(client) == 0 then
+    wait_in_c(client, req) -- no tasks: the whole wait happens in C
   else
     while not done_fn(req) do loop.drive(client, 1, req) end
   end

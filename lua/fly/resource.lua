@@ -7,34 +7,29 @@ local Error = require "fly.error"
 local loop = require "fly.loop"
 local core = require "fly.core"
 
-local submit = core.Client._submit
-local response, result = core.request_mt.methods.response, core.request_mt.methods.result
-local decode = json.decode
+local submit, wait = core.Client._submit, core.Client._wait
+local idle = loop.idle
+local request_methods = core.request_mt.methods
+local success, result, json_body = request_methods.success, request_methods.result, request_methods.json
 
 local resource = {}
 
 local unpack = table.unpack
 
--- Turns a finished request into the value or error a user sees.
-local function outcome(req)
-  local status, body, ctype = response(req)
-  if status and status >= 200 and status < 300 then
-    if body == "" then return true end
-    if (ctype and ctype:find("json", 1, true)) or (not ctype and body:find("^%s*[{%[]")) then
-      local value, why = decode(body)
-      if value ~= nil then return value end
-      local err = Error.from_result(result(req))
-      err.code, err.message, err.retryable = "protocol", "the response is not valid JSON: " .. tostring(why), false
-      return nil, err
-    end
-    return body
-  end
+-- The error (or protocol failure) of a finished request that did not succeed.
+local function failure(req, why)
   local res = result(req)
+  if why then -- a success whose body is not the JSON it claims
+    local err = Error.from_result(res)
+    err.code, err.message, err.retryable = "protocol", "the response is not valid JSON: " .. why, false
+    return nil, err
+  end
   if res.code then return nil, Error.from_result(res) end
-  local is_json = ctype ~= nil and ctype:find("json", 1, true) ~= nil
-  return nil, Error.from_result(res, is_json and decode(body) or nil)
+  local ctype = res.content_type
+  local decoded = ctype and ctype:find("json", 1, true) and json_body(req) or nil
+  return nil, Error.from_result(res, decoded)
 end
-resource.outcome = outcome
+
 
 --- Submits an operation and waits for it (yielding inside a task).
 -- Programmer errors are raised at `level` (relative to the caller of this
@@ -53,14 +48,16 @@ function resource.call(client, op, params, opts, level)
     copy.body = body
     params = copy
   end
-  local ok, req = pcall(submit, client, op, params, opts)
-  if not ok then error(req, level) end
-  loop.await(client, req)
-  return outcome(req)
+  local req = submit(client, op, params, opts, level) -- raises programmer errors at `level`
+  if idle(client) then
+    wait(client, req) -- no tasks: the whole wait happens in C
+  else
+    loop.await(client, req)
+  end
+  local value, why = success(req)
+  if value ~= nil then return value end
+  return failure(req, why)
 end
-
--- Objects remember their client (and app) here, not in their fields.
-local owners = setmetatable({}, { __mode = "k" })
 
 --- Makes a class for API objects: `kind` names it ("fly.Machine"), methods go
 -- in the returned table.
@@ -74,18 +71,60 @@ function resource.class(kind)
   return class
 end
 
+-- Objects remember their client and context in their metatable, not in their
+-- fields: one metatable per binding, whose __index is the class. Bindings
+-- that differ only by app are shared (client -> class -> app -> metatable);
+-- a context with more than the app in it (a lease nonce) gets its own.
+local shared = setmetatable({}, { __mode = "k" })
+
+-- Whether a context holds nothing but the app.
+local function app_only(context)
+  if context == nil then return true end
+  for k in next, context do
+    if k ~= "app" then return false end
+  end
+  return true
+end
+
+local function binding(class, client, context)
+  local app = context and context.app or false
+  local plain = app_only(context)
+  local by_class, by_app
+  if plain then
+    by_class = shared[client]
+    if not by_class then
+      by_class = {}
+      shared[client] = by_class
+    end
+    by_app = by_class[class]
+    if not by_app then
+      by_app = {}
+      by_class[class] = by_app
+    end
+    local mt = by_app[app]
+    if mt then return mt end
+  end
+  local mt = {
+    __index = class, __name = class.__name, __tostring = class.__tostring,
+    client = client, context = context, class = class,
+  }
+  if plain then by_app[app] = mt end
+  return mt
+end
+
 --- Gives a decoded table a class and remembers its client and context.
 function resource.bind(class, value, client, context)
   if type(value) ~= "table" then return value end
-  owners[value] = { client = client, context = context }
-  return setmetatable(value, class)
+  return setmetatable(value, binding(class, client, context))
 end
 
 --- The client and context an object was bound with.
 function resource.owner(obj)
-  local o = owners[obj]
-  if not o then error("fly: this object is not bound to a client", 3) end
-  return o.client, o.context
+  local mt = getmetatable(obj)
+  if type(mt) ~= "table" or mt.client == nil then
+    error("fly: this object is not bound to a client", 3)
+  end
+  return mt.client, mt.context
 end
 
 --- Binds every element of an array.
