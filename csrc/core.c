@@ -1049,19 +1049,6 @@ static int l_req_result(lua_State *L) {
   return 1;
 }
 
-/* request:response() -> status, body, content_type for a finished HTTP
- * request that got an answer; nothing for timers and transport failures.
- * The fast path for successes: no table is built. */
-static int l_req_response(lua_State *L) {
-  fly_request *r = check_request(L, 1);
-  if (r->state != REQ_DONE || r->kind != KIND_HTTP || r->code || !r->status) return 0;
-  lua_pushinteger(L, r->status);
-  lua_pushlstring(L, r->resp ? r->resp : "", r->resp_len);
-  if (r->content_type[0]) lua_pushstring(L, r->content_type);
-  else lua_pushnil(L);
-  return 3;
-}
-
 static int is_json_type(const char *ct) {
   return strstr(ct, "json") != NULL;
 }
@@ -1349,7 +1336,7 @@ static const luaL_Reg client_methods[] = {
   {NULL, NULL}};
 
 static const luaL_Reg request_methods[] = {
-  {"done", l_req_done}, {"result", l_req_result}, {"response", l_req_response},
+  {"done", l_req_done}, {"result", l_req_result},
   {"success", l_req_success}, {"json", l_req_json},
   {"cancel", l_req_cancel}, {NULL, NULL}};
 
