@@ -162,6 +162,12 @@ describe("tasks", function()
     assert.equals(2, peak)
     local _, raised = c:map({ 1 }, function() error("inside map") end)
     assert.matches("inside map", raised[1].message)
+    -- a second value beside a result is not an error
+    local ok, none = c:map({ 1, 2 }, function(i) return i * 10, "extra" end)
+    assert.same({ 10, 20 }, ok)
+    assert.same({}, none)
+    assert.has_error(function() c:map({ 1 }, print, { concurrency = 0 }) end)
+    assert.has_error(function() c:map({ 1 }, print, { concurrency = 1.5 }) end)
   end)
 
   it("survive forced garbage collection between every step", function()

@@ -208,7 +208,11 @@ function methods:map(list, fn, opts)
   if type(list) ~= "table" then error("fly: map: list must be a table", 2) end
   if type(fn) ~= "function" then error("fly: map: fn must be a function", 2) end
   local n = #list
+  if opts ~= nil and type(opts) ~= "table" then error("fly: map: opts must be a table", 2) end
   local concurrency = opts and opts.concurrency or 32
+  if math.type(concurrency) ~= "integer" or concurrency < 1 then
+    error("fly: map: concurrency must be a positive integer", 2)
+  end
   local results, errors, next_index = {}, {}, 1
   local function worker()
     while next_index <= n do
@@ -216,7 +220,8 @@ function methods:map(list, fn, opts)
       next_index = i + 1
       local ok, res, err = pcall(fn, list[i], i)
       if ok then
-        results[i], errors[i] = res, err
+        results[i] = res
+        if not res then errors[i] = err end -- the `nil, err` convention: a value is never an error
       else
         errors[i] = Error.new { code = "task_failed", message = tostring(res), cause = res }
       end

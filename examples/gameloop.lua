@@ -1,0 +1,42 @@
+--- A game server's main loop: the client never blocks it. API calls run in
+-- tasks; the loop gives the client the idle time of each frame and keeps
+-- its frame rate while requests are in flight.
+--
+-- Against the emulator: `spec/emulator/with-emulator lua5.4 examples/gameloop.lua`.
+local fly = require "fly"
+
+local client = assert(fly.new())
+local app = os.getenv("FLY_APP") or ("gameloop-" .. os.time())
+local FRAME = 1 / 60
+
+-- the server's state of the world, updated by tasks
+local world = { status = "booting", frames = 0 }
+
+local task = client:spawn(function()
+  assert(client.apps:create { app_name = app, org_slug = os.getenv("FLY_ORG") or "personal" })
+  local m = assert(client.machines:create(app, { config = { image = "nginx" } }))
+  world.status = "machine " .. m.id .. " created"
+  assert(m:wait("started", { timeout = 120 }))
+  world.status = "machine started"
+  assert(client.apps:destroy(app))
+  world.status = "done"
+end)
+
+-- Each frame: update and draw, then give the client the rest of the frame.
+-- poll(t) returns as soon as something happens or t seconds pass, so the
+-- loop keeps its frame rate; an engine with its own frame pacing calls
+-- client:poll(0) instead, which never blocks.
+local last
+local next_frame = fly.now()
+while task:status() == "running" do
+  world.frames = world.frames + 1
+  if world.status ~= last then
+    print(("frame %4d: %s"):format(world.frames, world.status))
+    last = world.status
+  end
+  next_frame = next_frame + FRAME
+  client:poll(math.max(0, next_frame - fly.now()))
+end
+local _, err = task:result()
+if err then error(tostring(err), 0) end
+print(("%d frames rendered while the API calls ran"):format(world.frames))
