@@ -898,6 +898,17 @@ static int l_submit(lua_State *L) {
   r->max_attempts = c->max_attempts;
   double deadline = 0;
   if (has_opts) {
+    lua_pushnil(L);
+    while (lua_next(L, 4)) {
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+      if (!k || (strcmp(k, "timeout") != 0 && strcmp(k, "deadline") != 0 && strcmp(k, "attempts") != 0))
+        return raise_at(L, level, "fly: %s: unknown option '%s' (options are timeout, deadline, attempts)",
+                        op->id, k ? k : luaL_typename(L, -2));
+      if (lua_type(L, -1) != LUA_TNUMBER)
+        return raise_at(L, level, "fly: %s: option '%s' must be a number (got %s)", op->id, k,
+                        luaL_typename(L, -1));
+      lua_pop(L, 1);
+    }
     double timeout = opt_number_field(L, 4, "timeout", 1);
     deadline = opt_number_field(L, 4, "deadline", 1);
     double attempts = opt_number_field(L, 4, "attempts", 1);

@@ -59,7 +59,7 @@ describe("client.apps", function()
     end
     assert.is_nil(rawget(app, "refresh"))
     local again = assert(app:refresh())
-    assert.equals(app.id, again.id)
+    assert.equals(app, again) -- in place
     assert.matches("^fly%.App{", tostring(app))
     assert.is_true(app:destroy())
     assert.is_nil((c.apps:get(a)))

@@ -74,9 +74,15 @@ describe("client:call", function()
     assert.has_error(function() c:call("Apps_show", { app_name = "x" }, { deadline = -1 }) end)
     assert.has_error(function() c:call("Apps_show", { app_name = "x" }, { attempts = 0 }) end)
     assert.has_error(function() c:call("Apps_show", { app_name = "x" }, "fast") end)
-    local _, err = c:call("Apps_show", { app_name = "x" }, { timeout = math.huge, deadline = math.huge,
+    local ok, err = pcall(function() c:call("Apps_show", { app_name = "x" }, { timout = 1 }) end)
+    assert.is_false(ok)
+    assert.matches("call_spec%.lua:%d+: fly: Apps_show: unknown option 'timout'", err)
+    ok, err = pcall(function() c:call("Apps_show", { app_name = "x" }, { timeout = "1" }) end)
+    assert.is_false(ok)
+    assert.matches("call_spec%.lua:%d+: fly: Apps_show: option 'timeout' must be a number", err)
+    local _, failure = c:call("Apps_show", { app_name = "x" }, { timeout = math.huge, deadline = math.huge,
       attempts = math.huge })
-    assert.equals(404, err.status)
+    assert.equals(404, failure.status)
     local huge = H.client { timeout = math.huge, retry = { attempts = math.huge } }
     assert.equals(404, select(2, huge.apps:get("x")).status)
     assert.has_error(function() H.client { headers = { "X-A: b" } } end, "fly: headers must map names to strings")

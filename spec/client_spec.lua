@@ -128,6 +128,14 @@ describe("the client", function()
     assert.has_error(function() c.apps:get("x") end, "fly: client is closed")
     assert.has_error(function() c:call("Apps_show", { app_name = "x" }) end)
     assert.matches("^fly%.Client{closed}", tostring(c))
+    for _, use in ipairs {
+      function() c:run() end, function() c:poll(0) end, function() c:sleep(0) end, function() c:timeout() end,
+      function() c:sockets() end, function() c:map({}, print) end, function() c:spawn(print) end,
+    } do
+      local ok, err = pcall(use)
+      assert.is_false(ok)
+      assert.matches("client_spec%.lua:%d+: fly: client is closed", err)
+    end
   end)
 
   it("closes at the end of a <close> block", function()

@@ -145,6 +145,19 @@ describe("machine leases", function()
       assert.is_nil((m:get_lease()))
     end)
 
+    it("releases when the task holding it is cancelled", function()
+      local holder = c:spawn(function()
+        return m:with_lease({ ttl = 2 }, function() c:sleep(30) end)
+      end)
+      local deadline = fly.now() + 10
+      while not m:get_lease() and fly.now() < deadline do c:poll(0.05) end
+      assert.truthy(m:get_lease())
+      assert.is_true(holder:cancel())
+      assert.is_true(c:run(10)) -- the refresher stops and the release task runs
+      assert.is_nil((m:get_lease()))
+      assert(m:stop()) -- no lease in the way
+    end)
+
     it("releases and re-raises when fn raises, with the original error value", function()
       local boom = setmetatable({}, { __tostring = function() return "boom" end })
       local ok, err = pcall(m.with_lease, m, { ttl = 5 }, function() error(boom) end)

@@ -247,6 +247,35 @@ describe("tasks", function()
     assert.is_true(steps < 1000) -- woken by events, not spinning
   end)
 
+  it("stay cancelled when they cancel themselves", function()
+    local t
+    t = c:spawn(function()
+      t:cancel()
+      return "finished anyway"
+    end)
+    c:run(5)
+    assert.equals("cancelled", t:status())
+    assert.equals("cancelled", select(2, t:result()).code)
+  end)
+
+  it("drop a joining task's timer when it is cancelled", function()
+    local long = c:spawn(function() c:sleep(30) end)
+    local joiner = c:spawn(function() return long:join(20) end)
+    c:poll(0)
+    c:poll(0)
+    joiner:cancel()
+    long:cancel()
+    assert.equals(0, c:poll(0))
+    assert.is_nil(c:timeout()) -- nothing left to wake up for
+  end)
+
+  it("refuse to drive the loop from inside one of its tasks", function()
+    local t = c:spawn(function() c:run(1) end)
+    c:run(5)
+    assert.equals("failed", t:status())
+    assert.matches("cannot drive the loop from inside", select(2, t:result()).message)
+  end)
+
   it("raise on misuse", function()
     assert.has_error(function() c:spawn("not a function") end)
     assert.has_error(function() c:map("x", print) end)

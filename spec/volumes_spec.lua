@@ -114,7 +114,7 @@ describe("client.volumes", function()
     it("refresh, update, extend, snapshots, create_snapshot and destroy through their app", function()
       local v = new_volume { size_gb = 2 }
       local fresh = assert(v:refresh())
-      assert.equals(v.id, fresh.id)
+      assert.equals(v, fresh) -- in place, like every object's refresh
       assert.equals("fly.Volume", getmetatable(fresh).__name)
 
       local u = assert(v:update { snapshot_retention = 7 })

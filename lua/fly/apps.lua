@@ -69,11 +69,13 @@ function Apps:create_deploy_token(name, body)
   return res, err
 end
 
---- Reloads this app from the API.
--- @treturn App a new App, or nil, fly.Error
+--- Reloads this app from the API, in place.
+-- @treturn App this app, or nil, fly.Error
 function App:refresh()
   local client = resource.owner(self)
-  return client.apps:get(self.name)
+  local res, err = client.apps:get(self.name)
+  if not res then return nil, err end
+  return resource.replace_fields(self, res)
 end
 
 --- Deletes this app.

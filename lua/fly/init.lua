@@ -143,6 +143,25 @@ end
 
 local core_close = methods.close
 
+-- Raises (at `level`) when the client is closed.
+local function open(client, level)
+  if client:is_closed() then error("fly: client is closed", level) end
+end
+
+-- Raises when called from a task of this client: driving the loop from
+-- inside it would wait for itself.
+local function outside_tasks(client, name, level)
+  if loop.current(client) then
+    error(("fly: %s: cannot drive the loop from inside one of its tasks"):format(name), level)
+  end
+end
+
+local function optional_number(v, name, what, level)
+  if v ~= nil and type(v) ~= "number" then
+    error(("fly: %s: %s must be a number (got %s)"):format(name, what, type(v)), level)
+  end
+end
+
 --- Closes the client: cancels its tasks and requests, frees its connections.
 -- Closing again does nothing; any other call on a closed client raises.
 function methods:close()
@@ -155,13 +174,16 @@ client_mt.__close = methods.close
 -- @treturn fly.Task
 function methods:spawn(fn, ...)
   if type(fn) ~= "function" then error("fly: spawn: expected a function (got " .. type(fn) .. ")", 2) end
-  if self:is_closed() then error("fly: client is closed", 2) end
+  open(self, 3)
   return loop.spawn(self, fn, ...)
 end
 
 --- Drives the loop until every task has finished, or `timeout` seconds pass.
 -- @treturn boolean true when all tasks finished
 function methods:run(timeout)
+  open(self, 3)
+  outside_tasks(self, "run", 3)
+  optional_number(timeout, "run", "timeout", 3)
   local deadline = timeout and core.now() + timeout
   while loop.count(self) > 0 do
     local wait = 1
@@ -179,23 +201,29 @@ end
 -- blocks). For game loops: call it once per frame.
 -- @treturn integer the number of unfinished tasks
 function methods:poll(timeout)
+  open(self, 3)
+  outside_tasks(self, "poll", 3)
+  optional_number(timeout, "poll", "timeout", 3)
   return loop.drive(self, timeout or 0)
 end
 
 --- Seconds until the loop next needs a step (for host event loops), or nil
 -- when nothing is pending.
 function methods:timeout()
+  open(self, 3)
   if loop.has_ready(self) then return 0 end
   return self:_timeout()
 end
 
 --- The sockets the loop waits on: `{ [fd] = "r" | "w" | "rw" }`.
 function methods:sockets()
+  open(self, 3)
   return self:_sockets()
 end
 
 --- Sleeps `seconds` without blocking other tasks.
 function methods:sleep(seconds)
+  open(self, 3)
   if type(seconds) ~= "number" then error("fly: sleep: seconds must be a number", 2) end
   loop.sleep(self, seconds)
 end
@@ -205,12 +233,16 @@ end
 -- @treturn table results in input order (the first value each call returned)
 -- @treturn table errors by index (the second value, or the raised error)
 function methods:map(list, fn, opts)
+  open(self, 3)
   if type(list) ~= "table" then error("fly: map: list must be a table", 2) end
   if type(fn) ~= "function" then error("fly: map: fn must be a function", 2) end
   local n = #list
   if opts ~= nil and type(opts) ~= "table" then error("fly: map: opts must be a table", 2) end
-  local concurrency = opts and opts.concurrency or 32
-  if math.type(concurrency) ~= "integer" or concurrency < 1 then
+  for k in next, opts or {} do
+    if k ~= "concurrency" then error(("fly: map: unknown option '%s'"):format(tostring(k)), 2) end
+  end
+  local concurrency = math.tointeger(opts and rawget(opts, "concurrency") or 32)
+  if not concurrency or concurrency < 1 then
     error("fly: map: concurrency must be a positive integer", 2)
   end
   local results, errors, next_index = {}, {}, 1

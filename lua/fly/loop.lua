@@ -41,6 +41,7 @@ function Task:__tostring()
 end
 
 local function finish(task, status, ...)
+  if task._status ~= "running" then return end -- cancelled meanwhile: that stays
   local st = state(task.client)
   task._status = status
   task._results = table.pack(...)
@@ -200,6 +201,9 @@ end
 --- Waits for the task to finish (at most `timeout` seconds), from outside any
 -- task or from another task, and returns its result (see Task:result).
 function Task:join(timeout)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("fly: join: timeout must be a number (got " .. type(timeout) .. ")", 2)
+  end
   local client = self.client
   local deadline = timeout and (now_fn() + timeout)
   local me = loop.current(client)
@@ -212,9 +216,13 @@ function Task:join(timeout)
     if me then
       self._joiners[#self._joiners + 1] = me
       local timer = deadline and client:_timer(deadline - now)
-      if timer then state(client).waiting[timer] = me end
+      if timer then
+        state(client).waiting[timer] = me
+        me._req = timer -- so that cancelling `me` drops the timer too
+      end
       coroutine.yield(AWAIT)
       if timer then
+        me._req = nil
         state(client).waiting[timer] = nil
         timer:cancel()
       end
@@ -238,7 +246,25 @@ function Task:cancel()
   end
   finish(self, "cancelled", nil, Error.new { code = "cancelled", message = "the task was cancelled" })
   if coroutine.status(self._co) == "suspended" and coroutine.close then coroutine.close(self._co) end
+  -- what the task left to clean up (a lease to release, …) runs as tasks of its own
+  for _, fn in pairs(self._on_cancel or {}) do loop.spawn(self.client, fn) end
+  self._on_cancel = nil
   return true
+end
+
+--- Registers `fn` to run (as a task of its own) if `task` is cancelled before
+-- it unregisters it: for cleanups a cancelled task can no longer do itself.
+-- @return a key for loop.off_cancel
+function loop.on_cancel(task, fn)
+  task._on_cancel = task._on_cancel or {}
+  local key = {}
+  task._on_cancel[key] = fn
+  return key
+end
+
+--- Unregisters a cleanup registered with loop.on_cancel.
+function loop.off_cancel(task, key)
+  if task._on_cancel then task._on_cancel[key] = nil end
 end
 
 --- Cancels every task of a client (when it closes).

@@ -10,6 +10,7 @@ local core = require "fly.core"
 local json = require "fly.json"
 local Error = require "fly.error"
 local resource = require "fly.resource"
+local loop = require "fly.loop"
 
 local call, check, owner, merge = resource.call, resource.check, resource.owner, resource.merge
 local now = core.now
@@ -114,12 +115,7 @@ local function bind_machine(client, res, app, nonce)
   return resource.bind(Machine, res, client, { app = app, nonce = nonce })
 end
 
--- Replaces every field of `obj` with those of `fresh` (keeps its metatable and binding).
-local function replace_fields(obj, fresh)
-  for k in pairs(obj) do obj[k] = nil end
-  for k, v in pairs(fresh) do obj[k] = v end
-  return obj
-end
+local replace_fields = resource.replace_fields
 
 --- The lease in a response, flat or wrapped (`{status, data = {…}}`), as a plain table
 -- `{ nonce, expires_at, owner, version, description }`; nulls become nil.
@@ -176,6 +172,7 @@ function I.update(c, app, id, body, opts, nonce, d)
   local name = "machines:update"
   need(app, id, name, d + 1)
   check(body, "table", "body", name, d + 1)
+  if rawget(body, "config") == nil then body = { config = body } end -- a bare config
   opts = options(opts, NONCE_ONLY, name, d + 1)
   nonce = opts.lease_nonce or nonce
   local res, err = invoke(c, "Machines_update", { app_name = app, machine_id = id, body = body }, nil,
@@ -320,7 +317,9 @@ function I.wait(c, app, id, opts, d)
       app_name = app, machine_id = id, state = states, timeout = poll,
       version = version, from_event_id = opts.from_event_id,
     }
-    local res, err = invoke(c, "Machines_wait", p, { timeout = poll + 10, attempts = 1 }, nil, d + 1)
+    -- the HTTP timeout stays above the server's, but never past the overall deadline
+    local http_timeout = math.min(poll + 10, left + 0.25)
+    local res, err = invoke(c, "Machines_wait", p, { timeout = http_timeout, attempts = 1 }, nil, d + 1)
     if res then
       local st, ver = type(res) == "table" and res.state, type(res) == "table" and res.version
       if type(st) ~= "string" then st = states[1] end
@@ -440,7 +439,14 @@ function I.with_lease(c, app, id, opts, fn, base, d)
       if fresh and fresh.expires_at then lease.expires_at = fresh.expires_at end
     end
   end)
+  -- a task cancelled inside fn never gets back here: release from a task then
+  local holder = loop.current(c)
+  local hook = holder and loop.on_cancel(holder, function()
+    refresher:cancel()
+    I.release_lease(c, app, id, nonce, 1)
+  end)
   local results = pack(pcall(fn, leased, lease))
+  if hook then loop.off_cancel(holder, hook) end
   refresher:cancel()
   I.release_lease(c, app, id, nonce, d + 1)
   if not results[1] then error(results[2], 0) end
@@ -566,7 +572,7 @@ end
 -- @tparam string app
 -- @tparam string id
 -- @tparam table body the request: `config` (the whole new config), `current_version`,
--- `skip_launch`, `region`, `name`, …
+-- `skip_launch`, `region`, `name`, …; or a bare config (a table without `config`)
 -- @tparam[opt] table opts `lease_nonce`
 -- @treturn Machine or nil, fly.Error
 function Machines:update(app, id, body, opts)
@@ -947,9 +953,7 @@ end
 function Machine:update(config_or_request)
   local c, app, nonce = ctx(self)
   check(config_or_request, "table", "config", "machine:update", 2)
-  local body = config_or_request
-  if body.config == nil then body = { config = config_or_request } end
-  local fresh, err = I.update(c, app, self.id, body, nil, nonce, 2)
+  local fresh, err = I.update(c, app, self.id, config_or_request, nil, nonce, 2)
   if not fresh then return nil, err end
   return replace_fields(self, fresh)
 end

@@ -1,5 +1,5 @@
 --- client.orgs: organization-wide listings of machines and volumes.
--- Both are cursor paginated: `machines` and `volumes` give one page, `each_machine` and
+-- Both are cursor paginated: `list_machines` and `list_volumes` give one page, `each_machine` and
 -- `each_volume` iterate over all of them (see fly.pages).
 -- @module fly.orgs
 local resource = require "fly.resource"
@@ -96,7 +96,7 @@ end
 --       print(m.app_name, m.id, m.state)
 --     end
 -- @tparam string org the organization's slug
--- @tparam[opt] table params as for `machines`; `limit` is the page size, `cursor` where to start
+-- @tparam[opt] table params as for `list_machines`; `limit` is the page size, `cursor` where to start
 -- @treturn function an iterator giving each OrgMachine; on a failure it gives `false, err`
 -- once and ends
 function Orgs:each_machine(org, params)

@@ -110,7 +110,7 @@ end
 
 --- Makes a new cluster from a backup or a point in time of a cluster.
 -- @tparam string id the source cluster's id
--- @tparam table body `backup_id` (from `backups`) or `pitr_time` (RFC 3339), and `name`
+-- @tparam table body `backup_id` (from `list_backups`) or `pitr_time` (RFC 3339), and `name`
 -- @treturn table `{ data = PostgresCluster }`, or nil, fly.Error
 function Postgres:restore(id, body)
   strings("postgres:restore", { "id" }, id)

@@ -127,6 +127,15 @@ function resource.owner(obj)
   return mt.client, mt.context
 end
 
+--- Replaces every field of `obj` with those of `fresh`, keeping obj's
+-- metatable (and so its binding): how objects refresh in place.
+-- @treturn table obj
+function resource.replace_fields(obj, fresh)
+  for k in next, obj do obj[k] = nil end
+  for k, v in next, fresh do obj[k] = v end
+  return obj
+end
+
 --- Binds every element of an array.
 function resource.bind_all(class, list, client, context)
   if type(list) == "table" then

@@ -163,12 +163,13 @@ function Volumes:create_snapshot(app, id)
   return res, err
 end
 
---- Reloads this volume from the API.
--- @treturn Volume a new Volume, or nil, fly.Error
+--- Reloads this volume from the API, in place.
+-- @treturn Volume this volume, or nil, fly.Error
 function Volume:refresh()
   local client, ctx = resource.owner(self)
   local res, err = get(client, ctx.app, self.id, 3)
-  return res, err
+  if not res then return nil, err end
+  return resource.replace_fields(self, res)
 end
 
 --- Updates this volume's settings.
