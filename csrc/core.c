@@ -261,18 +261,25 @@ static void sbuf_add(lua_State *L, sbuf *b, const char *s, size_t n) {
   b->p[b->n] = '\0';
 }
 
+static int unreserved(unsigned char ch) {
+  return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+         ch == '_' || ch == '~' || ch == '.';
+}
+
+/* Appends s percent-encoded: runs of unreserved bytes are copied as they are
+ * (dots too, unless all_dots), everything else becomes %XX. */
 static void sbuf_add_escaped(lua_State *L, sbuf *b, const char *s, size_t n, int all_dots) {
   static const char hex[] = "0123456789ABCDEF";
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)s[i];
-    int keep = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-               ch == '-' || ch == '_' || ch == '~' || (ch == '.' && !all_dots);
-    if (keep) {
-      sbuf_add(L, b, (const char *)&s[i], 1);
-    } else {
-      char esc[3] = {'%', hex[ch >> 4], hex[ch & 15]};
-      sbuf_add(L, b, esc, 3);
-    }
+  size_t i = 0;
+  while (i < n) {
+    size_t run = i;
+    while (run < n && unreserved((unsigned char)s[run]) && !(all_dots && s[run] == '.')) run++;
+    if (run > i) sbuf_add(L, b, s + i, run - i);
+    if (run == n) break;
+    unsigned char ch = (unsigned char)s[run];
+    char esc[3] = {'%', hex[ch >> 4], hex[ch & 15]};
+    sbuf_add(L, b, esc, 3);
+    i = run + 1;
   }
 }
 
@@ -1242,8 +1249,11 @@ static int l_new(lua_State *L) {
     int t = lua_gettop(L);
     lua_pushnil(L);
     while (ok && lua_next(L, t)) {
-      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+      if (lua_type(L, -2) != LUA_TSTRING)
         return client_close(L, c), luaL_error(L, "fly: headers must map names to strings");
+      if (lua_type(L, -1) != LUA_TSTRING)
+        return client_close(L, c), luaL_error(L, "fly: header '%s' must be a string (got %s)",
+                                              lua_tostring(L, -2), luaL_typename(L, -1));
       size_t kn, vn;
       const char *k = lua_tolstring(L, -2, &kn);
       const char *v = lua_tolstring(L, -1, &vn);
