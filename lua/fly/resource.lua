@@ -14,8 +14,6 @@ local success, result, json_body = request_methods.success, request_methods.resu
 
 local resource = {}
 
-local unpack = table.unpack
-
 -- The error (or protocol failure) of a finished request that did not succeed.
 local function failure(req, why)
   local res = result(req)
@@ -160,20 +158,4 @@ function resource.merge(base, extra)
   return t
 end
 
---- Splits per-call options (timeout, deadline, attempts) out of a params table.
-local CALL_OPTIONS = { timeout = true, deadline = true, attempts = true }
-function resource.split_options(params)
-  local opts, rest
-  for k in pairs(params) do
-    if CALL_OPTIONS[k] then
-      opts = opts or {}
-      rest = rest or resource.merge(params)
-      opts[k] = params[k]
-      rest[k] = nil
-    end
-  end
-  return rest or params, opts
-end
-
-resource.unpack = unpack
 return resource
