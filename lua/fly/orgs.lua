@@ -5,6 +5,7 @@
 local resource = require "fly.resource"
 local pages = require "fly.pages"
 local Volumes = require "fly.volumes"
+local Machines = require "fly.machines"
 
 local call, check = resource.call, resource.check
 
@@ -17,8 +18,7 @@ Orgs.operations = {
   list_volumes = "Volumes_org_list",
 }
 
--- Volumes of a page become Volume objects of their app; machines become Machine objects
--- when the machines namespace (fly.machines) is loaded.
+-- Volumes and machines of a page become Volume and Machine objects of their app.
 local function bind_volumes(page, client)
   if type(page) ~= "table" or type(page.volumes) ~= "table" then return end
   for _, v in ipairs(page.volumes) do
@@ -29,12 +29,10 @@ local function bind_volumes(page, client)
 end
 
 local function bind_machines(page, client)
-  local machines = package.loaded["fly.machines"]
-  local Machine = type(machines) == "table" and machines.Machine
-  if not Machine or type(page) ~= "table" or type(page.machines) ~= "table" then return end
+  if type(page) ~= "table" or type(page.machines) ~= "table" then return end
   for _, m in ipairs(page.machines) do
     if type(m) == "table" and type(m.app_name) == "string" then
-      resource.bind(Machine, m, client, { app = m.app_name })
+      resource.bind(Machines.Machine, m, client, { app = m.app_name })
     end
   end
 end
