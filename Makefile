@@ -3,6 +3,7 @@
 #   make test         install what is missing, build, run every spec against the emulator
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
 #   make check-asan   the whole spec suite against an ASan/UBSan build of the core
+#   make check-tsan   ThreadSanitizer on Lua states sharing rate-limit buckets across threads
 #   make check-compat the core against Lua 5.1 and LuaJIT headers, loaded under LuaJIT
 #   make lint         luacheck
 #   make bench        benchmarks (not tests)
@@ -25,7 +26,7 @@ HDR      := $(wildcard csrc/*.h)
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/build/?.so;;
 
-.PHONY: all setup build test demo check-asan check-compat lint bench emulator install clean
+.PHONY: all setup build test demo check-asan check-tsan check-compat lint bench emulator install clean
 
 all: build
 
@@ -69,6 +70,16 @@ check-asan: setup
 	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0" \
 	  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
 	  spec/run
+
+# ThreadSanitizer on the process-wide state: several Lua states on several
+# threads share the rate-limit buckets (spec/threads.c runs spec/tsan-smoke.lua).
+check-tsan: setup
+	@mkdir -p build/tsan/fly
+	$(CC) -O1 -g -fsanitize=thread $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o build/tsan/fly/core.so $(LIBS)
+	$(CC) -O1 -g -fsanitize=thread $(WARN) $(DEPCFLAGS) spec/threads.c -o build/tsan/threads \
+	  $(shell pkg-config --libs lua5.4) -lpthread
+	@LUA_CPATH="$(CURDIR)/build/tsan/?.so;;" TSAN_OPTIONS="halt_on_error=1:exitcode=66" \
+	  spec/emulator/with-emulator build/tsan/threads 4 spec/tsan-smoke.lua && echo "check-tsan: clean"
 
 # The core against the Lua 5.1 and LuaJIT headers (the compat shims), then
 # loaded and driven under LuaJIT.
