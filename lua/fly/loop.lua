@@ -118,18 +118,6 @@ function loop.drive(client, wait, req)
   return st.count
 end
 
--- The number of unfinished tasks of a client.
-local function st_count(client)
-  local st = states[client]
-  return st and st.count or 0
-end
-
---- Whether a client has no tasks at all (then nobody but the caller waits
--- for anything, and a plain call can wait in C from start to end).
-function loop.idle(client)
-  local st = states[client]
-  return st == nil or st.count == 0
-end
 
 --- The task running the current coroutine on this client, if any.
 function loop.current(client)
@@ -141,6 +129,13 @@ end
 -- client, steps the loop otherwise.
 -- @return the request
 function loop.await(client, req)
+  local st = states[client]
+  if st == nil or st.count == 0 then
+    -- no tasks (so not inside one): nobody else waits for anything, and the
+    -- whole wait happens in C
+    wait_in_c(client, req)
+    return req
+  end
   local task = loop.current(client)
   if task then
     if not done_fn(req) then
@@ -151,8 +146,6 @@ function loop.await(client, req)
       repeat coroutine.yield(AWAIT) until done_fn(req)
       task._req = nil
     end
-  elseif st_count(client) == 0 then
-    wait_in_c(client, req) -- no tasks: the whole wait happens in C
   else
     while not done_fn(req) do loop.drive(client, 1, req) end
   end

@@ -7,8 +7,7 @@ local Error = require "fly.error"
 local loop = require "fly.loop"
 local core = require "fly.core"
 
-local submit, wait = core.Client._submit, core.Client._wait
-local idle = loop.idle
+local submit = core.Client._submit
 local request_methods = core.request_mt.methods
 local success, result, json_body = request_methods.success, request_methods.result, request_methods.json
 
@@ -47,11 +46,7 @@ function resource.call(client, op, params, opts, level)
     params = copy
   end
   local req = submit(client, op, params, opts, level) -- raises programmer errors at `level`
-  if idle(client) then
-    wait(client, req) -- no tasks: the whole wait happens in C
-  else
-    loop.await(client, req)
-  end
+  loop.await(client, req)
   local value, why = success(req)
   if value ~= nil then return value end
   return failure(req, why)
