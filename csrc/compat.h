@@ -47,8 +47,20 @@ static inline size_t fly_stringtonumber(lua_State *L, const char *s) {
 
 #if LUA_VERSION_NUM >= 504
 #define fly_newuserdata(L, size) lua_newuserdatauv((L), (size), 0)
-#else
+#define fly_newuserdata_uv(L, size) lua_newuserdatauv((L), (size), 1)
+#define fly_getuservalue(L, idx) ((void)lua_getiuservalue((L), (idx), 1))
+#define fly_setuservalue(L, idx) ((void)lua_setiuservalue((L), (idx), 1))
+#elif LUA_VERSION_NUM >= 502
 #define fly_newuserdata(L, size) lua_newuserdata((L), (size))
+#define fly_newuserdata_uv(L, size) lua_newuserdata((L), (size))
+#define fly_getuservalue(L, idx) ((void)lua_getuservalue((L), (idx)))
+#define fly_setuservalue(L, idx) lua_setuservalue((L), (idx))
+#else
+/* Lua 5.1 and LuaJIT: a userdata's environment table holds its one value */
+#define fly_newuserdata(L, size) lua_newuserdata((L), (size))
+#define fly_newuserdata_uv(L, size) lua_newuserdata((L), (size))
+#define fly_getuservalue(L, idx) lua_getfenv((L), (idx))
+#define fly_setuservalue(L, idx) ((void)lua_setfenv((L), (idx)))
 #endif
 
 #endif

@@ -1150,6 +1150,15 @@ static int l_base_url(lua_State *L) {
   return 1;
 }
 
+/* client:_state() -> the table the Lua layer keeps per client (tasks,
+ * bound namespaces, …): held by the client itself, so it goes with it and
+ * needs no weak table keyed by the client. */
+static int l_state(lua_State *L) {
+  luaL_checkudata(L, 1, CLIENT_MT);
+  fly_getuservalue(L, 1);
+  return 1;
+}
+
 static int l_is_closed(lua_State *L) {
   lua_pushboolean(L, ((fly_client *)luaL_checkudata(L, 1, CLIENT_MT))->closed);
   return 1;
@@ -1193,11 +1202,13 @@ static int append_header(struct curl_slist **list, const char *h) {
 static int l_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  fly_client *c = fly_newuserdata(L, sizeof *c);
+  fly_client *c = fly_newuserdata_uv(L, sizeof *c);
   memset(c, 0, sizeof *c);
   c->closed = 1; /* until fully built, so __gc frees only what exists */
   fly_setmetatable(L, CLIENT_MT);
   int cidx = lua_gettop(L);
+  lua_newtable(L); /* the Lua layer's per-client state (client:_state()) */
+  fly_setuservalue(L, cidx);
 
   rawfield(L, 1, "token");
   size_t tn;
@@ -1354,6 +1365,7 @@ static const luaL_Reg client_methods[] = {
   {"_wait", l_wait},
   {"_timeout", l_timeout},
   {"_sockets", l_sockets}, {"close", l_close}, {"base_url", l_base_url}, {"is_closed", l_is_closed},
+  {"_state", l_state},
   {NULL, NULL}};
 
 static const luaL_Reg request_methods[] = {
