@@ -12,9 +12,11 @@ limits, safe retries, waits, leases, and tasks on one libcurl multi loop.
 ]],
   license = "MIT",
 }
+-- lua-cjson is needed too; it comes from Debian's lua-cjson package, which is not a rock, so
+-- LuaRocks cannot see it and would report it missing (or fetch a second copy): install it with
+-- apt-get (or `luarocks install lua-cjson` where there is no such package).
 dependencies = {
   "lua >= 5.1",
-  "lua-cjson",
 }
 external_dependencies = {
   -- found by its library: Debian keeps curl/curl.h in a multiarch include
@@ -48,4 +50,10 @@ build = {
       libraries = { "curl", "pthread", "m" },
     },
   },
+  -- the emulator command; it finds the emulator's files in the rock's directory
+  -- (TREE/lib/luarocks/rocks-*/fly-machines/VERSION/spec/emulator)
+  install = {
+    bin = { ["fly-emulator"] = "bin/fly-emulator" },
+  },
+  copy_directories = { "spec/emulator" },
 }
