@@ -98,6 +98,32 @@ describe("fly-emulator", function()
     assert.matches("curl=7\n", out, 1, true)
   end)
 
+  it("runs the README's first screen as written", function()
+    local f = assert(io.open(H.ROOT .. "/README.md"))
+    local readme = f:read("*a")
+    f:close()
+    local section = assert(readme:match("\n## Try it without a Fly account\n(.-)\n## "))
+    local script = assert(section:match("```lua\n(.-)```"), "hello.lua")
+    local commands = assert(section:match("```sh\n(.-)```"), "the shell commands")
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir " .. q(dir)))
+    f = assert(io.open(dir .. "/hello.lua", "w"))
+    f:write(script)
+    f:close()
+    local out, status = sh(env .. "PATH=" .. q(tree .. "/bin:" .. os.getenv("PATH")) .. " sh -c "
+      .. q("cd " .. q(dir) .. "\n" .. commands .. "\nfly-emulator stop"))
+    os.execute("rm -rf " .. q(dir))
+    assert.equal(0, status, out)
+    -- two runs of the script (the second one with FLY_DEBUG=1), each printing the exec's result
+    local runs = 0
+    for line in out:gmatch("[^\n]*\n") do
+      if line:match("^%x+\tweb\n$") then runs = runs + 1 end
+    end
+    assert.equal(2, runs, out)
+    assert.equal(2, select(2, out:gsub("\n\t3\n", "")), out)
+  end)
+
   it("explains what it was asked wrongly", function()
     local out, status = sh(env .. q(bin) .. " run")
     assert.equal(2, status)
