@@ -118,7 +118,8 @@ describe("fly.ngx.http", function()
 
   it("skips interim 1xx responses", function()
     local status, body = run([[
-      script.define("interim", { {"send", "HTTP/1.1 100 Continue\r\n\r\n"}, {"send", ]] .. ok_response("final") .. [[} })
+      script.define("interim", { {"send", "HTTP/1.1 100 Continue\r\n\r\n"},
+        {"send", ]] .. ok_response("final") .. [[} })
       local r = assert(call("interim"))
       return r.status, r.body
     ]])
@@ -189,7 +190,8 @@ describe("fly.ngx.http", function()
     local e1, e2, e3 = run([[
       script.define("bighead", { {"send", "HTTP/1.1 200 OK\r\nX-Long: " .. string.rep("a", 500) .. "\r\n\r\n"} })
       script.define("bigbody", { {"send", "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" .. string.rep("b", 100)} })
-      script.define("bigchunks", { {"send", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n"} })
+      script.define("bigchunks", { {"send", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .. "8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n"} })
       local _, e1 = call("bighead", nil, { max_header = 200 })
       local _, e2 = call("bigbody", nil, { max_body = 10 })
       local _, e3 = call("bigchunks", nil, { max_body = 10 })

@@ -3,6 +3,9 @@
 -- `{"ok":false,"error":"..."}`. Only the spec harness on 127.0.0.1 talks to it.
 local cjson = require "cjson.safe"
 
+local ngx = rawget(_G, "ngx")
+local load_chunk = rawget(_G, "loadstring") or load
+
 local M = {}
 
 local function pack(...)
@@ -19,7 +22,7 @@ function M.run()
     code = f and f:read("*a")
     if f then f:close() end
   end
-  local chunk, lerr = loadstring(code or "", "=spec")
+  local chunk, lerr = load_chunk(code or "", "=spec")
   local out
   if not chunk then
     out = { ok = false, error = lerr }

@@ -9,6 +9,8 @@
 -- Every request read is counted (`script.count(name)`) and the last one kept (`script.last`).
 local cjson = require "cjson.safe"
 
+local ngx = rawget(_G, "ngx")
+
 local M = {}
 
 local function dict() return ngx.shared.fly_spec end

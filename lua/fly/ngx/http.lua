@@ -60,8 +60,9 @@ end
 
 -- Every setting that makes two connections interchangeable goes into the pool name.
 local function pool_name(req, opts, verify, server_name)
+  local tls = req.scheme == "https"
   return concat({ "fly", req.scheme, req.host, tostring(req.port), opts.address or "",
-    req.scheme == "https" and server_name or "", req.scheme == "https" and (verify and "verify" or "insecure") or "" }, "|")
+    tls and server_name or "", tls and (verify and "verify" or "insecure") or "" }, "|")
 end
 
 local DEFAULT_PORT = { http = 80, https = 443 }
@@ -208,6 +209,11 @@ local function open(req, opts, deadline, fresh)
   local reused = sock:getreusedtimes() or 0
   if req.scheme == "https" and reused == 0 then
     ok, err = sock:sslhandshake(false, server_name, verify)
+    if ok and not sock:getreusedtimes() then
+      -- lua-nginx-module 0.10.23 with resty.core: a verification that fails after the handshake
+      -- yielded may be reported as success on a socket it already closed
+      ok, err = nil, "the connection was closed during verification"
+    end
     if not ok then
       -- the cosocket is closed already; closing it again here breaks the next verifying
       -- handshake in this worker (lua-nginx-module 0.10.23: it then "succeeds" on a dead socket)
@@ -264,7 +270,9 @@ local function exchange(sock, req, opts, deadline, keep)
   elseif cl then
     local n = cl:match("^%d+$") and tonumber(cl)
     if not n then return fail("protocol", "bad Content-Length: " .. cl, true) end
-    if n > max_body then return fail("too_large", "the response body (" .. n .. " bytes) is larger than max_body", true) end
+    if n > max_body then
+      return fail("too_large", "the response body (" .. n .. " bytes) is larger than max_body", true)
+    end
     if n > 0 then
       body, err = receive(sock, n, deadline)
     else
