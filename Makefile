@@ -103,3 +103,12 @@ install: build
 
 clean:
 	rm -rf build
+
+# The core built for LuaJIT, where nginx's Lua module (OpenResty) loads it from:
+# lua_package_cpath "$(CURDIR)/build/luajit/?.so;;".
+.PHONY: luajit
+luajit: setup build/luajit/fly/core.so
+
+build/luajit/fly/core.so: $(SRC) $(HDR)
+	@mkdir -p build/luajit/fly
+	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -I/usr/include/luajit-2.1 $(SRC) -o $@ $(LIBS)

@@ -1,0 +1,161 @@
+--- Rate-limit buckets shared by every nginx worker through `lua_shared_dict fly_limits`
+-- (the dict's name is part of the API). `require "fly.ngx.limiter"`.
+--
+-- The semantics are those of the core's buckets (csrc/ratelimit.c): a bucket of `burst`
+-- tokens refilled at `rate` per second, created full; every request takes one token at once
+-- and gets the time it may be sent ("ready at"), later than now when it has to wait for the
+-- refill; a 429 empties the bucket. Each bucket is stored as one number, the time at which it
+-- will be full again (TAT, the "theoretical arrival time" of GCRA):
+--
+--   tokens(now) = burst - rate * max(0, TAT - now)
+--   reserve:  TAT := max(TAT, now) + 1/rate;  ready at = max(now, TAT - burst/rate)
+--   penalize: TAT := max(TAT, now + burst/rate)         (tokens := min(tokens, 0))
+--
+-- which is the core's arithmetic rewritten (tokens' = tokens(now) - 1 and ready = now +
+-- -tokens'/rate give the same ready time). A missing key is a full bucket, so a key expires
+-- when its bucket is full again: idle keys go away on their own.
+--
+-- Admission must be atomic across workers, and a shared dict has get/set/add/incr but no
+-- compare-and-set. `incr` alone cannot do it: `max(TAT, now)` is not an addition (an idle
+-- bucket's TAT lies in the past and must be raised to now, and concurrent raises computed from
+-- stale reads over-correct). So each admission takes a lock: `add` of a lock key, which only
+-- one worker can win; the lock key expires after `lock_expiry` seconds (default 1), so a
+-- worker that dies holding it delays the others, never blocks them. The critical section is
+-- one `get` and one `set`, with no yield in between.
+--
+-- Without the dict every worker keeps its own buckets (N workers may then send N times the
+-- limit), and one warning goes to the error log.
+local M = {}
+
+local ngx = rawget(_G, "ngx")
+local max = math.max
+
+--- The shared dict's name.
+M.DICT = "fly_limits"
+
+local Limiter = {}
+Limiter.__index = Limiter
+
+local warned = false
+local worker_buckets -- without the dict: this worker's buckets, shared by its limiters
+
+-- Per-worker buckets (no shared dict): TAT by key, with the core's sweep of full buckets.
+local Local = {}
+Local.__index = Local
+
+local SWEEP_ABOVE = 512
+
+function Local:get(key) return self.tat[key] end
+
+-- Stores the bucket's TAT; a bucket full by now is dropped (a missing key is a full bucket).
+function Local:set(key, tat, now)
+  local t = self.tat
+  if tat <= now then
+    if t[key] then
+      t[key] = nil
+      self.count = self.count - 1
+    end
+    return
+  end
+  if not t[key] then
+    if self.count >= SWEEP_ABOVE then
+      for k, v in pairs(t) do
+        if v <= now then
+          t[k] = nil
+          self.count = self.count - 1
+        end
+      end
+    end
+    self.count = self.count + 1
+  end
+  t[key] = tat
+end
+
+local function clock()
+  ngx.update_time()
+  return ngx.now()
+end
+
+--- Makes a limiter on the shared dict `fly_limits` (or `opts.dict`), or on per-worker buckets
+-- when nginx has no such dict (with one warning in the error log).
+-- @tparam[opt] table opts `dict` (name), `lock_expiry` (seconds), `now` (a clock in seconds)
+-- @treturn table the limiter
+function M.new(opts)
+  opts = opts or {}
+  local name = opts.dict or M.DICT
+  local shared = ngx and ngx.shared and ngx.shared[name]
+  local self = setmetatable({ now = opts.now or clock, lock_expiry = opts.lock_expiry or 1 }, Limiter)
+  if shared then
+    self.dict = shared
+  else
+    worker_buckets = worker_buckets or setmetatable({ tat = {}, count = 0 }, Local)
+    self.dict = worker_buckets
+    if not warned and ngx and ngx.log then
+      warned = true
+      ngx.log(ngx.WARN, "fly: no lua_shared_dict ", name, ": each nginx worker paces API calls on its own, ",
+        "so the workers together may exceed Fly's rate limits; add `lua_shared_dict ", name, " 1m;` to http {}")
+    end
+  end
+  return self
+end
+
+--- Whether the buckets are shared by every worker.
+function Limiter:shared() return getmetatable(self.dict) ~= Local end
+
+-- Runs f(tat) -> new tat under the bucket's lock; returns f's second result.
+function Limiter:_update(key, f)
+  local dict = self.dict
+  if getmetatable(dict) == Local then
+    local now = self.now()
+    local tat, result = f(dict:get(key) or now, now)
+    dict:set(key, tat, now)
+    return result
+  end
+  local lock = key .. "|lock"
+  local spins = 0
+  while true do
+    local ok, err = dict:add(lock, true, self.lock_expiry)
+    if ok then break end
+    if err ~= "exists" then return nil, "fly: cannot lock the rate-limit bucket: " .. tostring(err) end
+    spins = spins + 1
+    -- the holder runs a get and a set; yield to the event loop only when it takes longer
+    if spins % 16 == 0 then ngx.sleep(0.001) end
+  end
+  local now = self.now()
+  local tat, result = f(dict:get(key) or now, now)
+  local ttl = tat - now
+  local ok, err
+  if ttl > 0 then
+    ok, err = dict:set(key, tat, max(ttl, 0.001)) -- an expiry of 0 would mean never
+  else
+    ok = true
+    dict:delete(key)
+  end
+  dict:delete(lock)
+  if not ok then return nil, "fly: cannot store the rate-limit bucket: " .. tostring(err) end
+  return result
+end
+
+--- Takes one token from the bucket `key` (created full) and returns how long the request
+-- must wait before it is sent: 0 when a token was there. The reservation is made at once,
+-- so requests queued behind it wait longer.
+-- @tparam string key the bucket (the core's "identity|action|scope")
+-- @tparam number rate tokens per second
+-- @tparam number burst bucket size
+-- @treturn number seconds to wait (or nil, message when the dict fails)
+function Limiter:reserve(key, rate, burst)
+  return self:_update(key, function(tat, now)
+    tat = max(tat, now) + 1 / rate
+    return tat, max(0, tat - burst / rate - now)
+  end)
+end
+
+--- The server answered 429 for `key`: empty the bucket, so the next reservation waits for a
+-- refill.
+function Limiter:penalize(key, rate, burst)
+  return self:_update(key, function(tat, now)
+    return max(tat, now + burst / rate), true
+  end)
+end
+
+return M

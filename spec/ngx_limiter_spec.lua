@@ -1,0 +1,126 @@
+-- fly.ngx.limiter: rate-limit buckets shared by nginx workers through lua_shared_dict
+-- fly_limits, with the core's semantics; per-worker buckets and one warning without it.
+local harness = require "nginx.harness"
+
+-- A second port with reuseport, so that the kernel spreads connections over both workers.
+local ADMIT = [[
+  lua_shared_dict fly_limits 1m;
+  server {
+    listen 127.0.0.1:@TLS_PORT@ reuseport;
+    location = /admit {
+      content_by_lua_block {
+        local lim = require("fly.ngx.limiter").new()
+        local wait = lim:reserve(ngx.var.arg_key, tonumber(ngx.var.arg_rate), tonumber(ngx.var.arg_burst))
+        ngx.update_time()
+        ngx.say(ngx.worker.pid(), " ", string.format("%.6f", ngx.now() + wait), " ", wait)
+      }
+    }
+  }
+]]
+
+-- Runs n admissions at once, each from its own connection; returns { {pid, ready_at, wait} }.
+local FIRE = [[
+  local http = require "fly.ngx.http"
+  local function fire(n, key, rate, burst)
+    local threads = {}
+    for i = 1, n do
+      threads[i] = ngx.thread.spawn(function()
+        local res = assert(http.request({ method = "GET", scheme = "http", host = "127.0.0.1",
+          port = PORT, target = ("/admit?key=%s&rate=%s&burst=%s"):format(key, rate, burst), safe = false }))
+        local pid, at, wait = res.body:match("^(%d+) (%S+) (%S+)")
+        return { tonumber(pid), tonumber(at), tonumber(wait) }
+      end)
+    end
+    local out = {}
+    for i = 1, n do
+      local ok, r = ngx.thread.wait(threads[i])
+      assert(ok, r)
+      out[i] = r
+    end
+    return out
+  end
+]]
+
+describe("fly.ngx.limiter", function()
+  local n
+  setup(function() n = harness.start { http = ADMIT } end)
+  teardown(function() if n then n:stop() end end)
+  local function run(code) return n:run(FIRE:gsub("PORT", tostring(n.tls_port)) .. code) end
+
+  it("never lets concurrent admissions from two workers exceed rate and burst", function()
+    local rate, burst, count = 5, 10, 60
+    local out = run(("return fire(%d, 'machine-1', %d, %d)"):format(count, rate, burst))
+    assert.equal(count, #out)
+    local pids, times, immediate = {}, {}, 0
+    for _, r in ipairs(out) do
+      pids[r[1]] = true
+      times[#times + 1] = r[2]
+      if r[3] == 0 then immediate = immediate + 1 end
+    end
+    local workers = 0
+    for _ in pairs(pids) do workers = workers + 1 end
+    assert.equal(2, workers, "both workers admitted requests")
+    assert.is_true(immediate <= burst)
+    table.sort(times)
+    -- any k admissions within a window of w seconds: k <= burst + rate * w
+    for a = 1, #times do
+      for c = a + 1, #times do
+        assert.is_true(c - a + 1 <= burst + rate * (times[c] - times[a]) + 1e-3,
+          ("%d admissions within %.4f s"):format(c - a + 1, times[c] - times[a]))
+      end
+    end
+    -- and it is not stricter than needed: the last waits about (count - burst) / rate
+    assert.is_true(times[#times] - times[1] < (count - burst) / rate + 1)
+  end)
+
+  it("matches the core's bucket arithmetic, penalizes, and lets idle keys expire", function()
+    local waits, after_penalty, gone = n:run [[
+      local t = 1000
+      local lim = require("fly.ngx.limiter").new { now = function() return t end }
+      local waits = {}
+      for i = 1, 5 do waits[i] = lim:reserve("k", 2, 3) end
+      t = t + 1 -- two tokens back: the bucket is at -2 + 2 = 0
+      local after = { lim:penalize("k", 2, 3) and lim:reserve("k", 2, 3) }
+      local real = require("fly.ngx.limiter").new()
+      real:reserve("idle", 100, 1)
+      local stored = ngx.shared.fly_limits:get("idle") ~= nil
+      ngx.sleep(0.1)
+      return waits, after, stored and ngx.shared.fly_limits:get("idle") == nil
+    ]]
+    assert.same({ 0, 0, 0, 0.5, 1 }, waits)
+    -- penalized at 0 tokens: empty (the burst's worth behind), so the next waits burst / rate
+    assert.same({ 0.5 }, after_penalty)
+    assert.is_true(gone)
+  end)
+
+  it("waits out a lock left by a dead worker", function()
+    local wait, elapsed = n:run [[
+      ngx.shared.fly_limits:add("stuck|lock", true, 0.2)
+      local t0 = ngx.now()
+      local wait = require("fly.ngx.limiter").new():reserve("stuck", 1, 1)
+      ngx.update_time()
+      return wait, ngx.now() - t0
+    ]]
+    assert.equal(0, wait)
+    assert.is_true(elapsed >= 0.15 and elapsed < 2)
+  end)
+end)
+
+describe("fly.ngx.limiter without lua_shared_dict fly_limits", function()
+  local n
+  setup(function() n = harness.start { workers = 1 } end)
+  teardown(function() if n then n:stop() end end)
+
+  it("keeps per-worker buckets and warns once", function()
+    local shared, waits = n:run [[
+      local limiter = require "fly.ngx.limiter"
+      local a, b = limiter.new(), limiter.new()
+      return a:shared(), { a:reserve("k", 1, 2), b:reserve("k", 1, 2), a:reserve("k", 1, 2) }
+    ]]
+    assert.is_false(shared)
+    assert.equal(0, waits[1])
+    assert.is_true(waits[3] > 0.9)
+    local _, count = n:error_log():gsub("no lua_shared_dict fly_limits", "")
+    assert.equal(1, count)
+  end)
+end)
