@@ -31,7 +31,8 @@ end
 local function suite_instance()
   local env = {}
   for _, k in ipairs { "FLY_EMULATOR_URL", "FLY_EMULATOR_CA", "FLY_EMULATOR_PLAIN_URL", "FLY_EMULATOR_H1_URL",
-                       "FLY_EMULATOR_IDLE_URL", "FLY_EMULATOR_IDLE_H1_URL", "FLY_EMULATOR_IDLE_TIMEOUT" } do
+                       "FLY_EMULATOR_IDLE_URL", "FLY_EMULATOR_IDLE_H1_URL", "FLY_EMULATOR_IDLE_TIMEOUT",
+                       "FLY_EMULATOR_GOAWAY_URL", "FLY_EMULATOR_GOAWAY_AFTER" } do
     env[k] = H.listener(k)
   end
   return instance(env)
@@ -140,6 +141,43 @@ describe("connections", function()
       assert.equals(11, s.protocols["1.1"])
       assert.is_nil(s.protocols["2.0"])
       assert.is_true(s.connections <= 2, "connections: " .. s.connections)
+    end)
+  end)
+
+  describe("past the server's streams per HTTP/2 connection (GOAWAY)", function()
+    local c, app
+    before_each(function()
+      T.control("POST", "reset")
+      T.control("POST", "config", { delays = { transition = 0 } })
+      c = T.client(T.env.FLY_EMULATOR_GOAWAY_URL)
+      app = H.app(c)
+    end)
+    after_each(function() c:close() end)
+
+    it("sequential calls go on on new connections", function()
+      local limit = tonumber(T.env.FLY_EMULATOR_GOAWAY_AFTER)
+      for _ = 1, 3 * limit do assert(c.apps:get(app)) end
+      local s = T.control("GET", "stats")
+      assert.equals(3 * limit, s.executed.Apps_show)
+      assert.equals(3 * limit, s.requests.Apps_show)
+      assert.is_true(s.connections >= 3, "connections: " .. s.connections)
+    end)
+
+    it("concurrent creates each execute exactly once", function()
+      local n = 4 * tonumber(T.env.FLY_EMULATOR_GOAWAY_AFTER)
+      local list = {}
+      for i = 1, n do list[i] = i end
+      local ms, errs = c:map(list, function(i)
+        return c.machines:create(app, { config = { image = "nginx" }, name = "m" .. i, skip_launch = true })
+      end, { concurrency = n })
+      for i = 1, n do
+        assert.is_nil(errs[i])
+        assert.equals("m" .. i, ms[i].name)
+      end
+      local s = T.control("GET", "stats")
+      assert.equals(n, s.executed.Machines_create)
+      assert.equals(n, s.requests.Machines_create)
+      assert.equals(n, #assert(c.machines:list(app)))
     end)
   end)
 
