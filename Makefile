@@ -2,6 +2,8 @@
 #
 #   make test         install what is missing, build, run every spec against the emulator
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
+#   make test-tls     the same suite against the emulator over TLS with HTTP/2
+#   make test-reuse   the #reuse specs (unsafe calls on warm connections), over TLS and plain HTTP
 #   make check-asan   the whole spec suite against an ASan/UBSan build of the core
 #   make check-tsan   ThreadSanitizer on Lua states sharing rate-limit buckets across threads
 #   make check-compat the core against Lua 5.1 and LuaJIT headers, loaded under LuaJIT
@@ -112,3 +114,13 @@ luajit: setup build/luajit/fly/core.so
 build/luajit/fly/core.so: $(SRC) $(HDR)
 	@mkdir -p build/luajit/fly
 	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -I/usr/include/luajit-2.1 $(SRC) -o $@ $(LIBS)
+
+# The whole suite against the emulator over TLS + HTTP/2 (spec/emulator/run --tls); clients
+# made by spec/helper.lua trust its CA.
+.PHONY: test-tls test-reuse
+test-tls: build build/spec/threads
+	@FLY_SPEC_TLS=1 spec/run
+
+# The #reuse specs, which .busted leaves out of the default run (spec/connections_reuse_spec.lua).
+test-reuse: build
+	@spec/run --exclude-tags=none --tags=reuse spec/connections_reuse_spec.lua

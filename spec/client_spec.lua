@@ -12,13 +12,13 @@ describe("fly.new", function()
       print(c and "client" or tostring(err))
       print(select(2, c.apps:get("nope")).status)
     ]]
-    assert.matches("client\n404", H.child(code, { FLY_API_TOKEN = H.TOKEN, URL = H.url() }))
-    assert.matches("client\n404", H.child(code, { FLY_ACCESS_TOKEN = H.TOKEN, URL = H.url() }))
+    assert.matches("client\n404", H.child(code, { FLY_API_TOKEN = H.TOKEN, URL = H.plain_url() }))
+    assert.matches("client\n404", H.child(code, { FLY_ACCESS_TOKEN = H.TOKEN, URL = H.plain_url() }))
     -- FLY_API_TOKEN wins over FLY_ACCESS_TOKEN
     assert.matches("client\n404", H.child(code, { FLY_API_TOKEN = H.TOKEN, FLY_ACCESS_TOKEN = "wrong",
-      URL = H.url() }))
+      URL = H.plain_url() }))
     assert.matches("client\n401", H.child(code, { FLY_API_TOKEN = "wrong", FLY_ACCESS_TOKEN = H.TOKEN,
-      URL = H.url() }))
+      URL = H.plain_url() }))
   end)
 
   it("takes the base URL from FLY_API_HOSTNAME, then the public endpoint", function()

@@ -3,7 +3,8 @@
 --
 -- spec/run starts one emulator for the whole suite and exports its URL as
 -- FLY_EMULATOR_URL; a spec file run on its own starts its own emulator here,
--- stopped when the Lua state closes.
+-- stopped when the Lua state closes. With FLY_SPEC_TLS=1 the emulator serves
+-- HTTPS + HTTP/2 (spec/emulator/run --tls) and H.client trusts its CA.
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
@@ -13,28 +14,58 @@ local H = {}
 H.TOKEN = os.getenv("FLY_EMULATOR_TOKEN") or "emulator-token"
 H.ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helper%.lua$")) or "."
 
+H.TLS = os.getenv("FLY_SPEC_TLS") == "1"
+
 local url = os.getenv("FLY_EMULATOR_URL")
 local owned  -- keeps the stopper of an emulator started here alive until exit
+local listeners  -- the emulator's env file: FLY_EMULATOR_URL, …_CA, …_PLAIN_URL, …
 
---- The emulator's base URL, starting one if the suite did not.
+--- The emulator's base URL (https:// under FLY_SPEC_TLS=1), starting one if the suite did not.
 function H.url()
   if not url then
-    local p = assert(io.popen(H.ROOT .. "/spec/emulator/run"))
+    local p = assert(io.popen(H.ROOT .. "/spec/emulator/run" .. (H.TLS and " --tls" or "")))
     url = p:read("l")
     p:close()
-    assert(url and url:find("^http://127%.0%.0%.1:%d+$"), "the emulator did not start")
+    assert(url and url:find("^https?://127%.0%.0%.1:%d+$"), "the emulator did not start")
     owned = setmetatable({}, { __gc = function() os.execute(H.ROOT .. "/spec/emulator/stop " .. url) end })
   end
   return url
 end
 H._owned = function() return owned end
 
+--- A value from the emulator's listener list (spec/emulator/README.md: `FLY_EMULATOR_CA`,
+-- `FLY_EMULATOR_PLAIN_URL`, `FLY_EMULATOR_H1_URL`, `FLY_EMULATOR_IDLE_URL`, …), nil when absent.
+function H.listener(name)
+  if not listeners then
+    local port = assert(H.url():match(":(%d+)$"))
+    local path = ("%s/fly-emulator-%s/env"):format(os.getenv("TMPDIR") or "/tmp", port)
+    local f = assert(io.open(path, "r"), "no listener list at " .. path)
+    listeners = {}
+    for line in f:lines() do
+      local k, v = line:match("^([%w_]+)=(.*)$")
+      if k then listeners[k] = v end
+    end
+    f:close()
+  end
+  return listeners[name]
+end
+
+--- The emulator's plain-HTTP listener (same API and state as H.url()).
+function H.plain_url()
+  return H.listener("FLY_EMULATOR_PLAIN_URL")
+end
+
+--- The emulator's CA file under TLS, else nil.
+function H.ca_file()
+  return H.listener("FLY_EMULATOR_CA")
+end
+
 --- Calls a control endpoint of the emulator (no auth); returns the decoded answer and status.
 function H.control(method, path, body)
   local out = {}
   local src = body ~= nil and cjson.encode(body) or nil
   local _, status = http.request {
-    url = H.url() .. "/__emulator/" .. path, method = method, sink = ltn12.sink.table(out),
+    url = H.plain_url() .. "/__emulator/" .. path, method = method, sink = ltn12.sink.table(out),
     source = src and ltn12.source.string(src) or nil,
     headers = src and { ["content-type"] = "application/json", ["content-length"] = #src } or nil,
   }
@@ -66,10 +97,11 @@ function H.fault(t)
   assert(status == 200, "emulator fault failed")
 end
 
---- A client pointed at the emulator; rate limiting is off unless asked for.
+--- A client pointed at the emulator; rate limiting is off unless asked for. Under TLS it
+-- trusts the emulator's CA (also when opts.base_url is another of its listeners).
 function H.client(opts)
   local fly = require "fly"
-  local o = { token = H.TOKEN, base_url = H.url(), rate_limit = false, timeout = 10 }
+  local o = { token = H.TOKEN, base_url = H.url(), rate_limit = false, timeout = 10, ca_file = H.ca_file() }
   for k, v in pairs(opts or {}) do o[k] = v end
   return assert(fly.new(o))
 end

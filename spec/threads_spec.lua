@@ -20,7 +20,7 @@ describe("Lua states on threads", function()
       -- loading the module again in the same state is harmless
       package.loaded["fly.core"] = nil
       assert(require("fly.core").now() > 0, index)
-    ]]):format(H.TOKEN, H.url(), name))
+    ]]):format(H.TOKEN, H.plain_url(), name))
     f:close()
     local bin = os.getenv("FLY_SPEC_THREADS") or (H.ROOT .. "/build/spec/threads")
     local ok = os.execute(("%s 4 %s"):format(bin, script))

@@ -10,19 +10,25 @@
 --   status        answer `status` (default 500) with Fly's error body, or `body` (table -> JSON,
 --                 string -> text/plain); Retry-After: retry_after when given. Handler not run.
 --   delay         sleep `delay` seconds, then handle normally
---   close         close the connection without an answer (ngx.exit(444))
+--   close         drop the TCP connection without an answer: shutdown of the socket (FIN both
+--                 ways, no TLS close_notify), under HTTP/1.1 and HTTP/2 alike (there every
+--                 stream on the connection dies, no GOAWAY). Handler not run.
 --   truncate      handle normally, announce a longer Content-Length, send half, close
 --   malformed     200, application/json, garbage body. Handler not run.
 --   stall         send status (default 200) + headers, flush, sleep `delay` (default 30) s, close
 --   status_after  handle normally (state changes!), then answer like `status`
---   close_after   handle normally, then close without an answer
+--   close_after   handle normally (state changes!), then drop the connection like `close`
+--   reset         ngx.exit(444): HTTP/2 resets only this stream (RST_STREAM PROTOCOL_ERROR, the
+--                 connection lives on); HTTP/1.1 closes the connection. Handler not run.
+--   reset_after   handle normally, then like `reset`
 -- The first matching fault with count left is used (one fault per request).
 local state = require "emu.state"
 
 local faults = {}
 
 faults.KINDS = { status = true, delay = true, close = true, truncate = true, malformed = true,
-                 stall = true, status_after = true, close_after = true }
+                 stall = true, status_after = true, close_after = true, reset = true,
+                 reset_after = true }
 
 local function list() return state.table("__faults") end
 
@@ -70,6 +76,54 @@ function faults.take(method, path, op)
     end
   end
   return nil
+end
+
+-- The connection's socket, found through the request struct (LuaJIT FFI): r->connection->fd.
+-- An HTTP/2 stream's connection is a copy of the real one, so its fd is the real socket. The
+-- offsets (r->connection after the 32-bit signature, c->fd after three pointers) are checked:
+-- the fd's two ends must be this request's remote and server ports.
+local ffi_ok, ffi = pcall(require, "ffi")
+if ffi_ok then
+  pcall(ffi.cdef, [[
+    int shutdown(int sockfd, int how);
+    int getpeername(int sockfd, void *addr, unsigned int *addrlen);
+    int getsockname(int sockfd, void *addr, unsigned int *addrlen);
+  ]])
+end
+
+local function port_of(fn, fd)
+  local buf = ffi.new("uint8_t[128]")
+  local len = ffi.new("unsigned int[1]", 128)
+  if fn(fd, buf, len) ~= 0 then return nil end
+  return buf[2] * 256 + buf[3]   -- sockaddr_in / sockaddr_in6: family (2 bytes), port (network order)
+end
+
+local function request_fd()
+  if not ffi_ok then return nil, "no FFI" end
+  local r = require("resty.core.base").get_request()
+  if not r then return nil, "no request" end
+  local c = ffi.cast("void **", ffi.cast("uint8_t *", r) + 8)[0]
+  if c == nil then return nil, "no connection" end
+  local fd = ffi.cast("int *", ffi.cast("uint8_t *", c) + 3 * ffi.sizeof("void *"))[0]
+  if fd < 0 then return nil, "no socket" end
+  if port_of(ffi.C.getpeername, fd) ~= tonumber(ngx.var.remote_port)
+     or port_of(ffi.C.getsockname, fd) ~= tonumber(ngx.var.server_port) then
+    return nil, "the socket found is not this request's"
+  end
+  return fd
+end
+
+--- Drops this request's TCP connection: shutdown(fd, SHUT_RDWR) (the client reads EOF, no
+-- TLS close_notify, no HTTP/2 GOAWAY), then finishes the request without an answer. nginx
+-- still owns the fd and closes it when it sees the shut-down socket.
+function faults.drop_connection()
+  local fd, err = request_fd()
+  if not fd then
+    ngx.log(ngx.ERR, "emulator: cannot drop the connection: ", err)
+    return ngx.exit(444)
+  end
+  ffi.C.shutdown(fd, 2)
+  return ngx.exit(444)
 end
 
 return faults

@@ -183,7 +183,14 @@ local function send(status, body, headers, reqid)
 end
 router.send = send
 
+-- close: the TCP connection drops (under HTTP/2 too); reset: ngx.exit(444), which under
+-- HTTP/2 resets only the stream.
 local function close_connection()
+  stats.status(444)
+  return faults.drop_connection()
+end
+
+local function reset_stream()
   stats.status(444)
   return ngx.exit(444)
 end
@@ -235,6 +242,8 @@ local function pre_fault(f, reqid)
     fault_status(f, reqid); return true
   elseif kind == "close" then
     close_connection(); return true
+  elseif kind == "reset" then
+    reset_stream(); return true
   elseif kind == "malformed" then
     send(200, '{"id": "garbage', { ["Content-Type"] = JSON }, reqid); return true
   elseif kind == "stall" then
@@ -389,6 +398,7 @@ function router.handle()
 
   if f and f.kind == "status_after" then return fault_status(f, reqid) end
   if f and f.kind == "close_after" then return close_connection() end
+  if f and f.kind == "reset_after" then return reset_stream() end
   if f and f.kind == "truncate" then return send_truncated(status, body, rheaders, reqid) end
   return send(status, body, rheaders, reqid)
 end

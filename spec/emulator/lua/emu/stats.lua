@@ -5,9 +5,14 @@
 --   { requests = { [operationId] = n },   requests received per operation (also 401/429/faulted)
 --     executed = { [operationId] = n },   times the handler really ran
 --     total = n,                          /v1 (non-control) requests received
---     connections = n,                    TCP connections (requests with connection_requests == 1)
+--     connections = n,                    TCP connections (requests with connection_requests == 1;
+--                                         an HTTP/2 connection counts once, not per stream)
+--     protocols = { ["2.0"] = n, ["1.1"] = n },  requests per HTTP version
+--     schemes = { https = n, http = n },  requests per scheme
 --     last_auth_scheme = "Bearer" | "FlyV1" | nil,
---     last_request = { method, uri (raw $request_uri), headers (all but authorization) },
+--     last_request = { method, uri (raw $request_uri), headers (all but authorization),
+--                      http_version ("2.0", "1.1"), scheme ("https", "http"), connection (nginx's
+--                      connection serial number), connection_requests },
 --     rate_limited = n,                   429s sent by the rate limiter
 --     statuses = { ["200"] = n, … },      statuses sent (faults included; closes count as "444")
 --     faults_applied = n,
@@ -25,7 +30,7 @@ local lifetime = {}
 local function get()
   local s = state.table("__stats")
   if not s.requests then
-    s.requests, s.executed, s.statuses = {}, {}, {}
+    s.requests, s.executed, s.statuses, s.protocols, s.schemes = {}, {}, {}, {}, {}
     s.total, s.connections, s.rate_limited, s.faults_applied = 0, 0, 0, 0
   end
   return s
@@ -39,12 +44,18 @@ function stats.request(op, method, uri, headers)
   local s = get()
   s.total = s.total + 1
   bump(s.requests, op)
-  if ngx.var.connection_requests == "1" then s.connections = s.connections + 1 end
+  local nreq = ngx.var.connection_requests
+  if nreq == "1" then s.connections = s.connections + 1 end
+  local version = ("%.1f"):format(ngx.req.http_version() or 0)
+  local scheme = ngx.var.scheme
+  bump(s.protocols, version)
+  bump(s.schemes, scheme)
   local h = {}
   for k, v in pairs(headers) do
     if k ~= "authorization" then h[k] = v end
   end
-  s.last_request = { method = method, uri = uri, headers = h }
+  s.last_request = { method = method, uri = uri, headers = h, http_version = version, scheme = scheme,
+                     connection = tonumber(ngx.var.connection), connection_requests = tonumber(nreq) }
 end
 
 function stats.auth_scheme(scheme)
