@@ -27,7 +27,7 @@ local RATE_CLASS = { Machines_show = "FLY_RATE_GET_MACHINE", Apps_delete = "FLY_
 -- The parameter whose value keys a rate-limit bucket, most specific first.
 local SCOPE_ORDER = { "machine_id", "app_name", "org_slug", "postgres_cluster_id" }
 
--- Safety classes (API-NOTES.md, Retries): may a request be sent again after
+-- Safety classes (API-NOTES.md, Idempotency and retries): may a request be sent again after
 -- an ambiguous failure? GET, PUT and DELETE are safe; a POST or PATCH is
 -- never safe unless listed here: actions whose repeat ends in the same state,
 -- and computations that change nothing.
