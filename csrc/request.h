@@ -55,10 +55,11 @@ fly_request *fly_check_request(lua_State *L, int idx);
 /* A new zeroed request of `kind`, pushed on the stack. */
 fly_request *fly_request_new(lua_State *L, int kind);
 
-/* client:_submit/_build's shared part: arguments at 1 (client), 2 (operation
- * id), 3 (params), 4 (opts); checks them, builds and admits. Pushes the
- * request (done already when the rate limit delays it past its deadline is
- * left to the caller: see the returned request's ready_at and deadline). */
+/* The part client:_submit and client:_build share: arguments at 1 (client),
+ * 2 (operation id), 3 (params), 4 (opts); checks them (programmer errors at
+ * call level `level`), builds and admits. Pushes the request and returns it,
+ * not yet on any loop; the caller decides what a "ready at" past the
+ * deadline means. */
 fly_request *fly_request_call(lua_State *L, fly_client *c, int level);
 
 /* Links a request into the client's live list and pins the value at idx. */

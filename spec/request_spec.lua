@@ -38,7 +38,8 @@ end
 local function outcome(req)
   local r = req:result()
   return { status = r.status, code = r.code, retryable = r.retryable, attempts = r.attempts,
-    path = r.path, operation = r.operation, body = r.body, success = { req:success() } }
+    path = r.path, operation = r.operation, body = r.body, content_type = r.content_type,
+    retry_after = r.retry_after, success = { req:success() } }
 end
 
 describe("fly.Request", function()
@@ -155,6 +156,13 @@ describe("fly.Request", function()
       assert.equals("done", verdict) -- attempts = 3 used up
       assert.is_nil(at)
       assert.equals(429, req:result().status)
+      -- the same through the libcurl transport
+      H.fault { method = "POST", path = "/v1/apps/a/machines/m/restart", kind = "status", status = 502, count = 3 }
+      local res, err = c:call("Machines_restart", n)
+      assert.is_nil(res)
+      assert.equals(502, err.status)
+      assert.equals(1, err.attempts)
+      assert.is_false(err.retryable)
       -- safe: retried after an ambiguous failure
       req = c:_build("Machines_update", n)
       verdict, at = req:_failed("reset", "reset", true)
@@ -197,6 +205,18 @@ describe("fly.Request", function()
       H.fault { method = "GET", path = path, kind = "status", status = 503, count = 2 }
       local b = carry(c:_build("Apps_show", { app_name = name }))
       assert.equals(3, b:result().attempts)
+      assert.same(outcome(a), outcome(b))
+      -- 429 with Retry-After, for a call that is never repeated otherwise, until attempts run out
+      local body = require("cjson").encode { app_name = H.name(), org_slug = "personal" }
+      local paced = H.client { rate_limit = { scale = 20 }, retry = { attempts = 3, base = 0.01, cap = 0.02 } }
+      H.fault { method = "POST", path = "/v1/apps", kind = "status", status = 429, retry_after = 0, count = 3 }
+      a = paced:_submit("Apps_create", { body = body })
+      paced:_wait(a)
+      H.fault { method = "POST", path = "/v1/apps", kind = "status", status = 429, retry_after = 0, count = 3 }
+      b = carry(paced:_build("Apps_create", { body = body }))
+      paced:close()
+      assert.equals(429, b:result().status)
+      assert.equals(0, b:result().retry_after)
       assert.same(outcome(a), outcome(b))
     end)
 
