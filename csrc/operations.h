@@ -19,6 +19,15 @@ enum fly_rate_class {
   FLY_RATE_APP_DELETE    /* 100 per minute */
 };
 
+/* Whether a request may be sent again after an ambiguous failure (a timeout
+ * or a dropped connection after it may have reached the server, a 5xx).
+ * 429 is always retried: the server did not execute the request. */
+enum fly_safety {
+  FLY_SAFE,             /* reads, PUT, DELETE, actions whose repeat ends in the same state */
+  FLY_SAFE_WITH_LEASE,  /* safe only when it carries a lease nonce (update, lease refresh) */
+  FLY_NEVER             /* creations, exec, signal, restart, lease acquire, ... */
+};
+
 typedef struct fly_param {
   const char *name;      /* the Lua-side name, e.g. "lease_nonce" */
   const char *wire;      /* the name on the wire, e.g. "fly-machine-lease-nonce" */
@@ -33,7 +42,7 @@ typedef struct fly_operation {
   const char *tag;
   const fly_param *params;
   unsigned char nparams;
-  unsigned char idempotent;     /* GET, PUT, DELETE */
+  unsigned char safety;         /* enum fly_safety */
   unsigned char has_body;       /* declares a JSON request body */
   unsigned char body_required;
   const char *action;           /* the rate-limit action it counts against */

@@ -145,3 +145,16 @@ void fly_rate_sweep(double now) {
   sweep_locked(now);
   pthread_mutex_unlock(&lock);
 }
+
+fly_limit fly_rate_limit_for(fly_limit dflt, const char *action, const fly_override *ov, int nov, double scale) {
+  fly_limit l = dflt;
+  for (int i = 0; i < nov; i++)
+    if (strcmp(ov[i].action, action) == 0) l = ov[i].limit;
+  l.rate *= scale;
+  return l;
+}
+
+double fly_rate_admit(const char *key, fly_limit limit, double now, double margin) {
+  double at = fly_rate_reserve(key, limit, now);
+  return at > now ? at + margin : at;
+}

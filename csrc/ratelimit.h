@@ -10,6 +10,21 @@ typedef struct fly_limit {
   double burst;  /* bucket capacity */
 } fly_limit;
 
+/* A client's own limit for one action (core.new's rate_limit option). */
+typedef struct fly_override {
+  char action[64];
+  fly_limit limit;
+} fly_override;
+
+/* The limit a client applies to `action`: its override if it has one, else
+ * `dflt` (the published limit), the rate multiplied by `scale`. */
+fly_limit fly_rate_limit_for(fly_limit dflt, const char *action, const fly_override *ov, int nov, double scale);
+
+/* admit: reserves a token for one request and returns when it may be sent
+ * ("ready at"); a wait gets `margin` seconds more, which absorbs latency
+ * jitter so a paced request does not reach the server a hair early. */
+double fly_rate_admit(const char *key, fly_limit limit, double now, double margin);
+
 /* Seconds on a monotonic clock. */
 double fly_now(void);
 

@@ -48,7 +48,8 @@ build = {
     ["fly.ngx.limiter"] = "lua/fly/ngx/limiter.lua",
     ["fly.ngx.phase"] = "lua/fly/ngx/phase.lua",
     ["fly.core"] = {
-      sources = { "csrc/core.c", "csrc/json.c", "csrc/operations.c", "csrc/ratelimit.c" },
+      sources = { "csrc/module.c", "csrc/util.c", "csrc/ops.c", "csrc/operations.c", "csrc/build.c",
+        "csrc/ratelimit.c", "csrc/classify.c", "csrc/request.c", "csrc/client.c", "csrc/curl.c", "csrc/json.c" },
       incdirs = { "csrc", "$(CURL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)" },
       libraries = { "curl", "pthread", "m" },

@@ -27,6 +27,29 @@ local RATE_CLASS = { Machines_show = "FLY_RATE_GET_MACHINE", Apps_delete = "FLY_
 -- The parameter whose value keys a rate-limit bucket, most specific first.
 local SCOPE_ORDER = { "machine_id", "app_name", "org_slug", "postgres_cluster_id" }
 
+-- Safety classes (API-NOTES.md, Idempotency and retries): may a request be sent again after
+-- an ambiguous failure? GET, PUT and DELETE are safe; a POST or PATCH is
+-- never safe unless listed here: actions whose repeat ends in the same state,
+-- and computations that change nothing.
+local SAFE = {
+  Machines_start = true, Machines_stop = true, Machines_suspend = true,
+  Machines_cordon = true, Machines_uncordon = true,
+  Machines_patch_metadata = true, Machines_upsert_metadata = true, -- set keys to given values
+  App_Certificates_check = true,
+  Secretkey_encrypt = true, Secretkey_decrypt = true, Secretkey_sign = true, Secretkey_verify = true,
+  Tokens_authenticate = true, Tokens_authorize = true,
+  Platform_placements_post = true,
+}
+-- Safe only when the request carries a lease nonce: the same config under
+-- the same lease, and a lease refresh (a create without a nonce acquires one).
+local WITH_LEASE = { Machines_update = true, Machines_create_lease = true }
+
+local function safety(id, method)
+  if WITH_LEASE[id] then return "FLY_SAFE_WITH_LEASE" end
+  if method == "GET" or method == "PUT" or method == "DELETE" or SAFE[id] then return "FLY_SAFE" end
+  return "FLY_NEVER"
+end
+
 local METHOD_ORDER = { "get", "post", "put", "patch", "delete" }
 
 local function resolve(p)
@@ -85,7 +108,7 @@ for _, path in ipairs(paths) do
       ops[#ops + 1] = {
         id = id, method = method, path = path, tag = (o.tags or {})[1] or "",
         params = params,
-        idempotent = method == "GET" or method == "PUT" or method == "DELETE",
+        safety = safety(id, method),
         has_body = body ~= nil, body_required = body ~= nil and body.required == true,
         action = o.operationId, rate = RATE_CLASS[id] or "FLY_RATE_DEFAULT", scope = scope,
       }
@@ -112,9 +135,9 @@ for i, op in ipairs(ops) do
 end
 emit("\nconst fly_operation fly_operations[] = {")
 for i, op in ipairs(ops) do
-  emit('  {"%s", "%s", "%s", "%s", %s, %d, %d, %d, %d, "%s", %s, %d},',
+  emit('  {"%s", "%s", "%s", "%s", %s, %d, %s, %d, %d, "%s", %s, %d},',
     op.id, op.method, op.path, op.tag, #op.params > 0 and ("p" .. i) or "NULL", #op.params,
-    op.idempotent and 1 or 0, op.has_body and 1 or 0, op.body_required and 1 or 0,
+    op.safety, op.has_body and 1 or 0, op.body_required and 1 or 0,
     op.action, op.rate, op.scope)
 end
 emit("};\n")

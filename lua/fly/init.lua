@@ -265,7 +265,7 @@ function methods:map(list, fn, opts)
   return results, errors
 end
 
---- Every operation of the API: `{ id, method, path, tag, params, idempotent, action, rate, burst, scope }`.
+--- Every operation of the API: `{ id, method, path, tag, params, idempotent, safety, action, rate, burst, scope }`.
 fly.operations = core.operations
 
 return fly

@@ -1,0 +1,262 @@
+/* fly.Client: core.new reads the options the Lua layer has checked, builds
+ * the header lines every request shares (Authorization first), the rate-limit
+ * and retry settings, and opens the libcurl transport; close cancels what is
+ * live and frees it all. */
+#include "client.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "compat.h"
+#include "curl.h"
+#include "ops.h"
+#include "request.h"
+#include "util.h"
+
+fly_client *fly_check_client(lua_State *L, int idx) {
+  fly_client *c = luaL_checkudata(L, idx, CLIENT_MT);
+  if (c->closed) luaL_error(L, "fly: client is closed");
+  return c;
+}
+
+uint64_t fly_client_seed(fly_client *c) { /* splitmix64 over the client's counter */
+  uint64_t z = (c->rng += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return z ? z : 88172645463325252ull;
+}
+
+void fly_client_close(lua_State *L, fly_client *c) {
+  if (c->closed) return;
+  c->closed = 1;
+  while (c->live) fly_request_fail(L, c->live, "cancelled", "the client was closed", 0);
+  fly_curl_close(c);
+  fly_strlist_free(&c->headers);
+  fly_strlist_free(&c->json_headers);
+  free(c->base_url), c->base_url = NULL;
+  free(c->ca_file), c->ca_file = NULL;
+}
+
+static int l_close(lua_State *L) {
+  fly_client_close(L, luaL_checkudata(L, 1, CLIENT_MT));
+  return 0;
+}
+
+int fly_l_client_gc(lua_State *L) { return l_close(L); }
+
+int fly_l_client_tostring(lua_State *L) {
+  fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+  if (c->closed) lua_pushfstring(L, "fly.Client{closed}: %p", (void *)c);
+  else lua_pushfstring(L, "fly.Client{%s}: %p", c->base_url, (void *)c);
+  return 1;
+}
+
+static int l_base_url(lua_State *L) {
+  lua_pushstring(L, fly_check_client(L, 1)->base_url);
+  return 1;
+}
+
+/* client:_state() -> the table the Lua layer keeps per client (tasks,
+ * bound namespaces, …): held by the client itself, so it goes with it and
+ * needs no weak table keyed by the client. */
+static int l_state(lua_State *L) {
+  luaL_checkudata(L, 1, CLIENT_MT);
+  fly_getuservalue(L, 1);
+  return 1;
+}
+
+static int l_is_closed(lua_State *L) {
+  lua_pushboolean(L, ((fly_client *)luaL_checkudata(L, 1, CLIENT_MT))->closed);
+  return 1;
+}
+
+/* The Authorization header for a token, as fly-go builds it: macaroon tokens
+ * (a comma-separated part starting fm1r_, fm1a_ or fm2_) use the FlyV1
+ * scheme, anything else Bearer; a scheme already in the token is dropped so
+ * it is never doubled. */
+static void push_authorization(lua_State *L, const char *tok, size_t n) {
+  for (int again = 1; again;) {
+    again = 0;
+    while (n > 0 && (*tok == ' ' || *tok == '\t')) tok++, n--;
+    if (n >= 7 && strncasecmp(tok, "Bearer ", 7) == 0) tok += 7, n -= 7, again = 1;
+    else if (n >= 6 && strncasecmp(tok, "FlyV1 ", 6) == 0) tok += 6, n -= 6, again = 1;
+  }
+  while (n > 0 && (tok[n - 1] == ' ' || tok[n - 1] == '\t')) n--;
+  int macaroon = 0;
+  for (size_t i = 0; i < n && !macaroon; i++) {
+    if (i == 0 || tok[i - 1] == ',' || (tok[i - 1] == ' ' && i >= 2 && tok[i - 2] == ',')) {
+      const char *s = tok + i;
+      size_t left = n - i;
+      macaroon = (left >= 5 && (memcmp(s, "fm1r_", 5) == 0 || memcmp(s, "fm1a_", 5) == 0)) ||
+                 (left >= 4 && memcmp(s, "fm2_", 4) == 0);
+    }
+  }
+  lua_pushstring(L, macaroon ? "Authorization: FlyV1 " : "Authorization: Bearer ");
+  lua_pushlstring(L, tok, n);
+  lua_concat(L, 2);
+}
+
+static int append_top(lua_State *L, fly_strlist *l) {
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  int ok = fly_strlist_add(l, s, n);
+  lua_pop(L, 1);
+  return ok;
+}
+
+/* core.new(opts) -> Client. The Lua layer has already checked option names,
+ * types and defaults; this reads them. */
+int fly_l_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  fly_client *c = fly_newuserdata_uv(L, sizeof *c);
+  memset(c, 0, sizeof *c);
+  c->closed = 1; /* until fully built, so __gc frees only what exists */
+  fly_setmetatable(L, CLIENT_MT);
+  int cidx = lua_gettop(L);
+  lua_newtable(L); /* the Lua layer's per-client state (client:_state()) */
+  fly_setuservalue(L, cidx);
+
+  rawfield(L, 1, "token");
+  size_t tn;
+  const char *token = luaL_checklstring(L, -1, &tn);
+  if (has_crlf(token, tn)) return luaL_error(L, "fly: the token contains a line break");
+  rawfield(L, 1, "base_url");
+  size_t bn;
+  const char *base = luaL_checklstring(L, -1, &bn);
+  while (bn > 0 && base[bn - 1] == '/') bn--;
+  rawfield(L, 1, "user_agent");
+  const char *ua = luaL_checkstring(L, -1);
+  if (has_crlf(ua, strlen(ua))) return luaL_error(L, "fly: user_agent contains a line break");
+  rawfield(L, 1, "ca_file");
+  const char *ca = luaL_optstring(L, -1, NULL);
+
+  c->closed = 0;
+  c->base_url = dupn(base, bn);
+  c->ca_file = ca ? dupn(ca, strlen(ca)) : NULL;
+  if (!c->base_url || (ca && !c->ca_file)) {
+    fly_client_close(L, c);
+    return luaL_error(L, "fly: out of memory");
+  }
+  uint64_t h = fnv64(14695981039346656037ull, base, bn);
+  h = fnv64(h, "\n", 1);
+  h = fnv64(h, token, tn);
+  snprintf(c->identity, sizeof c->identity, "%016llx", (unsigned long long)h);
+  c->rng = h ^ (uint64_t)(uintptr_t)c ^ (uint64_t)(fly_now() * 1e9);
+
+  c->timeout_ms = seconds_to_ms(opt_number_field(L, 1, "timeout", 60));
+  c->connect_timeout_ms = seconds_to_ms(opt_number_field(L, 1, "connect_timeout", 10));
+  rawfield(L, 1, "insecure");
+  c->insecure = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+
+  /* headers: Authorization first, then ours, then the user's extras */
+  int ok = 1;
+  push_authorization(L, token, tn);
+  ok &= append_top(L, &c->headers);
+  lua_pushfstring(L, "User-Agent: %s", ua);
+  ok &= append_top(L, &c->headers);
+  lua_pushliteral(L, "Accept: application/json");
+  ok &= append_top(L, &c->headers);
+  lua_pushliteral(L, "Expect:");
+  ok &= append_top(L, &c->headers);
+  rawfield(L, 1, "headers");
+  if (lua_istable(L, -1)) {
+    int t = lua_gettop(L);
+    lua_pushnil(L);
+    while (ok && lua_next(L, t)) {
+      if (lua_type(L, -2) != LUA_TSTRING)
+        return fly_client_close(L, c), luaL_error(L, "fly: headers must map names to strings");
+      if (lua_type(L, -1) != LUA_TSTRING)
+        return fly_client_close(L, c), luaL_error(L, "fly: header '%s' must be a string (got %s)",
+                                                  lua_tostring(L, -2), luaL_typename(L, -1));
+      size_t kn, vn;
+      const char *k = lua_tolstring(L, -2, &kn);
+      const char *v = lua_tolstring(L, -1, &vn);
+      if (kn == 0 || has_crlf(k, kn) || has_crlf(v, vn) || memchr(k, ':', kn))
+        return fly_client_close(L, c), luaL_error(L, "fly: header '%s' is not a valid header", k);
+      if (strcasecmp(k, "Authorization") == 0)
+        return fly_client_close(L, c), luaL_error(L, "fly: set the token with the token option, not a header");
+      lua_pushfstring(L, "%s: %s", k, v);
+      ok &= append_top(L, &c->headers);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  for (size_t i = 0; ok && i < c->headers.n; i++)
+    ok &= fly_strlist_add(&c->json_headers, c->headers.v[i], strlen(c->headers.v[i]));
+  lua_pushliteral(L, "Content-Type: application/json");
+  ok &= append_top(L, &c->json_headers);
+  c->base.base_url = c->base_url;
+  c->base.headers = &c->headers;
+  c->base.json_headers = &c->json_headers;
+  if (!ok || !fly_curl_open(c)) return fly_client_close(L, c), luaL_error(L, "fly: out of memory");
+
+  /* rate limiting: false, or a table of { scale = n, [action] = {rate, burst} } */
+  c->rate_limit = 1;
+  c->rate_scale = 1;
+  c->rate_margin = 0.02;
+  rawfield(L, 1, "rate_limit");
+  if (lua_isboolean(L, -1)) {
+    c->rate_limit = lua_toboolean(L, -1);
+  } else if (lua_istable(L, -1)) {
+    int t = lua_gettop(L);
+    c->rate_scale = opt_number_field(L, t, "scale", 1);
+    c->rate_margin = opt_number_field(L, t, "margin", 0.02);
+    if (!(c->rate_margin >= 0)) return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.margin must be >= 0");
+    if (!(c->rate_scale > 0)) return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.scale must be > 0");
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+      const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+      if (key && (strcmp(key, "scale") == 0 || strcmp(key, "margin") == 0)) {
+        /* read above */
+      } else if (!key || !lua_istable(L, -1) || !fly_operation_known_action(key)) {
+        fly_client_close(L, c);
+        return luaL_error(L, "fly: rate_limit: '%s' is neither scale, margin nor an action "
+                          "(an operationId) mapped to { rate = r, burst = b }",
+                          key ? key : luaL_typename(L, -2));
+      } else {
+        const char *action = key;
+        if (c->noverrides == OVERRIDES_MAX || strlen(action) >= sizeof c->overrides[0].action)
+          return fly_client_close(L, c), luaL_error(L, "fly: too many rate_limit overrides");
+        fly_override *o = &c->overrides[c->noverrides++];
+        snprintf(o->action, sizeof o->action, "%s", action);
+        o->limit.rate = opt_number_field(L, lua_gettop(L), "rate", 1);
+        o->limit.burst = opt_number_field(L, lua_gettop(L), "burst", 1);
+        if (!(o->limit.rate > 0) || !(o->limit.burst >= 1))
+          return fly_client_close(L, c),
+                 luaL_error(L, "fly: rate_limit.%s needs rate > 0 and burst >= 1", action);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+
+  c->max_attempts = 4;
+  c->retry_base = 0.1;
+  c->retry_cap = 5;
+  rawfield(L, 1, "retry");
+  if (lua_istable(L, -1)) {
+    int t = lua_gettop(L);
+    double attempts = opt_number_field(L, t, "attempts", 4);
+    c->max_attempts = attempts > 1000 ? 1000 : attempts >= 1 ? (int)attempts : 1;
+    c->retry_base = opt_number_field(L, t, "base", 0.1);
+    c->retry_cap = opt_number_field(L, t, "cap", 5);
+  } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+    c->max_attempts = 1;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, cidx);
+  return 1;
+}
+
+const luaL_Reg fly_client_methods[] = {
+  {"_submit", fly_l_submit},   {"_build", fly_l_build},     {"_timer", fly_l_timer},
+  {"_step", fly_l_step},       {"_step_until", fly_l_step_until}, {"_wait", fly_l_wait},
+  {"_timeout", fly_l_timeout}, {"_sockets", fly_l_sockets}, {"close", l_close},
+  {"base_url", l_base_url},    {"is_closed", l_is_closed},  {"_state", l_state},
+  {NULL, NULL}};

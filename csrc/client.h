@@ -1,0 +1,57 @@
+/* fly.Client: what core.new builds from its options, shared by every request
+ * of the client (base URL, headers with the Authorization line, timeouts,
+ * rate-limit and retry settings), the transport state, and close. */
+#ifndef FLY_CLIENT_H
+#define FLY_CLIENT_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdint.h>
+
+#include "build.h"
+#include "ratelimit.h"
+
+#define CLIENT_MT "fly.Client"
+#define OVERRIDES_MAX 32
+
+typedef struct fly_client fly_client;
+typedef struct fly_request fly_request;
+struct fly_curl;
+
+struct fly_client {
+  int closed;
+  char *base_url;              /* owned, without trailing slash */
+  char identity[17];           /* hash of base URL and token: the bucket owner */
+  fly_strlist headers;         /* owned: Authorization, User-Agent, Accept, extras */
+  fly_strlist json_headers;    /* owned: the same plus Content-Type */
+  fly_build_base base;         /* points into the fields above */
+  struct fly_curl *curl;       /* owned: the libcurl transport's state */
+  char *ca_file;               /* owned or NULL */
+  int insecure;
+  long timeout_ms, connect_timeout_ms;
+  int rate_limit;
+  double rate_scale;
+  double rate_margin;          /* added to every rate wait: absorbs latency jitter */
+  fly_override overrides[OVERRIDES_MAX];
+  int noverrides;
+  int max_attempts;
+  double retry_base, retry_cap;
+  uint64_t rng;                /* seeds each request's backoff jitter */
+  fly_request *live;           /* requests queued or running on the libcurl transport */
+};
+
+/* The client at idx; raises when it is closed. */
+fly_client *fly_check_client(lua_State *L, int idx);
+
+/* A fresh nonzero seed for a request's jitter. */
+uint64_t fly_client_seed(fly_client *c);
+
+/* Cancels every live request and frees what the client owns; idempotent. */
+void fly_client_close(lua_State *L, fly_client *c);
+
+int fly_l_new(lua_State *L);
+int fly_l_client_gc(lua_State *L);
+int fly_l_client_tostring(lua_State *L);
+extern const luaL_Reg fly_client_methods[];
+
+#endif

@@ -1,0 +1,89 @@
+/* fly.Request: one API call, whichever transport carries it.
+ *
+ * A Request owns everything the call needs (what build made, its retry
+ * state, the last reply and its body). fly_request_call runs build and
+ * admit; a transport then sends it at `ready_at`, reports each attempt's
+ * outcome to classify, and sends it again at the time classify gives, until
+ * the request is done. result(), success() and json() read a done request
+ * the same way whatever carried it.
+ *
+ * Lifetime: a request carried by the libcurl transport is pinned in the
+ * registry and linked into its client's live list while queued or running,
+ * so the collector cannot free memory libcurl still uses; it is unpinned
+ * when done. Cancel and __close end a live request (it stays readable);
+ * only __gc frees its memory. */
+#ifndef FLY_REQUEST_H
+#define FLY_REQUEST_H
+
+#include <lua.h>
+
+#include "build.h"
+#include "classify.h"
+#include "client.h"
+#include "operations.h"
+
+#define REQUEST_MT "fly.Request"
+#define ARRAY_MT "fly.array"
+
+enum { KIND_HTTP, KIND_TIMER };
+/* NEW: built, not on the libcurl loop (another transport carries it) */
+enum { REQ_NEW, REQ_QUEUED, REQ_ACTIVE, REQ_DONE };
+
+struct fly_easy;
+struct curl_slist;
+
+struct fly_request {
+  fly_client *client;          /* set while on the libcurl loop */
+  fly_request *prev, *next;    /* the client's list of live requests */
+  const fly_operation *op;     /* NULL for timers */
+  int kind, state, ref;        /* ref: registry pin while live */
+  struct fly_easy *easy;       /* libcurl: borrowed from the pool while active */
+  struct curl_slist *curl_headers; /* libcurl: owned copy of wire.headers, made at the first start */
+  fly_wire wire;               /* owned: what build made */
+  char *rate_key;              /* owned; NULL when not rate limited (retry.rate_key points here) */
+  fly_retry retry;
+  fly_reply reply;             /* the last attempt */
+  double ready_at;             /* monotonic seconds: when to send the next attempt */
+  long timeout_ms;             /* per attempt */
+  char *message;               /* owned: what went wrong, or NULL */
+  char *resp;                  /* owned response body, NUL-terminated */
+  size_t resp_len, resp_cap;
+};
+
+fly_request *fly_check_request(lua_State *L, int idx);
+
+/* A new zeroed request of `kind`, pushed on the stack. */
+fly_request *fly_request_new(lua_State *L, int kind);
+
+/* The part client:_submit and client:_build share: arguments at 1 (client),
+ * 2 (operation id), 3 (params), 4 (opts); checks them (programmer errors at
+ * call level `level`), builds and admits. Pushes the request and returns it,
+ * not yet on any loop; the caller decides what a "ready at" past the
+ * deadline means. */
+fly_request *fly_request_call(lua_State *L, fly_client *c, int level);
+
+/* Links a request into the client's live list and pins the value at idx. */
+void fly_request_pin(lua_State *L, fly_client *c, fly_request *r, int idx);
+
+/* Ends a request: stops its transfer, unlinks and unpins it. */
+void fly_request_finish(lua_State *L, fly_request *r);
+
+void fly_request_set_message(fly_request *r, const char *msg);
+/* Sets the failure without ending the request. */
+void fly_request_set_failure(fly_request *r, const char *code, const char *msg, int retryable);
+/* Sets the failure and ends the request. */
+void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable);
+
+/* Appends response body bytes; 0 on out of memory. */
+int fly_request_add_body(fly_request *r, const char *data, size_t len);
+/* Drops the response body received so far. */
+void fly_request_clear_body(fly_request *r);
+
+int fly_l_decode(lua_State *L);
+int fly_l_build(lua_State *L);
+int fly_l_request_gc(lua_State *L);
+int fly_l_request_close(lua_State *L);
+int fly_l_request_tostring(lua_State *L);
+extern const luaL_Reg fly_request_methods[];
+
+#endif
