@@ -237,7 +237,8 @@ end
 -- `method = operationId` for every entry)
 -- @tparam table list entries `{ name, operation, path =, args =, params =, opts =, build =,
 -- result =, inplace =, object = }`:
--- `path` a prefix of desc.path the method takes (default: all of it);
+-- `path` the names of the strings the method takes first (default: desc.path), each mapped to
+-- its parameter by desc.params or written `"name:parameter"`;
 -- `args` the positional arguments after the path, `{ "key:string", "amount_mb:?number" }`;
 -- `params` a last table merged into the request parameters: `true` (any key, the core checks
 -- them) or `{ key = type }`; `opts` a last table of options `{ key = type }`, given to `build`;
@@ -263,7 +264,11 @@ function resource.declare(ns, desc, list)
     local tail_spec = e.params
     if tail_spec == nil then tail_spec = e.opts end
     local pnames = {}
-    for i = 1, npath do pnames[i] = desc.params[path[i]] end
+    for i = 1, npath do
+      local n, param = path[i]:match("^([%w_]+):([%w_]+)$") -- "name:database_name"
+      if n then names[i] = n else param = desc.params[path[i]] end
+      pnames[i] = assert(param, "no parameter for " .. path[i])
+    end
     local build, shape, merge_params = e.build, e.result, e.params ~= nil
     local carries_nonce = nonce_ops[op] and e.nonce ~= false
 
