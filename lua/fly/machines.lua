@@ -352,11 +352,9 @@ local function wait(c, app, id, opts, name, d)
     end
     if pause > 0 then
       local t = now()
-      if t + pause >= deadline then
-        if err.status == 404 then -- the timeout ends the grace: the machine is still missing
-          c:sleep(math.max(0, deadline - t))
-          return nil, err
-        end
+      if t + pause >= deadline then -- no time for another poll: the wait ends at its deadline
+        c:sleep(math.max(0, deadline - t))
+        if err.status == 404 then return nil, err end -- the timeout ends the grace
         break
       end
       c:sleep(pause)

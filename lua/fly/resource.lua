@@ -272,15 +272,38 @@ function resource.declare(ns, desc, list)
     local build, shape, merge_params = e.build, e.result, e.params ~= nil
     local carries_nonce = nonce_ops[op] and e.nonce ~= false
 
-    -- The call itself: `label` names the method in messages; the user's line is
-    -- `d` levels above run; `...` are the path values, the arguments and the tail.
-    local function run(label, d, client, ctx, ...)
-      for i = 1, nargs do
-        local v = select(i, ...)
-        if type(v) ~= types[i] then resource.check(v, types[i], names[i], label, d + 1) end
+    assert(nargs + (tail_spec ~= nil and 1 or 0) <= 6, "too many arguments for " .. name)
+    local t1, t2, t3, t4, t5, t6 = types[1], types[2], types[3], types[4], types[5], types[6]
+    local pn1, pn2, pn3 = pnames[1], pnames[2], pnames[3]
+
+    local function bad(i, v, label, d)
+      resource.check(v, types[i], names[i], label, d + 1)
+    end
+
+    -- The call itself: `label` names the method in messages; the user's line is `d` levels
+    -- above run; a1… are the path values, the arguments and the tail table, in order (fixed
+    -- parameters, not varargs: this is every call's path).
+    local function run(label, d, client, ctx, a1, a2, a3, a4, a5, a6)
+      if nargs > 0 then
+        if type(a1) ~= t1 then bad(1, a1, label, d + 1) end
+        if nargs > 1 then
+          if type(a2) ~= t2 then bad(2, a2, label, d + 1) end
+          if nargs > 2 then
+            if type(a3) ~= t3 then bad(3, a3, label, d + 1) end
+            if nargs > 3 then
+              if type(a4) ~= t4 then bad(4, a4, label, d + 1) end
+              if nargs > 4 and type(a5) ~= t5 then bad(5, a5, label, d + 1) end
+              if nargs > 5 and type(a6) ~= t6 then bad(6, a6, label, d + 1) end
+            end
+          end
+        end
       end
-      local tail = select(nargs + 1, ...)
-      local p
+      local tail
+      if tail_spec ~= nil then
+        if nargs == 0 then tail = a1 elseif nargs == 1 then tail = a2 elseif nargs == 2 then tail = a3
+        elseif nargs == 3 then tail = a4 elseif nargs == 4 then tail = a5 else tail = a6 end
+      end
+      local p = {}
       if merge_params then
         if tail_spec == true then
           if tail ~= nil and type(tail) ~= "table" then
@@ -289,21 +312,26 @@ function resource.declare(ns, desc, list)
         else
           resource.options(tail, tail_spec, "params", label, d + 1)
         end
-        p = {}
         if tail then for k, v in next, tail do p[k] = v end end
         tail = EMPTY
+      elseif tail_spec then
+        tail = resource.options(tail, tail_spec, "opts", label, d + 1)
       else
-        p = {}
-        if tail_spec then
-          tail = resource.options(tail, tail_spec, "opts", label, d + 1)
-        else
-          tail = EMPTY
+        tail = EMPTY
+      end
+      if npath > 0 then
+        p[pn1] = a1
+        if npath > 1 then
+          p[pn2] = a2
+          if npath > 2 then p[pn3] = a3 end
         end
       end
-      for i = 1, npath do p[pnames[i]] = (select(i, ...)) end
       local copts, why
       if build then
-        copts, why = build(p, tail, select(npath + 1, ...))
+        if npath == 0 then copts, why = build(p, tail, a1, a2, a3, a4, a5, a6)
+        elseif npath == 1 then copts, why = build(p, tail, a2, a3, a4, a5, a6)
+        elseif npath == 2 then copts, why = build(p, tail, a3, a4, a5, a6)
+        else copts, why = build(p, tail, a4, a5, a6) end
         if copts == false then error(("fly: %s: %s"):format(label, why), d + 1) end
       end
       local nonce
