@@ -71,7 +71,7 @@ resource.declare(Orgs, {
     result = function(res, client) bind_machines(res, client) return res end },
   --- `list_volumes(org, params)`: one page of the volumes in all its apps; `include_deleted`,
   -- `region`, `state`, `summary`, `updated_after`, `cursor`, `limit` -> `{ volumes = { Volume, … },
-  -- next_cursor = s? }`
+  -- next_cursor = s?, last_volume_id, last_updated_at }`
   { "list_volumes", "Volumes_org_list", params = true,
     result = function(res, client) bind_volumes(res, client) return res end },
 })
