@@ -329,9 +329,10 @@ local function wait(c, app, id, opts, name, d)
       if type(ver) ~= "string" or ver == "" then ver = version end
       return st, ver
     end
-    last_err = err
-    local pause = 0
-    if err.status == 404 then
+    local pause, cut = 0, err.status == nil and err.code == "timeout" and now() >= deadline
+    if cut then -- luacheck: ignore 542
+      -- the overall deadline cut this poll short: nothing failed, time is up
+    elseif err.status == 404 then
       if wants_destroyed then return "destroyed", version end
       local t = now()
       first_404 = first_404 or t
@@ -350,6 +351,7 @@ local function wait(c, app, id, opts, name, d)
     else
       return nil, err
     end
+    if not cut then last_err = err end
     if pause > 0 then
       local t = now()
       if t + pause >= deadline then -- no time for another poll: the wait ends at its deadline
