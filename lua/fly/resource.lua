@@ -177,8 +177,8 @@ end
 -- when nil is allowed (`"?number"`)
 -- @tparam string name the argument's name in the message
 -- @tparam string method `"machines:start"`
--- @tparam[opt=2] integer level how many levels above the caller of check the user's call is
--- (1: check's caller; as `error` counts, one less)
+-- @tparam[opt=2] integer level how many levels above check the user's call is (1: the
+-- function calling check; 2, the default: that function's caller)
 -- @return value
 function resource.check(value, want, name, method, level)
   local t = type(value)
@@ -196,7 +196,7 @@ resource.EMPTY = EMPTY
 -- @tparam table allowed `{ name = type }` (types as for check)
 -- @tparam string name the table's name in messages ("opts", "params")
 -- @tparam string method
--- @tparam integer level as for check
+-- @tparam[opt=2] integer level how many levels above options the user's call is
 -- @treturn table opts, or an empty (read-only) table for nil
 function resource.options(opts, allowed, name, method, level)
   if opts == nil then return EMPTY end
