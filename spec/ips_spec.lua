@@ -56,7 +56,8 @@ describe("client.ips", function()
       .. "egress_v4, egress_v6, egress_pair %(got \"v5\"%)", function() c.ips:assign(app, { type = "v5" }) end)
     H.raises("ips_spec%.lua:%d+: fly: ips:assign: type must be one of .* %(got nil%)",
       function() c.ips:assign(app, {}) end)
-    H.raises("ips_spec%.lua:%d+: fly: ips:assign: body must be a table", function() c.ips:assign(app, 4) end)
+    H.raises("ips_spec%.lua:%d+: fly: ips:assign: body must be a string or a table %(got number%)",
+      function() c.ips:assign(app, 4) end)
     H.raises("ips_spec%.lua:%d+: fly: ips:release: ip must be a string", function() c.ips:release(app) end)
     assert.equals(before, H.stats().total)
   end)

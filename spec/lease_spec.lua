@@ -95,6 +95,35 @@ describe("machine leases", function()
       assert.equals("spec", m:get_metadata_key("owner"))
     end)
 
+    it("keeps the machine it was called on true: leased and m are one machine's view", function()
+      local old = m.instance_id
+      local updated = assert(m:with_lease({ ttl = 10 }, function(leased)
+        return leased:update { image = "nginx", env = { AFTER = "lease" } }
+      end))
+      assert.are_not.equal(old, m.instance_id)
+      assert.equals(updated.instance_id, m.instance_id)
+      assert.equals("lease", m.config.env.AFTER)
+      assert.is_nil(m:lease_nonce()) -- m itself never carries the nonce
+      -- the wait is scoped to the new version and returns as soon as it runs
+      local t0 = fly.now()
+      local state, version = m:wait("started", { timeout = 30 })
+      assert.equals("started", state)
+      assert.equals(m.instance_id, version)
+      assert.is_true(fly.now() - t0 < 10)
+      -- and the next common sequence too
+      assert(m:stop())
+      assert.equals("stopped", (m:wait("stopped", { timeout = 30 })))
+      assert.equals("stopped", m.state)
+      -- waits and refreshes inside reach m as well
+      m:with_lease(function(leased)
+        assert(leased:start())
+        assert.equals("started", (leased:wait("started", { timeout = 10 })))
+        assert.equals("started", m.state)
+        assert(leased:refresh())
+        assert.equals(leased.updated_at, m.updated_at)
+      end)
+    end)
+
     it("works from the namespace, fetching the machine", function()
       local state = c.machines:with_lease(app, m.id, { ttl = 5, description = "ns" }, function(leased)
         assert.equals("ns", assert(leased:get_lease()).description)

@@ -230,7 +230,8 @@ describe("client.machines", function()
     assert.equals(3, r.exit_code)
     r = assert(m:exec "hostname")
     assert.equals(m.id .. "\n", r.stdout)
-    assert.has_error(function() m:exec {} end, "fly: machines:exec: command must not be empty")
+    assert.has_error(function() m:exec {} end, "fly: machine:exec: command must not be empty")
+    assert.has_error(function() c.machines:exec(app, m.id, {}) end, "fly: machines:exec: command must not be empty")
   end)
 
   it("is reachable by operationId through client:call", function()
@@ -264,11 +265,55 @@ describe("client.machines", function()
       function() m:set_memory_limit("lots") end,
       function() m:with_lease({ ttl = "x" }, function() end) end,
       function() m.start({}) end,
+      function() m:start { bogus = 1 } end,
+      function() m:stop { signal = 9 } end,
+      function() m:set_metadata("k") end,
+      function() m:refresh_lease(nil) end,
     }
     for i, f in ipairs(cases) do
       local ok, err = pcall(f)
       assert.is_false(ok, "case " .. i)
       assert.matches("machines_spec%.lua:%d+: fly: ", err, 1, false, "case " .. i)
     end
+  end)
+
+  it("names the method, the argument and what was wrong, in both forms", function()
+    local m = new_machine()
+    local before = H.stats().total
+    H.raises("machines_spec%.lua:%d+: fly: machines:start: id must be a string %(got number%)$",
+      function() c.machines:start(app, 42) end)
+    H.raises("machines_spec%.lua:%d+: fly: machine:start: unknown option 'bogus'$",
+      function() m:start { bogus = 1 } end)
+    H.raises("machines_spec%.lua:%d+: fly: machines:stop: opts%.signal must be a string %(got number%)$",
+      function() c.machines:stop(app, m.id, { signal = 9 }) end)
+    H.raises("machines_spec%.lua:%d+: fly: machine:set_metadata: value must be a string %(got nil%)$",
+      function() m:set_metadata("k") end)
+    H.raises("machines_spec%.lua:%d+: fly: machine:exec: command must be a string or a table %(got number%)$",
+      function() m:exec(42) end)
+    H.raises("machines_spec%.lua:%d+: fly: machines:with_lease: fn must be a function %(got string%)$",
+      function() c.machines:with_lease(app, m.id, nil, "x") end)
+    H.raises("machines_spec%.lua:%d+: fly: machine:wait: opts%.timeout must be a number %(got string%)$",
+      function() m:wait("started", { timeout = "soon" }) end)
+    H.raises("machines_spec%.lua:%d+: fly: Machines_list: unknown parameter 'bogus'$",
+      function() c.machines:list(app, { bogus = true }) end)
+    assert.equals(before, H.stats().total) -- nothing was sent
+  end)
+
+  it("keeps object bindings in the client's own state, collected with the client", function()
+    local id = new_machine().id
+    -- in a coroutine of its own, so that no stale stack slot keeps the client alive (LuaJIT)
+    local function use_and_drop()
+      local other = H.client()
+      local m = assert(other.machines:get(app, id))
+      local bindings = other:_state().bindings
+      assert.equals(getmetatable(m), bindings[getmetatable(m).class][app])
+      other:close()
+      return setmetatable({ other, m }, { __mode = "v" })
+    end
+    local probe = coroutine.wrap(use_and_drop)()
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(probe[1])
+    assert.is_nil(probe[2])
   end)
 end)

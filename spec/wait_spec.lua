@@ -86,6 +86,8 @@ describe("machines:wait", function()
     assert.equals("timeout", err.code)
     assert.equals("stopping", err.state)
     assert.matches("did not reach stopped", err.message)
+    assert.is_nil(err.cause) -- the deadline ended the last poll: no failure to report
+    assert.is_nil(err.message:find("last error", 1, true))
     assert.is_true(took >= 1.5)
     assert.is_true(took < 1.5 + 5)  -- generous: the deadline is honoured, not the speed
   end)
@@ -126,14 +128,99 @@ describe("machines:wait", function()
     assert.is_true((H.stats().statuses["404"] or 0) >= 1)
   end)
 
-  it("returns other errors at once", function()
+  it("returns errors that waiting again cannot change at once", function()
     local m = started()
     local before = H.stats().requests.Machines_wait
-    H.fault { op = "Machines_wait", kind = "status", status = 500, count = 1 }
+    H.fault { op = "Machines_wait", kind = "status", status = 400, count = 1 }
     local state, err = m:wait("started", { timeout = 10 })
     assert.is_nil(state)
-    assert.equals(500, err.status)
+    assert.equals(400, err.status)
     assert.equals(before + 1, H.stats().requests.Machines_wait)
+  end)
+
+  it("retries transient failures within its deadline: 5xx, a proxy's 408, a dropped connection", function()
+    local m = started()
+    local before = H.stats().requests.Machines_wait
+    -- more 502s in a row than one call's own attempts, then a proxy's 408 (not the API's JSON
+    -- error), then a connection closed without an answer
+    H.fault { op = "Machines_wait", kind = "status", status = 502, count = 6 }
+    H.fault { op = "Machines_wait", kind = "status", status = 408, body = "proxy timeout", count = 1 }
+    H.fault { op = "Machines_wait", kind = "close", count = 1 }
+    local state, version = m:wait("started", { timeout = 60 })
+    assert.equals("started", state)
+    assert.equals(m.instance_id, version)
+    assert.equals(before + 9, H.stats().requests.Machines_wait)
+  end)
+
+  it("ends a wait whose failures persist with a timeout carrying the last failure", function()
+    local m = started()
+    H.fault { op = "Machines_wait", kind = "status", status = 503, count = 0 }
+    local t0 = fly.now()
+    local state, err = m:wait("started", { timeout = 1.5 })
+    local took = fly.now() - t0
+    assert.is_nil(state)
+    assert.equals("timeout", err.code)
+    assert.equals(503, err.cause.status)
+    assert.matches("last error: fly: 503", err.message)
+    assert.is_true(took >= 1.5 - 0.05 and took < 1.5 + 5, "took " .. took)
+  end)
+
+  it("returns the 404 of a missing machine when the timeout ends before the grace", function()
+    local t0 = fly.now()
+    local state, err = c.machines:wait(app, "no-such-machine", { timeout = 0.6, not_found_grace = 30 })
+    local took = fly.now() - t0
+    assert.is_nil(state)
+    assert.equals(404, err.status)
+    assert.equals("not_found", err.code)
+    assert.is_true(took >= 0.5 and took < 0.6 + 5, "took " .. took)
+  end)
+
+  describe("versions", function()
+    it("follows the object: after m:update, m:wait waits for the new version", function()
+      local m = started()
+      local old = m.instance_id
+      assert(m:update { image = "nginx", env = { V = "2" } })
+      assert.are_not.equal(old, m.instance_id)
+      local state, version = m:wait("started", { timeout = 10 })
+      assert.equals("started", state)
+      assert.equals(m.instance_id, version)
+    end)
+
+    it("says when the version waited for was replaced by a newer one, and how to wait for any", function()
+      local m = started()
+      local stale = assert(c.machines:get(app, m.id))
+      local fresh = assert(c.machines:update(app, m.id, { image = "nginx", env = { V = "2" } }))
+      assert.equals("started", (fresh:wait("started", { timeout = 10 })))
+      -- at the deadline
+      local state, err = stale:wait("started", { timeout = 1.2 })
+      assert.is_nil(state)
+      assert.equals("superseded", err.code)
+      assert.equals(fresh.instance_id, err.version)
+      assert.equals(stale.instance_id, err.waited_version)
+      assert.equals("started", err.state)
+      assert.matches("version = false", err.message)
+      assert.is_nil(err.message:find("did not reach", 1, true))
+      -- as soon as a long-poll ends, well before a long timeout
+      H.config { wait_max = 0.3 }
+      local t0 = fly.now()
+      state, err = stale:wait("started", { timeout = 60 })
+      assert.is_nil(state)
+      assert.equals("superseded", err.code)
+      assert.is_true(fly.now() - t0 < 10)
+      -- any version: fine
+      assert.equals("started", (stale:wait("started", { version = false, timeout = 10 })))
+    end)
+
+    it("says when the state was reached at another version than the one asked for", function()
+      local m = started()
+      local state, err = c.machines:wait(app, m.id, { version = "not-a-version", timeout = 1.2 })
+      assert.is_nil(state)
+      assert.equals("timeout", err.code)
+      assert.equals(m.instance_id, err.version)
+      assert.matches("reached started at version " .. m.instance_id .. ", not at version not%-a%-version",
+        err.message)
+      assert.matches("version = false", err.message)
+    end)
   end)
 
   it("reaches a failed machine when asked to", function()

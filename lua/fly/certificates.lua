@@ -11,38 +11,42 @@ local call, check = resource.call, resource.check
 local Certificates = { __name = "fly.certificates" }
 Certificates.__index = Certificates
 
---- The operation each method calls.
-Certificates.operations = {
-  list = "App_Certificates_list",
-  request_acme = "App_Certificates_acme_create",
-  upload_custom = "App_Certificates_custom_create",
-  get = "App_Certificates_show",
-  delete = "App_Certificates_delete",
-  delete_acme = "App_Certificates_acme_delete",
-  delete_custom = "App_Certificates_custom_delete",
-  check = "App_Certificates_check",
-}
+--- The operation each method calls (filled by the declarations below).
+Certificates.operations = {}
 
--- the operations that take an app and a hostname
-local function by_hostname(self, op, method, app, hostname)
-  check(app, "string", "app", method, 3)
-  check(hostname, "string", "hostname", method, 3)
-  local res, err = call(self.client, op, { app_name = app, hostname = hostname }, nil, 3)
-  return res, err
-end
-
---- Lists one page of an app's certificates (see `each` for all of them).
--- @tparam string app the app's name
--- @tparam[opt] table params `filter` (hostname substring), `cursor` (a previous page's
--- `next_cursor`), `limit` (per page, default 25, at most 500)
--- @treturn table `{ certificates = { CertificateSummary, … }, total_count = n, next_cursor = s? }`,
--- or nil, fly.Error
-function Certificates:list(app, params)
-  check(app, "string", "app", "certificates:list")
-  if params ~= nil then check(params, "table", "params", "certificates:list") end
-  local res, err = call(self.client, "App_Certificates_list", resource.merge(params, { app_name = app }), nil, 2)
-  return res, err
-end
+-- Each entry: `{ method, operationId, … }` (see resource.declare): the app's name first, then
+-- the hostname (but for `list`, `request_acme` and `upload_custom`).
+resource.declare(Certificates, {
+  name = "certificates", operations = Certificates.operations,
+  path = { "app", "hostname" }, params = { app = "app_name", hostname = "hostname" },
+}, {
+  --- `list(app, params)`: one page of the app's certificates (see `each` for all); `filter`
+  -- (hostname substring), `cursor` (a previous page's `next_cursor`), `limit` (per page, default
+  -- 25, at most 500) -> `{ certificates = { CertificateSummary, … }, total_count = n, next_cursor = s? }`
+  { "list", "App_Certificates_list", path = { "app" }, params = true },
+  --- `request_acme(app, hostname)`: a Let's Encrypt (ACME) certificate; the hostname or the body
+  -- `{ hostname = … }` -> the CertificateDetail (`status`, `dns_requirements`, `certificates`, …;
+  -- 422 for an invalid or already requested hostname)
+  { "request_acme", "App_Certificates_acme_create", path = { "app" }, args = { "hostname:string|table" },
+    build = function(p, _, h) p.body = type(h) == "string" and { hostname = h } or h end },
+  --- `upload_custom(app, body)`: `hostname`, `fullchain` (PEM certificate chain), `private_key`
+  -- (PEM) -> the CertificateDetail (422)
+  { "upload_custom", "App_Certificates_custom_create", path = { "app" }, args = { "body:table" },
+    build = function(p, _, body) p.body = body end },
+  --- `get(app, hostname)` -> the CertificateDetail (404)
+  { "get", "App_Certificates_show" },
+  --- `delete(app, hostname)`: removes a hostname and all its certificates -> true (404)
+  { "delete", "App_Certificates_delete" },
+  --- `delete_acme(app, hostname)`: removes its ACME certificates (the hostname goes when nothing
+  -- is left) -> the CertificateDetail (404)
+  { "delete_acme", "App_Certificates_acme_delete" },
+  --- `delete_custom(app, hostname)`: removes its custom certificate -> the CertificateDetail
+  -- (with a `warning` when no certificate is left; 404)
+  { "delete_custom", "App_Certificates_custom_delete" },
+  --- `check(app, hostname)`: re-reads DNS and re-validates -> the CertificateCheckResponse
+  -- (`status`, `configured`, `dns_records`, `validation_errors`, …; 404)
+  { "check", "App_Certificates_check" },
+})
 
 --- Iterates over all of an app's certificates, following `next_cursor` from page to page.
 --
@@ -63,82 +67,6 @@ function Certificates:each(app, params)
       resource.merge(params, { app_name = app, cursor = cursor or first }), nil, level)
     return res, err
   end, "certificates")
-end
-
---- Requests a Let's Encrypt (ACME) certificate for a hostname.
--- @tparam string app the app's name
--- @tparam string|table hostname the hostname, or the body `{ hostname = … }`
--- @treturn table the CertificateDetail (`status`, `dns_requirements`, `certificates`, …), or nil,
--- fly.Error (422 for an invalid or already requested hostname)
-function Certificates:request_acme(app, hostname)
-  check(app, "string", "app", "certificates:request_acme")
-  local body = hostname
-  if type(hostname) == "string" then
-    body = { hostname = hostname }
-  elseif type(hostname) ~= "table" then
-    error(("fly: certificates:request_acme: hostname must be a string or a table (got %s)")
-      :format(type(hostname)), 2)
-  end
-  local res, err = call(self.client, "App_Certificates_acme_create", { app_name = app, body = body }, nil, 2)
-  return res, err
-end
-
---- Uploads a custom certificate for a hostname.
--- @tparam string app the app's name
--- @tparam table body `hostname`, `fullchain` (PEM certificate chain), `private_key` (PEM)
--- @treturn table the CertificateDetail, or nil, fly.Error (422)
-function Certificates:upload_custom(app, body)
-  check(app, "string", "app", "certificates:upload_custom")
-  check(body, "table", "body", "certificates:upload_custom")
-  local res, err = call(self.client, "App_Certificates_custom_create", { app_name = app, body = body }, nil, 2)
-  return res, err
-end
-
---- Gets a hostname's certificate details.
--- @tparam string app the app's name
--- @tparam string hostname
--- @treturn table the CertificateDetail, or nil, fly.Error (404)
-function Certificates:get(app, hostname)
-  local res, err = by_hostname(self, "App_Certificates_show", "certificates:get", app, hostname)
-  return res, err
-end
-
---- Removes a hostname and all its certificates.
--- @tparam string app the app's name
--- @tparam string hostname
--- @return true, or nil, fly.Error (404)
-function Certificates:delete(app, hostname)
-  local res, err = by_hostname(self, "App_Certificates_delete", "certificates:delete", app, hostname)
-  return res, err
-end
-
---- Removes a hostname's ACME certificates (the hostname goes when nothing is left).
--- @tparam string app the app's name
--- @tparam string hostname
--- @treturn table the CertificateDetail, or nil, fly.Error (404)
-function Certificates:delete_acme(app, hostname)
-  local res, err = by_hostname(self, "App_Certificates_acme_delete", "certificates:delete_acme", app, hostname)
-  return res, err
-end
-
---- Removes a hostname's custom certificate (the hostname goes when nothing is left).
--- @tparam string app the app's name
--- @tparam string hostname
--- @treturn table the CertificateDetail (with a `warning` when no certificate is left), or nil,
--- fly.Error (404)
-function Certificates:delete_custom(app, hostname)
-  local res, err = by_hostname(self, "App_Certificates_custom_delete", "certificates:delete_custom", app, hostname)
-  return res, err
-end
-
---- Checks a hostname's DNS and re-validates its certificates.
--- @tparam string app the app's name
--- @tparam string hostname
--- @treturn table the CertificateCheckResponse (`status`, `configured`, `dns_records`,
--- `validation_errors`, …), or nil, fly.Error (404)
-function Certificates:check(app, hostname)
-  local res, err = by_hostname(self, "App_Certificates_check", "certificates:check", app, hostname)
-  return res, err
 end
 
 return Certificates

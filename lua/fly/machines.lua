@@ -4,18 +4,24 @@
 -- `create`) the machine id first: `client.machines:start(app, id, opts)`.
 -- `get`, `list`, `create` and `update` return Machine objects: the API's
 -- Machine tables with methods bound to the client and the app
--- (`m:start()`, `m:wait("started")`, `m:with_lease(opts, fn)`, …).
+-- (`m:start()`, `m:wait("started")`, `m:with_lease(opts, fn)`, …), taking the
+-- same arguments as the namespace's methods without `app` and `id`.
+--
+-- Each method is declared once below (its operation, arguments, options and
+-- result); `resource.declare` makes both forms from the declaration.
 -- @module fly.machines
 local core = require "fly.core"
 local json = require "fly.json"
 local Error = require "fly.error"
 local resource = require "fly.resource"
 local loop = require "fly.loop"
+local compat = require "fly.compat"
 
-local call, check, owner, merge = resource.call, resource.check, resource.owner, resource.merge
+local call, check, options, owner, merge = resource.call, resource.check, resource.options, resource.owner,
+  resource.merge
 local now = core.now
 local null = json.null
-local pack, unpack = table.pack, table.unpack
+local pack, unpack, tointeger = compat.pack, compat.unpack, compat.tointeger
 
 --- The namespace (`client.machines`).
 local Machines = { __name = "fly.machines" }
@@ -23,40 +29,6 @@ Machines.__index = Machines
 
 --- A Fly Machine as the API returns it, with methods.
 local Machine = resource.class("fly.Machine")
-
---- Which method calls which operation (every operation of tag "Machines").
-Machines.operations = {
-  list = "Machines_list",
-  create = "Machines_create",
-  get = "Machines_show",
-  update = "Machines_update",
-  destroy = "Machines_delete",
-  start = "Machines_start",
-  stop = "Machines_stop",
-  restart = "Machines_restart",
-  signal = "Machines_signal",
-  suspend = "Machines_suspend",
-  cordon = "Machines_cordon",
-  uncordon = "Machines_uncordon",
-  list_events = "Machines_list_events",
-  list_processes = "Machines_list_processes",
-  list_versions = "Machines_list_versions",
-  wait = "Machines_wait",
-  exec = "Machines_exec",
-  get_lease = "Machines_show_lease",
-  acquire_lease = "Machines_create_lease",
-  refresh_lease = "Machines_create_lease",
-  release_lease = "Machines_release_lease",
-  get_metadata = "Machines_show_metadata",
-  get_metadata_key = "Machines_get_metadata_key",
-  set_metadata = "Machines_upsert_metadata",
-  update_metadata = "Machines_update_metadata",
-  patch_metadata = "Machines_patch_metadata",
-  delete_metadata = "Machines_delete_metadata",
-  get_memory = "Machines_get_memory",
-  set_memory_limit = "Machines_set_memory_limit",
-  reclaim_memory = "Machines_reclaim_memory",
-}
 
 --- Default lease TTL in seconds (flyctl uses 13–15).
 Machines.DEFAULT_LEASE_TTL = 15
@@ -76,47 +48,6 @@ for _, op in ipairs(core.operations()) do
   end
 end
 
--- Depth convention: every internal function takes `d`, how many levels above
--- it the user's call is (1 = its caller). check/invoke are given d + 1.
-
-local function invoke(client, op, params, copts, nonce, d)
-  if nonce ~= nil and MUTATING[op] then params.lease_nonce = nonce end
-  local res, err = call(client, op, params, copts, d + 1)
-  return res, err
-end
-
-local function need(app, id, name, d)
-  check(app, "string", "app", name, d + 1)
-  if id ~= false then check(id, "string", "id", name, d + 1) end
-end
-
--- Checks an options table against the keys a method accepts.
-local function options(opts, allowed, name, d)
-  if opts == nil then return {} end
-  check(opts, "table", "opts", name, d + 1)
-  for k in pairs(opts) do
-    if not allowed[k] then
-      error(("fly: %s: unknown option '%s'"):format(name, tostring(k)), d + 1)
-    end
-  end
-  return opts
-end
-
-local function set(...)
-  local t = {}
-  for _, k in ipairs { ... } do t[k] = true end
-  return t
-end
-
-local NONCE_ONLY = set("lease_nonce")
-
-local function bind_machine(client, res, app, nonce)
-  if type(res) ~= "table" then return res end
-  return resource.bind(Machine, res, client, { app = app, nonce = nonce })
-end
-
-local replace_fields = resource.replace_fields
-
 --- The lease in a response, flat or wrapped (`{status, data = {…}}`), as a plain table
 -- `{ nonce, expires_at, owner, version, description }`; nulls become nil.
 -- @param res a decoded lease response
@@ -133,76 +64,26 @@ local function parse_lease(res)
 end
 Machines.parse_lease = parse_lease
 
-local I = {}  -- implementations shared by the namespace and Machine objects
+---------------------------------------------------------------------------- results and bodies
 
-function I.list(c, app, params, d)
-  local name = "machines:list"
-  need(app, false, name, d + 1)
-  if params ~= nil then check(params, "table", "params", name, d + 1) end
-  local res, err = invoke(c, "Machines_list", merge(params, { app_name = app }), nil, nil, d + 1)
-  if type(res) == "table" then
-    for i = 1, #res do bind_machine(c, res[i], app) end
-  end
-  return res, err
+local function bind_machine(res, c, p, nonce)
+  if type(res) ~= "table" then return res end
+  return resource.bind(Machine, res, c, { app = p.app_name, nonce = nonce })
 end
 
-function I.create(c, app, body, d)
-  local name = "machines:create"
-  need(app, false, name, d + 1)
-  check(body, "table", "body", name, d + 1)
-  local res, err = invoke(c, "Machines_create", { app_name = app, body = body }, nil, nil, d + 1)
-  if type(res) == "table" then
-    local nonce = res.nonce
-    if type(nonce) ~= "string" or nonce == "" then nonce = nil end
-    bind_machine(c, res, app, nonce)
-  end
-  return res, err
+local function bind_list(res, c, p)
+  return resource.bind_all(Machine, res, c, { app = p.app_name })
 end
 
-function I.get(c, app, id, params, nonce, d)
-  local name = "machines:get"
-  need(app, id, name, d + 1)
-  params = options(params, set("include_leases"), name, d + 1)
-  local p = { app_name = app, machine_id = id, include_leases = params.include_leases }
-  local res, err = invoke(c, "Machines_show", p, nil, nil, d + 1)
-  return bind_machine(c, res, app, nonce), err
+-- A machine created with lease_ttl comes back holding that lease: its calls send the nonce.
+local function bind_created(res, c, p)
+  if type(res) ~= "table" then return res end
+  local nonce = res.nonce
+  if type(nonce) ~= "string" or nonce == "" then nonce = nil end
+  return bind_machine(res, c, p, nonce)
 end
 
-function I.update(c, app, id, body, opts, nonce, d)
-  local name = "machines:update"
-  need(app, id, name, d + 1)
-  check(body, "table", "body", name, d + 1)
-  if rawget(body, "config") == nil then body = { config = body } end -- a bare config
-  opts = options(opts, NONCE_ONLY, name, d + 1)
-  nonce = opts.lease_nonce or nonce
-  local res, err = invoke(c, "Machines_update", { app_name = app, machine_id = id, body = body }, nil,
-    nonce, d + 1)
-  return bind_machine(c, res, app, nonce), err
-end
-
-function I.destroy(c, app, id, opts, nonce, d)
-  local name = "machines:destroy"
-  need(app, id, name, d + 1)
-  opts = options(opts, set("force", "lease_nonce"), name, d + 1)
-  local res, err = invoke(c, "Machines_delete", { app_name = app, machine_id = id, force = opts.force }, nil,
-    opts.lease_nonce or nonce, d + 1)
-  return res, err
-end
-
--- start, suspend, cordon, uncordon: no parameters but the lease nonce.
-local function simple_action(method, op)
-  return function(c, app, id, opts, nonce, d)
-    local name = "machines:" .. method
-    need(app, id, name, d + 1)
-    opts = options(opts, NONCE_ONLY, name, d + 1)
-    local res, err = invoke(c, op, { app_name = app, machine_id = id }, nil, opts.lease_nonce or nonce, d + 1)
-    return res, err
-  end
-end
-I.start = simple_action("start", "Machines_start")
-I.suspend = simple_action("suspend", "Machines_suspend")
-I.cordon = simple_action("cordon", "Machines_cordon")
-I.uncordon = simple_action("uncordon", "Machines_uncordon")
+local function lease_result(res) return parse_lease(res) end
 
 -- A stop timeout goes as a Go duration: numbers are seconds.
 local function duration(v)
@@ -210,105 +91,227 @@ local function duration(v)
   return v
 end
 
-function I.stop(c, app, id, opts, nonce, d)
-  local name = "machines:stop"
-  need(app, id, name, d + 1)
-  opts = options(opts, set("signal", "timeout", "lease_nonce"), name, d + 1)
-  if opts.signal ~= nil then check(opts.signal, "string", "opts.signal", name, d + 1) end
-  local body = { signal = opts.signal, timeout = duration(opts.timeout) }  -- always a JSON body
-  local res, err = invoke(c, "Machines_stop", { app_name = app, machine_id = id, body = body }, nil,
-    opts.lease_nonce or nonce, d + 1)
-  return res, err
-end
+local function key_param(p, _, key) p.key = key end
 
-function I.restart(c, app, id, opts, nonce, d)
-  local name = "machines:restart"
-  need(app, id, name, d + 1)
-  opts = options(opts, set("signal", "timeout", "lease_nonce"), name, d + 1)
-  local p = { app_name = app, machine_id = id, signal = opts.signal, timeout = opts.timeout }
-  local res, err = invoke(c, "Machines_restart", p, nil, opts.lease_nonce or nonce, d + 1)
-  return res, err
+local function metadata_body(p, o, metadata)
+  p.body = { metadata = metadata, machine_version = o.machine_version }
 end
-
-function I.signal(c, app, id, sig, opts, nonce, d)
-  local name = "machines:signal"
-  need(app, id, name, d + 1)
-  check(sig, "string", "signal", name, d + 1)
-  opts = options(opts, NONCE_ONLY, name, d + 1)
-  local res, err = invoke(c, "Machines_signal", { app_name = app, machine_id = id, body = { signal = sig } },
-    nil, opts.lease_nonce or nonce, d + 1)
-  return res, err
-end
-
--- events, processes, versions: reads with optional query parameters.
-local function read(method, op, allowed)
-  return function(c, app, id, params, d)
-    local name = "machines:" .. method
-    need(app, id, name, d + 1)
-    params = options(params, allowed, name, d + 1)
-    local res, err = invoke(c, op, merge(params, { app_name = app, machine_id = id }), nil, nil, d + 1)
-    return res, err
-  end
-end
-I.list_events = read("list_events", "Machines_list_events", set("limit"))
-I.list_processes = read("list_processes", "Machines_list_processes", set("sort_by", "order"))
-I.list_versions = read("list_versions", "Machines_list_versions", {})
 
 -- A command: a string runs under `sh -c`, an array runs as it is, a table
 -- with `command` or `cmd` is the whole request.
-local function exec_request(cmd, name, d)
-  if type(cmd) == "string" then return { command = { "sh", "-c", cmd } } end
-  check(cmd, "table", "command", name, d + 1)
-  if cmd.command ~= nil or cmd.cmd ~= nil then return cmd end
-  if #cmd == 0 then error(("fly: %s: command must not be empty"):format(name), d + 1) end
-  return { command = cmd }
+local function exec_build(p, _, cmd)
+  local body
+  if type(cmd) == "string" then
+    body = { command = { "sh", "-c", cmd } }
+  elseif cmd.command ~= nil or cmd.cmd ~= nil then
+    body = cmd
+  elseif #cmd == 0 then
+    return false, "command must not be empty"
+  else
+    body = { command = cmd }
+  end
+  p.body = body
+  if type(body.timeout) == "number" then return { timeout = body.timeout + 10 } end
 end
 
-function I.exec(c, app, id, cmd, opts, nonce, d)
-  local name = "machines:exec"
-  need(app, id, name, d + 1)
-  local body = exec_request(cmd, name, d + 1)
-  opts = options(opts, NONCE_ONLY, name, d + 1)
-  local copts
-  if type(body.timeout) == "number" then copts = { timeout = body.timeout + 10 } end
-  local res, err = invoke(c, "Machines_exec", { app_name = app, machine_id = id, body = body }, copts,
-    opts.lease_nonce or nonce, d + 1)
-  return res, err
-end
+local NONCE = { lease_nonce = "string" }
+local STOP_OPTS = { signal = "string", timeout = "number|string", lease_nonce = "string" }
+
+---------------------------------------------------------------------------- the declared methods
+
+-- Each entry: `{ method, operationId, … }` (see resource.declare). The namespace form
+-- takes `app, id` first (`app` only where `path` says so); the object form takes the rest.
+-- Every entry that changes a machine sends the lease nonce held by the object it is called
+-- on (inside with_lease), or `opts.lease_nonce`.
+Machines.operations = {}
+resource.declare(Machines, {
+  name = "machines", class = Machine, object = "machine", operations = Machines.operations,
+  path = { "app", "id" }, params = { app = "app_name", id = "machine_id" },
+  identity = function(m, ctx) return ctx.app, m.id end,
+  nonce = MUTATING,
+}, {
+  --- `list(app, params)`: the machines of an app (`include_deleted`, `include_leases`, `region`,
+  -- `state`, `summary`, `metadata = { key = value }`) -> {Machine, …}
+  { "list", "Machines_list", path = { "app" }, params = true, result = bind_list },
+  --- `create(app, body)`: a new machine (`config`, `region`, `name`, `skip_launch`, `lease_ttl`, …)
+  -- -> Machine (holding the lease when created with `lease_ttl`)
+  { "create", "Machines_create", path = { "app" }, args = { "body:table" },
+    build = function(p, _, body) p.body = body end, result = bind_created },
+  --- `get(app, id, params)`: one machine (`include_leases`) -> Machine
+  { "get", "Machines_show", params = { include_leases = true }, result = bind_machine, object = false },
+  --- `update(app, id, body, opts)`: a new config (a bare config is sent as `{ config = … }`);
+  -- `opts.lease_nonce` -> Machine; `m:update(config_or_request)` updates `m` in place
+  { "update", "Machines_update", args = { "body:table" }, opts = NONCE, result = bind_machine, inplace = true,
+    build = function(p, _, body)
+      if rawget(body, "config") == nil then body = { config = body } end
+      p.body = body
+    end },
+  --- `destroy(app, id, opts)`: `force`, `lease_nonce` -> true
+  { "destroy", "Machines_delete", opts = { force = true, lease_nonce = "string" },
+    build = function(p, o) p.force = o.force end },
+  --- `start(app, id, opts)`: `lease_nonce` -> true
+  { "start", "Machines_start", opts = NONCE },
+  --- `stop(app, id, opts)`: `signal`, `timeout` (seconds or a Go duration), `lease_nonce`;
+  -- always sends a JSON body -> true
+  { "stop", "Machines_stop", opts = STOP_OPTS,
+    build = function(p, o) p.body = { signal = o.signal, timeout = duration(o.timeout) } end },
+  --- `restart(app, id, opts)`: `signal`, `timeout`, `lease_nonce` -> true
+  { "restart", "Machines_restart", opts = STOP_OPTS,
+    build = function(p, o) p.signal, p.timeout = o.signal, o.timeout end },
+  --- `signal(app, id, signal, opts)`: sends a signal ("SIGUSR1"); `lease_nonce` -> true
+  { "signal", "Machines_signal", args = { "signal:string" }, opts = NONCE,
+    build = function(p, _, sig) p.body = { signal = sig } end },
+  --- `suspend(app, id, opts)`: `lease_nonce` -> true
+  { "suspend", "Machines_suspend", opts = NONCE },
+  --- `cordon(app, id, opts)`: the proxy sends the machine no traffic; `lease_nonce` -> true
+  { "cordon", "Machines_cordon", opts = NONCE },
+  --- `uncordon(app, id, opts)`: `lease_nonce` -> true
+  { "uncordon", "Machines_uncordon", opts = NONCE },
+  --- `list_events(app, id, params)`: `limit` -> the events, newest first
+  { "list_events", "Machines_list_events", params = { limit = true } },
+  --- `list_processes(app, id, params)`: `sort_by`, `order` -> the processes
+  { "list_processes", "Machines_list_processes", params = { sort_by = true, order = true } },
+  --- `list_versions(app, id)` -> `{ { version, user_config }, … }`, newest first
+  { "list_versions", "Machines_list_versions" },
+  --- `exec(app, id, command, opts)`: a string (run by `sh -c`), an array of arguments, or the
+  -- whole request `{ command, stdin, timeout, container }`; `lease_nonce` ->
+  -- `{ stdout, stderr, exit_code }`
+  { "exec", "Machines_exec", args = { "command:string|table" }, opts = NONCE, build = exec_build },
+  --- `get_lease(app, id)` -> `{ expires_at, owner, version, description }` (404 when none)
+  { "get_lease", "Machines_show_lease", result = lease_result },
+  --- `acquire_lease(app, id, opts)`: `ttl` (default 15), `description` ->
+  -- `{ nonce, expires_at, owner, version, description }` (409 when someone else holds one)
+  { "acquire_lease", "Machines_create_lease", opts = { ttl = "number", description = "string" },
+    nonce = false, result = lease_result,
+    build = function(p, o)
+      p.body = { ttl = math.ceil(o.ttl or Machines.DEFAULT_LEASE_TTL), description = o.description }
+    end },
+  --- `refresh_lease(app, id, nonce, ttl)`: extends a lease you hold -> the lease
+  { "refresh_lease", "Machines_create_lease", args = { "nonce:string", "ttl:?number" }, nonce = false,
+    result = lease_result,
+    build = function(p, _, nonce, ttl)
+      p.lease_nonce, p.body = nonce, { ttl = math.ceil(ttl or Machines.DEFAULT_LEASE_TTL) }
+    end },
+  --- `release_lease(app, id, nonce)`: releases a lease you hold -> true
+  { "release_lease", "Machines_release_lease", args = { "nonce:string" }, nonce = false,
+    build = function(p, _, nonce) p.lease_nonce = nonce end },
+  --- `get_metadata(app, id)` -> `{ key = value, … }`
+  { "get_metadata", "Machines_show_metadata" },
+  --- `get_metadata_key(app, id, key)` -> the value (404 when the key is not set)
+  { "get_metadata_key", "Machines_get_metadata_key", args = { "key:string" }, build = key_param,
+    result = function(res) if type(res) == "table" then return res.value end return res end },
+  --- `set_metadata(app, id, key, value, opts)`: `lease_nonce` -> true
+  { "set_metadata", "Machines_upsert_metadata", args = { "key:string", "value:string" }, opts = NONCE,
+    build = function(p, _, key, value) p.key, p.body = key, { value = value } end },
+  --- `update_metadata(app, id, metadata, opts)`: many keys at once (PUT; `fly.null` or ""
+  -- removes one); `machine_version` (412 when the machine has another), `lease_nonce` -> true
+  { "update_metadata", "Machines_update_metadata", args = { "metadata:table" },
+    opts = { machine_version = true, lease_nonce = "string" }, build = metadata_body },
+  --- `patch_metadata(app, id, metadata, opts)`: the same, sent as PATCH -> true
+  { "patch_metadata", "Machines_patch_metadata", args = { "metadata:table" },
+    opts = { machine_version = true, lease_nonce = "string" }, build = metadata_body },
+  --- `delete_metadata(app, id, key, opts)`: `lease_nonce` -> true
+  { "delete_metadata", "Machines_delete_metadata", args = { "key:string" }, opts = NONCE, build = key_param },
+  --- `get_memory(app, id)` -> `{ limit_mb, available_mb }`
+  { "get_memory", "Machines_get_memory" },
+  --- `set_memory_limit(app, id, limit_mb, opts)`: `lease_nonce` -> `{ limit_mb, available_mb }`
+  { "set_memory_limit", "Machines_set_memory_limit", args = { "limit_mb:number" }, opts = NONCE,
+    build = function(p, _, mb) p.body = { limit_mb = tointeger(mb) or mb } end },
+  --- `reclaim_memory(app, id, amount_mb, opts)`: `amount_mb` optional; `lease_nonce` -> `{ actual_mb }`
+  { "reclaim_memory", "Machines_reclaim_memory", args = { "amount_mb:?number" }, opts = NONCE,
+    build = function(p, _, mb) p.body = { amount_mb = mb and (tointeger(mb) or mb) } end },
+})
+Machines.operations.wait = "Machines_wait"
 
 ---------------------------------------------------------------------------- wait
 
-local WAIT_OPTIONS = set("state", "states", "timeout", "version", "from_event_id", "not_found_grace")
+local WAIT_OPTIONS = {
+  state = "string|table", states = "string|table", timeout = "number", version = "string|boolean",
+  from_event_id = "string", not_found_grace = "number",
+}
 
 local function wait_states(opts, name, d)
   local s = opts.states or opts.state or "started"
   if type(s) == "string" then return { s } end
-  check(s, "table", "opts.states", name, d + 1)
   if #s == 0 then error(("fly: %s: states must not be empty"):format(name), d + 1) end
   for i = 1, #s do check(s[i], "string", "each state", name, d + 1) end
   return s
 end
 
--- Waits until the machine reaches one of the states: loops the long-poll
--- under an overall deadline (see the README, Waiting).
-function I.wait(c, app, id, opts, d)
-  local name = "machines:wait"
-  need(app, id, name, d + 1)
-  opts = options(opts, WAIT_OPTIONS, name, d + 1)
+-- Whether version `a` is newer than `b`: machine versions are ULIDs, which sort by time.
+local function newer(a, b)
+  return #a == 26 and #b == 26 and not a:find("[^0-9A-Za-z]") and not b:find("[^0-9A-Za-z]")
+    and a:upper() > b:upper()
+end
+
+-- The long-poll's own 408 ("not reached yet") carries the API's JSON error; another one (a
+-- proxy's) is a transient failure like a 502.
+local function own_408(err)
+  if err.status ~= 408 or type(err.body) ~= "string" then return false end
+  local ok, decoded = pcall(json.decode, err.body)
+  return ok and type(decoded) == "table" and decoded.error ~= nil
+end
+
+-- A failure worth another poll: waiting is safe to repeat, so 5xx, 429, a proxy's 408 and
+-- transport failures are retried within the wait's deadline. Not TLS (a configuration
+-- problem) nor a response the client cannot read.
+local function transient(err)
+  if err.status == 408 then return true end
+  return err.retryable == true and err.code ~= "tls" and err.code ~= "cancelled" and err.code ~= "protocol"
+end
+
+local function wanted(states, state)
+  for i = 1, #states do
+    if states[i] == state then return true end
+  end
+  return false
+end
+
+-- The error for a wait scoped to `version` that cannot end well: the machine runs a newer
+-- version (`superseded`), or, at the deadline, reached a wanted state at another one.
+local function other_version(id, states, version, m, timeout)
+  local current, state = m.instance_id, m.state
+  if type(current) ~= "string" or current == "" or current == version then return nil end
+  local hint = "wait for any version with opts.version = false (m:wait(state, { version = false })), "
+    .. "or refresh the object first (m:refresh())"
+  if newer(current, version) then
+    return Error.new {
+      code = "superseded", operation = "Machines_wait", retryable = false, state = state, version = current,
+      waited_version = version,
+      message = ("machine %s runs version %s now (state: %s), newer than version %s this wait is scoped "
+        .. "to: %s"):format(id, current, tostring(state), version, hint),
+    }
+  end
+  if timeout and wanted(states, state) then
+    return Error.new {
+      code = "timeout", operation = "Machines_wait", retryable = true, state = state, version = current,
+      waited_version = version,
+      message = ("machine %s reached %s at version %s, not at version %s this wait is scoped to, within %gs: %s")
+        :format(id, state, current, version, timeout, hint),
+    }
+  end
+end
+
+local function show(c, app, id, d)
+  local m = call(c, "Machines_show", { app_name = app, machine_id = id }, { attempts = 1 }, d + 1)
+  if type(m) == "table" then return m end
+end
+
+-- Waits until the machine reaches one of the states: loops the long-poll under an overall
+-- deadline (see the README, Waiting). `name` labels programmer errors, raised `d` levels up.
+local function wait(c, app, id, opts, name, d)
+  check(app, "string", "app", name, d + 1)
+  check(id, "string", "id", name, d + 1)
+  opts = options(opts, WAIT_OPTIONS, "opts", name, d + 1)
   local states = wait_states(opts, name, d + 1)
   local timeout = opts.timeout or Machines.DEFAULT_WAIT_TIMEOUT
-  check(timeout, "number", "opts.timeout", name, d + 1)
   local grace = opts.not_found_grace or Machines.DEFAULT_NOT_FOUND_GRACE
-  check(grace, "number", "opts.not_found_grace", name, d + 1)
   local version = opts.version
-  if version == false then version = nil end
-  if version ~= nil then check(version, "string", "opts.version", name, d + 1) end
-  local wants_destroyed = false
-  for _, s in ipairs(states) do
-    if s == "destroyed" then wants_destroyed = true end
-  end
+  if version == true then error(("fly: %s: opts.version must be a string or false"):format(name), d + 1) end
+  if version == false or version == "" then version = nil end
+  local wants_destroyed = wanted(states, "destroyed")
   local deadline = now() + timeout
-  local first_404
+  local first_404, last_err, failures = nil, nil, 0
   while true do
     local left = deadline - now()
     if left <= 0 then break end
@@ -319,376 +322,60 @@ function I.wait(c, app, id, opts, d)
     }
     -- the HTTP timeout stays above the server's, but never past the overall deadline
     local http_timeout = math.min(poll + 10, left + 0.25)
-    local res, err = invoke(c, "Machines_wait", p, { timeout = http_timeout, attempts = 1 }, nil, d + 1)
+    local res, err = call(c, "Machines_wait", p, { timeout = http_timeout, deadline = left + 0.25 }, d + 1)
     if res then
       local st, ver = type(res) == "table" and res.state, type(res) == "table" and res.version
       if type(st) ~= "string" then st = states[1] end
       if type(ver) ~= "string" or ver == "" then ver = version end
       return st, ver
     end
-    if err.status == 404 then
+    local pause, cut = 0, err.status == nil and err.code == "timeout" and now() >= deadline
+    if cut then -- luacheck: ignore 542
+      -- the overall deadline cut this poll short: nothing failed, time is up
+    elseif err.status == 404 then
       if wants_destroyed then return "destroyed", version end
       local t = now()
       first_404 = first_404 or t
-      if t - first_404 >= grace then return nil, err end
-      local pause = math.min(0.25, deadline - t, grace - (t - first_404))
-      if pause > 0 then c:sleep(pause) end
-    elseif err.status == 408 or (err.status == nil and err.code == "timeout") then -- luacheck: ignore 542
-      -- not there yet: poll again
+      if t - first_404 >= grace or t >= deadline then return nil, err end
+      pause = math.min(0.25, grace - (t - first_404))
+    elseif own_408(err) then -- not there yet: poll again, unless this version is gone
+      first_404, failures = nil, 0
+      if version then
+        local m = show(c, app, id, d + 1)
+        local gone = m and other_version(id, states, version, m)
+        if gone then return nil, gone end
+      end
+    elseif transient(err) then
+      first_404, failures = nil, failures + 1
+      pause = math.min(5, 0.1 * 2 ^ (failures - 1)) * (0.5 + math.random() / 2)
     else
       return nil, err
     end
+    if not cut then last_err = err end
+    if pause > 0 then
+      local t = now()
+      if t + pause >= deadline then -- no time for another poll: the wait ends at its deadline
+        c:sleep(math.max(0, deadline - t))
+        if err.status == 404 then return nil, err end -- the timeout ends the grace
+        break
+      end
+      c:sleep(pause)
+    end
   end
   -- the overall timeout: report the state the machine is in now
-  local m = invoke(c, "Machines_show", { app_name = app, machine_id = id }, { attempts = 1 }, nil, d + 1)
-  local last = type(m) == "table" and m.state or nil
+  local m = show(c, app, id, d + 1)
+  if m and version then
+    local e = other_version(id, states, version, m, timeout)
+    if e then return nil, e end
+  end
+  local last = m and m.state or nil
+  local cause = last_err and last_err.status ~= 408 and last_err or nil
   return nil, Error.new {
-    code = "timeout", operation = "Machines_wait", retryable = true, state = last,
-    message = ("machine %s did not reach %s within %gs (state: %s)"):format(
-      id, table.concat(states, " or "), timeout, tostring(last or "unknown")),
+    code = "timeout", operation = "Machines_wait", retryable = true, state = last, cause = cause,
+    message = ("machine %s did not reach %s within %gs (state: %s)%s"):format(
+      id, table.concat(states, " or "), timeout, tostring(last or "unknown"),
+      cause and (", last error: " .. tostring(cause)) or ""),
   }
-end
-
----------------------------------------------------------------------------- leases
-
-function I.get_lease(c, app, id, d)
-  need(app, id, "machines:get_lease", d + 1)
-  local res, err = invoke(c, "Machines_show_lease", { app_name = app, machine_id = id }, nil, nil, d + 1)
-  return parse_lease(res), err
-end
-
-local function lease_body(opts, name, d)
-  opts = options(opts, set("ttl", "description"), name, d + 1)
-  local ttl = opts.ttl or Machines.DEFAULT_LEASE_TTL
-  check(ttl, "number", "opts.ttl", name, d + 1)
-  if opts.description ~= nil then check(opts.description, "string", "opts.description", name, d + 1) end
-  return { ttl = math.ceil(ttl), description = opts.description }
-end
-
-function I.acquire_lease(c, app, id, opts, d)
-  local name = "machines:acquire_lease"
-  need(app, id, name, d + 1)
-  local body = lease_body(opts, name, d + 1)
-  local res, err = invoke(c, "Machines_create_lease", { app_name = app, machine_id = id, body = body }, nil,
-    nil, d + 1)
-  return parse_lease(res), err
-end
-
-function I.refresh_lease(c, app, id, nonce, ttl, d)
-  local name = "machines:refresh_lease"
-  need(app, id, name, d + 1)
-  check(nonce, "string", "nonce", name, d + 1)
-  local body = lease_body({ ttl = ttl }, name, d + 1)
-  local res, err = invoke(c, "Machines_create_lease", { app_name = app, machine_id = id, body = body }, nil,
-    nonce, d + 1)
-  return parse_lease(res), err
-end
-
-function I.release_lease(c, app, id, nonce, d)
-  local name = "machines:release_lease"
-  need(app, id, name, d + 1)
-  check(nonce, "string", "nonce", name, d + 1)
-  local res, err = invoke(c, "Machines_release_lease", { app_name = app, machine_id = id }, nil, nonce, d + 1)
-  return res, err
-end
-
--- Copies an error, giving it another code.
-local function recode(err, code)
-  local e = merge(err, { code = code, cause = err })
-  return Error.new(e)
-end
-
--- Runs fn(leased, lease) while holding a lease; see the README, Leases.
-function I.with_lease(c, app, id, opts, fn, base, d)
-  local name = "machines:with_lease"
-  need(app, id, name, d + 1)
-  opts = options(opts, set("ttl", "description", "wait"), name, d + 1)
-  check(fn, "function", "fn", name, d + 1)
-  local ttl = opts.ttl or Machines.DEFAULT_LEASE_TTL
-  local patience = opts.wait or 0
-  check(patience, "number", "opts.wait", name, d + 1)
-  local give_up = now() + patience
-  local lease_opts = { ttl = ttl, description = opts.description or "fly-machines (Lua)" }
-  local lease, err
-  while true do
-    lease, err = I.acquire_lease(c, app, id, lease_opts, d + 1)
-    if lease then break end
-    if err.status ~= 409 then return nil, err end
-    local left = give_up - now()
-    if left <= 0 then return nil, recode(err, "lease_held") end
-    c:sleep(math.min(0.5, left))
-  end
-  local nonce = lease.nonce
-  local fields
-  if base then
-    fields = merge(base)
-  else
-    local m, gerr = I.get(c, app, id, nil, nil, d + 1)
-    if not m then
-      I.release_lease(c, app, id, nonce, d + 1)
-      return nil, gerr
-    end
-    fields = m
-  end
-  local leased = resource.bind(Machine, fields, c, { app = app, nonce = nonce, lease = lease })
-  local interval = math.max((math.ceil(ttl) - 1) / 3, 0.2)
-  local refresher = c:spawn(function()
-    while true do
-      c:sleep(interval)
-      local fresh = I.refresh_lease(c, app, id, nonce, ttl, 1)
-      if fresh and fresh.expires_at then lease.expires_at = fresh.expires_at end
-    end
-  end)
-  -- a task cancelled inside fn never gets back here: release from a task then
-  local holder = loop.current(c)
-  local hook = holder and loop.on_cancel(holder, function()
-    refresher:cancel()
-    I.release_lease(c, app, id, nonce, 1)
-  end)
-  local results = pack(pcall(fn, leased, lease))
-  if hook then loop.off_cancel(holder, hook) end
-  refresher:cancel()
-  I.release_lease(c, app, id, nonce, d + 1)
-  if not results[1] then error(results[2], 0) end
-  return unpack(results, 2, results.n)
-end
-
----------------------------------------------------------------------------- metadata
-
-function I.get_metadata(c, app, id, d)
-  need(app, id, "machines:get_metadata", d + 1)
-  local res, err = invoke(c, "Machines_show_metadata", { app_name = app, machine_id = id }, nil, nil, d + 1)
-  return res, err
-end
-
-function I.get_metadata_key(c, app, id, key, d)
-  local name = "machines:get_metadata_key"
-  need(app, id, name, d + 1)
-  check(key, "string", "key", name, d + 1)
-  local res, err = invoke(c, "Machines_get_metadata_key", { app_name = app, machine_id = id, key = key }, nil,
-    nil, d + 1)
-  if type(res) == "table" then res = res.value end
-  return res, err
-end
-
-function I.set_metadata(c, app, id, key, value, opts, nonce, d)
-  local name = "machines:set_metadata"
-  need(app, id, name, d + 1)
-  check(key, "string", "key", name, d + 1)
-  check(value, "string", "value", name, d + 1)
-  opts = options(opts, NONCE_ONLY, name, d + 1)
-  local p = { app_name = app, machine_id = id, key = key, body = { value = value } }
-  local res, err = invoke(c, "Machines_upsert_metadata", p, nil, opts.lease_nonce or nonce, d + 1)
-  return res, err
-end
-
-local function many(method, op)
-  return function(c, app, id, metadata, opts, nonce, d)
-    local name = "machines:" .. method
-    need(app, id, name, d + 1)
-    check(metadata, "table", "metadata", name, d + 1)
-    opts = options(opts, set("machine_version", "lease_nonce"), name, d + 1)
-    local body = { metadata = metadata, machine_version = opts.machine_version }
-    local res, err = invoke(c, op, { app_name = app, machine_id = id, body = body }, nil,
-      opts.lease_nonce or nonce, d + 1)
-    return res, err
-  end
-end
-I.update_metadata = many("update_metadata", "Machines_update_metadata")
-I.patch_metadata = many("patch_metadata", "Machines_patch_metadata")
-
-function I.delete_metadata(c, app, id, key, opts, nonce, d)
-  local name = "machines:delete_metadata"
-  need(app, id, name, d + 1)
-  check(key, "string", "key", name, d + 1)
-  opts = options(opts, NONCE_ONLY, name, d + 1)
-  local res, err = invoke(c, "Machines_delete_metadata", { app_name = app, machine_id = id, key = key }, nil,
-    opts.lease_nonce or nonce, d + 1)
-  return res, err
-end
-
----------------------------------------------------------------------------- memory
-
-function I.get_memory(c, app, id, d)
-  need(app, id, "machines:get_memory", d + 1)
-  local res, err = invoke(c, "Machines_get_memory", { app_name = app, machine_id = id }, nil, nil, d + 1)
-  return res, err
-end
-
-function I.set_memory_limit(c, app, id, limit_mb, opts, nonce, d)
-  local name = "machines:set_memory_limit"
-  need(app, id, name, d + 1)
-  check(limit_mb, "number", "limit_mb", name, d + 1)
-  opts = options(opts, NONCE_ONLY, name, d + 1)
-  local p = { app_name = app, machine_id = id, body = { limit_mb = math.tointeger(limit_mb) or limit_mb } }
-  local res, err = invoke(c, "Machines_set_memory_limit", p, nil, opts.lease_nonce or nonce, d + 1)
-  return res, err
-end
-
-function I.reclaim_memory(c, app, id, amount_mb, opts, nonce, d)
-  local name = "machines:reclaim_memory"
-  need(app, id, name, d + 1)
-  if amount_mb ~= nil then check(amount_mb, "number", "amount_mb", name, d + 1) end
-  opts = options(opts, NONCE_ONLY, name, d + 1)
-  local body = { amount_mb = amount_mb and (math.tointeger(amount_mb) or amount_mb) }
-  local res, err = invoke(c, "Machines_reclaim_memory", { app_name = app, machine_id = id, body = body }, nil,
-    opts.lease_nonce or nonce, d + 1)
-  return res, err
-end
-
----------------------------------------------------------------------------- the namespace
-
---- Lists the machines of an app.
--- @tparam string app
--- @tparam[opt] table params `include_deleted`, `include_leases`, `region`, `state`, `summary`
--- (booleans / strings) and `metadata = { key = value }` (sent as `metadata.key=value`)
--- @treturn {Machine,...} or nil, fly.Error
-function Machines:list(app, params)
-  local r, e = I.list(self.client, app, params, 2)
-  return r, e
-end
-
---- Creates a machine.
--- @tparam string app
--- @tparam table body the request: `config` (with `image`), `region`, `name`, `skip_launch`,
--- `lease_ttl`, … (a machine created with `lease_ttl` comes back holding that lease)
--- @treturn Machine or nil, fly.Error
-function Machines:create(app, body)
-  local r, e = I.create(self.client, app, body, 2)
-  return r, e
-end
-
---- Gets one machine.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table params `include_leases`
--- @treturn Machine or nil, fly.Error
-function Machines:get(app, id, params)
-  local r, e = I.get(self.client, app, id, params, nil, 2)
-  return r, e
-end
-
---- Updates a machine's configuration (a new version; a running machine is replaced).
--- @tparam string app
--- @tparam string id
--- @tparam table body the request: `config` (the whole new config), `current_version`,
--- `skip_launch`, `region`, `name`, …; or a bare config (a table without `config`)
--- @tparam[opt] table opts `lease_nonce`
--- @treturn Machine or nil, fly.Error
-function Machines:update(app, id, body, opts)
-  local r, e = I.update(self.client, app, id, body, opts, nil, 2)
-  return r, e
-end
-
---- Destroys a machine.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table opts `force` (true: also a running machine), `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:destroy(app, id, opts)
-  local r, e = I.destroy(self.client, app, id, opts, nil, 2)
-  return r, e
-end
-
---- Starts a machine.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table opts `lease_nonce`
--- @return the API's answer (true or a table), or nil, fly.Error
-function Machines:start(app, id, opts)
-  local r, e = I.start(self.client, app, id, opts, nil, 2)
-  return r, e
-end
-
---- Stops a machine. Always sends a JSON body.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table opts `signal` (e.g. "SIGTERM"), `timeout` (seconds, or a Go duration
--- string such as "30s"), `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:stop(app, id, opts)
-  local r, e = I.stop(self.client, app, id, opts, nil, 2)
-  return r, e
-end
-
---- Restarts a machine.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table opts `signal`, `timeout` (seconds or a Go duration), `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:restart(app, id, opts)
-  local r, e = I.restart(self.client, app, id, opts, nil, 2)
-  return r, e
-end
-
---- Sends a signal to a machine's process.
--- @tparam string app
--- @tparam string id
--- @tparam string signal e.g. "SIGUSR1"
--- @tparam[opt] table opts `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:signal(app, id, signal, opts)
-  local r, e = I.signal(self.client, app, id, signal, opts, nil, 2)
-  return r, e
-end
-
---- Suspends a machine.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table opts `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:suspend(app, id, opts)
-  local r, e = I.suspend(self.client, app, id, opts, nil, 2)
-  return r, e
-end
-
---- Cordons a machine (the proxy sends it no traffic).
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table opts `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:cordon(app, id, opts)
-  local r, e = I.cordon(self.client, app, id, opts, nil, 2)
-  return r, e
-end
-
---- Uncordons a machine.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table opts `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:uncordon(app, id, opts)
-  local r, e = I.uncordon(self.client, app, id, opts, nil, 2)
-  return r, e
-end
-
---- Lists a machine's events, newest first.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table params `limit`
--- @treturn table events, or nil, fly.Error
-function Machines:list_events(app, id, params)
-  local r, e = I.list_events(self.client, app, id, params, 2)
-  return r, e
-end
-
---- Lists the processes running in a machine.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table params `sort_by` (pid, cpu, rss, rtime, stime, command), `order` (asc, desc)
--- @treturn table processes, or nil, fly.Error
-function Machines:list_processes(app, id, params)
-  local r, e = I.list_processes(self.client, app, id, params, 2)
-  return r, e
-end
-
---- Lists a machine's versions, newest first.
--- @tparam string app
--- @tparam string id
--- @treturn table `{ { version, user_config }, … }`, or nil, fly.Error
-function Machines:list_versions(app, id)
-  local r, e = I.list_versions(self.client, app, id, nil, 2)
-  return r, e
 end
 
 --- Waits until a machine reaches a state, looping the API's long-poll.
@@ -699,64 +386,104 @@ end
 -- `from_event_id`, `not_found_grace` (seconds a 404 is tolerated, default 5)
 -- @treturn string the state reached
 -- @treturn string the machine version, when known
--- @return or nil, fly.Error (`code = "timeout"` with `err.state`, the last state seen)
+-- @return or nil, fly.Error (`code = "timeout"` with `err.state`, the last state seen;
+-- `code = "superseded"` when the machine runs a newer version than `opts.version`)
 function Machines:wait(app, id, opts)
-  local s, v = I.wait(self.client, app, id, opts, 2)
+  local s, v = wait(self.client, app, id, opts, "machines:wait", 2)
   return s, v
 end
 
---- Runs a command in a machine.
--- @tparam string app
--- @tparam string id
--- @param command a string (run by `sh -c`), an array of arguments, or the whole request
--- (`{ command = {…}, stdin =, timeout =, container = }`)
--- @tparam[opt] table opts `lease_nonce`
--- @treturn table `{ stdout, stderr, exit_code }`, or nil, fly.Error
-function Machines:exec(app, id, command, opts)
-  local r, e = I.exec(self.client, app, id, command, opts, nil, 2)
-  return r, e
+--- Waits until this machine reaches a state, scoped to its version (`m.instance_id`).
+-- @param[opt] state a state or an array of states (default "started")
+-- @tparam[opt] table opts `timeout`, `version` (false: any version), `from_event_id`,
+-- `not_found_grace`
+-- @treturn string the state reached (also set as `m.state`)
+-- @treturn string the version
+-- @return or nil, fly.Error
+function Machine:wait(state, opts)
+  local c, ctx = owner(self)
+  if type(state) == "table" and state[1] == nil and opts == nil then state, opts = nil, state end
+  check(opts, "?table", "opts", "machine:wait", 2)
+  local o = merge(opts)
+  if state ~= nil then o.states, o.state = state, nil end
+  if o.version == nil and type(self.instance_id) == "string" and self.instance_id ~= "" then
+    o.version = self.instance_id
+  end
+  local s, v = wait(c, ctx.app, self.id, o, "machine:wait", 2)
+  if s and s ~= "destroyed" then
+    rawset(self, "state", s)
+    if ctx.view then rawset(ctx.view, "state", s) end
+  end
+  return s, v
 end
 
---- Shows the lease held on a machine.
--- @tparam string app
--- @tparam string id
--- @treturn table `{ nonce?, expires_at, owner, version, description }`, or nil, fly.Error
--- (404 when there is none)
-function Machines:get_lease(app, id)
-  local r, e = I.get_lease(self.client, app, id, 2)
-  return r, e
+---------------------------------------------------------------------------- with_lease
+
+-- Copies an error, giving it another code.
+local function recode(err, code)
+  return Error.new(merge(err, { code = code, cause = err }))
 end
 
---- Acquires a lease on a machine.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] table opts `ttl` (seconds, default 15), `description`
--- @treturn table `{ nonce, expires_at, owner, version, description }`, or nil, fly.Error
--- (409 when someone else holds one)
-function Machines:acquire_lease(app, id, opts)
-  local r, e = I.acquire_lease(self.client, app, id, opts, 2)
-  return r, e
+local LEASE_OPTIONS = { ttl = "number", description = "string", wait = "number" }
+
+local function release(c, app, id, nonce, d)
+  return call(c, "Machines_release_lease", { app_name = app, machine_id = id, lease_nonce = nonce }, nil, d + 1)
 end
 
---- Extends a lease you hold.
--- @tparam string app
--- @tparam string id
--- @tparam string nonce
--- @tparam[opt] number ttl seconds from now (default 15)
--- @treturn table the lease, or nil, fly.Error
-function Machines:refresh_lease(app, id, nonce, ttl)
-  local r, e = I.refresh_lease(self.client, app, id, nonce, ttl, 2)
-  return r, e
-end
-
---- Releases a lease you hold.
--- @tparam string app
--- @tparam string id
--- @tparam string nonce
--- @return true, or nil, fly.Error
-function Machines:release_lease(app, id, nonce)
-  local r, e = I.release_lease(self.client, app, id, nonce, 2)
-  return r, e
+-- Runs fn(leased, lease) while holding a lease; see the README, Leases. `base` is the
+-- Machine with_lease was called on (nil from the namespace): `leased` is a view of it.
+local function with_lease(c, app, id, opts, fn, base, name, d)
+  check(app, "string", "app", name, d + 1)
+  check(id, "string", "id", name, d + 1)
+  opts = options(opts, LEASE_OPTIONS, "opts", name, d + 1)
+  check(fn, "function", "fn", name, d + 1)
+  local ttl = opts.ttl or Machines.DEFAULT_LEASE_TTL
+  local give_up = now() + (opts.wait or 0)
+  local body = { ttl = math.ceil(ttl), description = opts.description or "fly-machines (Lua)" }
+  local lease, err
+  while true do
+    lease, err = call(c, "Machines_create_lease", { app_name = app, machine_id = id, body = body }, nil, d + 1)
+    if lease then break end
+    if err.status ~= 409 then return nil, err end
+    local left = give_up - now()
+    if left <= 0 then return nil, recode(err, "lease_held") end
+    c:sleep(math.min(0.5, left))
+  end
+  lease = parse_lease(lease)
+  local nonce = lease.nonce
+  local fields
+  if base then
+    fields = merge(base)
+  else
+    local m, gerr = call(c, "Machines_show", { app_name = app, machine_id = id }, nil, d + 1)
+    if not m then
+      release(c, app, id, nonce, d + 1)
+      return nil, gerr
+    end
+    fields = m
+  end
+  local leased = resource.bind(Machine, fields, c, { app = app, nonce = nonce, lease = lease, view = base })
+  local interval = math.max((math.ceil(ttl) - 1) / 3, 0.2)
+  local refresh = { app_name = app, machine_id = id, lease_nonce = nonce, body = { ttl = math.ceil(ttl) } }
+  local refresher = c:spawn(function()
+    while true do
+      c:sleep(interval)
+      local fresh = parse_lease((call(c, "Machines_create_lease", refresh, nil, 1)))
+      if type(fresh) == "table" and fresh.expires_at then lease.expires_at = fresh.expires_at end
+    end
+  end)
+  -- a task cancelled inside fn never gets back here: release from a task then
+  local holder = loop.current(c)
+  local hook = holder and loop.on_cancel(holder, function()
+    refresher:cancel()
+    release(c, app, id, nonce, 1)
+  end)
+  local results = pack(compat.pcall(fn, leased, lease))
+  if hook then loop.off_cancel(holder, hook) end
+  refresher:cancel()
+  release(c, app, id, nonce, d + 1)
+  if not results[1] then error(results[2], 0) end
+  return unpack(results, 2, results.n)
 end
 
 --- Runs `fn(leased, lease)` holding a lease on the machine, refreshing it while fn runs and
@@ -769,385 +496,46 @@ end
 -- @return what fn returns, or nil, fly.Error (`code = "lease_held"` when the lease stayed taken)
 -- @raise what fn raises (after the release)
 function Machines:with_lease(app, id, opts, fn)
-  local res = pack(I.with_lease(self.client, app, id, opts, fn, nil, 2))
+  local res = pack(with_lease(self.client, app, id, opts, fn, nil, "machines:with_lease", 2))
   return unpack(res, 1, res.n)
 end
 
---- The machine's metadata.
--- @tparam string app
--- @tparam string id
--- @treturn table `{ key = value, … }`, or nil, fly.Error
-function Machines:get_metadata(app, id)
-  local r, e = I.get_metadata(self.client, app, id, 2)
-  return r, e
+--- Runs `fn(leased, lease)` holding a lease on this machine (see Machines:with_lease).
+-- `leased` is a view of this machine whose calls carry the nonce: what changes it in place
+-- (`leased:update`, `leased:refresh`, `leased:wait`) changes this machine too.
+-- @tparam[opt] table opts `ttl`, `description`, `wait`
+-- @tparam function fn
+function Machine:with_lease(opts, fn)
+  local c, ctx = owner(self)
+  if type(opts) == "function" and fn == nil then opts, fn = nil, opts end
+  local res = pack(with_lease(c, ctx.app, self.id, opts, fn, ctx.view or self, "machine:with_lease", 2))
+  return unpack(res, 1, res.n)
 end
 
---- One metadata value.
--- @tparam string app
--- @tparam string id
--- @tparam string key
--- @treturn string the value, or nil, fly.Error (404 when the key is not set)
-function Machines:get_metadata_key(app, id, key)
-  local r, e = I.get_metadata_key(self.client, app, id, key, 2)
-  return r, e
-end
-
---- Sets one metadata key.
--- @tparam string app
--- @tparam string id
--- @tparam string key
--- @tparam string value
--- @tparam[opt] table opts `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:set_metadata(app, id, key, value, opts)
-  local r, e = I.set_metadata(self.client, app, id, key, value, opts, nil, 2)
-  return r, e
-end
-
---- Sets many metadata keys at once (PUT).
--- @tparam string app
--- @tparam string id
--- @tparam table metadata `{ key = value, … }` (`fly.null` or "" removes a key)
--- @tparam[opt] table opts `machine_version` (412 when the machine has another), `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:update_metadata(app, id, metadata, opts)
-  local r, e = I.update_metadata(self.client, app, id, metadata, opts, nil, 2)
-  return r, e
-end
-
---- Sets many metadata keys at once (PATCH); same parameters as update_metadata.
--- @tparam string app
--- @tparam string id
--- @tparam table metadata
--- @tparam[opt] table opts `machine_version`, `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:patch_metadata(app, id, metadata, opts)
-  local r, e = I.patch_metadata(self.client, app, id, metadata, opts, nil, 2)
-  return r, e
-end
-
---- Deletes one metadata key.
--- @tparam string app
--- @tparam string id
--- @tparam string key
--- @tparam[opt] table opts `lease_nonce`
--- @return true, or nil, fly.Error
-function Machines:delete_metadata(app, id, key, opts)
-  local r, e = I.delete_metadata(self.client, app, id, key, opts, nil, 2)
-  return r, e
-end
-
---- The machine's memory limit and availability.
--- @tparam string app
--- @tparam string id
--- @treturn table `{ limit_mb, available_mb }`, or nil, fly.Error
-function Machines:get_memory(app, id)
-  local r, e = I.get_memory(self.client, app, id, 2)
-  return r, e
-end
-
---- Sets the machine's memory limit.
--- @tparam string app
--- @tparam string id
--- @tparam number limit_mb
--- @tparam[opt] table opts `lease_nonce`
--- @treturn table `{ limit_mb, available_mb }`, or nil, fly.Error
-function Machines:set_memory_limit(app, id, limit_mb, opts)
-  local r, e = I.set_memory_limit(self.client, app, id, limit_mb, opts, nil, 2)
-  return r, e
-end
-
---- Asks the machine to give memory back.
--- @tparam string app
--- @tparam string id
--- @tparam[opt] number amount_mb
--- @tparam[opt] table opts `lease_nonce`
--- @treturn table `{ actual_mb }`, or nil, fly.Error
-function Machines:reclaim_memory(app, id, amount_mb, opts)
-  local r, e = I.reclaim_memory(self.client, app, id, amount_mb, opts, nil, 2)
-  return r, e
-end
-
----------------------------------------------------------------------------- Machine objects
-
--- The client, app and lease nonce a Machine was bound with (raises at the user's line
--- when the object is not bound).
-local function ctx(m)
-  local ok, c, context = pcall(owner, m)
-  if not ok then error("fly: this object is not bound to a client", 3) end
-  return c, context.app, context.nonce
-end
-
---- Starts this machine.
--- @return true, or nil, fly.Error
-function Machine:start()
-  local c, app, nonce = ctx(self)
-  local r, e = I.start(c, app, self.id, nil, nonce, 2)
-  return r, e
-end
-
---- Stops this machine.
--- @tparam[opt] table opts `signal`, `timeout`
--- @return true, or nil, fly.Error
-function Machine:stop(opts)
-  local c, app, nonce = ctx(self)
-  local r, e = I.stop(c, app, self.id, opts, nonce, 2)
-  return r, e
-end
-
---- Restarts this machine.
--- @tparam[opt] table opts `signal`, `timeout`
--- @return true, or nil, fly.Error
-function Machine:restart(opts)
-  local c, app, nonce = ctx(self)
-  local r, e = I.restart(c, app, self.id, opts, nonce, 2)
-  return r, e
-end
-
---- Sends a signal to this machine.
--- @tparam string signal
--- @return true, or nil, fly.Error
-function Machine:signal(signal)
-  local c, app, nonce = ctx(self)
-  local r, e = I.signal(c, app, self.id, signal, nil, nonce, 2)
-  return r, e
-end
-
---- Suspends this machine.
--- @return true, or nil, fly.Error
-function Machine:suspend()
-  local c, app, nonce = ctx(self)
-  local r, e = I.suspend(c, app, self.id, nil, nonce, 2)
-  return r, e
-end
-
---- Destroys this machine.
--- @tparam[opt] table opts `force`
--- @return true, or nil, fly.Error
-function Machine:destroy(opts)
-  local c, app, nonce = ctx(self)
-  local r, e = I.destroy(c, app, self.id, opts, nonce, 2)
-  return r, e
-end
-
---- Cordons this machine.
--- @return true, or nil, fly.Error
-function Machine:cordon()
-  local c, app, nonce = ctx(self)
-  local r, e = I.cordon(c, app, self.id, nil, nonce, 2)
-  return r, e
-end
-
---- Uncordons this machine.
--- @return true, or nil, fly.Error
-function Machine:uncordon()
-  local c, app, nonce = ctx(self)
-  local r, e = I.uncordon(c, app, self.id, nil, nonce, 2)
-  return r, e
-end
-
---- Updates this machine: a config table is sent as `{ config = … }`, a table with a
--- `config` key as the whole request. The object takes the new fields.
--- @tparam table config_or_request
--- @treturn Machine this machine, or nil, fly.Error
-function Machine:update(config_or_request)
-  local c, app, nonce = ctx(self)
-  check(config_or_request, "table", "config", "machine:update", 2)
-  local fresh, err = I.update(c, app, self.id, config_or_request, nil, nonce, 2)
-  if not fresh then return nil, err end
-  return replace_fields(self, fresh)
-end
+---------------------------------------------------------------------------- other object methods
 
 --- Reloads this machine from the API, in place.
 -- @treturn Machine this machine, or nil, fly.Error
 function Machine:refresh()
-  local c, app = ctx(self)
-  local fresh, err = I.get(c, app, self.id, nil, nil, 2)
-  if not fresh then return nil, err end
-  return replace_fields(self, fresh)
-end
-
---- Waits until this machine reaches a state (scoped to its version when known).
--- @param[opt] state a state or an array of states (default "started")
--- @tparam[opt] table opts `timeout`, `version` (false: any version), `from_event_id`,
--- `not_found_grace`
--- @treturn string the state reached
--- @treturn string the version
--- @return or nil, fly.Error
-function Machine:wait(state, opts)
-  local c, app = ctx(self)
-  if type(state) == "table" and state[1] == nil and opts == nil then state, opts = nil, state end
-  if opts ~= nil then check(opts, "table", "opts", "machine:wait", 2) end
-  local o = merge(opts)
-  if state ~= nil then o.states, o.state = state, nil end
-  if o.version == nil and type(self.instance_id) == "string" and self.instance_id ~= "" then
-    o.version = self.instance_id
-  end
-  local s, v = I.wait(c, app, self.id, o, 2)
-  if s and s ~= "destroyed" then rawset(self, "state", s) end
-  return s, v
-end
-
---- This machine's events, newest first.
--- @tparam[opt] table params `limit`
-function Machine:list_events(params)
-  local c, app = ctx(self)
-  local r, e = I.list_events(c, app, self.id, params, 2)
-  return r, e
-end
-
---- This machine's processes.
--- @tparam[opt] table params `sort_by`, `order`
-function Machine:list_processes(params)
-  local c, app = ctx(self)
-  local r, e = I.list_processes(c, app, self.id, params, 2)
-  return r, e
-end
-
---- This machine's versions, newest first.
-function Machine:list_versions()
-  local c, app = ctx(self)
-  local r, e = I.list_versions(c, app, self.id, nil, 2)
-  return r, e
-end
-
---- Runs a command in this machine.
--- @param command a string (run by `sh -c`), an array, or the whole request
--- @treturn table `{ stdout, stderr, exit_code }`, or nil, fly.Error
-function Machine:exec(command)
-  local c, app, nonce = ctx(self)
-  local r, e = I.exec(c, app, self.id, command, nil, nonce, 2)
-  return r, e
-end
-
---- The lease held on this machine.
-function Machine:get_lease()
-  local c, app = ctx(self)
-  local r, e = I.get_lease(c, app, self.id, 2)
-  return r, e
-end
-
---- Acquires a lease on this machine.
--- @tparam[opt] table opts `ttl`, `description`
-function Machine:acquire_lease(opts)
-  local c, app = ctx(self)
-  local r, e = I.acquire_lease(c, app, self.id, opts, 2)
-  return r, e
-end
-
---- Extends a lease on this machine.
--- @tparam string nonce
--- @tparam[opt] number ttl
-function Machine:refresh_lease(nonce, ttl)
-  local c, app = ctx(self)
-  local r, e = I.refresh_lease(c, app, self.id, nonce, ttl, 2)
-  return r, e
-end
-
---- Releases a lease on this machine.
--- @tparam string nonce
-function Machine:release_lease(nonce)
-  local c, app = ctx(self)
-  local r, e = I.release_lease(c, app, self.id, nonce, 2)
-  return r, e
-end
-
---- Runs `fn(leased, lease)` holding a lease on this machine (see Machines:with_lease).
--- `leased` is a copy of this machine whose calls carry the nonce.
--- @tparam[opt] table opts `ttl`, `description`, `wait`
--- @tparam function fn
-function Machine:with_lease(opts, fn)
-  local c, app = ctx(self)
-  if type(opts) == "function" and fn == nil then opts, fn = nil, opts end
-  local res = pack(I.with_lease(c, app, self.id, opts, fn, self, 2))
-  return unpack(res, 1, res.n)
-end
-
---- This machine's metadata.
-function Machine:get_metadata()
-  local c, app = ctx(self)
-  local r, e = I.get_metadata(c, app, self.id, 2)
-  return r, e
-end
-
---- One metadata value of this machine.
--- @tparam string key
-function Machine:get_metadata_key(key)
-  local c, app = ctx(self)
-  local r, e = I.get_metadata_key(c, app, self.id, key, 2)
-  return r, e
-end
-
---- Sets one metadata key of this machine.
--- @tparam string key
--- @tparam string value
-function Machine:set_metadata(key, value)
-  local c, app, nonce = ctx(self)
-  local r, e = I.set_metadata(c, app, self.id, key, value, nil, nonce, 2)
-  return r, e
-end
-
---- Sets many metadata keys of this machine (PUT).
--- @tparam table metadata
--- @tparam[opt] table opts `machine_version`
-function Machine:update_metadata(metadata, opts)
-  local c, app, nonce = ctx(self)
-  local r, e = I.update_metadata(c, app, self.id, metadata, opts, nonce, 2)
-  return r, e
-end
-
---- Sets many metadata keys of this machine (PATCH).
--- @tparam table metadata
--- @tparam[opt] table opts `machine_version`
-function Machine:patch_metadata(metadata, opts)
-  local c, app, nonce = ctx(self)
-  local r, e = I.patch_metadata(c, app, self.id, metadata, opts, nonce, 2)
-  return r, e
-end
-
---- Deletes one metadata key of this machine.
--- @tparam string key
-function Machine:delete_metadata(key)
-  local c, app, nonce = ctx(self)
-  local r, e = I.delete_metadata(c, app, self.id, key, nil, nonce, 2)
-  return r, e
-end
-
---- This machine's memory limit and availability.
-function Machine:get_memory()
-  local c, app = ctx(self)
-  local r, e = I.get_memory(c, app, self.id, 2)
-  return r, e
-end
-
---- Sets this machine's memory limit.
--- @tparam number limit_mb
-function Machine:set_memory_limit(limit_mb)
-  local c, app, nonce = ctx(self)
-  local r, e = I.set_memory_limit(c, app, self.id, limit_mb, nil, nonce, 2)
-  return r, e
-end
-
---- Asks this machine to give memory back.
--- @tparam[opt] number amount_mb
-function Machine:reclaim_memory(amount_mb)
-  local c, app, nonce = ctx(self)
-  local r, e = I.reclaim_memory(c, app, self.id, amount_mb, nil, nonce, 2)
-  return r, e
+  local c, ctx = owner(self)
+  check(self.id, "string", "id", "machine:refresh", 2)
+  local fresh, err = call(c, "Machines_show", { app_name = ctx.app, machine_id = self.id }, nil, 2)
+  if type(fresh) ~= "table" then return nil, err end
+  return resource.settle(self, fresh)
 end
 
 --- The app this machine belongs to (from the binding, not a JSON field).
 -- @treturn string
 function Machine:app()
-  local _, app = ctx(self)
-  return app
+  local _, ctx = owner(self)
+  return ctx.app
 end
 
 --- The lease nonce this object's calls carry (inside with_lease), or nil.
 -- @treturn string
 function Machine:lease_nonce()
-  local _, _, nonce = ctx(self)
-  return nonce
+  local _, ctx = owner(self)
+  return ctx.nonce
 end
 
 Machines.Machine = Machine

@@ -12,11 +12,8 @@ local call, check = resource.call, resource.check
 local Orgs = { __name = "fly.orgs" }
 Orgs.__index = Orgs
 
---- The operation each method calls.
-Orgs.operations = {
-  list_machines = "Machines_org_list",
-  list_volumes = "Volumes_org_list",
-}
+--- The operation each method calls (filled by the declarations below).
+Orgs.operations = {}
 
 -- Volumes and machines of a page become Volume and Machine objects of their app.
 local function bind_volumes(page, client)
@@ -60,32 +57,24 @@ local function each(self, what, method, org, params)
   end, what)
 end
 
---- Lists one page of an organization's machines, in all its apps.
--- @tparam string org the organization's slug (`"personal"`)
--- @tparam[opt] table params `include_deleted`, `region`, `state` (comma-separated: created,
--- started, stopped, suspended), `summary` (leave out config), `updated_after` (RFC 3339),
--- `cursor` (a previous page's `next_cursor`), `limit` (advisory: pages may be shorter)
--- @treturn table `{ machines = { OrgMachine, … }, next_cursor = s?, last_machine_id,
--- last_updated_at }`, or nil, fly.Error (404 for an unknown organization)
-function Orgs:list_machines(org, params)
-  check(org, "string", "org", "orgs:list_machines")
-  if params ~= nil then check(params, "table", "params", "orgs:list_machines") end
-  local res, err = page(self.client, "machines", org, params, 3)
-  return res, err
-end
-
---- Lists one page of an organization's volumes, in all its apps.
--- @tparam string org the organization's slug
--- @tparam[opt] table params `include_deleted`, `region`, `state`, `summary`, `updated_after`,
--- `cursor`, `limit` (as for machines)
--- @treturn table `{ volumes = { Volume, … }, next_cursor = s?, last_volume_id, last_updated_at }`,
--- or nil, fly.Error. The volumes carry `app_name` and are Volume objects of that app.
-function Orgs:list_volumes(org, params)
-  check(org, "string", "org", "orgs:list_volumes")
-  if params ~= nil then check(params, "table", "params", "orgs:list_volumes") end
-  local res, err = page(self.client, "volumes", org, params, 3)
-  return res, err
-end
+-- Each entry: `{ method, operationId, … }` (see resource.declare): the organization's slug
+-- first, then the query parameters.
+resource.declare(Orgs, {
+  name = "orgs", operations = Orgs.operations, path = { "org" }, params = { org = "org_slug" },
+}, {
+  --- `list_machines(org, params)`: one page of the machines in all the organization's apps;
+  -- `include_deleted`, `region`, `state` (comma-separated: created, started, stopped, suspended),
+  -- `summary` (leave out config), `updated_after` (RFC 3339), `cursor` (a previous page's
+  -- `next_cursor`), `limit` (advisory: pages may be shorter) -> `{ machines = { OrgMachine, … },
+  -- next_cursor = s?, last_machine_id, last_updated_at }` (404 for an unknown organization)
+  { "list_machines", "Machines_org_list", params = true,
+    result = function(res, client) bind_machines(res, client) return res end },
+  --- `list_volumes(org, params)`: one page of the volumes in all its apps; `include_deleted`,
+  -- `region`, `state`, `summary`, `updated_after`, `cursor`, `limit` -> `{ volumes = { Volume, … },
+  -- next_cursor = s?, last_volume_id, last_updated_at }`
+  { "list_volumes", "Volumes_org_list", params = true,
+    result = function(res, client) bind_volumes(res, client) return res end },
+})
 
 --- Iterates over all of an organization's machines, following `next_cursor`.
 --

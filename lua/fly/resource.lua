@@ -66,9 +66,9 @@ end
 
 -- Objects remember their client and context in their metatable, not in their
 -- fields: one metatable per binding, whose __index is the class. Bindings
--- that differ only by app are shared (client -> class -> app -> metatable);
+-- that differ only by app are shared per client, in the client's own state
+-- (`client:_state()`, a table the client holds), so they go with the client;
 -- a context with more than the app in it (a lease nonce) gets its own.
-local shared = setmetatable({}, { __mode = "k" })
 
 -- Whether a context holds nothing but the app.
 local function app_only(context)
@@ -80,28 +80,28 @@ local function app_only(context)
 end
 
 local function binding(class, client, context)
-  local app = context and context.app or false
   local plain = app_only(context)
-  local by_class, by_app
+  local by_app
   if plain then
-    by_class = shared[client]
+    local st = client:_state()
+    local by_class = st.bindings
     if not by_class then
       by_class = {}
-      shared[client] = by_class
+      st.bindings = by_class
     end
     by_app = by_class[class]
     if not by_app then
       by_app = {}
       by_class[class] = by_app
     end
-    local mt = by_app[app]
+    local mt = by_app[context and context.app or false]
     if mt then return mt end
   end
   local mt = {
     __index = class, __name = class.__name, __tostring = class.__tostring,
     client = client, context = context, class = class,
   }
-  if plain then by_app[app] = mt end
+  if plain then by_app[context and context.app or false] = mt end
   return mt
 end
 
@@ -111,7 +111,8 @@ function resource.bind(class, value, client, context)
   return setmetatable(value, binding(class, client, context))
 end
 
---- The client and context an object was bound with.
+--- The client and context an object was bound with; raises (at the line that
+-- called the method that called this) when the object is not bound.
 function resource.owner(obj)
   local mt = getmetatable(obj)
   if type(mt) ~= "table" or mt.client == nil then
@@ -124,8 +125,21 @@ end
 -- metatable (and so its binding): how objects refresh in place.
 -- @treturn table obj
 function resource.replace_fields(obj, fresh)
+  if obj == fresh then return obj end
   for k in next, obj do obj[k] = nil end
   for k, v in next, fresh do obj[k] = v end
+  return obj
+end
+
+--- Refreshes an object in place from `fresh`, and the object it is a view of
+-- (the `view` of its context: the Machine that `with_lease` was called on),
+-- so that both stay one object's view.
+-- @treturn table obj
+function resource.settle(obj, fresh)
+  resource.replace_fields(obj, fresh)
+  local mt = getmetatable(obj)
+  local view = type(mt) == "table" and mt.context and mt.context.view
+  if view and view ~= obj then resource.replace_fields(view, fresh) end
   return obj
 end
 
@@ -137,12 +151,65 @@ function resource.bind_all(class, list, client, context)
   return list
 end
 
---- Checks an argument and raises a clear error at the user's call.
-function resource.check(value, want, name, method, level)
-  if type(value) ~= want then
-    error(("fly: %s: %s must be a %s (got %s)"):format(method, name, want, type(value)), (level or 2) + 1)
+---------------------------------------------------------------------------- arguments
+
+-- Parsed type specs: "string", "?table" (nil allowed), "string|table".
+local specs = {}
+local function spec_of(want)
+  local s = specs[want]
+  if s then return s end
+  s = { optional = want:sub(1, 1) == "?", types = {} }
+  local names = s.optional and want:sub(2) or want
+  local text = {}
+  for t in names:gmatch("[^|]+") do
+    s.types[t] = true
+    text[#text + 1] = (t:find("^[aeiou]") and "an " or "a ") .. t
   end
-  return value
+  s.text = table.concat(text, " or ")
+  specs[want] = s
+  return s
+end
+
+--- Checks an argument's type and raises a clear error at the user's line.
+-- The one argument check of every namespace.
+-- @param value the argument
+-- @tparam string want a type name (`"string"`), alternatives (`"string|table"`), `?` first
+-- when nil is allowed (`"?number"`)
+-- @tparam string name the argument's name in the message
+-- @tparam string method `"machines:start"`
+-- @tparam[opt=2] integer level how many levels above check the user's call is (1: the
+-- function calling check; 2, the default: that function's caller)
+-- @return value
+function resource.check(value, want, name, method, level)
+  local t = type(value)
+  if t == want then return value end
+  local s = spec_of(want)
+  if s.types[t] or (value == nil and s.optional) then return value end
+  error(("fly: %s: %s must be %s (got %s)"):format(method, name, s.text, t), (level or 2) + 1)
+end
+
+local EMPTY = setmetatable({}, { __newindex = function() error("fly: internal: EMPTY is read-only", 2) end })
+resource.EMPTY = EMPTY
+
+--- Checks an options table: a table (or nil), every key known, every value of its type.
+-- @param opts the options given
+-- @tparam table allowed `{ name = type }` (types as for check)
+-- @tparam string name the table's name in messages ("opts", "params")
+-- @tparam string method
+-- @tparam[opt=2] integer level how many levels above options the user's call is
+-- @treturn table opts, or an empty (read-only) table for nil
+function resource.options(opts, allowed, name, method, level)
+  if opts == nil then return EMPTY end
+  level = (level or 2) + 1
+  if type(opts) ~= "table" then
+    error(("fly: %s: %s must be a table (got %s)"):format(method, name, type(opts)), level)
+  end
+  for k, v in next, opts do
+    local want = allowed[k]
+    if not want then error(("fly: %s: unknown option '%s'"):format(method, tostring(k)), level) end
+    if want ~= true then resource.check(v, want, name .. "." .. k, method, level) end
+  end
+  return opts
 end
 
 --- Copies a table (one level), optionally adding fields.
@@ -151,6 +218,162 @@ function resource.merge(base, extra)
   if base then for k, v in pairs(base) do t[k] = v end end
   if extra then for k, v in pairs(extra) do t[k] = v end end
   return t
+end
+
+---------------------------------------------------------------------------- declared methods
+
+--- Makes a namespace's methods, and its objects' methods, from declarations.
+--
+-- `ns` gets `ns:<name>(path..., args..., tail)`; with `desc.class`, the class
+-- gets `obj:<name>(args..., tail)` for every method whose path is the whole
+-- `desc.path` (the object supplies it), unless the entry says `object = false`.
+--
+-- @tparam table ns the namespace class (its instances hold `client`)
+-- @tparam table desc `name` ("machines", for messages), `path` (the arguments that name
+-- one object, `{ "app", "id" }`), `params` (their API parameter names, `{ app = "app_name",
+-- id = "machine_id" }`), and for objects: `class`, `object` ("machine"), `identity(obj, ctx)`
+-- (the object's path values), `nonce` (the set of operations that carry the lease nonce of
+-- the object's context, or of `opts.lease_nonce`), `operations` (a table that gets
+-- `method = operationId` for every entry)
+-- @tparam table list entries `{ name, operation, path =, args =, params =, opts =, build =,
+-- result =, inplace =, object = }`:
+-- `path` the names of the strings the method takes first (default: desc.path), each mapped to
+-- its parameter by desc.params or written `"name:parameter"`;
+-- `args` the positional arguments after the path, `{ "key:string", "amount_mb:?number" }`;
+-- `params` a last table merged into the request parameters: `true` (any key, the core checks
+-- them) or `{ key = type }`; `opts` a last table of options `{ key = type }`, given to `build`;
+-- `build(p, opts, args...)` fills the request parameters `p` (body, …) and may return the
+-- call's options, or `false, why` for a programmer error; `result(res, client, p, nonce)`
+-- shapes the answer (nil on failure); `inplace` (objects: the object takes the result's
+-- fields and is returned); `object = false`: no object form
+function resource.declare(ns, desc, list)
+  local class, nonce_ops = desc.class, desc.nonce or EMPTY
+  local full = desc.path or {}
+  for _, e in ipairs(list) do
+    local name, op = e[1], e[2]
+    if desc.operations then desc.operations[name] = op end
+    local path = e.path or full
+    local npath, names, types = #path, {}, {}
+    for i = 1, npath do names[i], types[i] = path[i], "string" end
+    for _, a in ipairs(e.args or EMPTY) do
+      local n, t = a:match("^([%w_]+):(%??[%w_|]+)$")
+      assert(n, "bad argument declaration " .. a)
+      names[#names + 1], types[#types + 1] = n, t
+    end
+    local nargs = #names
+    local tail_spec = e.params
+    if tail_spec == nil then tail_spec = e.opts end
+    local pnames = {}
+    for i = 1, npath do
+      local n, param = path[i]:match("^([%w_]+):([%w_]+)$") -- "name:database_name"
+      if n then names[i] = n else param = desc.params[path[i]] end
+      pnames[i] = assert(param, "no parameter for " .. path[i])
+    end
+    local build, shape, merge_params = e.build, e.result, e.params ~= nil
+    local carries_nonce = nonce_ops[op] and e.nonce ~= false
+
+    assert(nargs + (tail_spec ~= nil and 1 or 0) <= 6, "too many arguments for " .. name)
+    local t1, t2, t3, t4, t5, t6 = types[1], types[2], types[3], types[4], types[5], types[6]
+    local pn1, pn2, pn3 = pnames[1], pnames[2], pnames[3]
+
+    local function bad(i, v, label, d)
+      resource.check(v, types[i], names[i], label, d + 1)
+    end
+
+    -- The call itself: `label` names the method in messages; the user's line is `d` levels
+    -- above run; a1… are the path values, the arguments and the tail table, in order (fixed
+    -- parameters, not varargs: this is every call's path).
+    local function run(label, d, client, ctx, a1, a2, a3, a4, a5, a6)
+      if nargs > 0 then
+        if type(a1) ~= t1 then bad(1, a1, label, d + 1) end
+        if nargs > 1 then
+          if type(a2) ~= t2 then bad(2, a2, label, d + 1) end
+          if nargs > 2 then
+            if type(a3) ~= t3 then bad(3, a3, label, d + 1) end
+            if nargs > 3 then
+              if type(a4) ~= t4 then bad(4, a4, label, d + 1) end
+              if nargs > 4 and type(a5) ~= t5 then bad(5, a5, label, d + 1) end
+              if nargs > 5 and type(a6) ~= t6 then bad(6, a6, label, d + 1) end
+            end
+          end
+        end
+      end
+      local tail
+      if tail_spec ~= nil then
+        if nargs == 0 then tail = a1 elseif nargs == 1 then tail = a2 elseif nargs == 2 then tail = a3
+        elseif nargs == 3 then tail = a4 elseif nargs == 4 then tail = a5 else tail = a6 end
+      end
+      local p = {}
+      if merge_params then
+        if tail_spec == true then
+          if tail ~= nil and type(tail) ~= "table" then
+            resource.check(tail, "table", "params", label, d + 1)
+          end
+        else
+          resource.options(tail, tail_spec, "params", label, d + 1)
+        end
+        if tail then for k, v in next, tail do p[k] = v end end
+        tail = EMPTY
+      elseif tail_spec then
+        tail = resource.options(tail, tail_spec, "opts", label, d + 1)
+      else
+        tail = EMPTY
+      end
+      if npath > 0 then
+        p[pn1] = a1
+        if npath > 1 then
+          p[pn2] = a2
+          if npath > 2 then p[pn3] = a3 end
+        end
+      end
+      local copts, why
+      if build then
+        if npath == 0 then copts, why = build(p, tail, a1, a2, a3, a4, a5, a6)
+        elseif npath == 1 then copts, why = build(p, tail, a2, a3, a4, a5, a6)
+        elseif npath == 2 then copts, why = build(p, tail, a3, a4, a5, a6)
+        else copts, why = build(p, tail, a4, a5, a6) end
+        if copts == false then error(("fly: %s: %s"):format(label, why), d + 1) end
+      end
+      local nonce
+      if carries_nonce then
+        nonce = tail.lease_nonce or (ctx and ctx.nonce)
+        p.lease_nonce = nonce
+      end
+      local res, err = resource.call(client, op, p, copts, d + 1)
+      if shape then res = shape(res, client, p, nonce) end
+      return res, err
+    end
+
+    local ns_label = desc.name .. ":" .. name
+    ns[name] = function(self, a, b, c, d, f, g)
+      local res, err = run(ns_label, 2, self.client, nil, a, b, c, d, f, g)
+      return res, err
+    end
+
+    if class and e.object ~= false and npath == #full and npath > 0 then
+      local obj_label, identity, inplace, settle = desc.object .. ":" .. name, desc.identity, e.inplace,
+        resource.settle
+      local owner = resource.owner
+      local fn
+      if npath == 1 then
+        fn = function(self, a, b, c, d)
+          local client, ctx = owner(self)
+          local res, err = run(obj_label, 2, client, ctx, identity(self, ctx), a, b, c, d)
+          if inplace and type(res) == "table" then res = settle(self, res) end
+          return res, err
+        end
+      else
+        fn = function(self, a, b, c, d)
+          local client, ctx = owner(self)
+          local x, y = identity(self, ctx)
+          local res, err = run(obj_label, 2, client, ctx, x, y, a, b, c, d)
+          if inplace and type(res) == "table" then res = settle(self, res) end
+          return res, err
+        end
+      end
+      class[name] = fn
+    end
+  end
 end
 
 return resource

@@ -7,153 +7,52 @@
 -- @module fly.secretkeys
 local resource = require "fly.resource"
 
-local call, check = resource.call, resource.check
-
 local Secretkeys = { __name = "fly.secretkeys" }
 Secretkeys.__index = Secretkeys
 
---- The operation each method calls.
-Secretkeys.operations = {
-  list = "Secretkeys_list",
-  get = "Secretkey_get",
-  set = "Secretkey_set",
-  delete = "Secretkey_delete",
-  generate = "Secretkey_generate",
-  encrypt = "Secretkey_encrypt",
-  decrypt = "Secretkey_decrypt",
-  sign = "Secretkey_sign",
-  verify = "Secretkey_verify",
-}
+--- The operation each method calls (filled by the declarations below).
+Secretkeys.operations = {}
 
--- app and key name checked, params (optional) merged with them; `level` 3 raises at the
--- line that called the method that called this
-local function path_params(app, name, params, method, level)
-  level = level or 3
-  check(app, "string", "app", method, level)
-  check(name, "string", "name", method, level)
-  if params ~= nil then check(params, "table", "params", method, level) end
-  return resource.merge(params, { app_name = app, secret_name = name })
-end
+local function body(p, _, b) p.body = b end
 
--- encrypt, decrypt, sign and verify: a body and the optional min_version
-local function crypto(self, op, method, app, name, body, params)
-  local p = path_params(app, name, params, method, 4)
-  check(body, "table", "body", method, 3)
-  p.body = body
-  local res, err = call(self.client, op, p, nil, 3)
-  return res, err
-end
-
---- Lists an app's secret keys.
--- @tparam string app the app's name
--- @tparam[opt] table params `types` (a comma-separated string or an array of key types, e.g.
--- `{ "hs256", "nacl_box" }`), `min_version`
--- @treturn table `{ secret_keys = { { name, type, public_key?, created_at, updated_at }, … } }`,
--- or nil, fly.Error
-function Secretkeys:list(app, params)
-  check(app, "string", "app", "secretkeys:list")
-  if params ~= nil then check(params, "table", "params", "secretkeys:list") end
-  local p = resource.merge(params, { app_name = app })
-  if type(p.types) == "table" then p.types = table.concat(p.types, ",") end
-  local res, err = call(self.client, "Secretkeys_list", p, nil, 2)
-  return res, err
-end
-
---- Gets one secret key (never its material).
--- @tparam string app the app's name
--- @tparam string name the key's name
--- @tparam[opt] table params `min_version`
--- @treturn table `{ name, type, public_key?, created_at, updated_at }`, or nil, fly.Error (404)
-function Secretkeys:get(app, name, params)
-  local p = path_params(app, name, params, "secretkeys:get")
-  local res, err = call(self.client, "Secretkey_get", p, nil, 2)
-  return res, err
-end
-
---- Creates or replaces a secret key with the given material.
--- @tparam string app the app's name
--- @tparam string name the key's name
--- @tparam table body `{ type = "hs256", value = <bytes> }`; types: hs256, hs384, hs512,
--- nacl_auth, nacl_box, nacl_secretbox, nacl_sign, es256, xaes256gcm
--- @treturn table `{ name, type, public_key?, created_at, updated_at, version }`, or nil, fly.Error
-function Secretkeys:set(app, name, body)
-  local p = path_params(app, name, nil, "secretkeys:set")
-  check(body, "table", "body", "secretkeys:set")
-  p.body = body
-  local res, err = call(self.client, "Secretkey_set", p, nil, 2)
-  return res, err
-end
-
---- Deletes a secret key.
--- @tparam string app the app's name
--- @tparam string name the key's name
--- @treturn table `{ version = n }`, or nil, fly.Error (404)
-function Secretkeys:delete(app, name)
-  local p = path_params(app, name, nil, "secretkeys:delete")
-  local res, err = call(self.client, "Secretkey_delete", p, nil, 2)
-  return res, err
-end
-
---- Creates or replaces a secret key with random material made by Fly.
--- @tparam string app the app's name
--- @tparam string name the key's name
--- @tparam string|table key_type the key type (`"nacl_box"`), or the body `{ type = … }`
--- @treturn table `{ name, type, public_key?, created_at, updated_at, version }`, or nil, fly.Error
-function Secretkeys:generate(app, name, key_type)
-  local p = path_params(app, name, nil, "secretkeys:generate")
-  if type(key_type) == "string" then
-    p.body = { type = key_type }
-  elseif type(key_type) == "table" then
-    p.body = key_type
-  else
-    error(("fly: secretkeys:generate: key_type must be a string or a table (got %s)"):format(type(key_type)), 2)
-  end
-  local res, err = call(self.client, "Secretkey_generate", p, nil, 2)
-  return res, err
-end
-
---- Encrypts with a key (xaes256gcm, nacl_secretbox, nacl_box).
--- @tparam string app the app's name
--- @tparam string name the key's name
--- @tparam table body `{ plaintext = <bytes>, associated_data = <bytes>? }`
--- @tparam[opt] table params `min_version`
--- @treturn table `{ ciphertext = <bytes> }`, or nil, fly.Error (400 when the key cannot encrypt)
-function Secretkeys:encrypt(app, name, body, params)
-  local res, err = crypto(self, "Secretkey_encrypt", "secretkeys:encrypt", app, name, body, params)
-  return res, err
-end
-
---- Decrypts with a key.
--- @tparam string app the app's name
--- @tparam string name the key's name
--- @tparam table body `{ ciphertext = <bytes>, associated_data = <bytes>? }`
--- @tparam[opt] table params `min_version`
--- @treturn table `{ plaintext = <bytes> }`, or nil, fly.Error (400 when authentication fails)
-function Secretkeys:decrypt(app, name, body, params)
-  local res, err = crypto(self, "Secretkey_decrypt", "secretkeys:decrypt", app, name, body, params)
-  return res, err
-end
-
---- Signs with a key (hs256, hs384, hs512, nacl_auth, nacl_sign, es256).
--- @tparam string app the app's name
--- @tparam string name the key's name
--- @tparam table body `{ plaintext = <bytes> }`
--- @tparam[opt] table params `min_version`
--- @treturn table `{ signature = <bytes> }`, or nil, fly.Error
-function Secretkeys:sign(app, name, body, params)
-  local res, err = crypto(self, "Secretkey_sign", "secretkeys:sign", app, name, body, params)
-  return res, err
-end
-
---- Verifies a signature made with a key.
--- @tparam string app the app's name
--- @tparam string name the key's name
--- @tparam table body `{ plaintext = <bytes>, signature = <bytes> }`
--- @tparam[opt] table params `min_version`
--- @return true when the signature is valid, or nil, fly.Error (400 when it is not)
-function Secretkeys:verify(app, name, body, params)
-  local res, err = crypto(self, "Secretkey_verify", "secretkeys:verify", app, name, body, params)
-  return res, err
-end
+-- Each entry: `{ method, operationId, … }` (see resource.declare); every method takes the
+-- app's name and the key's name first (but `list`, the app's only).
+resource.declare(Secretkeys, {
+  name = "secretkeys", operations = Secretkeys.operations,
+  path = { "app", "name" }, params = { app = "app_name", name = "secret_name" },
+}, {
+  --- `list(app, params)`: `types` (a comma-separated string or an array of key types, e.g.
+  -- `{ "hs256", "nacl_box" }`), `min_version` ->
+  -- `{ secret_keys = { { name, type, public_key?, created_at, updated_at }, … } }`
+  { "list", "Secretkeys_list", path = { "app" }, params = true,
+    build = function(p) if type(p.types) == "table" then p.types = table.concat(p.types, ",") end end },
+  --- `get(app, name, params)`: one key, never its material; `min_version` ->
+  -- `{ name, type, public_key?, created_at, updated_at }` (404)
+  { "get", "Secretkey_get", params = true },
+  --- `set(app, name, body)`: creates or replaces a key with the given material,
+  -- `{ type = "hs256", value = <bytes> }` (types: hs256, hs384, hs512, nacl_auth, nacl_box,
+  -- nacl_secretbox, nacl_sign, es256, xaes256gcm) -> `{ name, type, public_key?, created_at,
+  -- updated_at, version }`
+  { "set", "Secretkey_set", args = { "body:table" }, build = body },
+  --- `delete(app, name)` -> `{ version = n }` (404)
+  { "delete", "Secretkey_delete" },
+  --- `generate(app, name, key_type)`: creates or replaces a key with random material made by
+  -- Fly; the type (`"nacl_box"`) or the body `{ type = … }` -> as `set`
+  { "generate", "Secretkey_generate", args = { "key_type:string|table" },
+    build = function(p, _, t) p.body = type(t) == "string" and { type = t } or t end },
+  --- `encrypt(app, name, body, params)`: `{ plaintext = <bytes>, associated_data = <bytes>? }`
+  -- with xaes256gcm, nacl_secretbox, nacl_box; `min_version` -> `{ ciphertext = <bytes> }`
+  -- (400 when the key cannot encrypt)
+  { "encrypt", "Secretkey_encrypt", args = { "body:table" }, params = true, build = body },
+  --- `decrypt(app, name, body, params)`: `{ ciphertext = <bytes>, associated_data = <bytes>? }`;
+  -- `min_version` -> `{ plaintext = <bytes> }` (400 when authentication fails)
+  { "decrypt", "Secretkey_decrypt", args = { "body:table" }, params = true, build = body },
+  --- `sign(app, name, body, params)`: `{ plaintext = <bytes> }` with hs256, hs384, hs512,
+  -- nacl_auth, nacl_sign, es256; `min_version` -> `{ signature = <bytes> }`
+  { "sign", "Secretkey_sign", args = { "body:table" }, params = true, build = body },
+  --- `verify(app, name, body, params)`: `{ plaintext = <bytes>, signature = <bytes> }`;
+  -- `min_version` -> true when the signature is valid (400 when it is not)
+  { "verify", "Secretkey_verify", args = { "body:table" }, params = true, build = body },
+})
 
 return Secretkeys

@@ -3,85 +3,35 @@
 -- @module fly.secrets
 local resource = require "fly.resource"
 
-local call, check = resource.call, resource.check
-
 local Secrets = { __name = "fly.secrets" }
 Secrets.__index = Secrets
 
---- The operation each method calls.
-Secrets.operations = {
-  list = "Secrets_list",
-  update = "Secrets_update",
-  get = "Secret_get",
-  set = "Secret_create",
-  delete = "Secret_delete",
-}
+--- The operation each method calls (filled by the declarations below).
+Secrets.operations = {}
 
---- Lists an app's secrets.
--- @tparam string app the app's name
--- @tparam[opt] table params `show_secrets` (boolean: include the values), `min_version`
--- (only secrets changed at or after that version)
--- @treturn table `{ secrets = { { name, digest, created_at, updated_at, value? }, … } }`, or nil,
--- fly.Error
-function Secrets:list(app, params)
-  check(app, "string", "app", "secrets:list")
-  if params ~= nil then check(params, "table", "params", "secrets:list") end
-  local res, err = call(self.client, "Secrets_list", resource.merge(params, { app_name = app }), nil, 2)
-  return res, err
-end
-
---- Sets and unsets several secrets in one version.
--- @tparam string app the app's name
--- @tparam table values name → value (a string), or `fly.null` to unset that secret
--- @treturn table `{ secrets = { … }, version = n }`, or nil, fly.Error
-function Secrets:update(app, values)
-  check(app, "string", "app", "secrets:update")
-  check(values, "table", "values", "secrets:update")
-  local res, err = call(self.client, "Secrets_update", { app_name = app, body = { values = values } }, nil, 2)
-  return res, err
-end
-
---- Gets one secret.
--- @tparam string app the app's name
--- @tparam string name the secret's name
--- @tparam[opt] table params `show_secrets`, `min_version`
--- @treturn table `{ name, digest, created_at, updated_at, value? }`, or nil, fly.Error (404)
-function Secrets:get(app, name, params)
-  check(app, "string", "app", "secrets:get")
-  check(name, "string", "name", "secrets:get")
-  if params ~= nil then check(params, "table", "params", "secrets:get") end
-  local res, err = call(self.client, "Secret_get",
-    resource.merge(params, { app_name = app, secret_name = name }), nil, 2)
-  return res, err
-end
-
---- Creates or replaces one secret.
--- @tparam string app the app's name
--- @tparam string name the secret's name
--- @tparam string|table value the value, or the request body `{ value = "…" }`
--- @treturn table `{ name, digest, created_at, updated_at, version }`, or nil, fly.Error
-function Secrets:set(app, name, value)
-  check(app, "string", "app", "secrets:set")
-  check(name, "string", "name", "secrets:set")
-  local body = value
-  if type(value) == "string" then
-    body = { value = value }
-  elseif type(value) ~= "table" then
-    error(("fly: secrets:set: value must be a string or a table (got %s)"):format(type(value)), 2)
-  end
-  local res, err = call(self.client, "Secret_create", { app_name = app, secret_name = name, body = body }, nil, 2)
-  return res, err
-end
-
---- Deletes one secret.
--- @tparam string app the app's name
--- @tparam string name the secret's name
--- @treturn table `{ version = n }`, or nil, fly.Error (404 when there is none)
-function Secrets:delete(app, name)
-  check(app, "string", "app", "secrets:delete")
-  check(name, "string", "name", "secrets:delete")
-  local res, err = call(self.client, "Secret_delete", { app_name = app, secret_name = name }, nil, 2)
-  return res, err
-end
+-- Each entry: `{ method, operationId, … }` (see resource.declare): the app's name first, then
+-- the secret's name (but for `list` and `update`).
+resource.declare(Secrets, {
+  name = "secrets", operations = Secrets.operations,
+  path = { "app", "name" }, params = { app = "app_name", name = "secret_name" },
+}, {
+  --- `list(app, params)`: `show_secrets` (include the values), `min_version` (only secrets
+  -- changed at or after that version) -> `{ secrets = { { name, digest, created_at, updated_at,
+  -- value? }, … } }`
+  { "list", "Secrets_list", path = { "app" }, params = true },
+  --- `update(app, values)`: sets and unsets several secrets in one version; name → value (a
+  -- string), or `fly.null` to unset -> `{ secrets = { … }, version = n }`
+  { "update", "Secrets_update", path = { "app" }, args = { "values:table" },
+    build = function(p, _, values) p.body = { values = values } end },
+  --- `get(app, name, params)`: `show_secrets`, `min_version` -> `{ name, digest, created_at,
+  -- updated_at, value? }` (404)
+  { "get", "Secret_get", params = true },
+  --- `set(app, name, value)`: creates or replaces one secret; the value, or the body
+  -- `{ value = "…" }` -> `{ name, digest, created_at, updated_at, version }`
+  { "set", "Secret_create", args = { "value:string|table" },
+    build = function(p, _, v) p.body = type(v) == "string" and { value = v } or v end },
+  --- `delete(app, name)` -> `{ version = n }` (404 when there is none)
+  { "delete", "Secret_delete" },
+})
 
 return Secrets
