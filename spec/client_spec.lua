@@ -50,6 +50,10 @@ describe("fly.new", function()
     assert.has_error(function() fly.new { token = "t", timeout = -1 } end)
     assert.has_error(function() fly.new "token" end)
     assert.has_error(function() fly.new { token = "t", base_url = "ftp://x" } end)
+    -- a URL without a scheme is an error, not a guess
+    H.raises("^[^:]+_spec%.lua:%d+: fly%.new: base_url needs a scheme: http:// or https:// %(got \"127%.0%.0%.1:4280\"%)",
+      function() fly.new { token = "t", base_url = "127.0.0.1:4280" } end)
+    H.raises("needs a scheme", function() fly.new { token = "t", base_url = "api.machines.dev" } end)
     assert.has_error(function() fly.new { token = "t", headers = { ["X-A"] = "1\r\nX-B: 2" } } end)
   end)
 end)

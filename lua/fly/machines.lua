@@ -15,7 +15,8 @@ local loop = require "fly.loop"
 local call, check, owner, merge = resource.call, resource.check, resource.owner, resource.merge
 local now = core.now
 local null = json.null
-local pack, unpack = table.pack, table.unpack
+local compat = require "fly.compat"
+local pack, unpack = compat.pack, compat.unpack
 
 --- The namespace (`client.machines`).
 local Machines = { __name = "fly.machines" }
@@ -520,7 +521,7 @@ function I.set_memory_limit(c, app, id, limit_mb, opts, nonce, d)
   need(app, id, name, d + 1)
   check(limit_mb, "number", "limit_mb", name, d + 1)
   opts = options(opts, NONCE_ONLY, name, d + 1)
-  local p = { app_name = app, machine_id = id, body = { limit_mb = math.tointeger(limit_mb) or limit_mb } }
+  local p = { app_name = app, machine_id = id, body = { limit_mb = compat.tointeger(limit_mb) or limit_mb } }
   local res, err = invoke(c, "Machines_set_memory_limit", p, nil, opts.lease_nonce or nonce, d + 1)
   return res, err
 end
@@ -530,7 +531,7 @@ function I.reclaim_memory(c, app, id, amount_mb, opts, nonce, d)
   need(app, id, name, d + 1)
   if amount_mb ~= nil then check(amount_mb, "number", "amount_mb", name, d + 1) end
   opts = options(opts, NONCE_ONLY, name, d + 1)
-  local body = { amount_mb = amount_mb and (math.tointeger(amount_mb) or amount_mb) }
+  local body = { amount_mb = amount_mb and (compat.tointeger(amount_mb) or amount_mb) }
   local res, err = invoke(c, "Machines_reclaim_memory", { app_name = app, machine_id = id, body = body }, nil,
     opts.lease_nonce or nonce, d + 1)
   return res, err
