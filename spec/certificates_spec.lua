@@ -1,5 +1,6 @@
 -- client.certificates: hostnames move from awaiting_configuration to ready; listings page.
 local H = require "helper"
+local compat = require "fly.compat"
 local fly = require "fly"
 
 local PEM_CHAIN = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -95,7 +96,7 @@ describe("client.certificates", function()
     it("gives one page with next_cursor, and filters", function()
       local page = assert(c.certificates:list(app, { limit = 2 }))
       assert.equals(2, #page.certificates)
-      assert.equals(6, math.tointeger(page.total_count))
+      assert.equals(6, compat.tointeger(page.total_count))
       assert.is_string(page.next_cursor)
       local second = assert(c.certificates:list(app, { limit = 2, cursor = page.next_cursor }))
       assert.are_not.equal(page.certificates[1].hostname, second.certificates[1].hostname)

@@ -1,5 +1,6 @@
 -- client.platform: regions and placements.
 local H = require "helper"
+local compat = require "fly.compat"
 
 describe("client.platform", function()
   local c
@@ -27,7 +28,7 @@ describe("client.platform", function()
       total = total + p.count
       where[p.region] = true
     end
-    assert.equals(4, math.tointeger(total))
+    assert.equals(4, compat.tointeger(total))
     for r in pairs(where) do assert.is_true(r == "ams" or r == "fra") end
   end)
 

@@ -1,5 +1,6 @@
 -- client.secrets: values go in, digests come out (values only with show_secrets).
 local H = require "helper"
+local compat = require "fly.compat"
 local fly = require "fly"
 
 describe("client.secrets", function()
@@ -43,9 +44,9 @@ describe("client.secrets", function()
     for _, s in ipairs(res.secrets) do names[#names + 1] = s.name end
     assert.same({ "A", "B" }, names)
     -- min_version keeps what changed at or after that version
-    local newer = assert(c.secrets:list(app, { min_version = math.tointeger(res.version) }))
+    local newer = assert(c.secrets:list(app, { min_version = compat.tointeger(res.version) }))
     assert.equals(2, #newer.secrets)
-    local later = assert(c.secrets:list(app, { min_version = math.tointeger(res.version) + 1 }))
+    local later = assert(c.secrets:list(app, { min_version = compat.tointeger(res.version) + 1 }))
     assert.equals(0, #later.secrets)
   end)
 

@@ -1,5 +1,6 @@
 -- client.volumes and Volume objects.
 local H = require "helper"
+local compat = require "fly.compat"
 local fly = require "fly"
 
 describe("client.volumes", function()
@@ -23,7 +24,7 @@ describe("client.volumes", function()
     assert.matches("^vol_", v.id)
     assert.equals("data", v.name)
     assert.equals("iad", v.region)
-    assert.equals(3, math.tointeger(v.size_gb))
+    assert.equals(3, compat.tointeger(v.size_gb))
     assert.equals(tostring(v), "fly.Volume{" .. v.id .. "}")
 
     local list = assert(c.volumes:list(app))
@@ -44,21 +45,21 @@ describe("client.volumes", function()
   it("updates a volume's settings", function()
     local v = new_volume()
     local u = assert(c.volumes:update(app, v.id, { snapshot_retention = 10, auto_backup_enabled = false }))
-    assert.equals(10, math.tointeger(u.snapshot_retention))
+    assert.equals(10, compat.tointeger(u.snapshot_retention))
     assert.is_false(u.auto_backup_enabled)
-    assert.equals(10, math.tointeger(assert(c.volumes:get(app, v.id)).snapshot_retention))
+    assert.equals(10, compat.tointeger(assert(c.volumes:get(app, v.id)).snapshot_retention))
   end)
 
   it("extends a volume: the size grows and it needs a restart", function()
     local v = new_volume { size_gb = 1 }
     local res = assert(c.volumes:extend(app, v.id, 5))
     assert.is_true(res.needs_restart)
-    assert.equals(5, math.tointeger(res.volume.size_gb))
+    assert.equals(5, compat.tointeger(res.volume.size_gb))
     assert.equals("fly.Volume", getmetatable(res.volume).__name)
-    assert.equals(5, math.tointeger(assert(c.volumes:get(app, v.id)).size_gb))
+    assert.equals(5, compat.tointeger(assert(c.volumes:get(app, v.id)).size_gb))
     -- the body form works too
     res = assert(c.volumes:extend(app, v.id, { size_gb = 6 }))
-    assert.equals(6, math.tointeger(res.volume.size_gb))
+    assert.equals(6, compat.tointeger(res.volume.size_gb))
   end)
 
   it("refuses to shrink a volume with a 400", function()
@@ -118,12 +119,12 @@ describe("client.volumes", function()
       assert.equals("fly.Volume", getmetatable(fresh).__name)
 
       local u = assert(v:update { snapshot_retention = 7 })
-      assert.equals(7, math.tointeger(u.snapshot_retention))
+      assert.equals(7, compat.tointeger(u.snapshot_retention))
 
       local ext = assert(v:extend(4))
       assert.is_true(ext.needs_restart)
-      assert.equals(4, math.tointeger(ext.volume.size_gb))
-      assert.equals(2, math.tointeger(v.size_gb)) -- the object itself is the answer it came from
+      assert.equals(4, compat.tointeger(ext.volume.size_gb))
+      assert.equals(2, compat.tointeger(v.size_gb)) -- the object itself is the answer it came from
 
       assert.is_true(v:create_snapshot())
       assert.equals(1, #assert(v:list_snapshots()))
