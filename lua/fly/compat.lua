@@ -53,7 +53,9 @@ end
 -- function in a coroutine of its own and passes its yields through to the
 -- enclosing coroutine, which `compat.running` still reports as the running one.
 local yields_across_pcall = not (_VERSION == "Lua 5.1" and not rawget(_G, "jit"))
-local outer_of = setmetatable({}, { __mode = "k" }) -- inner coroutine -> enclosing one
+-- inner coroutine -> enclosing one; weak both ways, so that it keeps neither
+-- alive (Lua 5.1 has no ephemerons)
+local outer_of = setmetatable({}, { __mode = "kv" })
 
 --- `coroutine.running()`, seen through `compat.pcall`'s own coroutines: the
 -- coroutine a task runs in, or nil on the main thread.
@@ -62,6 +64,44 @@ function compat.running()
   if main then return nil end
   while co and outer_of[co] do co = outer_of[co] end
   return co
+end
+
+-- Whether the frames of `co` from `level` on let it yield: Lua 5.1 cannot
+-- yield across a C function (pcall, a sort comparator, …) nor out of a
+-- generic-for iterator (called from C as "(for generator)").
+local function frames_yield(co, level)
+  while true do
+    local info = co and debug.getinfo(co, level, "Sn") or debug.getinfo(level + 1, "Sn")
+    if not info then return true end
+    if info.what == "C" or info.name == "(for generator)" then return false end
+    level = level + 1
+  end
+end
+
+if yields_across_pcall then
+  --- Whether the code calling it can yield to the task it runs in: false on
+  -- the main thread, and on Lua 5.1 (not LuaJIT) where a C function or a
+  -- generic-for iterator lies between it and the task (there, a wait steps
+  -- the loop instead).
+  function compat.can_yield()
+    return compat.running() ~= nil
+  end
+else
+  function compat.can_yield()
+    local co = coroutine.running()
+    if not co then return false end
+    -- this coroutine from the caller on, then each enclosing one from the
+    -- frame above the resume that runs the inner one
+    if not frames_yield(nil, 2) then return false end
+    local outer = outer_of[co]
+    while outer do
+      local level = 0
+      while (debug.getinfo(outer, level, "S") or {}).what == "C" do level = level + 1 end
+      if not frames_yield(outer, level) then return false end
+      outer = outer_of[outer]
+    end
+    return true
+  end
 end
 
 if yields_across_pcall then

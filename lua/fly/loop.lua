@@ -13,7 +13,7 @@ local compat = require "fly.compat"
 local now_fn = core.now
 local step, step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
-local pack, unpack, running = compat.pack, compat.unpack, compat.running
+local pack, unpack, running, can_yield = compat.pack, compat.unpack, compat.running, compat.can_yield
 
 local loop = {}
 
@@ -148,7 +148,17 @@ function loop.await(client, req)
     return req
   end
   local task = loop.current(client)
-  if task then
+  if task and not can_yield() then
+    -- inside a task, but where the Lua cannot yield (a generic-for iterator
+    -- on Lua 5.1): step the loop from here, which resumes the other tasks
+    while not done_fn(req) do
+      if task._status ~= "running" then
+        req:cancel()
+        error(Error.new { code = "cancelled", message = "the task was cancelled" }, 0)
+      end
+      loop.drive(client, 1, req)
+    end
+  elseif task then
     if not done_fn(req) then
       state(client).waiting[req] = task
       task._req = req
