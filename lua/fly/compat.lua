@@ -66,32 +66,37 @@ function compat.running()
   return co
 end
 
--- Whether the frames of `co` from `level` on let it yield: Lua 5.1 cannot
--- yield across a C function (pcall, a sort comparator, …) nor out of a
--- generic-for iterator (called from C as "(for generator)").
+-- Whether the frames of `co` (nil: the running coroutine, from the caller
+-- of the caller on) from `level` on let it yield. Lua 5.1 yields across no
+-- C function and not out of a generic-for iterator; Lua 5.2 across pcall
+-- and xpcall only.
 local function frames_yield(co, level)
   while true do
-    local info = co and debug.getinfo(co, level, "Sn") or debug.getinfo(level + 1, "Sn")
+    local info = co and debug.getinfo(co, level, "Snf") or debug.getinfo(level + 1, "Snf")
     if not info then return true end
-    if info.what == "C" or info.name == "(for generator)" then return false end
+    if info.what == "C" then
+      if not yields_across_pcall or (info.func ~= pcall and info.func ~= xpcall) then return false end
+    elseif info.name == "(for generator)" and not yields_across_pcall then
+      return false
+    end
     level = level + 1
   end
 end
 
-if yields_across_pcall then
-  --- Whether the code calling it can yield to the task it runs in: false on
-  -- the main thread, and on Lua 5.1 (not LuaJIT) where a C function or a
-  -- generic-for iterator lies between it and the task (there, a wait steps
-  -- the loop instead).
-  function compat.can_yield()
-    return compat.running() ~= nil
-  end
+--- Whether the code calling it can yield to the task it runs in: false on
+-- the main thread and where a C function the Lua cannot yield across (a
+-- `table.sort` comparator, …; on Lua 5.1 also pcall and generic-for
+-- iterators) lies between it and the task.
+-- @function can_yield
+if coroutine.isyieldable then -- Lua 5.3+, LuaJIT 2.1: exact
+  local isyieldable = coroutine.isyieldable
+  compat.can_yield = function() return isyieldable() end
 else
-  function compat.can_yield()
+  compat.can_yield = function()
     local co = coroutine.running()
     if not co then return false end
-    -- this coroutine from the caller on, then each enclosing one from the
-    -- frame above the resume that runs the inner one
+    -- this coroutine from the caller on, then each enclosing one (Lua 5.1's
+    -- pcall) from the frame above the resume that runs the inner one
     if not frames_yield(nil, 2) then return false end
     local outer = outer_of[co]
     while outer do
