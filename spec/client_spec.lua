@@ -28,6 +28,8 @@ describe("fly.new", function()
     ]]
     assert.equals("https://api.machines.dev\n", H.child(code))
     assert.equals(H.url() .. "\n", H.child(code, { FLY_API_HOSTNAME = H.url() }))
+    assert.matches('base_url needs a scheme: http:// or https:// %(got "127%.0%.0%.1:4280" %(from FLY_API_HOSTNAME%)%)',
+      H.child(code, { FLY_API_HOSTNAME = "127.0.0.1:4280" }))
     assert.equals("http://_api.internal:4280", fly.INTERNAL_BASE_URL)
   end)
 

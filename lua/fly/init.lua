@@ -85,13 +85,13 @@ end
 
 --- Makes a client.
 -- @tparam[opt] table opts `token` (default: FLY_API_TOKEN, then FLY_ACCESS_TOKEN),
--- `base_url` (default: FLY_API_HOSTNAME, then https://api.machines.dev), `timeout`
+-- `base_url` (with its scheme; default: FLY_API_HOSTNAME, then https://api.machines.dev), `timeout`
 -- (seconds per attempt, default 60), `connect_timeout` (default 10), `user_agent`,
 -- `ca_file`, `insecure` (true turns TLS verification off), `headers` (extra headers),
 -- `rate_limit` (false, or `{ scale = n, [action] = { rate = r, burst = b } }`),
 -- `retry` (false, or `{ attempts = 4, base = 0.1, cap = 5 }`)
 -- @treturn fly.Client or nil, fly.Error when no token is configured
--- @raise on unknown options and wrong types
+-- @raise on unknown options, wrong types, and a base URL that is not http(s) or has no scheme
 function fly.new(opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then error("fly.new: options must be a table (got " .. type(opts) .. ")", 2) end
@@ -115,7 +115,8 @@ function fly.new(opts)
   end
   local base = opts.base_url or getenv("FLY_API_HOSTNAME") or fly.DEFAULT_BASE_URL
   if not base:find("^%a[%w+.-]*://") then
-    error(("fly.new: base_url needs a scheme: http:// or https:// (got %q)"):format(base), 2)
+    local from = opts.base_url and "" or " (from FLY_API_HOSTNAME)"
+    error(("fly.new: base_url needs a scheme: http:// or https:// (got %q%s)"):format(base, from), 2)
   end
   if not base:find("^https?://[^/?#%s]+") or base:find("[?#%s]") then
     error(("fly.new: base_url must be an http(s) URL without query or fragment (got %q)"):format(base), 2)

@@ -13,6 +13,7 @@ local compat = require "fly.compat"
 local now_fn = core.now
 local step, step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
+local client_state = core.Client._state
 local pack, unpack, running, can_yield = compat.pack, compat.unpack, compat.running, compat.can_yield
 
 local loop = {}
@@ -28,7 +29,7 @@ local AWAIT = {}  -- the value a task yields while it waits for a request
 -- The client's scheduler state, kept in the client's own state table
 -- (client:_state()), so it is collected with the client on every Lua.
 local function state(client)
-  local cs = client:_state()
+  local cs = client_state(client)
   local st = cs.loop
   if not st then
     st = { waiting = {}, ready = {}, tasks = {}, count = 0 }
@@ -39,7 +40,7 @@ end
 
 -- The state if the client has one yet, without making it.
 local function existing(client)
-  return client:_state().loop
+  return client_state(client).loop
 end
 
 --- The Task metatable (`fly.Task`).
