@@ -39,7 +39,7 @@ SRC      := $(wildcard csrc/*.c)
 HDR      := $(wildcard csrc/*.h)
 # the smoke run: calls, tasks, map, json
 SMOKE    := spec/call_spec.lua spec/tasks_spec.lua spec/apps_spec.lua spec/json_spec.lua spec/machines_spec.lua \
-            spec/errors_spec.lua spec/compat_spec.lua
+            spec/errors_spec.lua spec/compat_spec.lua spec/scenario_spec.lua
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;
