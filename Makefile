@@ -5,7 +5,7 @@
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
 #   make check-asan   the whole spec suite against an ASan/UBSan build of the core
 #   make check-tsan   ThreadSanitizer on Lua states sharing rate-limit buckets across threads
-#   make smoke LUA=…  a few spec files (calls, tasks, map, json) under that Lua
+#   make smoke LUA=…  a few spec files (calls, tasks, map, json, a whole workflow) under that Lua
 #   make luajit       the core for LuaJIT (make build LUA=luajit)
 #   make lint         luacheck
 #   make bench        benchmarks (not tests)
@@ -64,7 +64,7 @@ setup:
 
 build: setup $(OUT)/fly/core.so
 
-# one rule per Lua, so that a change of LUA never reuses another Lua's core
+# each Lua has a directory of its own, so a change of LUA never reuses another Lua's core
 $(OUT)/fly/core.so: $(SRC) $(HDR)
 	@mkdir -p $(OUT)/fly
 	$(CC) $(CFLAGS) $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o $@ $(LIBS)
