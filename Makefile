@@ -1,34 +1,55 @@
 # fly-machines: build, test, demo and benchmark on Debian 12.
 #
 #   make test         install what is missing, build, run every spec against the emulator
+#   make test LUA=luajit   the same under another Lua: lua5.1, lua5.2, lua5.3, lua5.4 (default), luajit
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
 #   make test-tls     the same suite against the emulator over TLS with HTTP/2
 #   make test-reuse   the #reuse specs (unsafe calls on warm connections), over TLS and plain HTTP
 #   make check-asan   the whole spec suite against an ASan/UBSan build of the core
 #   make check-tsan   ThreadSanitizer on Lua states sharing rate-limit buckets across threads
-#   make check-compat the core against Lua 5.1 and LuaJIT headers, loaded under LuaJIT
+#   make smoke LUA=…  a few spec files (calls, tasks, map, json, a whole workflow) under that Lua
+#   make luajit       the core for LuaJIT (make build LUA=luajit)
 #   make lint         luacheck
 #   make bench        benchmarks (not tests)
 #   make emulator     run the emulator in the foreground, for exploring with curl
-#   make install      install the rock for Lua 5.4 with luarocks
+#   make install      install the rock with luarocks, for $(LUA) (default 5.4)
 
+# The Lua to build and test for: its interpreter and its pkg-config name are
+# both called this. Lua 5.4 builds into build/, any other into build/$(LUA)/.
 LUA      ?= lua5.4
+LUAS     := lua5.1 lua5.2 lua5.3 lua5.4 luajit
+ifeq ($(filter $(LUA),$(LUAS)),)
+$(error LUA must be one of: $(LUAS))
+endif
+ifeq ($(LUA),lua5.4)
+OUT      := build
+else
+OUT      := build/$(LUA)
+endif
+# the Lua version luarocks knows it by (LuaJIT is a Lua 5.1)
+ROCKLUA  := $(if $(filter luajit,$(LUA)),5.1,$(patsubst lua%,%,$(LUA)))
 CC       ?= cc
 PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev pkg-config lua-cjson lua-busted lua-check lua-socket \
             nginx libnginx-mod-http-lua luarocks lua-luv curl openssl gcc make \
-            liblua5.1-0-dev libluajit2-5.1-dev luajit2
+            lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev libluajit2-5.1-dev luajit2
 CFLAGS   ?= -O2 -g
 WARN     := -std=gnu11 -Wall -Wextra -Werror
 SANITIZE := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
-DEPCFLAGS = $(shell pkg-config --cflags lua5.4 libcurl)
+DEPCFLAGS = $(shell pkg-config --cflags $(LUA) libcurl)
 LIBS      = $(shell pkg-config --libs libcurl) -lpthread -lm
 SRC      := $(wildcard csrc/*.c)
 HDR      := $(wildcard csrc/*.h)
+# the smoke run: calls, tasks, map, json
+SMOKE    := spec/call_spec.lua spec/tasks_spec.lua spec/apps_spec.lua spec/json_spec.lua spec/machines_spec.lua \
+            spec/errors_spec.lua spec/compat_spec.lua spec/scenario_spec.lua
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
-export LUA_CPATH := $(CURDIR)/build/?.so;;
+export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;
+# the interpreter spec/run, the examples and child processes of the specs use
+export FLY_SPEC_LUA := $(LUA)
+export FLY_SPEC_THREADS := $(CURDIR)/$(OUT)/spec/threads
 
-.PHONY: all setup build test demo check-asan check-tsan check-compat lint bench emulator install clean
+.PHONY: all setup build test smoke demo check-asan check-tsan luajit lint bench emulator install clean
 
 all: build
 
@@ -43,24 +64,33 @@ setup:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-build: setup build/fly/core.so
+build: setup $(OUT)/fly/core.so
 
-build/fly/core.so: $(SRC) $(HDR)
-	@mkdir -p build/fly
+# each Lua has a directory of its own, so a change of LUA never reuses another Lua's core
+$(OUT)/fly/core.so: $(SRC) $(HDR)
+	@mkdir -p $(OUT)/fly
 	$(CC) $(CFLAGS) $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o $@ $(LIBS)
 
-build/spec/threads: spec/threads.c
-	@mkdir -p build/spec
-	$(CC) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< -o $@ $(shell pkg-config --libs lua5.4) -lpthread
+$(OUT)/spec/threads: spec/threads.c
+	@mkdir -p $(OUT)/spec
+	$(CC) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< -o $@ $(shell pkg-config --libs $(LUA)) -lpthread
 
-test: build build/spec/threads
+test: build $(OUT)/spec/threads
 	@spec/run
+
+smoke: build
+	@spec/run $(SMOKE)
+
+# the LuaJIT core, into build/luajit/fly/core.so
+luajit:
+	@$(MAKE) --no-print-directory build LUA=luajit
 
 demo: build
 	@spec/emulator/with-emulator $(LUA) examples/quickstart.lua
 
 # The same suite, with the core built under AddressSanitizer and
-# UndefinedBehaviorSanitizer; any report fails the run.
+# UndefinedBehaviorSanitizer; any report fails the run. Lua 5.4 only.
+check-asan: override LUA := lua5.4
 check-asan: setup
 	@mkdir -p build/asan/fly
 	$(CC) $(SANITIZE) $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o build/asan/fly/core.so $(LIBS)
@@ -75,6 +105,7 @@ check-asan: setup
 
 # ThreadSanitizer on the process-wide state: several Lua states on several
 # threads share the rate-limit buckets (spec/threads.c runs spec/tsan-smoke.lua).
+check-tsan: override LUA := lua5.4
 check-tsan: setup
 	@mkdir -p build/tsan/fly
 	$(CC) -O1 -g -fsanitize=thread $(WARN) -fPIC -shared $(DEPCFLAGS) $(SRC) -o build/tsan/fly/core.so $(LIBS)
@@ -82,14 +113,6 @@ check-tsan: setup
 	  $(shell pkg-config --libs lua5.4) -lpthread
 	@LUA_CPATH="$(CURDIR)/build/tsan/?.so;;" TSAN_OPTIONS="halt_on_error=1:exitcode=66" \
 	  spec/emulator/with-emulator build/tsan/threads 4 spec/tsan-smoke.lua && echo "check-tsan: clean"
-
-# The core against the Lua 5.1 and LuaJIT headers (the compat shims), then
-# loaded and driven under LuaJIT.
-check-compat: setup
-	@mkdir -p build/luajit/fly
-	$(CC) $(CFLAGS) $(WARN) -fsyntax-only -I/usr/include/lua5.1 $(SRC)
-	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -I/usr/include/luajit-2.1 $(SRC) -o build/luajit/fly/core.so $(LIBS)
-	LUA_CPATH="$(CURDIR)/build/luajit/?.so" luajit spec/compat-smoke.lua
 
 lint: setup
 	luacheck lua spec examples bench
@@ -101,7 +124,7 @@ emulator: setup
 	@spec/emulator/run --foreground
 
 install: build
-	luarocks --lua-version=5.4 make --deps-mode=none rockspec/fly-machines-scm-1.rockspec
+	luarocks --lua-version=$(ROCKLUA) make --deps-mode=none rockspec/fly-machines-scm-1.rockspec
 
 clean:
 	rm -rf build

@@ -32,7 +32,7 @@ local fly = require "fly"
 ---------------------------------------------------------------------------
 local function date_now()
   local p = assert(io.popen("date +%s.%N", "r"))
-  local s = p:read("l")
+  local s = p:read("*l")
   p:close()
   return assert(tonumber(s), "cannot read the clock from `date +%s.%N`")
 end

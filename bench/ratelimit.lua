@@ -10,7 +10,7 @@ E.control("POST", "reset")
 E.control("POST", "config", { rate_limits = { enabled = false }, delays = { transition = 0 } })
 local setup = E.setup_client()
 local ids = E.machines(setup, "bench-limits", 21)
-local target, starts = ids[1], { table.unpack(ids, 2, 21) }
+local target, starts = ids[1], { require("fly.compat").unpack(ids, 2, 21) }
 setup:close()
 
 -- the real limits from now on, on both sides

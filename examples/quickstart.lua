@@ -62,7 +62,7 @@ local function tour()
 
   step("exec hostname")
   local out = check(machine:exec("hostname"))
-  print(("    stdout: %s (exit code %d)"):format(out.stdout:gsub("%s+$", ""), math.tointeger(out.exit_code) or -1))
+  print(("    stdout: %s (exit code %d)"):format(out.stdout:gsub("%s+$", ""), out.exit_code or -1))
 
   step("update under a lease")
   local version, nonce = check(machine:with_lease({ ttl = 15, description = "quickstart" }, function(leased, lease)

@@ -39,6 +39,7 @@ build = {
     ["fly.secrets"] = "lua/fly/secrets.lua",
     ["fly.tokens"] = "lua/fly/tokens.lua",
     ["fly.volumes"] = "lua/fly/volumes.lua",
+    ["fly.compat"] = "lua/fly/compat.lua",
     ["fly.error"] = "lua/fly/error.lua",
     ["fly.json"] = "lua/fly/json.lua",
     ["fly.loop"] = "lua/fly/loop.lua",

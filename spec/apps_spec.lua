@@ -21,7 +21,7 @@ describe("client.apps", function()
     assert.equals("fly.App", getmetatable(res.apps[1]).__name)
     local app = assert(c.apps:get(a))
     assert.equals("personal", app.organization.slug)
-    assert.is_true(compat.is_integer(app.machine_count)) -- JSON 0, not 0.0
+    assert.is_true(compat.is_integer(app.machine_count)) -- JSON 0, not 0.0 (an integer where Lua has them)
     assert.equals("net-1", app.network)
     assert.is_true(c.apps:destroy(a))
     local gone, err = c.apps:get(a)

@@ -28,6 +28,8 @@ describe("fly.new", function()
     ]]
     assert.equals("https://api.machines.dev\n", H.child(code))
     assert.equals(H.url() .. "\n", H.child(code, { FLY_API_HOSTNAME = H.url() }))
+    assert.matches('base_url needs a scheme: http:// or https:// %(got "127%.0%.0%.1:4280" %(from FLY_API_HOSTNAME%)%)',
+      H.child(code, { FLY_API_HOSTNAME = "127.0.0.1:4280" }))
     assert.equals("http://_api.internal:4280", fly.INTERNAL_BASE_URL)
   end)
 
@@ -50,6 +52,10 @@ describe("fly.new", function()
     assert.has_error(function() fly.new { token = "t", timeout = -1 } end)
     assert.has_error(function() fly.new "token" end)
     assert.has_error(function() fly.new { token = "t", base_url = "ftp://x" } end)
+    -- a URL without a scheme is an error, not a guess
+    H.raises("^[^:]+_spec%.lua:%d+: fly%.new: base_url needs a scheme: http:// or https:// "
+      .. '%(got "127%.0%.0%.1:4280"%)$', function() fly.new { token = "t", base_url = "127.0.0.1:4280" } end)
+    H.raises("needs a scheme", function() fly.new { token = "t", base_url = "api.machines.dev" } end)
     assert.has_error(function() fly.new { token = "t", headers = { ["X-A"] = "1\r\nX-B: 2" } } end)
   end)
 end)
@@ -98,8 +104,8 @@ describe("the client", function()
     local c = H.client { headers = { ["X-Extra"] = "yes" } }
     c.apps:get("x")
     local h = H.stats().last_request.headers
-    assert.matches("^fly%-machines/" .. fly._VERSION:gsub("%.", "%%.") .. " %(libcurl/[%d.]+; Lua 5%.4%)$",
-      h["user-agent"])
+    assert.matches("^fly%-machines/" .. fly._VERSION:gsub("%.", "%%.") .. " %(libcurl/[%d.]+; "
+      .. _VERSION:gsub("%p", "%%%0") .. "%)$", h["user-agent"])
     assert.equals("application/json", h["accept"])
     assert.equals("yes", h["x-extra"])
     local c2 = H.client { user_agent = "my-tool/1.0" }
@@ -138,7 +144,8 @@ describe("the client", function()
     end
   end)
 
-  it("closes at the end of a <close> block", function()
+  it("closes at the end of a <close> block (Lua 5.4)", function()
+    if _VERSION < "Lua 5.4" then return pending("no <close> variables before Lua 5.4") end
     local chunk = load [[
       local H = ...
       local c <close> = H.client()

@@ -7,9 +7,7 @@ describe("the examples", function()
       H.reset()
       local cmd = ("cd %s && FLY_API_HOSTNAME=%s FLY_API_TOKEN=%s %s %s 2>&1"):format(H.ROOT, H.plain_url(), H.TOKEN,
         os.getenv("FLY_SPEC_LUA") or "lua5.4", file)
-      local p = io.popen(cmd)
-      local out = p:read("a")
-      local ok = p:close()
+      local out, ok = H.capture(cmd)
       assert(ok, out)
     end)
   end

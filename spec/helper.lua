@@ -24,10 +24,14 @@ local listeners  -- the emulator's env file: FLY_EMULATOR_URL, …_CA, …_PLAIN
 function H.url()
   if not url then
     local p = assert(io.popen(H.ROOT .. "/spec/emulator/run" .. (H.TLS and " --tls" or "")))
-    url = p:read("l")
+    url = p:read("*l")
     p:close()
     assert(url and url:find("^https?://127%.0%.0%.1:%d+$"), "the emulator did not start")
-    owned = setmetatable({}, { __gc = function() os.execute(H.ROOT .. "/spec/emulator/stop " .. url) end })
+    local stop = function() os.execute(H.ROOT .. "/spec/emulator/stop " .. url) end
+    -- Lua 5.1 and LuaJIT run __gc only for userdata (newproxy); 5.2+ for tables too
+    local newproxy = rawget(_G, "newproxy")
+    owned = newproxy and newproxy(true) or {}
+    if newproxy then getmetatable(owned).__gc = stop else setmetatable(owned, { __gc = stop }) end
   end
   return url
 end
@@ -145,10 +149,27 @@ function H.child(code, env)
   f:close()
   parts[#parts + 1] = (os.getenv("FLY_SPEC_LUA") or "lua5.4") .. " " .. script .. " 2>&1"
   local p = assert(io.popen(table.concat(parts, " ")))
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   os.remove(script)
   return out
+end
+
+--- Runs a shell command: true when it exited with status 0 (what
+-- os.execute returns for that differs between Lua versions).
+function H.sh(cmd)
+  local r = os.execute(cmd)
+  return r == true or r == 0
+end
+
+--- Runs a shell command and returns what it printed and whether it exited
+-- with status 0 (a pipe's close does not tell on Lua 5.1 and LuaJIT).
+function H.capture(cmd)
+  local p = assert(io.popen("(" .. cmd .. "\n); printf '\\n%d' $?"))
+  local out = p:read("*a")
+  p:close()
+  local text, status = out:match("^(.*)\n(%d+)$")
+  return text or out, status == "0"
 end
 
 return H

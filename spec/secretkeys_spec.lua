@@ -7,7 +7,7 @@ local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local function b64(s)
   return (s:gsub(".", function(ch)
     local b, bits = ch:byte(), ""
-    for i = 8, 1, -1 do bits = bits .. math.floor(b / 2 ^ (i - 1)) % 2 end
+    for i = 8, 1, -1 do bits = bits .. (math.floor(b / 2 ^ (i - 1)) % 2) end
     return bits
   end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(x)
     if #x < 6 then return "" end

@@ -284,4 +284,27 @@ describe("tasks", function()
     c:run(5)
     assert.equals("failed", t:status())
   end)
+
+  -- a client dropped with tasks still waiting (a timer, a call in flight,
+  -- a task inside a protected call) goes away with them, on every Lua
+  it("are collected with a client dropped while they wait", function()
+    local probe = setmetatable({}, { __mode = "v" })
+    local function drop()
+      local d = H.client()
+      slow("/v1/apps/" .. name, 5)
+      probe.client, probe.ns = d, d.apps
+      probe.sleeper = d:spawn(function() d:sleep(60) end)
+      probe.caller = d:spawn(function() return d.apps:get(name) end)
+      probe.mapper = d:spawn(function() return d:map({ 1, 2 }, function() d:sleep(60) end) end)
+      probe.co = probe.sleeper._co
+      d:poll(0)
+      d:poll(0)
+      assert.equals(5, d:poll(0))
+    end
+    drop()
+    for _ = 1, 4 do collectgarbage("collect") end
+    for _, what in ipairs { "client", "ns", "sleeper", "caller", "mapper", "co" } do
+      assert.is_nil(probe[what], what .. " was not collected")
+    end
+  end)
 end)

@@ -22,10 +22,10 @@ static void *run(void *ud) {
   job *j = ud;
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
-  j->ok = luaL_loadfile(L, j->script) == LUA_OK;
+  j->ok = luaL_loadfile(L, j->script) == 0;
   if (j->ok) {
     lua_pushinteger(L, j->index);
-    j->ok = lua_pcall(L, 1, 0, 0) == LUA_OK;
+    j->ok = lua_pcall(L, 1, 0, 0) == 0;
   }
   if (!j->ok) fprintf(stderr, "thread %d: %s\n", j->index, lua_tostring(L, -1));
   lua_close(L);

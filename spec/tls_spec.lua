@@ -1,9 +1,10 @@
 -- TLS: verification is on by default; ca_file trusts a given CA; insecure turns it off.
 -- A throwaway nginx serves HTTPS on 127.0.0.1 with a self-signed certificate made here.
 local fly = require "fly"
+local H = require "helper"
 
 local function sh(cmd)
-  assert(os.execute(cmd), "failed: " .. cmd)
+  assert(H.sh(cmd), "failed: " .. cmd)
 end
 
 local function start_tls_server()
@@ -34,7 +35,7 @@ local function start_tls_server()
       }
     ]]):format(dir, dir, dir, dir, dir, dir, dir, port, dir, dir))
     f:close()
-    if os.execute(("nginx -p %s -c %s/nginx.conf -e %s/error.log 2>/dev/null"):format(dir, dir, dir)) then
+    if H.sh(("nginx -p %s -c %s/nginx.conf -e %s/error.log 2>/dev/null"):format(dir, dir, dir)) then
       local url = "https://127.0.0.1:" .. port
       return url, dir, function()
         os.execute(("kill $(cat %s/nginx.pid) 2>/dev/null; sleep 0.2; rm -rf %s"):format(dir, dir))
@@ -51,7 +52,7 @@ describe("TLS", function()
     url, dir, stop = start_tls_server()
     -- wait until it answers
     for _ = 1, 50 do
-      if os.execute(("curl -sk -o /dev/null %s/"):format(url)) then break end
+      if H.sh(("curl -sk -o /dev/null %s/"):format(url)) then break end
       os.execute("sleep 0.1")
     end
   end)

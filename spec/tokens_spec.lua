@@ -16,7 +16,7 @@ describe("client.tokens", function()
     local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     local bits = payload:gsub(".", function(ch)
       local n, s = B64:find(ch, 1, true) - 1, ""
-      for i = 6, 1, -1 do s = s .. math.floor(n / 2 ^ (i - 1)) % 2 end
+      for i = 6, 1, -1 do s = s .. (math.floor(n / 2 ^ (i - 1)) % 2) end
       return s
     end)
     local text = bits:gsub("%d%d%d%d%d%d%d%d", function(b) return string.char(tonumber(b, 2)) end)

@@ -48,7 +48,7 @@ describe("coverage", function()
 
   it("lists every resource method in the README's API reference", function()
     local f = assert(io.open(H.ROOT .. "/README.md"))
-    local readme = f:read("a")
+    local readme = f:read("*a")
     f:close()
     for ns, class in pairs(fly.namespaces) do
       for method in pairs(class.operations) do

@@ -53,7 +53,9 @@ end
 -- function in a coroutine of its own and passes its yields through to the
 -- enclosing coroutine, which `compat.running` still reports as the running one.
 local yields_across_pcall = not (_VERSION == "Lua 5.1" and not rawget(_G, "jit"))
-local outer_of = setmetatable({}, { __mode = "k" }) -- inner coroutine -> enclosing one
+-- inner coroutine -> enclosing one; weak both ways, so that it keeps neither
+-- alive (Lua 5.1 has no ephemerons)
+local outer_of = setmetatable({}, { __mode = "kv" })
 
 --- `coroutine.running()`, seen through `compat.pcall`'s own coroutines: the
 -- coroutine a task runs in, or nil on the main thread.
@@ -62,6 +64,49 @@ function compat.running()
   if main then return nil end
   while co and outer_of[co] do co = outer_of[co] end
   return co
+end
+
+-- Whether the frames of `co` (nil: the running coroutine, from the caller
+-- of the caller on) from `level` on let it yield. Lua 5.1 yields across no
+-- C function and not out of a generic-for iterator; Lua 5.2 across pcall
+-- and xpcall only.
+local function frames_yield(co, level)
+  while true do
+    local info = co and debug.getinfo(co, level, "Snf") or debug.getinfo(level + 1, "Snf")
+    if not info then return true end
+    if info.what == "C" then
+      if not yields_across_pcall or (info.func ~= pcall and info.func ~= xpcall) then return false end
+    elseif info.name == "(for generator)" and not yields_across_pcall then
+      return false
+    end
+    level = level + 1
+  end
+end
+
+--- Whether the code calling it can yield to the task it runs in: false on
+-- the main thread and where a C function the Lua cannot yield across (a
+-- `table.sort` comparator, …; on Lua 5.1 also pcall and generic-for
+-- iterators) lies between it and the task.
+-- @function can_yield
+if coroutine.isyieldable then -- Lua 5.3+, LuaJIT 2.1: exact
+  local isyieldable = coroutine.isyieldable
+  compat.can_yield = function() return isyieldable() end
+else
+  compat.can_yield = function()
+    local co = coroutine.running()
+    if not co then return false end
+    -- this coroutine from the caller on, then each enclosing one (Lua 5.1's
+    -- pcall) from the frame above the resume that runs the inner one
+    if not frames_yield(nil, 2) then return false end
+    local outer = outer_of[co]
+    while outer do
+      local level = 0
+      while (debug.getinfo(outer, level, "S") or {}).what == "C" do level = level + 1 end
+      if not frames_yield(outer, level) then return false end
+      outer = outer_of[outer]
+    end
+    return true
+  end
 end
 
 if yields_across_pcall then

@@ -11,6 +11,7 @@
 local core = require "fly.core"
 local json = require "fly.json"
 local Error = require "fly.error"
+local compat = require "fly.compat"
 local loop = require "fly.loop"
 local resource = require "fly.resource"
 
@@ -48,17 +49,19 @@ fly.namespaces = namespaces
 
 local methods = core.Client
 local client_mt = core.client_mt
-local bound = setmetatable({}, { __mode = "k" })
 
 client_mt.__index = function(self, key)
   local m = methods[key]
   if m ~= nil then return m end
   local class = namespaces[key]
   if class then
-    local cache = bound[self]
+    -- the namespaces bound to this client live in its own state table, so
+    -- they go with it (no weak table keyed by clients)
+    local cs = methods._state(self)
+    local cache = cs.namespaces
     if not cache then
       cache = {}
-      bound[self] = cache
+      cs.namespaces = cache
     end
     local ns = cache[key]
     if not ns then
@@ -82,13 +85,13 @@ end
 
 --- Makes a client.
 -- @tparam[opt] table opts `token` (default: FLY_API_TOKEN, then FLY_ACCESS_TOKEN),
--- `base_url` (default: FLY_API_HOSTNAME, then https://api.machines.dev), `timeout`
+-- `base_url` (with its scheme; default: FLY_API_HOSTNAME, then https://api.machines.dev), `timeout`
 -- (seconds per attempt, default 60), `connect_timeout` (default 10), `user_agent`,
 -- `ca_file`, `insecure` (true turns TLS verification off), `headers` (extra headers),
 -- `rate_limit` (false, or `{ scale = n, [action] = { rate = r, burst = b } }`),
 -- `retry` (false, or `{ attempts = 4, base = 0.1, cap = 5 }`)
 -- @treturn fly.Client or nil, fly.Error when no token is configured
--- @raise on unknown options and wrong types
+-- @raise on unknown options, wrong types, and a base URL that is not http(s) or has no scheme
 function fly.new(opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then error("fly.new: options must be a table (got " .. type(opts) .. ")", 2) end
@@ -111,7 +114,10 @@ function fly.new(opts)
     }
   end
   local base = opts.base_url or getenv("FLY_API_HOSTNAME") or fly.DEFAULT_BASE_URL
-  if not base:find("^%a[%w+.-]*://") then base = "https://" .. base end
+  if not base:find("^%a[%w+.-]*://") then
+    local from = opts.base_url and "" or " (from FLY_API_HOSTNAME)"
+    error(("fly.new: base_url needs a scheme: http:// or https:// (got %q%s)"):format(base, from), 2)
+  end
   if not base:find("^https?://[^/?#%s]+") or base:find("[?#%s]") then
     error(("fly.new: base_url must be an http(s) URL without query or fragment (got %q)"):format(base), 2)
   end
@@ -241,7 +247,7 @@ function methods:map(list, fn, opts)
   for k in next, opts or {} do
     if k ~= "concurrency" then error(("fly: map: unknown option '%s'"):format(tostring(k)), 2) end
   end
-  local concurrency = math.tointeger(opts and rawget(opts, "concurrency") or 32)
+  local concurrency = compat.tointeger(opts and rawget(opts, "concurrency") or 32)
   if not concurrency or concurrency < 1 then
     error("fly: map: concurrency must be a positive integer", 2)
   end
@@ -250,7 +256,7 @@ function methods:map(list, fn, opts)
     while next_index <= n do
       local i = next_index
       next_index = i + 1
-      local ok, res, err = pcall(fn, list[i], i)
+      local ok, res, err = compat.pcall(fn, list[i], i)
       if ok then
         results[i] = res
         if not res then errors[i] = err end -- the `nil, err` convention: a value is never an error

@@ -8,27 +8,39 @@
 -- @module fly.loop
 local core = require "fly.core"
 local Error = require "fly.error"
+local compat = require "fly.compat"
 
 local now_fn = core.now
 local step, step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
+local client_state = core.Client._state
+local pack, unpack, running, can_yield = compat.pack, compat.unpack, compat.running, compat.can_yield
 
 local loop = {}
 
--- Per-client scheduler state, collected with the client.
-local states = setmetatable({}, { __mode = "k" })
--- The task running in each coroutine.
-local task_of = setmetatable({}, { __mode = "k" })
+-- The task running in each coroutine. Weak both ways, so that it holds
+-- neither (Lua 5.1 and LuaJIT have no ephemerons: a weak-keyed table would
+-- keep a coroutine alive through its task). A task is held elsewhere while its
+-- coroutine runs: by its client's state, or by the step resuming it.
+local task_of = setmetatable({}, { __mode = "kv" })
 
 local AWAIT = {}  -- the value a task yields while it waits for a request
 
+-- The client's scheduler state, kept in the client's own state table
+-- (client:_state()), so it is collected with the client on every Lua.
 local function state(client)
-  local st = states[client]
+  local cs = client_state(client)
+  local st = cs.loop
   if not st then
     st = { waiting = {}, ready = {}, tasks = {}, count = 0 }
-    states[client] = st
+    cs.loop = st
   end
   return st
+end
+
+-- The state if the client has one yet, without making it.
+local function existing(client)
+  return client_state(client).loop
 end
 
 --- The Task metatable (`fly.Task`).
@@ -44,7 +56,7 @@ local function finish(task, status, ...)
   if task._status ~= "running" then return end -- cancelled meanwhile: that stays
   local st = state(task.client)
   task._status = status
-  task._results = table.pack(...)
+  task._results = pack(...)
   if st.tasks[task] then
     st.tasks[task] = nil
     st.count = st.count - 1
@@ -57,10 +69,10 @@ end
 local function step_task(task, ...)
   if task._status ~= "running" then return end
   local co = task._co
-  local res = table.pack(coroutine.resume(co, ...))
+  local res = pack(coroutine.resume(co, ...))
   if coroutine.status(co) == "dead" then
     if res[1] then
-      finish(task, "done", table.unpack(res, 2, res.n))
+      finish(task, "done", unpack(res, 2, res.n))
     else
       local err = res[2]
       task.traceback = debug.traceback(co, tostring(err))
@@ -121,7 +133,7 @@ end
 
 --- The task running the current coroutine on this client, if any.
 function loop.current(client)
-  local task = task_of[coroutine.running()]
+  local task = task_of[running()]
   if task and task.client == client then return task end
 end
 
@@ -129,7 +141,7 @@ end
 -- client, steps the loop otherwise.
 -- @return the request
 function loop.await(client, req)
-  local st = states[client]
+  local st = existing(client)
   if st == nil or st.count == 0 then
     -- no tasks (so not inside one): nobody else waits for anything, and the
     -- whole wait happens in C
@@ -137,7 +149,17 @@ function loop.await(client, req)
     return req
   end
   local task = loop.current(client)
-  if task then
+  if task and not can_yield() then
+    -- inside a task, but where the Lua cannot yield (a generic-for iterator
+    -- on Lua 5.1): step the loop from here, which resumes the other tasks
+    while not done_fn(req) do
+      if task._status ~= "running" then
+        req:cancel()
+        error(Error.new { code = "cancelled", message = "the task was cancelled" }, 0)
+      end
+      loop.drive(client, 1, req)
+    end
+  elseif task then
     if not done_fn(req) then
       state(client).waiting[req] = task
       task._req = req
@@ -162,11 +184,11 @@ local next_id = 0
 --- Starts `fn(...)` as a task on the client's loop.
 function loop.spawn(client, fn, ...)
   next_id = next_id + 1
-  local args = table.pack(...)
+  local args = pack(...)
   local task = setmetatable({
     client = client, _status = "running", _joiners = {}, _id = next_id,
   }, Task)
-  task._co = coroutine.create(function() return fn(table.unpack(args, 1, args.n)) end)
+  task._co = coroutine.create(function() return fn(unpack(args, 1, args.n)) end)
   task_of[task._co] = task
   local st = state(client)
   st.tasks[task] = true
@@ -188,7 +210,7 @@ function Task:result()
   if self._status == "running" then
     return nil, Error.new { code = "running", message = "the task has not finished" }
   end
-  return table.unpack(self._results, 1, self._results.n)
+  return unpack(self._results, 1, self._results.n)
 end
 
 --- Waits for the task to finish (at most `timeout` seconds), from outside any
@@ -238,7 +260,7 @@ function Task:cancel()
     self._req:cancel()
   end
   finish(self, "cancelled", nil, Error.new { code = "cancelled", message = "the task was cancelled" })
-  if coroutine.status(self._co) == "suspended" and coroutine.close then coroutine.close(self._co) end
+  compat.close_coroutine(self._co)
   -- what the task left to clean up (a lease to release, …) runs as tasks of its own
   for _, fn in pairs(self._on_cancel or {}) do loop.spawn(self.client, fn) end
   self._on_cancel = nil
@@ -262,20 +284,20 @@ end
 
 --- Cancels every task of a client (when it closes).
 function loop.cancel_all(client)
-  local st = states[client]
+  local st = existing(client)
   if not st then return end
   for task in pairs(st.tasks) do task:cancel() end
 end
 
 --- The number of unfinished tasks.
 function loop.count(client)
-  local st = states[client]
+  local st = existing(client)
   return st and st.count or 0
 end
 
 --- Whether some task can run right now.
 function loop.has_ready(client)
-  local st = states[client]
+  local st = existing(client)
   return st ~= nil and #st.ready > 0
 end
 
