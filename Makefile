@@ -5,6 +5,8 @@
 #   make check-asan   the whole spec suite against an ASan/UBSan build of the core
 #   make check-tsan   ThreadSanitizer on Lua states sharing rate-limit buckets across threads
 #   make check-compat the core against Lua 5.1 and LuaJIT headers, loaded under LuaJIT
+#   make check-valgrind the whole spec suite with the core under valgrind memcheck
+#   make fuzz         libFuzzer targets, each for FUZZ_SECONDS (default 60)
 #   make lint         luacheck
 #   make bench        benchmarks (not tests)
 #   make emulator     run the emulator in the foreground, for exploring with curl
@@ -26,7 +28,7 @@ HDR      := $(wildcard csrc/*.h)
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;
 export LUA_CPATH := $(CURDIR)/build/?.so;;
 
-.PHONY: all setup build test demo check-asan check-tsan check-compat lint bench emulator install clean
+.PHONY: all setup build test demo check-asan check-tsan check-compat check-valgrind fuzz lint bench emulator install clean
 
 all: build
 
@@ -103,3 +105,36 @@ install: build
 
 clean:
 	rm -rf build
+
+# --- fuzzing and valgrind
+PKGS += clang valgrind
+
+# The whole spec suite with lua5.4 (and so the core) under valgrind memcheck:
+# any memory error or definitely lost block fails it (spec/valgrind-lua,
+# suppressions in spec/valgrind.supp). About 2-3 minutes on 2 cores.
+check-valgrind: build build/spec/threads
+	@FLY_SPEC_LUA="$(CURDIR)/spec/valgrind-lua" spec/run && echo "check-valgrind: clean"
+
+# libFuzzer targets (fuzz/<name>_fuzz.c), built with clang under ASan and
+# UBSan and run one after the other for FUZZ_SECONDS each, from the seeds in
+# fuzz/corpus/<name> (read only) into build/fuzz/corpus/<name>. A crash
+# leaves its input in build/fuzz/ and fails the target.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := json
+FUZZ_CC      ?= clang
+FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+LUA_LIBS      = $(shell pkg-config --libs lua5.4)
+
+build/fuzz/json: fuzz/json_fuzz.c csrc/json.c csrc/json.h csrc/compat.h
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) $(DEPCFLAGS) -Icsrc fuzz/json_fuzz.c csrc/json.c -o $@ $(LUA_LIBS) -lm
+
+fuzz: setup $(FUZZ_TARGETS:%=build/fuzz/%)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$t; \
+	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build/fuzz/$$t- \
+	    $$dict build/fuzz/corpus/$$t fuzz/corpus/$$t 2>build/fuzz/$$t.log || { tail -n 60 build/fuzz/$$t.log; exit 1; }; \
+	  grep -E "stat::number_of_executed_units|Done" build/fuzz/$$t.log; \
+	done
