@@ -14,7 +14,6 @@ limits, safe retries, waits, leases, and tasks on one libcurl multi loop.
 }
 dependencies = {
   "lua >= 5.1",
-  "lua-cjson",
 }
 external_dependencies = {
   -- found by its library: Debian keeps curl/curl.h in a multiarch include
