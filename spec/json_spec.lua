@@ -1,4 +1,5 @@
 -- The JSON decoder of the C core (responses) and the encoder of request bodies.
+local H = require "helper"
 local fly = require "fly"
 local json = require "fly.json"
 
@@ -203,4 +204,18 @@ describe("JSON encoding", function()
     local v = assert(decode(encode(names)))
     assert.same(names, v)
   end)
+
+  it("needs no lua-cjson: the module loads and encodes with it unavailable", function()
+    local out = H.child([[
+      for _, name in ipairs { "cjson", "cjson.safe" } do
+        package.preload[name] = function() error("lua-cjson is not installed") end
+      end
+      local fly, json = require "fly", require "fly.json"
+      print(json.encode { a = fly.null, b = fly.array(), c = 1.5 }, json.decode("null") == fly.null)
+    ]])
+    assert.equals('true', out:match("(%a+)%s*$"))
+    assert.matches('"a":null', out)
+    assert.matches('"b":%[%]', out)
+  end)
 end)
+
