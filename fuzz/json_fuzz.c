@@ -7,7 +7,9 @@
  * sanitizers catch, it checks the decoder's contract: one value on success,
  * nil and a message naming a byte inside the text (or the bound) on
  * failure, the stack otherwise untouched, and the same outcome for the
- * same text whatever the bound when the bound is not reached. */
+ * same text whatever the bound when the bound is not reached. A text that
+ * decodes to a lone number must read as Lua itself reads it (same value,
+ * same subtype): integers to 64 bits, correctly rounded floats. */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -44,6 +46,10 @@ static int decode(const char *text, size_t size, size_t max_values, const uint8_
       long byte = strtol(at + 9, NULL, 10);
       check(byte >= 1 && (size_t)byte <= size + 1, "message names a byte outside the text", data, size);
     }
+  } else if (lua_type(L, -1) == LUA_TNUMBER) {
+    check(lua_stringtonumber(L, text) != 0, "a number Lua does not read as one", data, size);
+    check(lua_rawequal(L, -1, -2), "a number read differently from Lua", data, size);
+    check(lua_isinteger(L, -1) == lua_isinteger(L, -2), "a number of another subtype than Lua's", data, size);
   } else if (lua_istable(L, -1) && lua_getmetatable(L, -1)) {
     check(lua_rawequal(L, -1, 1), "a table carries a metatable other than the array mark", data, size);
     lua_pop(L, 1);
