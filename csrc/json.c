@@ -234,13 +234,12 @@ static void collect(lua_State *L, int t, int n, int pairs) {
     lua_replace(L, t);
   }
   if (pairs) {
-    int first = lua_gettop(L) - 2 * n + 1;
-    for (int i = 0; i < n; i++) {
-      lua_pushvalue(L, first + 2 * i);
-      lua_pushvalue(L, first + 2 * i + 1);
+    for (int k = -2 * n; k < 0; k += 2) { /* pair by pair from the bottom: the copies are popped */
+      lua_pushvalue(L, k);
+      lua_pushvalue(L, k);
       lua_rawset(L, t);
     }
-    lua_settop(L, first - 1);
+    lua_pop(L, 2 * n);
   } else {
     int base = (int)fly_rawlen(L, t);
     for (int i = n; i >= 1; i--) lua_rawseti(L, t, base + i);
