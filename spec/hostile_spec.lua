@@ -170,6 +170,15 @@ describe("a hostile server", function()
       end
     end)
 
+    it("credentials the server sends back never reach the error's text or body #pending_core", function()
+      local v, err = client().apps:get("echo-token")
+      assert.is_nil(v)
+      assert.equals(401, err.status)
+      for _, text in ipairs { tostring(err), err.message or "", err.body or "" } do
+        assert.is_nil(text:find("hostile-token", 1, true), text)
+      end
+    end)
+
     it("a 10 MB error body is kept to a few KiB in err.body #pending_core", function()
       local out = in_child("big-error")
       assert.is_true(out.is_error)

@@ -148,15 +148,21 @@ while true do
     c:settimeout(30)
     local line = c:receive("*l")
     local path = line and line:match("^%u+ (%S+) HTTP/1%.%d$")
-    local length = 0
+    local length, auth = 0, ""
     repeat
       local h = c:receive("*l")
       local n = h and h:lower():match("^content%-length:%s*(%d+)")
       if n then length = tonumber(n) end
+      auth = h and h:match("^[Aa]uthorization:%s*(.-)%s*$") or auth
     until not h or h == ""
     if length > 0 then c:receive(length) end
-    local case = path and cases[path:match("([^/?]*)%f[?\0]")]
-    if case then
+    local name = path and path:match("([^/?]*)%f[?\0]")
+    local case = cases[name]
+    if name == "echo-token" then
+      -- the request's own credentials, sent back in the error text
+      local text = auth:gsub('[%c"\\]', "")
+      answer("401 Unauthorized", "application/json", ('{"error":"bad credentials: %s"}'):format(text))(c)
+    elseif case then
       case(c)
     elseif path then
       answer("404 Not Found", "application/json", '{"error":"no such case"}')(c)
