@@ -9,6 +9,8 @@
 #   make check-tsan   ThreadSanitizer on Lua states sharing rate-limit buckets across threads
 #   make smoke LUA=…  a few spec files (calls, tasks, map, json, a whole workflow) under that Lua
 #   make luajit       the core for LuaJIT (make build LUA=luajit)
+#   make check-valgrind the whole spec suite with the core under valgrind memcheck
+#   make fuzz         libFuzzer targets, each for FUZZ_SECONDS (default 60)
 #   make lint         luacheck
 #   make bench        benchmarks (not tests)
 #   make emulator     run the emulator in the foreground, for exploring with curl
@@ -49,7 +51,7 @@ export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;
 export FLY_SPEC_LUA := $(LUA)
 export FLY_SPEC_THREADS := $(CURDIR)/$(OUT)/spec/threads
 
-.PHONY: all setup build test smoke demo check-asan check-tsan luajit lint bench emulator install clean
+.PHONY: all setup build test smoke demo check-asan check-tsan check-valgrind fuzz luajit lint bench emulator install clean
 
 all: build
 
@@ -81,7 +83,8 @@ test: build $(OUT)/spec/threads
 smoke: build
 	@spec/run $(SMOKE)
 
-# the LuaJIT core, into build/luajit/fly/core.so
+# the LuaJIT core, into build/luajit/fly/core.so, where nginx's Lua module (OpenResty) loads it
+# from: lua_package_cpath "$(CURDIR)/build/luajit/?.so;;"
 luajit:
 	@$(MAKE) --no-print-directory build LUA=luajit
 
@@ -129,15 +132,6 @@ install: build
 clean:
 	rm -rf build
 
-# The core built for LuaJIT, where nginx's Lua module (OpenResty) loads it from:
-# lua_package_cpath "$(CURDIR)/build/luajit/?.so;;".
-.PHONY: luajit
-luajit: setup build/luajit/fly/core.so
-
-build/luajit/fly/core.so: $(SRC) $(HDR)
-	@mkdir -p build/luajit/fly
-	$(CC) $(CFLAGS) $(WARN) -fPIC -shared -I/usr/include/luajit-2.1 $(SRC) -o $@ $(LIBS)
-
 # The whole suite against the emulator over TLS + HTTP/2 (spec/emulator/run --tls); clients
 # made by spec/helper.lua trust its CA.
 .PHONY: test-tls test-reuse
@@ -147,3 +141,36 @@ test-tls: build build/spec/threads
 # The #reuse specs, which .busted leaves out of the default run (spec/connections_reuse_spec.lua).
 test-reuse: build
 	@spec/run --exclude-tags=none --tags=reuse spec/connections_reuse_spec.lua
+
+# --- fuzzing and valgrind
+PKGS += clang valgrind
+
+# The whole spec suite with lua5.4 (and so the core) under valgrind memcheck:
+# any memory error or definitely lost block fails it (spec/valgrind-lua,
+# suppressions in spec/valgrind.supp). About 2-3 minutes on 2 cores.
+check-valgrind: build build/spec/threads
+	@FLY_SPEC_LUA="$(CURDIR)/spec/valgrind-lua" spec/run && echo "check-valgrind: clean"
+
+# libFuzzer targets (fuzz/<name>_fuzz.c), built with clang under ASan and
+# UBSan and run one after the other for FUZZ_SECONDS each, from the seeds in
+# fuzz/corpus/<name> (read only) into build/fuzz/corpus/<name>. A crash
+# leaves its input in build/fuzz/ and fails the target.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := json
+FUZZ_CC      ?= clang
+FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+LUA_LIBS      = $(shell pkg-config --libs lua5.4)
+
+build/fuzz/json: fuzz/json_fuzz.c csrc/json.c csrc/json.h csrc/compat.h
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) $(DEPCFLAGS) -Icsrc fuzz/json_fuzz.c csrc/json.c -o $@ $(LUA_LIBS) -lm
+
+fuzz: setup $(FUZZ_TARGETS:%=build/fuzz/%)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$t; \
+	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build/fuzz/$$t- \
+	    $$dict build/fuzz/corpus/$$t fuzz/corpus/$$t 2>build/fuzz/$$t.log || { tail -n 60 build/fuzz/$$t.log; exit 1; }; \
+	  grep -E "stat::number_of_executed_units|Done" build/fuzz/$$t.log; \
+	done

@@ -11,15 +11,35 @@
  * every byte.
  *
  * Members and elements are gathered on the Lua stack first and the table is
- * made at its final size, so no table is ever rehashed while decoding. No
- * foreign frames are on the C stack here: a memory error raised by the Lua
- * API unwinds cleanly. */
+ * made at its final size, so a table of ordinary size is never rehashed
+ * while decoding. The stack is finite (8000 slots on Lua 5.1, a million on
+ * 5.4): a container that is about to run short moves what it has gathered
+ * into its table and goes on, so a flat array of a million objects decodes.
+ * Each container keeps free, before each of its members, enough stack for
+ * every level that may still open below it (RESERVE), which it can always
+ * get back by flushing its own members: its parent kept that much for it.
+ *
+ * Numbers: a literal without fraction or exponent is an integer where the
+ * Lua has integers and the value fits in 64 bits; every other number is a
+ * float read by strtod (correctly rounded). `-0` is the integer 0 there;
+ * `-0.0` is the float -0.0. Duplicate member names: the last one wins.
+ *
+ * No foreign frames are on the C stack here: a memory error raised by the
+ * Lua API unwinds cleanly. */
 #include "json.h"
 
 #include <lauxlib.h>
+#include <locale.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_DEPTH 512
+
+/* Stack slots a container at `depth` keeps free before each member: two per
+ * level that may still open below it (its placeholder and a member name),
+ * and room for the innermost value, a luaL_Buffer's pieces included. */
+#define RESERVE(depth) (2 * (MAX_DEPTH - (depth)) + 32)
 
 typedef struct {
   lua_State *L;
@@ -27,7 +47,10 @@ typedef struct {
   const char *err; /* static message, set on a syntax error */
   int depth;
   int array_mt;    /* stack index of the array metatable */
+  size_t values, max_values; /* values made so far, and the bound (0: none) */
 } decoder;
+
+const char FLY_JSON_TOO_MANY[] = "too many values";
 
 static int value(decoder *d);
 
@@ -132,37 +155,66 @@ static int string(decoder *d) {
   return 1;
 }
 
-/* A number, checked against JSON's grammar, converted by Lua itself: whole
- * numbers that fit become integers, the rest floats. */
-static int number(decoder *d) {
-  const char *s = d->p, *p = d->p, *e = d->end;
-  if (p < e && *p == '-') p++;
-  if (p < e && *p == '0') p++;
-  else if (p < e && *p >= '1' && *p <= '9') while (p < e && *p >= '0' && *p <= '9') p++;
-  else return fail(d, "bad number");
-  if (p < e && *p == '.') {
-    if (++p >= e || *p < '0' || *p > '9') return fail(d, "bad number");
-    while (p < e && *p >= '0' && *p <= '9') p++;
-  }
-  if (p < e && (*p == 'e' || *p == 'E')) {
-    p++;
-    if (p < e && (*p == '+' || *p == '-')) p++;
-    if (p >= e || *p < '0' || *p > '9') return fail(d, "bad number");
-    while (p < e && *p >= '0' && *p <= '9') p++;
-  }
-  char buf[64];
-  size_t n = (size_t)(p - s);
-  d->p = p;
-  if (n < sizeof buf) {
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    if (fly_stringtonumber(d->L, buf) == 0) return fail(d, "bad number");
-  } else {
-    lua_pushlstring(d->L, s, n);
-    int ok = fly_stringtonumber(d->L, lua_tostring(d->L, -1)) != 0;
-    lua_remove(d->L, ok ? -2 : -1);
+/* A float from the number text s[0..n): strtod, which reads the decimal
+ * point of the C library's locale; when that is not '.', the text is
+ * copied with the locale's point, as Lua itself does. */
+static int push_float(decoder *d, const char *s, size_t n) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end != s + n) {
+    char buf[512], *copy = n < sizeof buf ? buf : malloc(n + 1); /* freed below */
+    if (!copy) return fail(d, "not enough memory");
+    memcpy(copy, s, n);
+    copy[n] = '\0';
+    char *dot = memchr(copy, '.', n);
+    if (dot) *dot = localeconv()->decimal_point[0];
+    v = strtod(copy, &end);
+    int ok = end == copy + n;
+    if (copy != buf) free(copy);
     if (!ok) return fail(d, "bad number");
   }
+  lua_pushnumber(d->L, (lua_Number)v);
+  return 1;
+}
+
+/* A number, checked against JSON's grammar. Integer literals of up to 19
+ * digits are read here, exactly; the rest go to strtod. */
+static int number(decoder *d) {
+  const char *s = d->p, *p = d->p;
+  int neg = *p == '-';
+  if (neg) p++;
+  const char *digits = p;
+  uint64_t u = 0;
+  if (*p == '0') p++;
+  else if (*p >= '1' && *p <= '9') while (*p >= '0' && *p <= '9') u = u * 10 + (uint64_t)(*p++ - '0');
+  else return fail(d, "bad number");
+  int whole = 1;
+  if (*p == '.') {
+    whole = 0;
+    if (*++p < '0' || *p > '9') return fail(d, "bad number");
+    while (*p >= '0' && *p <= '9') p++;
+  }
+  if (*p == 'e' || *p == 'E') {
+    whole = 0;
+    p++;
+    if (*p == '+' || *p == '-') p++;
+    if (*p < '0' || *p > '9') return fail(d, "bad number");
+    while (*p >= '0' && *p <= '9') p++;
+  }
+  d->p = p;
+  if (!whole || p - digits > 19) return push_float(d, s, (size_t)(p - s)); /* 19 digits cannot wrap */
+#if LUA_VERSION_NUM >= 503
+  if (!neg && u <= (uint64_t)LUA_MAXINTEGER) {
+    lua_pushinteger(d->L, (lua_Integer)u);
+    return 1;
+  }
+  if (neg && u <= (uint64_t)LUA_MAXINTEGER + 1) {
+    lua_pushinteger(d->L, (lua_Integer)(0 - u)); /* wraps to LUA_MININTEGER at the bound */
+    return 1;
+  }
+#endif
+  /* beyond 64 bits, or no integers: the conversion rounds as strtod does */
+  lua_pushnumber(d->L, neg ? -(lua_Number)u : (lua_Number)u);
   return 1;
 }
 
@@ -174,15 +226,20 @@ static int literal(decoder *d, const char *word, size_t n) {
 
 /* Moves the `n` values (or key/value pairs) on top of the stack into the
  * table at index `t`, made here at its final size when `t` still holds the
- * placeholder (nil). Pairs are set from the top down, each rawset popping
- * its own pair; values are set by index, last first. */
+ * placeholder (nil), and pops them. Pairs are set in the order they came,
+ * so that of two equal member names the last one wins; values by index. */
 static void collect(lua_State *L, int t, int n, int pairs) {
   if (lua_isnil(L, t)) {
     lua_createtable(L, pairs ? 0 : n, pairs ? n : 0);
     lua_replace(L, t);
   }
   if (pairs) {
-    for (int i = 0; i < n; i++) lua_rawset(L, t);
+    for (int k = -2 * n; k < 0; k += 2) { /* pair by pair from the bottom: the copies are popped */
+      lua_pushvalue(L, k);
+      lua_pushvalue(L, k);
+      lua_rawset(L, t);
+    }
+    lua_pop(L, 2 * n);
   } else {
     int base = (int)fly_rawlen(L, t);
     for (int i = n; i >= 1; i--) lua_rawseti(L, t, base + i);
@@ -202,10 +259,10 @@ static int container(decoder *d, int object) {
     d->p++;
   } else {
     for (;;) {
-      if (!lua_checkstack(L, 4)) { /* the stack is full: move what is gathered into the table */
+      if (!lua_checkstack(L, RESERVE(d->depth))) { /* short of stack: move what is gathered into the table */
         collect(L, t, n, object);
         n = 0;
-        if (!lua_checkstack(L, 4)) return fail(d, "out of stack");
+        if (!lua_checkstack(L, RESERVE(d->depth))) return fail(d, "out of stack");
       }
       skip_ws(d);
       if (object) {
@@ -241,6 +298,7 @@ static int container(decoder *d, int object) {
 static int value(decoder *d) {
   skip_ws(d);
   if (d->p >= d->end) return fail(d, "unexpected end");
+  if (++d->values > d->max_values && d->max_values) return fail(d, FLY_JSON_TOO_MANY);
   switch (*d->p) {
   case '{': return container(d, 1);
   case '[': return container(d, 0);
@@ -252,16 +310,21 @@ static int value(decoder *d) {
   }
 }
 
-int fly_json_decode(lua_State *L, const char *s, size_t len, int array_mt) {
+int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, size_t max_values) {
   int top = lua_gettop(L);
-  decoder d = {L, s, s, s + len, NULL, 0, fly_absindex(L, array_mt)};
-  if (value(&d)) {
+  decoder d = {L, s, s, s + len, NULL, 0, fly_absindex(L, array_mt), 0, max_values};
+  if (lua_checkstack(L, RESERVE(0) + 2) && value(&d)) {
     skip_ws(&d);
     if (d.p == d.end) return 1;
     d.err = "trailing characters";
   }
   lua_settop(L, top);
   lua_pushnil(L);
-  lua_pushfstring(L, "%s at byte %d", d.err ? d.err : "invalid JSON", (int)(d.p - d.start) + 1);
+  if (d.err == FLY_JSON_TOO_MANY) lua_pushfstring(L, "%s (more than %d)", d.err, (int)(max_values > INT32_MAX ? INT32_MAX : max_values));
+  else lua_pushfstring(L, "%s at byte %d", d.err ? d.err : "out of stack", (int)(d.p - d.start) + 1);
   return 2;
+}
+
+int fly_json_decode(lua_State *L, const char *s, size_t len, int array_mt) {
+  return fly_json_decode_max(L, s, len, array_mt, 0);
 }

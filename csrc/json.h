@@ -10,4 +10,14 @@
  * metatable at stack index `array_mt`; null is the light userdata NULL. */
 int fly_json_decode(lua_State *L, const char *s, size_t len, int array_mt);
 
+/* The message of a decode stopped by `max_values` (compared by address). */
+extern const char FLY_JSON_TOO_MANY[];
+
+/* fly_json_decode, stopped with nil and a message starting with
+ * FLY_JSON_TOO_MANY once the text holds more than `max_values` values
+ * (strings, numbers, literals, objects and arrays; 0: no bound). A bound
+ * on values is a bound on the memory a body can take once decoded: an
+ * empty object costs about 60 bytes of Lua memory for its 3 bytes of text. */
+int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, size_t max_values);
+
 #endif

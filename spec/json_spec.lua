@@ -1,4 +1,5 @@
 -- The JSON decoder of the C core (responses) and the encoder of request bodies.
+local H = require "helper"
 local fly = require "fly"
 local json = require "fly.json"
 local compat = require "fly.compat"
@@ -24,6 +25,63 @@ describe("JSON decoding", function()
     assert.is_false(compat.is_integer(assert(decode("123456789012345678901234567890"))))
   end)
 
+  it("keeps integers to integer literals: 1e0 and 1.0 are floats, -0 is 0, -0.0 is -0.0", function()
+    local v = assert(decode('[1e0,1.0,1E2,-0,-0.0,0e0,10]'))
+    for i, t in ipairs { "float", "float", "float", "integer", "float", "float", "integer" } do
+      assert.equals(t, math.type(v[i]), "element " .. i)
+    end
+    assert.equals(0, v[4])
+    assert.equals(-math.huge, 1 / v[5])
+  end)
+
+  it("reads integers exactly to 64 bits, and larger ones as the nearest float", function()
+    local v = assert(decode('[9223372036854775807,-9223372036854775808,9223372036854775808,' ..
+      '-9223372036854775809,18446744073709551616,1000000000000000000000,0,-1]'))
+    assert.equals(math.maxinteger, v[1])
+    assert.equals(math.mininteger, v[2])
+    assert.equals("float", math.type(v[3]))
+    assert.equals(2.0 ^ 63, v[3])
+    assert.equals("float", math.type(v[4]))
+    assert.equals(-(2.0 ^ 63), v[4])
+    assert.equals(2.0 ^ 64, v[5])
+    assert.equals(1e21, v[6])
+    assert.equals(0, v[7])
+    assert.equals(-1, v[8])
+  end)
+
+  it("reads floats exactly (correctly rounded)", function()
+    local cases = { "0.1", "1.2345678901234567", "2.2250738585072011e-308", "4.9e-324", "1.7976931348623157e308",
+      "9007199254740993.0", "0.30000000000000004", "123456789012345678.5", "-2.5e-3",
+      "3.14159265358979323846264338327950288419716939937510582097494459230781640628620899" }
+    for _, text in ipairs(cases) do
+      assert.equals(tonumber(text), decode(text), text)
+    end
+    assert.equals(0.1, decode("0.1000000000000000055511151231257827021181583404541015625"))
+  end)
+
+  it("keeps the last of duplicate member names", function()
+    local v = assert(decode('{"a":1,"b":2,"a":3,"c":{"x":1,"x":null,"x":"last"},"a":4}'))
+    assert.equals(4, v.a)
+    assert.equals(2, v.b)
+    assert.equals("last", v.c.x)
+  end)
+
+  it("decodes a flat array of a million objects, and arrays of arrays that fill the stack", function()
+    local v = assert(decode("[" .. ('{"a":1},'):rep(999999) .. '{"a":2}]'))
+    assert.equals(1000000, #v)
+    assert.equals(1, v[1].a)
+    assert.equals(2, v[1000000].a)
+    local nested = assert(decode('{"x":[' .. ("[1,[2,{}]],"):rep(300000) .. '[3]],"y":['
+      .. ("0,"):rep(500000) .. "0]}"))
+    assert.equals(300001, #nested.x)
+    assert.equals(2, nested.x[300000][2][1])
+    assert.equals(500001, #nested.y)
+    local deep = ("[{\"k\":"):rep(200) .. "[" .. ("1,"):rep(999999) .. "1]" .. ("}]"):rep(200)
+    local d = assert(decode(deep))
+    for _ = 1, 200 do d = d[1].k end
+    assert.equals(1000000, #d)
+  end)
+
   it("marks arrays, so an empty one encodes back as []", function()
     local v = assert(decode('{"cmd":[],"env":{},"list":[1,[2,[]],"x"]}'))
     assert.is_true(json.is_array(v.cmd))
@@ -34,9 +92,11 @@ describe("JSON decoding", function()
     assert.equals('[1,[2,[]],"x"]', json.encode(v.list))
   end)
 
-  it("decodes null as fly.null, and booleans", function()
+  it("decodes null as fly.null (the light userdata NULL, cjson.null), and booleans", function()
     local v = assert(decode('[null,true,false]'))
     assert.equals(fly.null, v[1])
+    assert.equals("userdata", type(fly.null))
+    assert.equals(require("cjson").null, fly.null)
     assert.is_true(v[2])
     assert.is_false(v[3])
   end)
@@ -89,3 +149,78 @@ describe("JSON decoding", function()
     end
   end)
 end)
+
+describe("JSON encoding", function()
+  local encode, decode = json.encode, json.decode
+
+  it("writes integers with all their digits", function()
+    assert.equals("[9007199254740993,123456789012345678,9223372036854775807,-9223372036854775808,0,-7]",
+      encode { 9007199254740993, 123456789012345678, math.maxinteger, math.mininteger, 0, -7 })
+  end)
+
+  it("writes floats in the fewest digits that read back the same", function()
+    assert.equals("[0.1,1.2345678901234567,2.5,0.30000000000000004,1e+300,2,-0]",
+      encode { 0.1, 1.2345678901234567, 2.5, 0.1 + 0.2, 1e300, 2.0, -0.0 })
+    math.randomseed(7)
+    for _ = 1, 20000 do
+      local x = (math.random() - 0.5) * 10 ^ math.random(-300, 300)
+      local text = encode(x)
+      assert.equals(x, decode(text), text)
+      assert.is_true(#text <= 24, text)
+    end
+    local hard = { 4.9e-324, 2.2250738585072011e-308, 2 ^ 53, 2 ^ 53 + 2, 2 ^ 63, 2 ^ 64, 1e21, 123456789.125, math.pi }
+    for _, x in ipairs(hard) do
+      assert.equals(x, decode(encode(x)))
+    end
+  end)
+
+  it("reads back what it writes: a config survives a round trip unchanged", function()
+    local config = { guest = { cpus = 2, memory_mb = 256, cpu_kind = "shared" }, ratio = 1.2345678901234567,
+      env = { A = "x\"y", B = "line\nbreak", C = "\1\31\127 ünï 😀" }, cmd = fly.array(), none = fly.null,
+      list = { 1, 2.5, "3", true, false, {} } }
+    local again = assert(decode(encode(config)))
+    assert.same(config, again)
+    assert.same(again, assert(decode(encode(again))))
+    assert.equals("integer", math.type(again.guest.cpus))
+    assert.equals("float", math.type(again.ratio))
+  end)
+
+  it("refuses NaN and infinities", function()
+    for _, x in ipairs { 0 / 0, math.huge, -math.huge } do
+      local ok, err = pcall(encode, { x = x })
+      assert.is_false(ok)
+      assert.matches("cannot encode", err)
+    end
+  end)
+
+  it("escapes quotes, backslashes and control characters; other bytes pass through", function()
+    assert.equals('"a\\"b\\\\c/d\\b\\f\\n\\r\\t\\u0000\\u0001\\u001f\127 ünï 😀"',
+      encode('a"b\\c/d\b\f\n\r\t\0\1\31\127 ünï 😀'))
+    local all = {}
+    for i = 0, 255 do all[#all + 1] = string.char(i) end
+    all = table.concat(all)
+    assert.equals(all, decode(encode(all)))
+    assert.equals('{"k\\n\\"":1}', encode { ['k\n"'] = 1 })
+  end)
+
+  it("writes the same member name the same way however many names it has seen", function()
+    local names = {}
+    for i = 1, 10000 do names["k" .. i .. "\t"] = i end
+    local v = assert(decode(encode(names)))
+    assert.same(names, v)
+  end)
+
+  it("needs no lua-cjson: the module loads and encodes with it unavailable", function()
+    local out = H.child([[
+      for _, name in ipairs { "cjson", "cjson.safe" } do
+        package.preload[name] = function() error("lua-cjson is not installed") end
+      end
+      local fly, json = require "fly", require "fly.json"
+      print(json.encode { a = fly.null, b = fly.array(), c = 1.5 }, json.decode("null") == fly.null)
+    ]])
+    assert.equals('true', out:match("(%a+)%s*$"))
+    assert.matches('"a":null', out)
+    assert.matches('"b":%[%]', out)
+  end)
+end)
+
