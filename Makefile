@@ -103,3 +103,16 @@ install: build
 
 clean:
 	rm -rf build
+
+# ---------------------------------------------------------------- Redis
+# The shared rate limiter (csrc/redis.c) talks to Redis through Debian's
+# hiredis and names buckets with OpenSSL's SHA-256 (libcurl already loads
+# libcrypto). redis-server runs the specs' Redis (spec/redis/start).
+PKGS += libhiredis-dev libssl-dev redis-server redis-tools
+LIBS += -lhiredis -lcrypto
+
+build/spec/redis-driver: spec/redis/driver.c csrc/redis.c csrc/redis.h csrc/ratelimit.c csrc/ratelimit.h
+	@mkdir -p build/spec
+	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ -lhiredis -lcrypto -lpthread -lm
+
+test: build/spec/redis-driver

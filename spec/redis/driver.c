@@ -1,0 +1,169 @@
+/* Drives the shared rate limiter (csrc/redis.c) without a client: admits
+ * requests against one bucket in a poll loop, as the client's loop will, and
+ * prints when each one was let go.
+ *
+ *   redis-driver [options] URL KEY RATE BURST COUNT
+ *     --batch          admit all COUNT at once (as concurrent tasks would),
+ *                      instead of one after the other
+ *     --pause N FILE   after N grants print "paused" and wait until FILE exists
+ *     --timeout S      seconds an admission may wait for Redis (0.1)
+ *     --retry S        seconds between reconnections while down (5)
+ *     --penalize       send every admission as after a 429
+ *
+ * Output, one line each:
+ *   grant <n> <wall-clock seconds> <redis|local> <answer latency in microseconds>
+ *   warning <text>
+ *   stats granted=<n> local=<n> reloads=<n> connects=<n> down=<0|1>
+ * Exit status 0 when all COUNT were granted. A bad URL: status 2 and the
+ * message on stderr. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../csrc/ratelimit.h"
+#include "../../csrc/redis.h"
+
+typedef struct {
+  int n;
+  int asked;      /* admission sent, answer not yet in */
+  double sent;
+  double ready;   /* monotonic */
+  int redis;      /* granted by Redis (else by the local bucket) */
+  int done;       /* ready is known (2: granted) */
+  double latency; /* seconds from admission to answer */
+} slot;
+
+static double wall(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void warnings(fly_redis *r) {
+  const char *w;
+  while ((w = fly_redis_warning(r))) printf("warning %s\n", w);
+  fflush(stdout);
+}
+
+/* One turn of the loop: wait at most max_wait seconds on the socket and the
+ * limiter's timeout, then let it work and collect its answers. */
+static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_key, fly_limit limit) {
+  short events;
+  int fd = fly_redis_fd(r, &events);
+  double now = fly_now();
+  double t = fly_redis_next_timeout(r, now);
+  if (t < 0 || t > max_wait) t = max_wait;
+  if (t < 0) t = 0;
+  struct pollfd pfd = {fd, events, 0};
+  int n = poll(&pfd, fd >= 0 ? 1 : 0, (int)ceil(t * 1000));
+  now = fly_now();
+  fly_redis_io(r, n > 0 ? pfd.revents : 0, now);
+  fly_redis_answer a;
+  while (fly_redis_next(r, &a)) {
+    slot *s = &slots[(intptr_t)a.cookie - 1];
+    s->asked = 0;
+    s->done = 1;
+    s->latency = now - s->sent;
+    if (a.status == FLY_REDIS_GRANTED) {
+      s->ready = a.ready_at;
+      s->redis = 1;
+    } else {
+      s->ready = fly_rate_reserve(local_key, limit, now);
+    }
+  }
+  warnings(r);
+}
+
+static void admit(fly_redis *r, slot *s, const char *key, const char *local_key, fly_limit limit,
+                  int penalize) {
+  s->sent = fly_now();
+  if (fly_redis_admit(r, key, limit, penalize, (void *)(intptr_t)s->n, s->sent) == 0) {
+    s->asked = 1;
+  } else {
+    s->done = 1;
+    s->ready = fly_rate_reserve(local_key, limit, fly_now());
+  }
+}
+
+static void grant(fly_redis *r, slot *s, slot *slots, const char *local_key, fly_limit limit) {
+  double now;
+  while ((now = fly_now()) < s->ready) pump(r, s->ready - now, slots, local_key, limit);
+  printf("grant %d %.6f %s %.0f\n", s->n, wall(), s->redis ? "redis" : "local", s->latency * 1e6);
+  fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+  int batch = 0, penalize = 0, pause_after = -1;
+  const char *go_file = NULL;
+  double timeout = 0.1, retry = 5;
+  int i = 1;
+  for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+    if (strcmp(argv[i], "--batch") == 0) batch = 1;
+    else if (strcmp(argv[i], "--penalize") == 0) penalize = 1;
+    else if (strcmp(argv[i], "--pause") == 0 && i + 2 < argc) pause_after = atoi(argv[++i]), go_file = argv[++i];
+    else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) timeout = atof(argv[++i]);
+    else if (strcmp(argv[i], "--retry") == 0 && i + 1 < argc) retry = atof(argv[++i]);
+    else break;
+  }
+  if (argc - i != 5) {
+    fprintf(stderr, "usage: redis-driver [--batch] [--pause N FILE] [--timeout S] [--retry S] "
+                    "[--penalize] URL KEY RATE BURST COUNT\n");
+    return 2;
+  }
+  const char *url = argv[i], *key = argv[i + 1];
+  fly_limit limit = {atof(argv[i + 2]), atof(argv[i + 3])};
+  int count = atoi(argv[i + 4]);
+  char err[256], local_key[512];
+  snprintf(local_key, sizeof local_key, "local|%s", key);
+  fly_redis *r = fly_redis_new(url, timeout, retry, fly_now(), err, sizeof err);
+  if (!r) {
+    fprintf(stderr, "redis-driver: %s\n", err);
+    return 2;
+  }
+  slot *slots = calloc((size_t)count + 1, sizeof *slots);
+  if (!slots) return 1;
+  for (int k = 0; k < count; k++) slots[k].n = k + 1;
+  int granted = 0;
+  if (batch) {
+    for (int k = 0; k < count; k++) admit(r, &slots[k], key, local_key, limit, penalize);
+    for (int k = 0; k < count; k++) {
+      while (!slots[k].done) pump(r, 1, slots, local_key, limit);
+    }
+    /* in the order they may go */
+    for (int left = count; left > 0; left--) {
+      slot *next = NULL;
+      for (int k = 0; k < count; k++)
+        if (slots[k].done == 1 && (!next || slots[k].ready < next->ready)) next = &slots[k];
+      grant(r, next, slots, local_key, limit);
+      next->done = 2;
+      granted++;
+    }
+  } else {
+    for (int k = 0; k < count; k++) {
+      admit(r, &slots[k], key, local_key, limit, penalize);
+      while (!slots[k].done) pump(r, 1, slots, local_key, limit);
+      grant(r, &slots[k], slots, local_key, limit);
+      granted++;
+      if (granted == pause_after) {
+        printf("paused\n");
+        fflush(stdout);
+        while (access(go_file, F_OK) != 0) pump(r, 0.02, slots, local_key, limit);
+      }
+    }
+  }
+  warnings(r);
+  fly_redis_stats st;
+  fly_redis_get_stats(r, &st);
+  printf("stats granted=%lu local=%lu reloads=%lu connects=%lu down=%d\n", st.granted, st.local,
+         st.reloads, st.connects, st.down);
+  fflush(stdout);
+  fly_redis_free(r);
+  free(slots);
+  return granted == count ? 0 : 1;
+}
