@@ -557,15 +557,16 @@ double fly_redis_next_timeout(fly_redis *r, double now) {
 
 int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, void *cookie,
                     double now) {
-  if (r->down || !r->ac) {
-    if (now < r->retry_at) return FLY_REDIS_LOCAL;
-    if (!r->ac && !connect_now(r, now)) return FLY_REDIS_LOCAL;
+  if ((r->down || !r->ac) && (now < r->retry_at || (!r->ac && !connect_now(r, now)))) {
+    r->stats.local++;
+    return FLY_REDIS_LOCAL;
   }
-  if (!(limit.rate > 0) || !(limit.burst >= 1)) return FLY_REDIS_LOCAL;
   size_t klen = strlen(key);
-  pending *p = calloc(1, sizeof *p + klen + 1);
-  if (!p || !reserve_result(r)) {
+  pending *p = NULL;
+  if (!(limit.rate > 0) || !(limit.burst >= 1) || !(p = calloc(1, sizeof *p + klen + 1)) ||
+      !reserve_result(r)) {
     free(p);
+    r->stats.local++;
     return FLY_REDIS_LOCAL;
   }
   memcpy(p->key, key, klen + 1);
@@ -577,6 +578,7 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
   p->penalize[0] = penalize ? '1' : '0';
   if (!send_admission(r, p, 0)) {
     free(p);
+    r->stats.local++;
     return FLY_REDIS_LOCAL;
   }
   p->prev = r->tail;

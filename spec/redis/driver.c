@@ -6,9 +6,13 @@
  *     --batch          admit all COUNT at once (as concurrent tasks would),
  *                      instead of one after the other
  *     --pause N FILE   after N grants print "paused" and wait until FILE exists
+ *                      (at most 60 s, then exit with status 3)
  *     --timeout S      seconds an admission may wait for Redis (0.1)
  *     --retry S        seconds between reconnections while down (5)
  *     --penalize       send every admission as after a 429
+ *     --owner BASE TOKEN  the bucket is the client's for (BASE, TOKEN), action
+ *                      "machine_start", scope KEY (fly_redis_identity/_key);
+ *                      the key is printed as "key <name>"
  *
  * Output, one line each:
  *   grant <n> <wall-clock seconds> <redis|local> <answer latency in microseconds>
@@ -71,7 +75,12 @@ static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_k
     s->done = 1;
     s->latency = now - s->sent;
     if (a.status == FLY_REDIS_GRANTED) {
-      s->ready = a.ready_at;
+      /* the local bucket counts this process's requests too, so that a
+         fallback goes on from where this process stood, not from a full
+         bucket; it never holds a request longer than Redis does unless
+         Redis lost its state (a restart) */
+      double local = fly_rate_reserve(local_key, limit, now);
+      s->ready = a.ready_at > local ? a.ready_at : local;
       s->redis = 1;
     } else {
       s->ready = fly_rate_reserve(local_key, limit, now);
@@ -100,7 +109,7 @@ static void grant(fly_redis *r, slot *s, slot *slots, const char *local_key, fly
 
 int main(int argc, char **argv) {
   int batch = 0, penalize = 0, pause_after = -1;
-  const char *go_file = NULL;
+  const char *go_file = NULL, *base = NULL, *token = NULL;
   double timeout = 0.1, retry = 5;
   int i = 1;
   for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
@@ -109,17 +118,26 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--pause") == 0 && i + 2 < argc) pause_after = atoi(argv[++i]), go_file = argv[++i];
     else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) timeout = atof(argv[++i]);
     else if (strcmp(argv[i], "--retry") == 0 && i + 1 < argc) retry = atof(argv[++i]);
+    else if (strcmp(argv[i], "--owner") == 0 && i + 2 < argc) base = argv[++i], token = argv[++i];
     else break;
   }
   if (argc - i != 5) {
     fprintf(stderr, "usage: redis-driver [--batch] [--pause N FILE] [--timeout S] [--retry S] "
-                    "[--penalize] URL KEY RATE BURST COUNT\n");
+                    "[--penalize] [--owner BASE TOKEN] URL KEY RATE BURST COUNT\n");
     return 2;
   }
   const char *url = argv[i], *key = argv[i + 1];
+  char owned_key[512];
+  if (base) {
+    char id[FLY_REDIS_ID_LEN + 1];
+    if (!fly_redis_identity(base, strlen(base), token, strlen(token), id)) return 1;
+    if (fly_redis_key(owned_key, sizeof owned_key, id, "machine_start", key) >= sizeof owned_key) return 1;
+    key = owned_key;
+    printf("key %s\n", key);
+  }
   fly_limit limit = {atof(argv[i + 2]), atof(argv[i + 3])};
   int count = atoi(argv[i + 4]);
-  char err[256], local_key[512];
+  char err[256], local_key[600];
   snprintf(local_key, sizeof local_key, "local|%s", key);
   fly_redis *r = fly_redis_new(url, timeout, retry, fly_now(), err, sizeof err);
   if (!r) {
@@ -153,7 +171,11 @@ int main(int argc, char **argv) {
       if (granted == pause_after) {
         printf("paused\n");
         fflush(stdout);
-        while (access(go_file, F_OK) != 0) pump(r, 0.02, slots, local_key, limit);
+        double give_up = fly_now() + 60; /* a spec that failed never says go */
+        while (access(go_file, F_OK) != 0) {
+          if (fly_now() > give_up) return 3;
+          pump(r, 0.02, slots, local_key, limit);
+        }
       }
     }
   }
