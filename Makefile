@@ -116,3 +116,15 @@ build/spec/redis-driver: spec/redis/driver.c csrc/redis.c csrc/redis.h csrc/rate
 	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ -lhiredis -lcrypto -lpthread -lm
 
 test: build/spec/redis-driver
+
+# The Redis limiter's specs with the driver under ASan/UBSan (redis_spec.lua
+# needs no emulator; spec/redis/start runs its own redis-server).
+check-redis-asan: setup
+	@mkdir -p build/asan
+	$(CC) $(SANITIZE) $(WARN) spec/redis/driver.c csrc/redis.c csrc/ratelimit.c -o build/asan/redis-driver \
+	  -lhiredis -lcrypto -lpthread -lm
+	@FLY_SPEC_REDIS_DRIVER="$(CURDIR)/build/asan/redis-driver" \
+	  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=66" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+	  $(LUA) /usr/bin/busted spec/redis_spec.lua
+
+.PHONY: check-redis-asan

@@ -9,7 +9,7 @@ local DRIVER = os.getenv("FLY_SPEC_REDIS_DRIVER") or (H.ROOT .. "/build/spec/red
 
 local function sh(cmd)
   local p = assert(io.popen(cmd))
-  local out = p:read("a")
+  local out = p:read("*a")
   local ok, _, code = p:close()
   return out, ok and 0 or code
 end
@@ -80,7 +80,7 @@ end
 
 local function read(h)
   local f = io.open(h.file)
-  local s = f and f:read("a") or ""
+  local s = f and f:read("*a") or ""
   if f then f:close() end
   return s
 end
@@ -270,7 +270,7 @@ describe("the shared rate limiter (Redis)", function()
   end)
 
   it("falls back after a short timeout when Redis does not answer, and comes back", function()
-    local pid = assert(io.open(server.dir .. "/redis.pid")):read("l")
+    local pid = assert(io.open(server.dir .. "/redis.pid")):read("*l")
     local go = os.tmpname()
     os.remove(go)
     local h = spawn(("--retry 0.2 --pause 3 %s %s %s 20 3 12"):format(go, url(), fresh("hung")))
