@@ -177,11 +177,25 @@ describe("the shared rate limiter (Redis)", function()
 
   it("empties the bucket after a 429 (penalize), as the local buckets do", function()
     local key = fresh("penalized")
-    local r = run(("--penalize %s %s 20 3 4"):format(url(), key))
+    local r = run(("--penalize 1 %s %s 20 3 4"):format(url(), key))
     assert.equals(0, r.code, r.out)
     for i = 2, 4 do
       assert.is_true(r.grants[i].at - r.grants[i - 1].at >= 0.05 - 0.01, "no burst after a 429")
     end
+  end)
+
+  it("agrees with the local buckets (ratelimit.c) on every ready time, 429s included", function()
+    -- requests come faster than the rate on average, so most of them wait
+    local r = run(("--compare --jitter 0.05 --penalize 5 %s %s 20 2 30"):format(url(), fresh("compare")))
+    assert.equals(0, r.code, r.out)
+    local compared = 0
+    for d in r.out:gmatch("compare %d+ (%S+)") do
+      compared = compared + 1
+      -- Redis reads its clock a round trip earlier than the local bucket does
+      assert.is_true(math.abs(tonumber(d)) < 0.015, "Redis and the local bucket differ by " .. d .. " s")
+    end
+    assert.equals(30, compared)
+    assert.is_true(r.grants[30].at - r.grants[1].at >= (30 - 2) / 20 - 0.03)
   end)
 
   it("names buckets from a hash of base URL and token, never the token, and lets idle ones expire", function()

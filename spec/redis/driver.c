@@ -9,7 +9,12 @@
  *                      (at most 60 s, then exit with status 3)
  *     --timeout S      seconds an admission may wait for Redis (0.1)
  *     --retry S        seconds between reconnections while down (5)
- *     --penalize       send every admission as after a 429
+ *     --penalize K     send every K-th admission as after a 429
+ *     --jitter S       before each admission (one after the other), pause a
+ *                      random time below S seconds
+ *     --compare        also reserve each admission in a local bucket of the
+ *                      same limit (ratelimit.c) when Redis's answer arrives and
+ *                      print "compare <n> <Redis's ready time - the local one>"
  *     --owner BASE TOKEN  the bucket is the client's for (BASE, TOKEN), action
  *                      "machine_start", scope KEY (fly_redis_identity/_key);
  *                      the key is printed as "key <name>"
@@ -40,6 +45,8 @@ typedef struct {
   double ready;   /* monotonic */
   int redis;      /* granted by Redis (else by the local bucket) */
   int done;       /* ready is known (2: granted) */
+  int penalize;
+  double compare; /* Redis's ready time minus the comparison bucket's */
   double latency; /* seconds from admission to answer */
 } slot;
 
@@ -57,6 +64,8 @@ static void warnings(fly_redis *r) {
 
 /* One turn of the loop: wait at most max_wait seconds on the socket and the
  * limiter's timeout, then let it work and collect its answers. */
+static const char *compare_key; /* the driver is one thread: plain statics */
+
 static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_key, fly_limit limit) {
   short events;
   int fd = fly_redis_fd(r, &events);
@@ -82,6 +91,10 @@ static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_k
       double local = fly_rate_reserve(local_key, limit, now);
       s->ready = a.ready_at > local ? a.ready_at : local;
       s->redis = 1;
+      if (compare_key) {
+        if (s->penalize) fly_rate_penalize(compare_key, limit, now);
+        s->compare = a.ready_at - fly_rate_reserve(compare_key, limit, now);
+      }
     } else {
       s->ready = fly_rate_reserve(local_key, limit, now);
     }
@@ -90,9 +103,10 @@ static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_k
 }
 
 static void admit(fly_redis *r, slot *s, const char *key, const char *local_key, fly_limit limit,
-                  int penalize) {
+                  int every) {
   s->sent = fly_now();
-  if (fly_redis_admit(r, key, limit, penalize, (void *)(intptr_t)s->n, s->sent) == 0) {
+  s->penalize = every > 0 && s->n % every == 0;
+  if (fly_redis_admit(r, key, limit, s->penalize, (void *)(intptr_t)s->n, s->sent) == 0) {
     s->asked = 1;
   } else {
     s->done = 1;
@@ -104,17 +118,21 @@ static void grant(fly_redis *r, slot *s, slot *slots, const char *local_key, fly
   double now;
   while ((now = fly_now()) < s->ready) pump(r, s->ready - now, slots, local_key, limit);
   printf("grant %d %.6f %s %.0f\n", s->n, wall(), s->redis ? "redis" : "local", s->latency * 1e6);
+  if (compare_key && s->redis) printf("compare %d %.6f\n", s->n, s->compare);
   fflush(stdout);
 }
 
 int main(int argc, char **argv) {
   int batch = 0, penalize = 0, pause_after = -1;
   const char *go_file = NULL, *base = NULL, *token = NULL;
-  double timeout = 0.1, retry = 5;
+  double timeout = 0.1, retry = 5, jitter = 0;
+  int compare = 0;
   int i = 1;
   for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
     if (strcmp(argv[i], "--batch") == 0) batch = 1;
-    else if (strcmp(argv[i], "--penalize") == 0) penalize = 1;
+    else if (strcmp(argv[i], "--penalize") == 0 && i + 1 < argc) penalize = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--jitter") == 0 && i + 1 < argc) jitter = atof(argv[++i]);
+    else if (strcmp(argv[i], "--compare") == 0) compare = 1;
     else if (strcmp(argv[i], "--pause") == 0 && i + 2 < argc) pause_after = atoi(argv[++i]), go_file = argv[++i];
     else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) timeout = atof(argv[++i]);
     else if (strcmp(argv[i], "--retry") == 0 && i + 1 < argc) retry = atof(argv[++i]);
@@ -123,7 +141,7 @@ int main(int argc, char **argv) {
   }
   if (argc - i != 5) {
     fprintf(stderr, "usage: redis-driver [--batch] [--pause N FILE] [--timeout S] [--retry S] "
-                    "[--penalize] [--owner BASE TOKEN] URL KEY RATE BURST COUNT\n");
+                    "[--penalize K] [--jitter S] [--compare] [--owner BASE TOKEN] URL KEY RATE BURST COUNT\n");
     return 2;
   }
   const char *url = argv[i], *key = argv[i + 1];
@@ -139,6 +157,10 @@ int main(int argc, char **argv) {
   int count = atoi(argv[i + 4]);
   char err[256], local_key[600];
   snprintf(local_key, sizeof local_key, "local|%s", key);
+  char cmp_key[600];
+  snprintf(cmp_key, sizeof cmp_key, "compare|%s", key);
+  if (compare) compare_key = cmp_key;
+  unsigned seed = (unsigned)getpid() ^ (unsigned)(fly_now() * 1e6);
   fly_redis *r = fly_redis_new(url, timeout, retry, fly_now(), err, sizeof err);
   if (!r) {
     fprintf(stderr, "redis-driver: %s\n", err);
@@ -164,6 +186,10 @@ int main(int argc, char **argv) {
     }
   } else {
     for (int k = 0; k < count; k++) {
+      if (jitter > 0) {
+        double until = fly_now() + jitter * rand_r(&seed) / ((double)RAND_MAX + 1), now;
+        while ((now = fly_now()) < until) pump(r, until - now, slots, local_key, limit);
+      }
       admit(r, &slots[k], key, local_key, limit, penalize);
       while (!slots[k].done) pump(r, 1, slots, local_key, limit);
       grant(r, &slots[k], slots, local_key, limit);
