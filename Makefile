@@ -113,18 +113,18 @@ LIBS += -lhiredis -lcrypto
 
 build/spec/redis-driver: spec/redis/driver.c csrc/redis.c csrc/redis.h csrc/ratelimit.c csrc/ratelimit.h
 	@mkdir -p build/spec
-	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ -lhiredis -lcrypto -lpthread -lm
+	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ $(LIBS)
 
 test: build/spec/redis-driver
 
-# The Redis limiter's specs with the driver under ASan/UBSan (redis_spec.lua
-# needs no emulator; spec/redis/start runs its own redis-server).
+# The Redis limiter's specs with the driver under ASan/UBSan (spec/redis/start
+# runs their redis-server; the helper starts an emulator for the one that needs it).
 check-redis-asan: setup
 	@mkdir -p build/asan
-	$(CC) $(SANITIZE) $(WARN) spec/redis/driver.c csrc/redis.c csrc/ratelimit.c -o build/asan/redis-driver \
-	  -lhiredis -lcrypto -lpthread -lm
+	$(CC) $(SANITIZE) $(WARN) spec/redis/driver.c csrc/redis.c csrc/ratelimit.c -o build/asan/redis-driver $(LIBS)
 	@FLY_SPEC_REDIS_DRIVER="$(CURDIR)/build/asan/redis-driver" \
 	  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=66" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0" \
 	  $(LUA) /usr/bin/busted spec/redis_spec.lua
 
 .PHONY: check-redis-asan

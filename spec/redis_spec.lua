@@ -151,6 +151,45 @@ describe("the shared rate limiter (Redis)", function()
     assert.is_true(excess(g, 20, 3) < 0.6, "more than the bucket allows: " .. excess(g, 20, 3))
   end)
 
+  it("keeps three processes starting one machine within the emulator's limits: zero 429s", function()
+    H.reset()
+    local c = H.client()
+    local app = H.app(c)
+    local m1 = assert(c.machines:create(app, { config = { image = "nginx" } }))
+    local m2 = assert(c.machines:create(app, { config = { image = "nginx" } }))
+    c:close()
+    -- Machines_start is 1/s with a burst of 3; the scale makes it 20/s
+    H.config { rate_limits = { enabled = true, scale = 20 } }
+    local function starts(machine, redis)
+      local start_url = ("%s/v1/apps/%s/machines/%s/start"):format(H.url(), app, machine.id)
+      local before = H.stats().rate_limited
+      local hs, rs = {}, {}
+      local key = fresh("start")
+      for i = 1, 3 do hs[i] = spawn(("--http %s %s %s %s 20 3 6"):format(start_url, H.TOKEN, redis, key)) end
+      local t0 = socket.gettime()
+      local statuses = 0
+      for i = 1, 3 do
+        rs[i] = finish(hs[i])
+        assert.equals(0, rs[i].code, rs[i].out)
+        for _ in rs[i].out:gmatch("http %d+ %d+") do statuses = statuses + 1 end
+      end
+      assert.equals(18, statuses)
+      return H.stats().rate_limited - before, socket.gettime() - t0, all_grants(rs)
+    end
+    local ok, err = pcall(function()
+      -- every process pacing itself alone: together they exceed the limit
+      assert.is_true(starts(m1, "redis://127.0.0.1:1") > 0, "the emulator should have answered 429s")
+      -- through one Redis: none, and close to the 0.75 s minimum
+      local limited, took, g = starts(m2, url())
+      assert.equals(0, limited)
+      for _, x in ipairs(g) do assert.equals("redis", x.source) end
+      assert.is_true(g[18].at - g[1].at >= 0.75 - 0.03)
+      assert.is_true(took < 10, "took " .. took .. " s")
+    end)
+    H.reset()
+    assert(ok, err)
+  end)
+
   it("reserves at once: admissions sent together queue behind each other", function()
     local key = fresh("batch")
     local a, b = spawn(("--batch %s %s 20 2 8"):format(url(), key)), spawn(("--batch %s %s 20 2 8"):format(url(), key))

@@ -15,6 +15,9 @@
  *     --compare        also reserve each admission in a local bucket of the
  *                      same limit (ratelimit.c) when Redis's answer arrives and
  *                      print "compare <n> <Redis's ready time - the local one>"
+ *     --http URL TOKEN after each grant, POST to URL (the emulator's
+ *                      Machines_start) and print "http <n> <status>"; waits get
+ *                      the core's 20 ms margin, as the client's do
  *     --owner BASE TOKEN  the bucket is the client's for (BASE, TOKEN), action
  *                      "machine_start", scope KEY (fly_redis_identity/_key);
  *                      the key is printed as "key <name>"
@@ -34,6 +37,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <curl/curl.h>
 
 #include "../../csrc/ratelimit.h"
 #include "../../csrc/redis.h"
@@ -65,6 +70,33 @@ static void warnings(fly_redis *r) {
 /* One turn of the loop: wait at most max_wait seconds on the socket and the
  * limiter's timeout, then let it work and collect its answers. */
 static const char *compare_key; /* the driver is one thread: plain statics */
+static const char *http_url, *http_token;
+static double margin;
+
+static size_t discard(char *p, size_t size, size_t n, void *ud) {
+  (void)p, (void)ud;
+  return size * n;
+}
+
+/* One blocking POST: the driver stands in for the client, whose requests
+ * run on its loop. */
+static long post(void) {
+  CURL *e = curl_easy_init();
+  if (!e) return -1;
+  char auth[512];
+  snprintf(auth, sizeof auth, "Authorization: Bearer %s", http_token);
+  struct curl_slist *h = curl_slist_append(NULL, auth);
+  curl_easy_setopt(e, CURLOPT_URL, http_url);
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT, 10L);
+  long status = -1;
+  if (curl_easy_perform(e) == CURLE_OK) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(h);
+  curl_easy_cleanup(e);
+  return status;
+}
 
 static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_key, fly_limit limit) {
   short events;
@@ -90,6 +122,7 @@ static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_k
          Redis lost its state (a restart) */
       double local = fly_rate_reserve(local_key, limit, now);
       s->ready = a.ready_at > local ? a.ready_at : local;
+      if (s->ready > now) s->ready += margin;
       s->redis = 1;
       if (compare_key) {
         if (s->penalize) fly_rate_penalize(compare_key, limit, now);
@@ -97,6 +130,7 @@ static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_k
       }
     } else {
       s->ready = fly_rate_reserve(local_key, limit, now);
+      if (s->ready > now) s->ready += margin;
     }
   }
   warnings(r);
@@ -110,7 +144,9 @@ static void admit(fly_redis *r, slot *s, const char *key, const char *local_key,
     s->asked = 1;
   } else {
     s->done = 1;
-    s->ready = fly_rate_reserve(local_key, limit, fly_now());
+    double now = fly_now();
+    s->ready = fly_rate_reserve(local_key, limit, now);
+    if (s->ready > now) s->ready += margin;
   }
 }
 
@@ -119,6 +155,7 @@ static void grant(fly_redis *r, slot *s, slot *slots, const char *local_key, fly
   while ((now = fly_now()) < s->ready) pump(r, s->ready - now, slots, local_key, limit);
   printf("grant %d %.6f %s %.0f\n", s->n, wall(), s->redis ? "redis" : "local", s->latency * 1e6);
   if (compare_key && s->redis) printf("compare %d %.6f\n", s->n, s->compare);
+  if (http_url) printf("http %d %ld\n", s->n, post());
   fflush(stdout);
 }
 
@@ -133,6 +170,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--penalize") == 0 && i + 1 < argc) penalize = atoi(argv[++i]);
     else if (strcmp(argv[i], "--jitter") == 0 && i + 1 < argc) jitter = atof(argv[++i]);
     else if (strcmp(argv[i], "--compare") == 0) compare = 1;
+    else if (strcmp(argv[i], "--http") == 0 && i + 2 < argc) http_url = argv[++i], http_token = argv[++i];
     else if (strcmp(argv[i], "--pause") == 0 && i + 2 < argc) pause_after = atoi(argv[++i]), go_file = argv[++i];
     else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) timeout = atof(argv[++i]);
     else if (strcmp(argv[i], "--retry") == 0 && i + 1 < argc) retry = atof(argv[++i]);
@@ -141,7 +179,7 @@ int main(int argc, char **argv) {
   }
   if (argc - i != 5) {
     fprintf(stderr, "usage: redis-driver [--batch] [--pause N FILE] [--timeout S] [--retry S] "
-                    "[--penalize K] [--jitter S] [--compare] [--owner BASE TOKEN] URL KEY RATE BURST COUNT\n");
+                    "[--penalize K] [--jitter S] [--compare] [--http URL TOKEN] [--owner BASE TOKEN] URL KEY RATE BURST COUNT\n");
     return 2;
   }
   const char *url = argv[i], *key = argv[i + 1];
@@ -160,6 +198,10 @@ int main(int argc, char **argv) {
   char cmp_key[600];
   snprintf(cmp_key, sizeof cmp_key, "compare|%s", key);
   if (compare) compare_key = cmp_key;
+  if (http_url) {
+    margin = 0.02;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+  }
   unsigned seed = (unsigned)getpid() ^ (unsigned)(fly_now() * 1e6);
   fly_redis *r = fly_redis_new(url, timeout, retry, fly_now(), err, sizeof err);
   if (!r) {
@@ -213,5 +255,6 @@ int main(int argc, char **argv) {
   fflush(stdout);
   fly_redis_free(r);
   free(slots);
+  if (http_url) curl_global_cleanup();
   return granted == count ? 0 : 1;
 }
