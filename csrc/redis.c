@@ -50,7 +50,6 @@ static const char SCRIPT[] =
 
 typedef struct pending {
   struct pending *prev, *next;
-  fly_redis *r;
   void *cookie;
   int cancelled;
   int answered;     /* its result is queued (or it was cancelled) */
@@ -570,7 +569,6 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
     return FLY_REDIS_LOCAL;
   }
   memcpy(p->key, key, klen + 1);
-  p->r = r;
   p->cookie = cookie;
   p->sent = now;
   snprintf(p->interval, sizeof p->interval, "%.6f", 1e6 / limit.rate);

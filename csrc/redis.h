@@ -18,7 +18,31 @@
  * answered within `timeout` seconds comes back as FLY_REDIS_LOCAL (the caller
  * uses its local bucket), the limiter is marked down and tries again at the
  * first admission after `retry` seconds; while down, fly_redis_admit answers
- * FLY_REDIS_LOCAL at once without touching the network. */
+ * FLY_REDIS_LOCAL at once without touching the network.
+ *
+ * One connection per fly_redis, hence per client: clients may live on
+ * different threads, and a connection shared between them would need a lock
+ * on the hot path and a loop to own it. Connecting to a host name resolves it
+ * with getaddrinfo, which blocks (hiredis has no asynchronous resolver): at
+ * fly_redis_new and at each reconnection, at most every `retry` seconds; an
+ * IP address or a Unix socket never blocks. A single Redis (or a primary) is
+ * expected: Redis Cluster's redirections count as wrong answers.
+ *
+ * Wiring into a loop (what the client's loop does):
+ *   - at admission, instead of fly_rate_reserve: fly_redis_admit(key, limit,
+ *     0, request, now); 0 -> the request waits in a state "admitting" (not
+ *     launched, not counted by the earliest ready time); FLY_REDIS_LOCAL ->
+ *     fly_rate_reserve as without Redis;
+ *   - every turn: fd = fly_redis_fd(&events) as one more curl_waitfd for
+ *     curl_multi_poll; the poll's timeout no later than
+ *     fly_redis_next_timeout; then fly_redis_io(revents or 0, now) and drain
+ *     fly_redis_next: GRANTED -> ready_at = max(answer.ready_at,
+ *     fly_rate_reserve(key, limit, now)) (+ margin when it waits): the local
+ *     bucket keeps counting this process's requests, so a fallback goes on
+ *     from where this process stood); LOCAL -> fly_rate_reserve; then queued;
+ *   - a 429: fly_redis_admit(..., penalize = 1, ...) (after fly_rate_penalize);
+ *   - a request cancelled or finished while admitting: fly_redis_cancel;
+ *   - fly_redis_warning after fly_redis_io/admit, to the trace hook or stderr. */
 #ifndef FLY_REDIS_H
 #define FLY_REDIS_H
 
