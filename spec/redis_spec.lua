@@ -275,6 +275,22 @@ describe("the shared rate limiter (Redis)", function()
     assert.same({}, r.warnings)
   end)
 
+  it("reloads the script once per admission in flight after NOSCRIPT", function()
+    local go = os.tmpname()
+    os.remove(go)
+    local h = spawn(("--batch --pause 0 %s %s %s 20 3 6"):format(go, url(), fresh("flush-batch")))
+    wait_for(h, "paused")
+    socket.sleep(0.1) -- connected, the script loaded
+    assert.matches("OK", cli("script flush"))
+    touch(go)
+    local r = finish(h)
+    os.remove(go)
+    assert.equals(0, r.code, r.out)
+    for _, x in ipairs(r.grants) do assert.equals("redis", x.source) end
+    assert.equals(6, r.stats.reloads)
+    assert.is_true(excess(r.grants, 20, 3) < 0.6)
+  end)
+
   it("uses a Unix socket and a database number", function()
     local key = fresh("unix")
     local r = run(("'unix://%s/redis.sock?db=3' %s 20 3 4"):format(server.dir, key))

@@ -6,6 +6,7 @@
  *     --batch          admit all COUNT at once (as concurrent tasks would),
  *                      instead of one after the other
  *     --pause N FILE   after N grants print "paused" and wait until FILE exists
+ *                      (--batch: N = 0, before the batch, once connected)
  *                      (at most 60 s, then exit with status 3)
  *     --timeout S      seconds an admission may wait for Redis (0.1)
  *     --retry S        seconds between reconnections while down (5)
@@ -159,6 +160,20 @@ static void grant(fly_redis *r, slot *s, slot *slots, const char *local_key, fly
   fflush(stdout);
 }
 
+/* Prints "paused" and runs the loop until go_file exists; 0 after 60 s (a
+ * spec that failed never says go). */
+static int wait_for_go(fly_redis *r, const char *go_file, slot *slots, const char *local_key,
+                       fly_limit limit) {
+  printf("paused\n");
+  fflush(stdout);
+  double give_up = fly_now() + 60;
+  while (access(go_file, F_OK) != 0) {
+    if (fly_now() > give_up) return 0;
+    pump(r, 0.02, slots, local_key, limit);
+  }
+  return 1;
+}
+
 int main(int argc, char **argv) {
   int batch = 0, penalize = 0, pause_after = -1;
   const char *go_file = NULL, *base = NULL, *token = NULL;
@@ -213,6 +228,7 @@ int main(int argc, char **argv) {
   for (int k = 0; k < count; k++) slots[k].n = k + 1;
   int granted = 0;
   if (batch) {
+    if (pause_after == 0 && !wait_for_go(r, go_file, slots, local_key, limit)) return 3;
     for (int k = 0; k < count; k++) admit(r, &slots[k], key, local_key, limit, penalize);
     for (int k = 0; k < count; k++) {
       while (!slots[k].done) pump(r, 1, slots, local_key, limit);
@@ -236,15 +252,7 @@ int main(int argc, char **argv) {
       while (!slots[k].done) pump(r, 1, slots, local_key, limit);
       grant(r, &slots[k], slots, local_key, limit);
       granted++;
-      if (granted == pause_after) {
-        printf("paused\n");
-        fflush(stdout);
-        double give_up = fly_now() + 60; /* a spec that failed never says go */
-        while (access(go_file, F_OK) != 0) {
-          if (fly_now() > give_up) return 3;
-          pump(r, 0.02, slots, local_key, limit);
-        }
-      }
+      if (granted == pause_after && !wait_for_go(r, go_file, slots, local_key, limit)) return 3;
     }
   }
   warnings(r);
