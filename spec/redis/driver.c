@@ -13,6 +13,8 @@
  *     --penalize K     send every K-th admission as after a 429
  *     --jitter S       before each admission (one after the other), pause a
  *                      random time below S seconds
+ *     --abandon        with --batch: cancel the first admission and free the
+ *                      limiter with the others in flight, then exit
  *     --compare        also reserve each admission in a local bucket of the
  *                      same limit (ratelimit.c) when Redis's answer arrives and
  *                      print "compare <n> <Redis's ready time - the local one>"
@@ -178,13 +180,14 @@ int main(int argc, char **argv) {
   int batch = 0, penalize = 0, pause_after = -1;
   const char *go_file = NULL, *base = NULL, *token = NULL;
   double timeout = 0.1, retry = 5, jitter = 0;
-  int compare = 0;
+  int compare = 0, abandon = 0;
   int i = 1;
   for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
     if (strcmp(argv[i], "--batch") == 0) batch = 1;
     else if (strcmp(argv[i], "--penalize") == 0 && i + 1 < argc) penalize = atoi(argv[++i]);
     else if (strcmp(argv[i], "--jitter") == 0 && i + 1 < argc) jitter = atof(argv[++i]);
     else if (strcmp(argv[i], "--compare") == 0) compare = 1;
+    else if (strcmp(argv[i], "--abandon") == 0) abandon = 1;
     else if (strcmp(argv[i], "--http") == 0 && i + 2 < argc) http_url = argv[++i], http_token = argv[++i];
     else if (strcmp(argv[i], "--pause") == 0 && i + 2 < argc) pause_after = atoi(argv[++i]), go_file = argv[++i];
     else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) timeout = atof(argv[++i]);
@@ -194,7 +197,7 @@ int main(int argc, char **argv) {
   }
   if (argc - i != 5) {
     fprintf(stderr, "usage: redis-driver [--batch] [--pause N FILE] [--timeout S] [--retry S] "
-                    "[--penalize K] [--jitter S] [--compare] [--http URL TOKEN] [--owner BASE TOKEN] URL KEY RATE BURST COUNT\n");
+                    "[--penalize K] [--jitter S] [--compare] [--abandon] [--http URL TOKEN] [--owner BASE TOKEN] URL KEY RATE BURST COUNT\n");
     return 2;
   }
   const char *url = argv[i], *key = argv[i + 1];
@@ -230,6 +233,13 @@ int main(int argc, char **argv) {
   if (batch) {
     if (pause_after == 0 && !wait_for_go(r, go_file, slots, local_key, limit)) return 3;
     for (int k = 0; k < count; k++) admit(r, &slots[k], key, local_key, limit, penalize);
+    if (abandon) { /* the owner goes away with admissions in flight */
+      fly_redis_cancel(r, (void *)(intptr_t)1);
+      fly_redis_free(r);
+      free(slots);
+      printf("abandoned\n");
+      return 0;
+    }
     for (int k = 0; k < count; k++) {
       while (!slots[k].done) pump(r, 1, slots, local_key, limit);
     }
