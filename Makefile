@@ -174,3 +174,28 @@ fuzz: setup $(FUZZ_TARGETS:%=build/fuzz/%)
 	    $$dict build/fuzz/corpus/$$t fuzz/corpus/$$t 2>build/fuzz/$$t.log || { tail -n 60 build/fuzz/$$t.log; exit 1; }; \
 	  grep -E "stat::number_of_executed_units|Done" build/fuzz/$$t.log; \
 	done
+
+# ---------------------------------------------------------------- Redis
+# The shared rate limiter (csrc/redis.c) talks to Redis through Debian's
+# hiredis and names buckets with OpenSSL's SHA-256 (libcurl already loads
+# libcrypto). redis-server runs the specs' Redis (spec/redis/start).
+PKGS += libhiredis-dev libssl-dev redis-server redis-tools
+LIBS += -lhiredis -lcrypto
+
+build/spec/redis-driver: spec/redis/driver.c csrc/redis.c csrc/redis.h csrc/ratelimit.c csrc/ratelimit.h
+	@mkdir -p build/spec
+	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ $(LIBS)
+
+test: build/spec/redis-driver
+
+# The Redis limiter's specs with the driver under ASan/UBSan (spec/redis/start
+# runs their redis-server; the helper starts an emulator for the one that needs it).
+check-redis-asan: setup
+	@mkdir -p build/asan
+	$(CC) $(SANITIZE) $(WARN) spec/redis/driver.c csrc/redis.c csrc/ratelimit.c -o build/asan/redis-driver $(LIBS)
+	@FLY_SPEC_REDIS_DRIVER="$(CURDIR)/build/asan/redis-driver" \
+	  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=66" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0" \
+	  $(LUA) /usr/bin/busted spec/redis_spec.lua
+
+.PHONY: check-redis-asan

@@ -1,0 +1,639 @@
+/* Shared rate-limit buckets in Redis, through hiredis's asynchronous API
+ * driven by the owner's loop (see redis.h).
+ *
+ * Ownership: a fly_redis owns its hiredis context (ac), its list of admissions
+ * in flight (each `pending` is also the privdata of exactly one hiredis
+ * command at a time and is freed by that command's callback, which hiredis
+ * always calls: with the reply, or with NULL when the context goes away) and
+ * its queue of results. No state is shared between fly_redis objects. */
+#define _POSIX_C_SOURCE 200809L
+#include "redis.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* The reservation, atomic on the server. KEYS[1]: the bucket, holding its
+ * theoretical arrival time (TAT) in microseconds of the server's clock.
+ * ARGV[1]: microseconds per token (1e6 / rate); ARGV[2]: burst; ARGV[3]: "1"
+ * to empty the bucket first. A bucket holds `burst - (TAT - now) / interval`
+ * tokens, so taking one moves TAT by one interval, and the request may go
+ * once `burst` intervals remain before TAT. The key expires when the bucket
+ * would be full again: a missing key is a full bucket. Answers the delay in
+ * microseconds. TIME is the server's: the hosts' clocks may differ. */
+static const char SCRIPT[] =
+    "if redis.replicate_commands then pcall(redis.replicate_commands) end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local interval = tonumber(ARGV[1])\n"
+    "local burst = tonumber(ARGV[2])\n"
+    "if not interval or not burst or interval <= 0 or burst < 1 then\n"
+    "  return redis.error_reply('fly: bad limit')\n"
+    "end\n"
+    "local tat = tonumber(redis.call('GET', KEYS[1])) or now\n"
+    "if tat < now then tat = now end\n"
+    "if ARGV[3] == '1' and tat < now + burst * interval then tat = now + burst * interval end\n"
+    "tat = tat + interval\n"
+    "local delay = tat - burst * interval - now\n"
+    "if delay < 0 then delay = 0 end\n"
+    "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)\n"
+    "return math.floor(delay)\n";
+
+typedef struct pending {
+  struct pending *prev, *next;
+  void *cookie;
+  int cancelled;
+  int answered;     /* its result is queued (or it was cancelled) */
+  int retried;      /* NOSCRIPT was answered once already */
+  double sent;
+  char interval[32], burst[32];
+  char penalize[2];
+  char key[];       /* owned, NUL-terminated */
+} pending;
+
+struct fly_redis {
+  redisAsyncContext *ac; /* owned; NULL while disconnected */
+  int want_read, want_write;
+  /* where */
+  char *host;        /* owned; NULL for a Unix socket */
+  int port;
+  char *path;        /* owned; NULL for TCP */
+  char *user, *password; /* owned or NULL */
+  int db;
+  char *shown;       /* owned: the URL without the password, for messages */
+  double timeout, retry;
+  char sha[41];      /* SHA-1 of SCRIPT, as EVALSHA wants it */
+  /* state */
+  int down;
+  double retry_at;   /* while down: when the next admission may reconnect */
+  int drop;          /* a callback found the connection unusable */
+  char reason[160];  /* why it was dropped */
+  pending *head, *tail; /* in flight, oldest first */
+  fly_redis_answer *results; /* owned: a ring of cap slots */
+  size_t cap, first, count;
+  size_t inflight;
+  char warning[320];
+  int has_warning;
+  char warned[320];  /* the copy handed out by fly_redis_warning */
+  fly_redis_stats stats;
+  double io_now;     /* the `now` of the fly_redis_io (or _free) call running the
+                        callbacks: hiredis calls back only from inside them */
+};
+
+/* ------------------------------------------------------------- helpers */
+
+static char *dupn(const char *s, size_t n) {
+  char *p = malloc(n + 1);
+  if (p) {
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}
+
+static int hexval(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decodes s[0..n) into a new string; NULL when malformed or out of memory. */
+static char *decode(const char *s, size_t n) {
+  char *out = malloc(n + 1), *o = out;
+  if (!out) return NULL;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '%') {
+      int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
+      int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+      if (hi < 0 || lo < 0) {
+        free(out);
+        return NULL;
+      }
+      *o++ = (char)(hi * 16 + lo);
+      i += 2;
+    } else {
+      *o++ = s[i];
+    }
+  }
+  *o = '\0';
+  return out;
+}
+
+/* A decimal in s[0..n) within [lo, hi]; -1 when it is not one. */
+static long number(const char *s, size_t n, long lo, long hi) {
+  if (n == 0 || n > 9) return -1;
+  long v = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9') return -1;
+    v = v * 10 + (s[i] - '0');
+  }
+  return v < lo || v > hi ? -1 : v;
+}
+
+static void set_warning(fly_redis *r, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->warning, sizeof r->warning, fmt, ap);
+  va_end(ap);
+  r->has_warning = 1;
+}
+
+/* ---------------------------------------------------------- URL parsing */
+
+static int fail(char *err, size_t errlen, const char *msg) {
+  snprintf(err, errlen, "%s", msg);
+  return 0;
+}
+
+/* redis://[[user]:password@]host[:port][/db] */
+static int parse_tcp(fly_redis *r, const char *s, char *err, size_t errlen) {
+  const char *end = s + strlen(s);
+  const char *slash = strchr(s, '/');
+  const char *auth_end = NULL;
+  const char *hostpart_end = slash ? slash : end;
+  for (const char *p = s; p < hostpart_end; p++)
+    if (*p == '@') auth_end = p; /* the last '@' before the path: passwords are encoded */
+  const char *h = s;
+  if (auth_end) {
+    const char *colon = memchr(s, ':', (size_t)(auth_end - s));
+    if (!colon) return fail(err, errlen, "redis URL: the credentials need the form [user]:password@");
+    if (colon > s && !(r->user = decode(s, (size_t)(colon - s))))
+      return fail(err, errlen, "redis URL: the user name is badly percent-encoded");
+    if (!(r->password = decode(colon + 1, (size_t)(auth_end - colon - 1))))
+      return fail(err, errlen, "redis URL: the password is badly percent-encoded");
+    h = auth_end + 1;
+  }
+  const char *port = NULL, *host_end;
+  if (*h == '[') { /* [IPv6] */
+    const char *close = memchr(h, ']', (size_t)(hostpart_end - h));
+    if (!close || close == h + 1) return fail(err, errlen, "redis URL: bad [IPv6] host");
+    r->host = dupn(h + 1, (size_t)(close - h - 1));
+    host_end = close + 1;
+    if (host_end < hostpart_end && *host_end != ':')
+      return fail(err, errlen, "redis URL: bad [IPv6] host");
+    if (host_end < hostpart_end) port = host_end + 1;
+  } else {
+    const char *colon = memchr(h, ':', (size_t)(hostpart_end - h));
+    host_end = colon ? colon : hostpart_end;
+    if (host_end == h) return fail(err, errlen, "redis URL: the host is missing");
+    r->host = dupn(h, (size_t)(host_end - h));
+    if (colon) port = colon + 1;
+  }
+  if (!r->host) return fail(err, errlen, "out of memory");
+  r->port = 6379;
+  if (port) {
+    long v = number(port, (size_t)(hostpart_end - port), 1, 65535);
+    if (v < 0) return fail(err, errlen, "redis URL: the port must be a number from 1 to 65535");
+    r->port = (int)v;
+  }
+  if (slash && slash + 1 < end) {
+    long v = number(slash + 1, (size_t)(end - slash - 1), 0, 100000);
+    if (v < 0) return fail(err, errlen, "redis URL: the database after '/' must be a number");
+    r->db = (int)v;
+  }
+  return 1;
+}
+
+/* unix:///path.sock[?db=N][&password=P] */
+static int parse_unix(fly_redis *r, const char *s, char *err, size_t errlen) {
+  if (*s != '/') return fail(err, errlen, "redis URL: unix:// needs an absolute path (unix:///path.sock)");
+  const char *q = strchr(s, '?');
+  size_t plen = q ? (size_t)(q - s) : strlen(s);
+  if (plen < 2) return fail(err, errlen, "redis URL: the socket path is missing");
+  if (!(r->path = dupn(s, plen))) return fail(err, errlen, "out of memory");
+  while (q && *q) {
+    const char *name = q + 1, *amp = strchr(name, '&');
+    const char *vend = amp ? amp : name + strlen(name);
+    const char *eq = memchr(name, '=', (size_t)(vend - name));
+    if (!eq) return fail(err, errlen, "redis URL: query parameters need the form name=value");
+    size_t nlen = (size_t)(eq - name), vlen = (size_t)(vend - eq - 1);
+    if (nlen == 2 && memcmp(name, "db", 2) == 0) {
+      long v = number(eq + 1, vlen, 0, 100000);
+      if (v < 0) return fail(err, errlen, "redis URL: db must be a number");
+      r->db = (int)v;
+    } else if (nlen == 8 && memcmp(name, "password", 8) == 0) {
+      free(r->password);
+      if (!(r->password = decode(eq + 1, vlen)))
+        return fail(err, errlen, "redis URL: the password is badly percent-encoded");
+    } else {
+      return fail(err, errlen, "redis URL: unknown query parameter (db and password are known)");
+    }
+    q = amp;
+  }
+  return 1;
+}
+
+static int parse_url(fly_redis *r, const char *url, char *err, size_t errlen) {
+  char shown[300];
+  if (strncmp(url, "redis://", 8) == 0) {
+    if (!parse_tcp(r, url + 8, err, errlen)) return 0;
+    if (strchr(r->host, ':'))
+      snprintf(shown, sizeof shown, "redis://[%s]:%d/%d", r->host, r->port, r->db);
+    else
+      snprintf(shown, sizeof shown, "redis://%s:%d/%d", r->host, r->port, r->db);
+  } else if (strncmp(url, "unix://", 7) == 0) {
+    if (!parse_unix(r, url + 7, err, errlen)) return 0;
+    snprintf(shown, sizeof shown, "unix://%s?db=%d", r->path, r->db);
+  } else {
+    return fail(err, errlen, "redis URL: expected redis://[[user]:password@]host[:port][/db] or unix:///path.sock[?db=N]");
+  }
+  if (!(r->shown = dupn(shown, strlen(shown)))) return fail(err, errlen, "out of memory");
+  return 1;
+}
+
+/* ------------------------------------------------------------- results */
+
+/* Room for one more result per admission in flight, plus this one: a result
+ * can then always be queued from a callback. */
+static int reserve_result(fly_redis *r) {
+  size_t need = r->count + r->inflight + 1;
+  if (need <= r->cap) return 1;
+  size_t cap = r->cap ? r->cap * 2 : 16;
+  while (cap < need) cap *= 2;
+  fly_redis_answer *n = malloc(cap * sizeof *n);
+  if (!n) return 0;
+  for (size_t i = 0; i < r->count; i++) n[i] = r->results[(r->first + i) % r->cap];
+  free(r->results);
+  r->results = n;
+  r->cap = cap;
+  r->first = 0;
+  return 1;
+}
+
+static void unlink_pending(fly_redis *r, pending *p) {
+  if (p->prev) p->prev->next = p->next;
+  else r->head = p->next;
+  if (p->next) p->next->prev = p->prev;
+  else r->tail = p->prev;
+  p->prev = p->next = NULL;
+  r->inflight--;
+}
+
+/* Queues p's answer once (never for a cancelled one) and takes it off the
+ * in-flight list; p itself stays until its hiredis callback frees it. */
+static void answer(fly_redis *r, pending *p, int status, double delay, double now) {
+  if (p->answered) return;
+  p->answered = 1;
+  unlink_pending(r, p);
+  if (status == FLY_REDIS_GRANTED) {
+    r->stats.granted++;
+    if (r->down) {
+      r->down = 0;
+      set_warning(r, "fly: the shared rate limiter at %s is available again", r->shown);
+    }
+  } else {
+    r->stats.local++;
+  }
+  if (p->cancelled) return;
+  fly_redis_answer *out = &r->results[(r->first + r->count) % r->cap];
+  r->count++;
+  out->cookie = p->cookie;
+  out->status = status;
+  out->delay = status == FLY_REDIS_GRANTED ? delay : 0;
+  out->ready_at = now + out->delay;
+}
+
+/* ---------------------------------------------------- the hiredis side */
+
+static void ev_add_read(void *d) { ((fly_redis *)d)->want_read = 1; }
+static void ev_del_read(void *d) { ((fly_redis *)d)->want_read = 0; }
+static void ev_add_write(void *d) { ((fly_redis *)d)->want_write = 1; }
+static void ev_del_write(void *d) { ((fly_redis *)d)->want_write = 0; }
+
+/* hiredis frees the context (on an error, or from redisAsyncFree) after the
+ * pending callbacks ran: forget it. */
+static void ev_cleanup(void *d) {
+  fly_redis *r = d;
+  r->ac = NULL;
+  r->want_read = r->want_write = 0;
+}
+
+static void mark_down(fly_redis *r, const char *why, double now) {
+  if (!r->down)
+    set_warning(r, "fly: the shared rate limiter at %s is unavailable (%s): using local rate limits, "
+                   "retrying every %g s", r->shown, why, r->retry);
+  r->down = 1;
+  r->retry_at = now + r->retry;
+}
+
+static void request_drop(fly_redis *r, const char *why) {
+  if (!r->drop) snprintf(r->reason, sizeof r->reason, "%s", why);
+  r->drop = 1;
+}
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+  fly_redis *r = ac->ev.data;
+  if (status != REDIS_OK) request_drop(r, ac->errstr ? ac->errstr : "cannot connect");
+}
+
+/* Answers to AUTH, SELECT and SCRIPT LOAD: anything but success is a
+ * limiter we cannot use. */
+static void on_setup(redisAsyncContext *ac, void *reply, void *privdata) {
+  fly_redis *r = ac->ev.data;
+  redisReply *rep = reply;
+  const char *what = privdata;
+  if (!rep) return;
+  if (rep->type == REDIS_REPLY_ERROR) {
+    char why[160];
+    snprintf(why, sizeof why, "%s: %.100s", what, rep->str);
+    request_drop(r, why);
+  } else if (strcmp(what, "SCRIPT LOAD") == 0 &&
+             (rep->type != REDIS_REPLY_STRING || strcmp(rep->str, r->sha) != 0)) {
+    request_drop(r, "SCRIPT LOAD: unexpected answer");
+  }
+}
+
+static int send_admission(fly_redis *r, pending *p, int full);
+
+static void on_admit(redisAsyncContext *ac, void *reply, void *privdata) {
+  fly_redis *r = ac->ev.data;
+  pending *p = privdata;
+  redisReply *rep = reply;
+  if (!rep) { /* the connection went away */
+    if (!p->answered) {
+      request_drop(r, ac->errstr && ac->err ? ac->errstr : "connection lost");
+      answer(r, p, FLY_REDIS_LOCAL, 0, r->io_now);
+    }
+    free(p);
+    return;
+  }
+  if (!p->answered) {
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
+      answer(r, p, FLY_REDIS_GRANTED, (double)rep->integer / 1e6, r->io_now);
+    } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 && !p->retried &&
+               !r->drop) {
+      /* the script cache was flushed (a restart, SCRIPT FLUSH): send it whole,
+         which also loads it; the reservation did not happen, so this is safe */
+      p->retried = 1;
+      r->stats.reloads++;
+      if (send_admission(r, p, 1)) return; /* p now belongs to the new command */
+      request_drop(r, "cannot send the script");
+      answer(r, p, FLY_REDIS_LOCAL, 0, r->io_now);
+    } else {
+      char why[160];
+      if (rep->type == REDIS_REPLY_ERROR) snprintf(why, sizeof why, "EVALSHA: %.100s", rep->str);
+      else snprintf(why, sizeof why, "EVALSHA: unexpected answer of type %d", rep->type);
+      request_drop(r, why);
+      answer(r, p, FLY_REDIS_LOCAL, 0, r->io_now);
+    }
+  }
+  free(p);
+}
+
+static int send_admission(fly_redis *r, pending *p, int full) {
+  const char *argv[7];
+  size_t lens[7];
+  argv[0] = full ? "EVAL" : "EVALSHA";
+  argv[1] = full ? SCRIPT : r->sha;
+  lens[1] = full ? sizeof SCRIPT - 1 : strlen(r->sha);
+  argv[2] = "1";
+  argv[3] = p->key;
+  argv[4] = p->interval;
+  argv[5] = p->burst;
+  argv[6] = p->penalize;
+  for (int i = 0; i < 7; i++)
+    if (i != 1) lens[i] = strlen(argv[i]);
+  return redisAsyncCommandArgv(r->ac, on_admit, p, 7, argv, lens) == REDIS_OK;
+}
+
+/* Runs f on the context with SIGPIPE blocked on this thread, and swallows a
+ * SIGPIPE the write raised: a peer that went away must not kill the
+ * process, and the process-wide disposition is not ours to change. */
+static void with_sigpipe_blocked(fly_redis *r, void (*f)(redisAsyncContext *)) {
+  sigset_t pipe_set, old, pending_before, pending_after;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  sigpending(&pending_before);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  f(r->ac);
+  sigpending(&pending_after);
+  if (sigismember(&pending_after, SIGPIPE) && !sigismember(&pending_before, SIGPIPE)) {
+    struct timespec zero = {0, 0};
+    sigtimedwait(&pipe_set, NULL, &zero);
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* Closes the connection: every admission in flight goes back to the local
+ * bucket (hiredis calls them back with NULL). */
+static void disconnect(fly_redis *r, const char *why, double now) {
+  r->io_now = now;
+  request_drop(r, why);
+  if (r->ac) redisAsyncFree(r->ac); /* runs the callbacks, then ev_cleanup */
+  r->ac = NULL;
+  r->drop = 0;
+  mark_down(r, r->reason, now);
+}
+
+static void send_setup(fly_redis *r) {
+  char db[16];
+  if (r->password) {
+    if (r->user) {
+      const char *argv[] = {"AUTH", r->user, r->password};
+      redisAsyncCommandArgv(r->ac, on_setup, "AUTH", 3, argv, NULL);
+    } else {
+      const char *argv[] = {"AUTH", r->password};
+      redisAsyncCommandArgv(r->ac, on_setup, "AUTH", 2, argv, NULL);
+    }
+  }
+  if (r->db) {
+    snprintf(db, sizeof db, "%d", r->db);
+    const char *argv[] = {"SELECT", db};
+    redisAsyncCommandArgv(r->ac, on_setup, "SELECT", 2, argv, NULL);
+  }
+  const char *argv[] = {"SCRIPT", "LOAD", SCRIPT};
+  size_t lens[] = {6, 4, sizeof SCRIPT - 1};
+  redisAsyncCommandArgv(r->ac, on_setup, "SCRIPT LOAD", 3, argv, lens);
+}
+
+/* Starts a connection; 1 when one is on its way. */
+static int connect_now(fly_redis *r, double now) {
+  r->stats.connects++;
+  r->drop = 0;
+  redisAsyncContext *ac = r->path ? redisAsyncConnectUnix(r->path) : redisAsyncConnect(r->host, r->port);
+  if (!ac) {
+    mark_down(r, "out of memory", now);
+    return 0;
+  }
+  if (ac->err) {
+    char why[160];
+    snprintf(why, sizeof why, "%s", ac->errstr);
+    redisAsyncFree(ac);
+    mark_down(r, why, now);
+    return 0;
+  }
+  r->ac = ac;
+  ac->ev.data = r;
+  ac->ev.addRead = ev_add_read;
+  ac->ev.delRead = ev_del_read;
+  ac->ev.addWrite = ev_add_write;
+  ac->ev.delWrite = ev_del_write;
+  ac->ev.cleanup = ev_cleanup;
+  redisAsyncSetConnectCallback(ac, on_connect);
+  send_setup(r);
+  return 1;
+}
+
+/* ------------------------------------------------------------- the API */
+
+fly_redis *fly_redis_new(const char *url, double timeout, double retry, double now, char *err,
+                         size_t errlen) {
+  fly_redis *r = calloc(1, sizeof *r);
+  if (!r) {
+    fail(err, errlen, "out of memory");
+    return NULL;
+  }
+  if (!url || !parse_url(r, url, err, errlen)) {
+    if (!url) fail(err, errlen, "redis URL: missing");
+    fly_redis_free(r);
+    return NULL;
+  }
+  r->timeout = timeout > 0 ? timeout : 0.1;
+  r->retry = retry > 0 ? retry : 5;
+  unsigned char md[SHA_DIGEST_LENGTH];
+  SHA1((const unsigned char *)SCRIPT, sizeof SCRIPT - 1, md);
+  for (int i = 0; i < SHA_DIGEST_LENGTH; i++) snprintf(r->sha + 2 * i, 3, "%02x", md[i]);
+  connect_now(r, now);
+  return r;
+}
+
+void fly_redis_free(fly_redis *r) {
+  if (!r) return;
+  for (pending *p = r->head; p; p = p->next) p->cancelled = 1;
+  if (r->ac) redisAsyncFree(r->ac); /* the callbacks free the pendings */
+  free(r->host);
+  free(r->path);
+  free(r->user);
+  if (r->password) {
+    memset(r->password, 0, strlen(r->password));
+    free(r->password);
+  }
+  free(r->shown);
+  free(r->results);
+  free(r);
+}
+
+int fly_redis_fd(fly_redis *r, short *events) {
+  *events = 0;
+  if (!r->ac || r->ac->c.fd < 0) return -1;
+  if (r->want_read) *events |= POLLIN;
+  if (r->want_write) *events |= POLLOUT;
+  return r->ac->c.fd;
+}
+
+static void handle_read(redisAsyncContext *ac) { redisAsyncHandleRead(ac); }
+static void handle_write(redisAsyncContext *ac) { redisAsyncHandleWrite(ac); }
+
+void fly_redis_io(fly_redis *r, short revents, double now) {
+  r->io_now = now;
+  if (r->ac && (revents & POLLOUT)) with_sigpipe_blocked(r, handle_write);
+  if (r->ac && (revents & (POLLIN | POLLERR | POLLHUP))) with_sigpipe_blocked(r, handle_read);
+  if (r->drop) disconnect(r, r->reason, now);
+  else if (r->head && now - r->head->sent >= r->timeout) {
+    char why[64];
+    snprintf(why, sizeof why, "no answer within %g ms", r->timeout * 1000);
+    disconnect(r, why, now);
+  } else if (!r->ac && r->head) {
+    disconnect(r, "connection lost", now);
+  }
+}
+
+double fly_redis_next_timeout(fly_redis *r, double now) {
+  if (!r->head) return -1;
+  double t = r->head->sent + r->timeout - now;
+  return t > 0 ? t : 0;
+}
+
+int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, void *cookie,
+                    double now) {
+  if ((r->down || !r->ac) && (now < r->retry_at || (!r->ac && !connect_now(r, now)))) {
+    r->stats.local++;
+    return FLY_REDIS_LOCAL;
+  }
+  size_t klen = strlen(key);
+  pending *p = NULL;
+  if (!(limit.rate > 0) || !(limit.burst >= 1) || !(p = calloc(1, sizeof *p + klen + 1)) ||
+      !reserve_result(r)) {
+    free(p);
+    r->stats.local++;
+    return FLY_REDIS_LOCAL;
+  }
+  memcpy(p->key, key, klen + 1);
+  p->cookie = cookie;
+  p->sent = now;
+  snprintf(p->interval, sizeof p->interval, "%.6f", 1e6 / limit.rate);
+  snprintf(p->burst, sizeof p->burst, "%.6f", limit.burst);
+  p->penalize[0] = penalize ? '1' : '0';
+  if (!send_admission(r, p, 0)) {
+    free(p);
+    r->stats.local++;
+    return FLY_REDIS_LOCAL;
+  }
+  p->prev = r->tail;
+  if (r->tail) r->tail->next = p;
+  else r->head = p;
+  r->tail = p;
+  r->inflight++;
+  return 0;
+}
+
+void fly_redis_cancel(fly_redis *r, void *cookie) {
+  for (pending *p = r->head; p; p = p->next)
+    if (p->cookie == cookie) p->cancelled = 1;
+  for (size_t i = 0; i < r->count; i++) {
+    fly_redis_answer *res = &r->results[(r->first + i) % r->cap];
+    if (res->cookie == cookie) res->status = 0; /* skipped by fly_redis_next */
+  }
+}
+
+int fly_redis_next(fly_redis *r, fly_redis_answer *out) {
+  while (r->count) {
+    *out = r->results[r->first];
+    r->first = (r->first + 1) % r->cap;
+    r->count--;
+    if (out->status) return 1;
+  }
+  return 0;
+}
+
+const char *fly_redis_warning(fly_redis *r) {
+  if (!r->has_warning) return NULL;
+  r->has_warning = 0;
+  memcpy(r->warned, r->warning, sizeof r->warned);
+  return r->warned;
+}
+
+void fly_redis_get_stats(const fly_redis *r, fly_redis_stats *out) {
+  *out = r->stats;
+  out->down = r->down;
+}
+
+int fly_redis_identity(const char *base, size_t base_len, const char *token, size_t token_len,
+                       char out[FLY_REDIS_ID_LEN + 1]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new(); /* owned here */
+  int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) && EVP_DigestUpdate(ctx, base, base_len) &&
+           EVP_DigestUpdate(ctx, "\n", 1) && EVP_DigestUpdate(ctx, token, token_len) &&
+           EVP_DigestFinal_ex(ctx, md, &mdlen) && mdlen >= FLY_REDIS_ID_LEN / 2;
+  EVP_MD_CTX_free(ctx);
+  if (!ok) return 0;
+  for (int i = 0; i < FLY_REDIS_ID_LEN / 2; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+  return 1;
+}
+
+size_t fly_redis_key(char *out, size_t outlen, const char *identity, const char *action,
+                     const char *scope) {
+  int n = snprintf(out, outlen, "fly:rl:%s:%s:%s", identity, action, scope);
+  return n < 0 ? 0 : (size_t)n;
+}
