@@ -25,7 +25,7 @@ local server = {}
 local function start()
   local p = assert(io.popen(("exec %s %s/spec/hostile/server.lua %s/build/hostile"):format(
     "lua5.4", H.ROOT, H.ROOT)))
-  local line = p:read("l")
+  local line = p:read("*l")
   local port, pid = (line or ""):match("^(%d+) (%d+)$")
   assert(port, "the hostile server did not start")
   server = { pipe = p, pid = pid, url = "http://127.0.0.1:" .. port }
@@ -60,7 +60,7 @@ local function in_child(case, opts)
     }
     client:close()
     v, err = nil, nil
-    local status = io.open("/proc/self/status"):read("a")
+    local status = io.open("/proc/self/status"):read("*a")
     out.hwm_mb = tonumber(status:match("VmHWM:%%s*(%%d+)")) / 1024
     for k, x in pairs(out) do io.write(k, "=", tostring(x), "\n") end
   ]]):format(server.url, MAX_SECONDS, opts or "{}", case)
@@ -70,7 +70,7 @@ local function in_child(case, opts)
   f:close()
   local lua = os.getenv("FLY_SPEC_LUA") or "lua5.4"
   local p = assert(io.popen(("timeout -s KILL %d %s %s 2>&1"):format(KILL_AFTER, lua, script)))
-  local text = p:read("a")
+  local text = p:read("*a")
   p:close()
   os.remove(script)
   local out = {}

@@ -9,7 +9,7 @@ local RTT = 0.1
 local function read_file(path)
   local f = io.open(path, "r")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -23,7 +23,7 @@ describe("the latency proxy", function()
     if lua:find("/build/asan/") then lua = "lua5.4" end   -- the proxy needs lua-luv, not the sanitized core
     local cmd = "%s %s/bench/latency-proxy.lua --target 127.0.0.1:%s --rtt %d --stats %s >%s 2>&1 & echo $!"
     local p = assert(io.popen(cmd:format(lua, H.ROOT, port, RTT * 1000, stats, out)))
-    pid = assert(tonumber(p:read("l")))
+    pid = assert(tonumber(p:read("*l")))
     p:close()
     for _ = 1, 100 do
       local port_p = (read_file(out) or ""):match("listening 127%.0%.0%.1:(%d+)")

@@ -69,7 +69,7 @@ local function bomb_file()
       .. path .. ".tmp' && mv '" .. path .. ".tmp' '" .. path .. "'"))
     f = assert(io.open(path, "rb"))
   end
-  local data = f:read("a")
+  local data = f:read("*a")
   f:close()
   return data
 end
@@ -138,7 +138,7 @@ local cases = {
 
 local server = assert(socket.bind("127.0.0.1", 0))
 local _, port = server:getsockname()
-local pid = io.open("/proc/self/stat"):read("n")
+local pid = io.open("/proc/self/stat"):read("*n")
 io.stdout:write(("%d %d\n"):format(port, pid))
 io.stdout:flush()
 

@@ -30,7 +30,7 @@ end
 local function read(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -51,7 +51,7 @@ end
 local function cjson_dir()
   local p = io.popen("ls -d /usr/lib/*/lua/5.1/cjson.so /usr/local/lib/lua/5.1/cjson.so "
     .. "/usr/lib/lua/5.1/cjson.so 2>/dev/null")
-  local f = p:read("l")
+  local f = p:read("*l")
   p:close()
   assert(f, "lua-cjson for Lua 5.1 not found (apt-get install lua-cjson)")
   return (f:gsub("/cjson%.so$", ""))
@@ -83,9 +83,9 @@ function harness.start(opts)
   opts = opts or {}
   local template = assert(read(ROOT .. "/spec/nginx/nginx.conf.in"))
   local user_line = ""
-  local id = io.popen("id -u"):read("l")
+  local id = io.popen("id -u"):read("*l")
   if id == "0" then
-    user_line = ("user %s %s;"):format(io.popen("id -un"):read("l"), io.popen("id -gn"):read("l"))
+    user_line = ("user %s %s;"):format(io.popen("id -un"):read("*l"), io.popen("id -gn"):read("*l"))
   end
   local last_log
   for _ = 1, 20 do
