@@ -14,6 +14,7 @@
 #include "curl.h"
 #include "ops.h"
 #include "request.h"
+#include "trace.h"
 #include "util.h"
 
 fly_client *fly_check_client(lua_State *L, int idx) {
@@ -35,6 +36,7 @@ void fly_client_close(lua_State *L, fly_client *c) {
   c->closed = 1;
   while (c->live) fly_request_fail(L, c->live, "cancelled", "the client was closed", 0);
   fly_curl_close(c);
+  fly_trace_release(c->trace), c->trace = NULL;
   fly_strlist_free(&c->headers);
   fly_strlist_free(&c->json_headers);
   free(c->base_url), c->base_url = NULL;
@@ -250,6 +252,16 @@ int fly_l_new(lua_State *L) {
     c->max_attempts = 1;
   }
   lua_pop(L, 1);
+
+  /* trace: the Lua layer has a hook and takes the events with _trace() */
+  rawfield(L, 1, "trace");
+  if (lua_toboolean(L, -1)) {
+    rawfield(L, 1, "trace_bodies");
+    c->trace = fly_trace_new(lua_toboolean(L, -1));
+    if (!c->trace) return fly_client_close(L, c), luaL_error(L, "fly: out of memory");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   lua_pushvalue(L, cidx);
   return 1;
 }
@@ -259,4 +271,5 @@ const luaL_Reg fly_client_methods[] = {
   {"_step", fly_l_step},       {"_step_until", fly_l_step_until}, {"_wait", fly_l_wait},
   {"_timeout", fly_l_timeout}, {"_sockets", fly_l_sockets}, {"close", l_close},
   {"base_url", l_base_url},    {"is_closed", l_is_closed},  {"_state", l_state},
+  {"_trace", fly_l_trace},
   {NULL, NULL}};

@@ -8,6 +8,7 @@
 -- @module fly.loop
 local core = require "fly.core"
 local Error = require "fly.error"
+local drain = require("fly.trace").drain
 
 local now_fn = core.now
 local step, step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
@@ -82,8 +83,10 @@ local function wake_one(st, finished)
   end
 end
 
--- Resumes the tasks waiting on the finished requests given (a step's results).
-local function wake(st, ...)
+-- Resumes the tasks waiting on the finished requests given (a step's results),
+-- once the trace hook has seen what the step recorded.
+local function wake(client, st, ...)
+  drain(client)
   local n = select("#", ...)
   if n == 1 then
     wake_one(st, (...))
@@ -106,9 +109,9 @@ function loop.drive(client, wait, req)
     wait = 0
   end
   if req and wait ~= 0 then
-    wake(st, step_until(client, req))
+    wake(client, st, step_until(client, req))
   else
-    wake(st, step(client, wait))
+    wake(client, st, step(client, wait))
   end
   if #st.ready > 0 then
     local ready = st.ready
@@ -134,6 +137,7 @@ function loop.await(client, req)
     -- no tasks (so not inside one): nobody else waits for anything, and the
     -- whole wait happens in C
     wait_in_c(client, req)
+    drain(client)
     return req
   end
   local task = loop.current(client)
