@@ -124,7 +124,8 @@ function fly.new(opts)
   local hooks = {}
   if opts.trace then
     local where = debug.getinfo(opts.trace, "S")
-    hooks[1] = { fn = opts.trace, name = ("trace hook (%s:%d)"):format(where.short_src, where.linedefined) }
+    hooks[1] = { fn = opts.trace, name = where.what == "C" and "trace hook (a C function)"
+      or ("trace hook (%s:%d)"):format(where.short_src, where.linedefined) }
   end
   if trace.debug_wanted() then hooks[#hooks + 1] = { fn = trace.debug_line, name = "FLY_DEBUG printer" } end
   local ok, client = pcall(core.new, {
