@@ -7,7 +7,8 @@
  *   req:_ready_at()  -> when to send it (monotonic seconds, core.now());
  *   req:_wire()      -> { method, url, scheme, host, port, target, headers =
  *       {"Name: value", ...}, body, safe, timeout }: what to send (the
- *       headers include Authorization: never log them);
+ *       headers include Authorization: never log them); for the trace
+ *       (trace.h), asking starts an attempt;
  *   req:_complete(status, headers, body) / req:_failed(code, message, sent)
  *       -> "done", or "retry", at: classify's verdict on the attempt. After
  *       "done", result(), success() and json() read it exactly as they read a
