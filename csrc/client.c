@@ -36,7 +36,6 @@ void fly_client_close(lua_State *L, fly_client *c) {
   c->closed = 1;
   while (c->live) fly_request_fail(L, c->live, "cancelled", "the client was closed", 0);
   fly_curl_close(c);
-  fly_trace_release(c->trace), c->trace = NULL;
   fly_strlist_free(&c->headers);
   fly_strlist_free(&c->json_headers);
   free(c->base_url), c->base_url = NULL;
@@ -48,7 +47,14 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-int fly_l_client_gc(lua_State *L) { return l_close(L); }
+/* The trace queue outlives close, so the events of what close cancelled can
+ * still be taken; it goes with the client (or its last request). */
+int fly_l_client_gc(lua_State *L) {
+  fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+  fly_client_close(L, c);
+  fly_trace_release(c->trace), c->trace = NULL;
+  return 0;
+}
 
 int fly_l_client_tostring(lua_State *L) {
   fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);

@@ -164,6 +164,14 @@ describe("the trace hook", function()
     assert.equals("start finish", kinds(events))
     assert.equals("cancelled", events[2].code)
     assert.equals(1, events[2].attempt)
+    -- closing the client ends what is in flight: the hook sees those attempts end too
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "stall", delay = 5, count = 1 }
+    c:spawn(function() return c.apps:get(name) end)
+    deadline = fly.now() + 5
+    while #events < 3 and fly.now() < deadline do c:poll(0.05) end
+    c:close()
+    assert.equals("start finish start finish", kinds(events))
+    assert.equals("cancelled", events[4].code)
   end)
 
   it("never shows the token; bodies and headers only with trace_bodies, never Authorization", function()

@@ -182,6 +182,7 @@ end
 function methods:close()
   loop.cancel_all(self)
   core_close(self)
+  trace.drain(self) -- the attempts that closing cut short
 end
 client_mt.__close = methods.close
 
