@@ -11,10 +11,19 @@ local Error = require "fly.error"
 local drain = require("fly.trace").drain
 
 local now_fn = core.now
-local step, step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
+local c_step, c_step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
 
 local loop = {}
+
+-- A step of the C loop, after which the trace hook sees what the step
+-- recorded, before any task hears of the requests it finished.
+local function drained(client, ...)
+  drain(client)
+  return ...
+end
+local function step(client, ...) return drained(client, c_step(client, ...)) end
+local function step_until(client, ...) return drained(client, c_step_until(client, ...)) end
 
 -- Per-client scheduler state, collected with the client.
 local states = setmetatable({}, { __mode = "k" })
@@ -83,10 +92,8 @@ local function wake_one(st, finished)
   end
 end
 
--- Resumes the tasks waiting on the finished requests given (a step's results),
--- once the trace hook has seen what the step recorded.
-local function wake(client, st, ...)
-  drain(client)
+-- Resumes the tasks waiting on the finished requests given (a step's results).
+local function wake(st, ...)
   local n = select("#", ...)
   if n == 1 then
     wake_one(st, (...))
@@ -109,9 +116,9 @@ function loop.drive(client, wait, req)
     wait = 0
   end
   if req and wait ~= 0 then
-    wake(client, st, step_until(client, req))
+    wake(st, step_until(client, req))
   else
-    wake(client, st, step(client, wait))
+    wake(st, step(client, wait))
   end
   if #st.ready > 0 then
     local ready = st.ready
