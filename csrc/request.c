@@ -7,8 +7,7 @@
  *   req:_ready_at()  -> when to send it (monotonic seconds, core.now());
  *   req:_wire()      -> { method, url, scheme, host, port, target, headers =
  *       {"Name: value", ...}, body, safe, timeout }: what to send (the
- *       headers include Authorization: never log them); for the trace
- *       (trace.h), asking starts an attempt;
+ *       headers include Authorization: never log them);
  *   req:_complete(status, headers, body) / req:_failed(code, message, sent)
  *       -> "done", or "retry", at: classify's verdict on the attempt. After
  *       "done", result(), success() and json() read it exactly as they read a
@@ -246,6 +245,7 @@ static int l_req_ready_at(lua_State *L) {
 static int l_req_wire(lua_State *L) {
   fly_request *r = check_carried(L);
   fly_wire *w = &r->wire;
+  if (r->trace) fly_trace_start(r, &w->headers, fly_now()); /* asking what to send starts an attempt */
   lua_createtable(L, 0, 11);
   lua_pushstring(L, r->op->method), lua_setfield(L, -2, "method");
   lua_pushlstring(L, w->url.p, w->url.n), lua_setfield(L, -2, "url");
@@ -286,7 +286,6 @@ static int l_req_wire(lua_State *L) {
     if (timeout <= 0 || left < timeout) timeout = left;
   }
   if (timeout > 0) lua_pushnumber(L, timeout), lua_setfield(L, -2, "timeout");
-  if (r->trace) fly_trace_start(r, &w->headers, fly_now()); /* asking what to send starts an attempt */
   return 1;
 }
 

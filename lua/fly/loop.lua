@@ -13,9 +13,6 @@ local drain = require("fly.trace").drain
 local now_fn = core.now
 local c_step, c_step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
-
-local loop = {}
-
 -- A step of the C loop, after which the trace hook sees what the step
 -- recorded, before any task hears of the requests it finished.
 local function drained(client, ...)
@@ -24,6 +21,8 @@ local function drained(client, ...)
 end
 local function step(client, ...) return drained(client, c_step(client, ...)) end
 local function step_until(client, ...) return drained(client, c_step_until(client, ...)) end
+
+local loop = {}
 
 -- Per-client scheduler state, collected with the client.
 local states = setmetatable({}, { __mode = "k" })
