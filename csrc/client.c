@@ -14,6 +14,7 @@
 #include "curl.h"
 #include "ops.h"
 #include "request.h"
+#include "trace.h"
 #include "util.h"
 
 fly_client *fly_check_client(lua_State *L, int idx) {
@@ -46,7 +47,14 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-int fly_l_client_gc(lua_State *L) { return l_close(L); }
+/* The trace queue outlives close, so the events of what close cancelled can
+ * still be taken; it goes with the client (or its last request). */
+int fly_l_client_gc(lua_State *L) {
+  fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+  fly_client_close(L, c);
+  fly_trace_release(c->trace), c->trace = NULL;
+  return 0;
+}
 
 int fly_l_client_tostring(lua_State *L) {
   fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
@@ -250,6 +258,16 @@ int fly_l_new(lua_State *L) {
     c->max_attempts = 1;
   }
   lua_pop(L, 1);
+
+  /* trace: the Lua layer has a hook and takes the events with _trace() */
+  rawfield(L, 1, "trace");
+  if (lua_toboolean(L, -1)) {
+    rawfield(L, 1, "trace_bodies");
+    c->trace = fly_trace_new(lua_toboolean(L, -1));
+    if (!c->trace) return fly_client_close(L, c), luaL_error(L, "fly: out of memory");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   lua_pushvalue(L, cidx);
   return 1;
 }
@@ -259,4 +277,5 @@ const luaL_Reg fly_client_methods[] = {
   {"_step", fly_l_step},       {"_step_until", fly_l_step_until}, {"_wait", fly_l_wait},
   {"_timeout", fly_l_timeout}, {"_sockets", fly_l_sockets}, {"close", l_close},
   {"base_url", l_base_url},    {"is_closed", l_is_closed},  {"_state", l_state},
+  {"_trace", fly_l_trace},
   {NULL, NULL}};

@@ -38,6 +38,7 @@ struct fly_client {
   double retry_base, retry_cap;
   uint64_t rng;                /* seeds each request's backoff jitter */
   fly_request *live;           /* requests queued or running on the libcurl transport */
+  struct fly_trace *trace;     /* a reference to the trace queue (trace.h), kept until __gc; NULL: no hook */
 };
 
 /* The client at idx; raises when it is closed. */

@@ -24,6 +24,7 @@
 #include <sys/select.h>
 
 #include "request.h"
+#include "trace.h"
 #include "util.h"
 
 #define POOL_MAX 32
@@ -203,6 +204,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
     return 0;
   }
   r->state = REQ_ACTIVE;
+  if (r->trace) fly_trace_start(r, fly_wire_headers(&r->wire, &c->base), fly_now());
   return 1;
 }
 
@@ -250,8 +252,10 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   curl_multi_remove_handle(c->curl->multi, e);
   pool_put(c, r->easy);
   r->easy = NULL;
-  double at;
-  if (fly_classify(&r->retry, &r->reply, fly_now(), &at) == FLY_RETRY) {
+  double at = 0, now = fly_now();
+  int verdict = fly_classify(&r->retry, &r->reply, now, &at);
+  if (r->trace) fly_trace_attempt(r, verdict, now, at);
+  if (verdict == FLY_RETRY) {
     r->state = REQ_QUEUED;
     r->ready_at = at;
     return;

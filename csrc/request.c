@@ -22,6 +22,7 @@
 #include "curl.h"
 #include "json.h"
 #include "ops.h"
+#include "trace.h"
 #include "util.h"
 
 fly_request *fly_check_request(lua_State *L, int idx) { return luaL_checkudata(L, idx, REQUEST_MT); }
@@ -59,6 +60,7 @@ static void request_unlink(fly_request *r) {
 }
 
 void fly_request_finish(lua_State *L, fly_request *r) {
+  if (r->trace && r->state != REQ_DONE) fly_trace_end(r);
   fly_curl_stop(r);
   request_unlink(r);
   r->state = REQ_DONE;
@@ -107,6 +109,7 @@ void fly_request_clear_body(fly_request *r) {
 /* Frees what the request owns: only the collector calls this. */
 int fly_l_request_gc(lua_State *L) {
   fly_request *r = fly_check_request(L, 1);
+  fly_trace_release(r->trace), r->trace = NULL; /* nothing to record while collected */
   fly_request_finish(L, r);
   fly_curl_request_free(r);
   fly_wire_free(&r->wire);
@@ -196,6 +199,7 @@ fly_request *fly_request_call(lua_State *L, fly_client *c, int level) {
     p->rate_key = r->rate_key;
     r->ready_at = fly_rate_admit(r->rate_key, p->limit, now, c->rate_margin);
   }
+  if (c->trace) fly_trace_admit(r, c->trace, now);
   lua_settop(L, ridx);
   return r;
 }
@@ -241,6 +245,7 @@ static int l_req_ready_at(lua_State *L) {
 static int l_req_wire(lua_State *L) {
   fly_request *r = check_carried(L);
   fly_wire *w = &r->wire;
+  if (r->trace) fly_trace_start(r, &w->headers, fly_now()); /* asking what to send starts an attempt */
   lua_createtable(L, 0, 11);
   lua_pushstring(L, r->op->method), lua_setfield(L, -2, "method");
   lua_pushlstring(L, w->url.p, w->url.n), lua_setfield(L, -2, "url");
@@ -287,7 +292,9 @@ static int l_req_wire(lua_State *L) {
 /* Runs classify on the attempt just reported and pushes its verdict. */
 static int report(lua_State *L, fly_request *r) {
   double now = fly_now(), at = 0;
-  if (fly_classify(&r->retry, &r->reply, now, &at) == FLY_RETRY) {
+  int verdict = fly_classify(&r->retry, &r->reply, now, &at);
+  if (r->trace) fly_trace_attempt(r, verdict, now, at);
+  if (verdict == FLY_RETRY) {
     r->ready_at = at;
     lua_pushliteral(L, "retry");
     lua_pushnumber(L, at);

@@ -48,6 +48,12 @@ struct fly_request {
   char *message;               /* owned: what went wrong, or NULL */
   char *resp;                  /* owned response body, NUL-terminated */
   size_t resp_len, resp_cap;
+  /* the trace (trace.h); all zero when the client has no hook */
+  struct fly_trace *trace;     /* a reference to the client's queue, or NULL */
+  long long call;              /* this call's number there */
+  double attempt_start;        /* when the open attempt started */
+  double trace_wait;           /* the wait before the next attempt */
+  int trace_flags;             /* TRACE_OPEN: an attempt is running; TRACE_ENDED */
 };
 
 fly_request *fly_check_request(lua_State *L, int idx);

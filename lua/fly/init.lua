@@ -14,6 +14,7 @@ local Error = require "fly.error"
 local compat = require "fly.compat"
 local loop = require "fly.loop"
 local resource = require "fly.resource"
+local trace = require "fly.trace"
 
 local fly = {
   _VERSION = "0.1.0",
@@ -75,7 +76,7 @@ end
 local OPTIONS = {
   token = "string", base_url = "string", timeout = "number", connect_timeout = "number",
   user_agent = "string", ca_file = "string", insecure = "boolean", headers = "table",
-  rate_limit = "boolean|table", retry = "boolean|table",
+  rate_limit = "boolean|table", retry = "boolean|table", trace = "function", trace_bodies = "boolean",
 }
 
 local function getenv(name)
@@ -89,7 +90,9 @@ end
 -- (seconds per attempt, default 60), `connect_timeout` (default 10), `user_agent`,
 -- `ca_file`, `insecure` (true turns TLS verification off), `headers` (extra headers),
 -- `rate_limit` (false, or `{ scale = n, [action] = { rate = r, burst = b } }`),
--- `retry` (false, or `{ attempts = 4, base = 0.1, cap = 5 }`)
+-- `retry` (false, or `{ attempts = 4, base = 0.1, cap = 5 }`), `trace` (a function
+-- called with each event of each call: see "Seeing what it does" in the README),
+-- `trace_bodies` (true: events carry request and response bodies)
 -- @treturn fly.Client or nil, fly.Error when no token is configured
 -- @raise on unknown options, wrong types, and a base URL that is not http(s) or has no scheme
 function fly.new(opts)
@@ -121,14 +124,26 @@ function fly.new(opts)
   if not base:find("^https?://[^/?#%s]+") or base:find("[?#%s]") then
     error(("fly.new: base_url must be an http(s) URL without query or fragment (got %q)"):format(base), 2)
   end
+  if opts.trace_bodies and not opts.trace then
+    error("fly.new: option 'trace_bodies' needs a trace hook (option 'trace')", 2)
+  end
+  local hooks = {}
+  if opts.trace then
+    local where = debug.getinfo(opts.trace, "S")
+    hooks[1] = { fn = opts.trace, name = where.what == "C" and "trace hook (a C function)"
+      or ("trace hook (%s:%d)"):format(where.short_src, where.linedefined) }
+  end
+  if trace.debug_wanted() then hooks[#hooks + 1] = { fn = trace.debug_line, name = "FLY_DEBUG printer" } end
   local ok, client = pcall(core.new, {
     token = token, base_url = base, timeout = opts.timeout, connect_timeout = opts.connect_timeout,
     user_agent = opts.user_agent or ("fly-machines/%s (libcurl/%s; %s)"):format(
       fly._VERSION, core.curl_version, _VERSION),
     ca_file = opts.ca_file, insecure = opts.insecure, headers = opts.headers,
     rate_limit = opts.rate_limit, retry = opts.retry,
+    trace = hooks[1] ~= nil, trace_bodies = opts.trace_bodies,
   })
   if not ok then error(client, 2) end
+  if hooks[1] then trace.install(client, hooks) end
   return client
 end
 
@@ -173,6 +188,7 @@ end
 function methods:close()
   loop.cancel_all(self)
   core_close(self)
+  trace.drain(self) -- the attempts that closing cut short
 end
 client_mt.__close = methods.close
 

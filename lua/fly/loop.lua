@@ -9,12 +9,22 @@
 local core = require "fly.core"
 local Error = require "fly.error"
 local compat = require "fly.compat"
+local drain = require("fly.trace").drain
 
 local now_fn = core.now
-local step, step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
+local c_step, c_step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
 local client_state = core.Client._state
 local pack, unpack, running, can_yield = compat.pack, compat.unpack, compat.running, compat.can_yield
+
+-- A step of the C loop, after which the trace hook sees what the step
+-- recorded, before any task hears of the requests it finished.
+local function drained(client, ...)
+  drain(client)
+  return ...
+end
+local function step(client, ...) return drained(client, c_step(client, ...)) end
+local function step_until(client, ...) return drained(client, c_step_until(client, ...)) end
 
 local loop = {}
 
@@ -146,6 +156,7 @@ function loop.await(client, req)
     -- no tasks (so not inside one): nobody else waits for anything, and the
     -- whole wait happens in C
     wait_in_c(client, req)
+    drain(client)
     return req
   end
   local task = loop.current(client)

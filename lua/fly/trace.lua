@@ -1,0 +1,77 @@
+--- The trace hook: what the core recorded about each call, handed to the
+-- functions given to `fly.new{ trace = … }` (and to the FLY_DEBUG printer).
+--
+-- The core queues small events in C as a call goes through its steps (no Lua
+-- runs meanwhile); `trace.drain` takes them after each step of the loop and
+-- calls the hooks with each event, in order, before the results they describe
+-- are returned. A transport that carries requests itself (over the request
+-- seam) calls `trace.drain(client)` after each `req:_complete` or `req:_failed`.
+-- @module fly.trace
+local core = require "fly.core"
+
+local take = core.Client._trace
+local client_state = core.Client._state
+
+local trace = {}
+
+--- The FLY_DEBUG printer: one line per attempt on stderr.
+-- @tparam table event a `finish` event (others are ignored)
+function trace.debug_line(event)
+  if event.kind ~= "finish" then return end
+  local outcome = event.status and tostring(event.status) or event.code or "?"
+  io.stderr:write(("fly: %s %s %s %.1fms attempt %d wait %.1fms%s\n"):format(
+    event.method, event.path or "?", outcome, (event.seconds or 0) * 1000, event.attempt,
+    (event.wait or 0) * 1000, event.request_id and (" request_id " .. event.request_id) or ""))
+end
+
+--- Whether FLY_DEBUG asks for the debug lines (set, and neither empty nor "0").
+function trace.debug_wanted()
+  local v = os.getenv("FLY_DEBUG")
+  return v ~= nil and v ~= "" and v ~= "0"
+end
+
+--- Sets the hooks of a new client (called by fly.new).
+-- @param client the client, made with `trace = true` in the core
+-- @tparam table hooks `{ { fn = f, name = "…" }, … }`
+function trace.install(client, hooks)
+  client_state(client).trace = { hooks = hooks, queue = {}, busy = false }
+end
+
+-- Calls every hook with one event; a hook that raises is reported once on
+-- stderr (naming it) and keeps being called.
+local function call_hooks(hooks, event)
+  for i = 1, #hooks do
+    local h = hooks[i]
+    local ok, err = pcall(h.fn, event)
+    if not ok and not h.reported then
+      h.reported = true
+      io.stderr:write(("fly: the %s raised an error (reported once; it is still called): %s\n"):format(
+        h.name, tostring(err)))
+    end
+  end
+end
+
+--- Hands the events the core queued for `client` to its hooks. Costs one
+-- call into C when nothing is queued, and nothing more for a client without
+-- hooks. A hook that makes calls on the client itself drains again: those
+-- events join the queue and are delivered after the current ones, in order.
+function trace.drain(client)
+  local events = take(client)
+  if not events then return end
+  local st = client_state(client).trace
+  if not st then return end
+  local queue = st.queue
+  for i = 1, #events do queue[#queue + 1] = events[i] end
+  if st.busy then return end -- an outer drain is delivering: it delivers these too
+  st.busy = true
+  local i = 1
+  while queue[i] do
+    call_hooks(st.hooks, queue[i])
+    queue[i] = false -- delivered; the slot stays so nested drains append after
+    i = i + 1
+  end
+  st.queue = {}
+  st.busy = false
+end
+
+return trace
