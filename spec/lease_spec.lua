@@ -187,6 +187,22 @@ describe("machine leases", function()
       assert(m:stop()) -- no lease in the way
     end)
 
+    it("releases when the client closes while a task holds it", function()
+      local closing = H.client()
+      local cm = assert(closing.machines:get(app, m.id))
+      closing:spawn(function()
+        return cm:with_lease({ ttl = 30 }, function() closing:sleep(30) end)
+      end)
+      local deadline = fly.now() + 10
+      while not m:get_lease() and fly.now() < deadline do closing:poll(0.05) end
+      assert.truthy(m:get_lease())
+      closing:close() -- cancels the task; its release runs before the client goes
+      assert.is_true(closing:is_closed())
+      local none, err = m:get_lease()
+      assert.is_nil(none)
+      assert.equals(404, err.status)
+    end)
+
     it("releases and re-raises when fn raises, with the original error value", function()
       local boom = setmetatable({}, { __tostring = function() return "boom" end })
       local ok, err = pcall(m.with_lease, m, { ttl = 5 }, function() error(boom) end)

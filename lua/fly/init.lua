@@ -183,10 +183,24 @@ local function optional_number(v, name, what, level)
   end
 end
 
+--- How long `close` lets the cleanups of cancelled tasks (lease releases) run, seconds.
+fly.CLOSE_CLEANUP_TIMEOUT = 5
+
 --- Closes the client: cancels its tasks and requests, frees its connections.
+-- The cleanups the cancelled tasks leave (releasing a lease a task held) run
+-- first, for at most `fly.CLOSE_CLEANUP_TIMEOUT` seconds (not when `close` is
+-- called from one of the client's own tasks, which cannot drive the loop).
 -- Closing again does nothing; any other call on a closed client raises.
 function methods:close()
+  if self:is_closed() then return end
   loop.cancel_all(self)
+  if loop.count(self) > 0 and not loop.current(self) then
+    local deadline = core.now() + fly.CLOSE_CLEANUP_TIMEOUT
+    while loop.count(self) > 0 and core.now() < deadline do
+      loop.drive(self, math.min(0.1, deadline - core.now()))
+    end
+    loop.cancel_all(self)
+  end
   core_close(self)
   trace.drain(self) -- the attempts that closing cut short
 end

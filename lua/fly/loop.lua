@@ -294,10 +294,14 @@ function loop.off_cancel(task, key)
 end
 
 --- Cancels every task of a client (when it closes).
+-- The cleanups cancelled tasks leave (lease releases, …) start as tasks of
+-- their own: the list is taken first, since cancelling adds to it.
 function loop.cancel_all(client)
   local st = existing(client)
   if not st then return end
-  for task in pairs(st.tasks) do task:cancel() end
+  local list = {}
+  for task in pairs(st.tasks) do list[#list + 1] = task end
+  for i = 1, #list do list[i]:cancel() end
 end
 
 --- The number of unfinished tasks.
