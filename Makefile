@@ -3,7 +3,7 @@
 #   make test         install what is missing, build, run every spec against the emulator
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
 #   make test-tls     the same suite against the emulator over TLS with HTTP/2
-#   make test-reuse   the #reuse specs (unsafe calls on warm connections), over TLS and plain HTTP
+#   make test-reuse   only the #reuse specs (unsafe calls on warm connections, over TLS and plain HTTP)
 #   make check-asan   the whole spec suite against an ASan/UBSan build of the core
 #   make check-tsan   ThreadSanitizer on Lua states sharing rate-limit buckets across threads
 #   make check-compat the core against Lua 5.1 and LuaJIT headers, loaded under LuaJIT
@@ -20,8 +20,8 @@ PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev pkg-config lua-cjson lua-b
 CFLAGS   ?= -O2 -g
 WARN     := -std=gnu11 -Wall -Wextra -Werror
 SANITIZE := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
-DEPCFLAGS = $(shell pkg-config --cflags lua5.4 libcurl)
-LIBS      = $(shell pkg-config --libs libcurl) -lpthread -lm
+DEPCFLAGS = $(shell pkg-config --cflags lua5.4 libcurl openssl)
+LIBS      = $(shell pkg-config --libs libcurl openssl) -lpthread -lm
 SRC      := $(wildcard csrc/*.c)
 HDR      := $(wildcard csrc/*.h)
 
@@ -121,6 +121,6 @@ build/luajit/fly/core.so: $(SRC) $(HDR)
 test-tls: build build/spec/threads
 	@FLY_SPEC_TLS=1 spec/run
 
-# The #reuse specs, which .busted leaves out of the default run (spec/connections_reuse_spec.lua).
+# Only the #reuse specs (spec/connections_reuse_spec.lua; both test and test-tls run them too).
 test-reuse: build
 	@spec/run --exclude-tags=none --tags=reuse spec/connections_reuse_spec.lua
