@@ -214,7 +214,8 @@ describe("fly.Request", function()
       assert.same(outcome(a), outcome(b))
       -- 429 with Retry-After, for a call that is never repeated otherwise, until attempts run out
       local body = require("cjson").encode { app_name = H.name(), org_slug = "personal" }
-      local paced = H.client { base_url = H.plain_url(), rate_limit = { scale = 20 }, retry = { attempts = 3, base = 0.01, cap = 0.02 } }
+      local paced = H.client { base_url = H.plain_url(), rate_limit = { scale = 20 },
+        retry = { attempts = 3, base = 0.01, cap = 0.02 } }
       H.fault { method = "POST", path = "/v1/apps", kind = "status", status = 429, retry_after = 0, count = 3 }
       a = paced:_submit("Apps_create", { body = body })
       paced:_wait(a)
