@@ -47,7 +47,7 @@ struct fly_curl;
 typedef struct fly_easy {
   CURL *curl;
   struct fly_curl *t;          /* the client's transport, for its sockets */
-  int safe;                    /* this attempt's request may be sent again */
+  int watched;                 /* on_prereq is set on the handle */
   int sends;                   /* times libcurl was about to send it */
   long connects;               /* connections it made, at the last send */
   int h2;                      /* the last send went over HTTP/2 */
@@ -144,7 +144,6 @@ static fly_easy *pool_get(fly_client *c) {
   if (!e) return free(fe), NULL;
   fe->t = t;
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, fe->errbuf);
-  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
   curl_easy_setopt(e, CURLOPT_PREREQDATA, fe);
   curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_socket);
   curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, t);
@@ -244,7 +243,8 @@ static int on_h2(CURL *e) {
 /* Runs before libcurl sends the request on a connection: the first send,
  * and again for every resend libcurl makes on its own (Curl_retry_request:
  * a reused connection that failed before any response byte, a refused
- * HTTP/2 stream). Calls safe to repeat go on unchecked. For the others:
+ * HTTP/2 stream). Set only for calls not safe to repeat (the others go on
+ * unchecked, libcurl's resend included):
  *
  * - A resend is vetoed (STOP_RESEND: the attempt is ambiguous) unless the
  *   previous send went over HTTP/2 and libcurl recorded no failure for it:
@@ -258,7 +258,6 @@ static int on_h2(CURL *e) {
 static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port, int local_port) {
   fly_easy *fe = ud;
   (void)remote_ip, (void)local_ip;
-  if (fe->safe) return CURL_PREREQFUNC_OK;
   if (fe->sends > 0 && !(fe->h2 && fe->errbuf[0] == '\0')) {
     fe->stop = STOP_RESEND;
     return CURL_PREREQFUNC_ABORT;
@@ -293,7 +292,10 @@ static int start_transfer(fly_client *c, fly_request *r) {
   CURL *e = fe->curl;
   r->easy = fe;
   fe->errbuf[0] = '\0';
-  fe->safe = r->wire.safe;
+  if (fe->watched != !r->wire.safe) { /* only calls not safe to repeat are watched */
+    fe->watched = !r->wire.safe;
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, fe->watched ? on_prereq : NULL);
+  }
   fe->sends = fe->h2 = 0;
   fe->connects = 0;
   if (fe->stop == STOP_STALE) curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 0L);
