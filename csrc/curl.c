@@ -340,12 +340,14 @@ static int start_transfer(fly_client *c, fly_request *r) {
 
 static const char *transport_code(CURLcode cc, long http_version) {
   switch (cc) {
-  case CURLE_PARTIAL_FILE: /* over HTTP/1.1 (an answer came): a body shorter than its
-                              Content-Length, a truncated answer. Otherwise HTTP/2, where
-                              a stream ends explicitly (a short body with END_STREAM is
-                              a stream error, 92): the stream or its connection was cut
-                              off, before or during the answer. */
-    return http_version == CURL_HTTP_VERSION_1_0 || http_version == CURL_HTTP_VERSION_1_1 ? "protocol" : "reset";
+  case CURLE_PARTIAL_FILE:
+    /* over HTTP/1.1 (an answer came, so its version is known): a body
+       shorter than its Content-Length, a truncated answer. Otherwise
+       HTTP/2, where a stream ends explicitly (a short body with END_STREAM
+       is a stream error, 92): the stream or its connection was cut off,
+       before or during the answer. */
+    if (http_version == CURL_HTTP_VERSION_1_0 || http_version == CURL_HTTP_VERSION_1_1) return "protocol";
+    return "reset";
   case CURLE_OPERATION_TIMEDOUT: return "timeout";
   case CURLE_COULDNT_CONNECT: return "connect";
   case CURLE_COULDNT_RESOLVE_HOST:
