@@ -123,4 +123,4 @@ test-tls: build build/spec/threads
 
 # Only the #reuse specs (spec/connections_reuse_spec.lua; both test and test-tls run them too).
 test-reuse: build
-	@spec/run --exclude-tags=none --tags=reuse spec/connections_reuse_spec.lua
+	@spec/run --tags=reuse spec/connections_reuse_spec.lua
