@@ -4,7 +4,7 @@
 #   make test LUA=luajit   the same under another Lua: lua5.1, lua5.2, lua5.3, lua5.4 (default), luajit
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
 #   make test-tls     the same suite against the emulator over TLS with HTTP/2
-#   make test-reuse   the #reuse specs (unsafe calls on warm connections), over TLS and plain HTTP
+#   make test-reuse   only the #reuse specs (unsafe calls on warm connections, over TLS and plain HTTP)
 #   make check-asan   the whole spec suite against an ASan/UBSan build of the core
 #   make check-tsan   ThreadSanitizer on Lua states sharing rate-limit buckets across threads
 #   make smoke LUA=…  a few spec files (calls, tasks, map, json, a whole workflow) under that Lua
@@ -31,14 +31,14 @@ endif
 # the Lua version luarocks knows it by (LuaJIT is a Lua 5.1)
 ROCKLUA  := $(if $(filter luajit,$(LUA)),5.1,$(patsubst lua%,%,$(LUA)))
 CC       ?= cc
-PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev pkg-config lua-cjson lua-busted lua-check lua-socket \
+PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev pkg-config lua-cjson lua-busted lua-check lua-socket \
             nginx libnginx-mod-http-lua luarocks lua-luv curl openssl gcc make \
             lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev libluajit2-5.1-dev luajit2
 CFLAGS   ?= -O2 -g
 WARN     := -std=gnu11 -Wall -Wextra -Werror
 SANITIZE := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
-DEPCFLAGS = $(shell pkg-config --cflags $(LUA) libcurl)
-LIBS      = $(shell pkg-config --libs libcurl) -lpthread -lm
+DEPCFLAGS = $(shell pkg-config --cflags $(LUA) libcurl openssl)
+LIBS      = $(shell pkg-config --libs libcurl openssl) -lpthread -lm
 SRC      := $(wildcard csrc/*.c)
 HDR      := $(wildcard csrc/*.h)
 # the smoke run: calls, tasks, map, json
@@ -138,9 +138,9 @@ clean:
 test-tls: build build/spec/threads
 	@FLY_SPEC_TLS=1 spec/run
 
-# The #reuse specs, which .busted leaves out of the default run (spec/connections_reuse_spec.lua).
+# Only the #reuse specs (spec/connections_reuse_spec.lua; both test and test-tls run them too).
 test-reuse: build
-	@spec/run --exclude-tags=none --tags=reuse spec/connections_reuse_spec.lua
+	@spec/run --tags=reuse spec/connections_reuse_spec.lua
 
 # --- fuzzing and valgrind
 PKGS += clang valgrind

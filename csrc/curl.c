@@ -15,25 +15,44 @@
 #define _POSIX_C_SOURCE 200809L
 #include "curl.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/select.h>
+#include <sys/socket.h>
 
 #include "request.h"
 #include "trace.h"
 #include "util.h"
 
 #define POOL_MAX 32
+#define SOCKETS_MAX 64
+#define STREAMS_MAX 100L /* HTTP/2 streams per connection */
+
+/* Why the pre-request callback stopped an attempt (see on_prereq). */
+enum { STOP_NONE, STOP_STALE, STOP_RESEND };
+
+struct fly_curl;
 
 /* An easy handle and the error buffer libcurl writes into, kept together in
  * the client's pool (so a request does not carry 256 bytes for a message it
- * rarely gets). */
+ * rarely gets), with what the pre-request callback knows of the attempt. */
 typedef struct fly_easy {
   CURL *curl;
+  struct fly_curl *t;          /* the client's transport, for its sockets */
+  int watched;                 /* on_prereq is set on the handle */
+  int sends;                   /* times libcurl was about to send it */
+  long connects;               /* connections it made, at the last send */
+  int h2;                      /* the last send went over HTTP/2 */
+  int stop;                    /* STOP_*: why on_prereq stopped it */
   char errbuf[CURL_ERROR_SIZE];
 } fly_easy;
 
@@ -43,6 +62,10 @@ struct fly_curl {
   struct curl_slist *json_headers; /* owned: the same plus Content-Type */
   fly_easy *pool[POOL_MAX];
   int npool;
+  /* the sockets libcurl opened for this client (they may be closed since:
+     a number is only trusted once its addresses match, see find_socket) */
+  int sockets[SOCKETS_MAX];
+  int nsockets, next_socket;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -73,6 +96,10 @@ int fly_curl_open(fly_client *c) {
   t->multi = curl_multi_init();
   t->headers = to_slist(&c->headers, &ok);
   t->json_headers = to_slist(&c->json_headers, &ok);
+  if (t->multi) { /* HTTP/2 when the server offers it: concurrent requests share a connection */
+    curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, STREAMS_MAX);
+  }
   return ok && t->multi;
 }
 
@@ -106,15 +133,25 @@ static void pool_put(fly_client *c, fly_easy *e) {
 
 static size_t on_body(char *data, size_t size, size_t n, void *ud);
 static size_t on_header(char *line, size_t size, size_t n, void *ud);
+static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port, int local_port);
+static int on_socket(void *ud, curl_socket_t fd, curlsocktype purpose);
 
 static fly_easy *pool_get(fly_client *c) {
   struct fly_curl *t = c->curl;
   if (t->npool > 0) return t->pool[--t->npool];
-  fly_easy *fe = malloc(sizeof *fe);
+  fly_easy *fe = calloc(1, sizeof *fe);
   if (!fe) return NULL;
   CURL *e = fe->curl = curl_easy_init();
   if (!e) return free(fe), NULL;
+  fe->t = t;
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, fe->errbuf);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, fe);
+  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_socket);
+  curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, t);
+  /* over TLS the server may offer HTTP/2: a request waits for a connection
+     in progress to share it rather than open its own. Plain HTTP is
+     HTTP/1.1 only, where waiting would only delay. */
+  if (strncasecmp(c->base_url, "https:", 6) == 0) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -155,6 +192,95 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
   return len;
 }
 
+/* Remembers a socket libcurl opens for this client (before it connects). */
+static int on_socket(void *ud, curl_socket_t fd, curlsocktype purpose) {
+  struct fly_curl *t = ud;
+  (void)purpose;
+  for (int i = 0; i < t->nsockets; i++)
+    if (t->sockets[i] == (int)fd) return CURL_SOCKOPT_OK;
+  if (t->nsockets < SOCKETS_MAX) {
+    t->sockets[t->nsockets++] = (int)fd;
+  } else { /* full: the oldest numbers are the likeliest to be gone */
+    t->sockets[t->next_socket] = (int)fd;
+    t->next_socket = (t->next_socket + 1) % SOCKETS_MAX;
+  }
+  return CURL_SOCKOPT_OK;
+}
+
+static int port_of(const struct sockaddr_storage *a) {
+  if (a->ss_family == AF_INET) return ntohs(((const struct sockaddr_in *)a)->sin_port);
+  if (a->ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+  return -1;
+}
+
+/* The socket of the connection with these ports, among the client's; -1
+ * when none matches. */
+static int find_socket(struct fly_curl *t, int local_port, int remote_port) {
+  for (int i = 0; i < t->nsockets; i++) {
+    struct sockaddr_storage a;
+    socklen_t n = sizeof a;
+    int fd = t->sockets[i];
+    if (getsockname(fd, (struct sockaddr *)&a, &n) != 0 || port_of(&a) != local_port) continue;
+    n = sizeof a;
+    if (getpeername(fd, (struct sockaddr *)&a, &n) == 0 && port_of(&a) == remote_port) return fd;
+  }
+  return -1;
+}
+
+/* Whether the connection the transfer is on speaks HTTP/2: TLS with "h2"
+ * chosen by ALPN (libcurl never speaks HTTP/2 over plain HTTP unless told
+ * to, and this client never tells it). */
+static int on_h2(CURL *e) {
+  struct curl_tlssessioninfo *tls = NULL;
+  if (curl_easy_getinfo(e, CURLINFO_TLS_SSL_PTR, &tls) != CURLE_OK || !tls || !tls->internals ||
+      tls->backend != CURLSSLBACKEND_OPENSSL)
+    return 0;
+  const unsigned char *alpn = NULL;
+  unsigned int n = 0;
+  SSL_get0_alpn_selected((SSL *)tls->internals, &alpn, &n);
+  return n == 2 && memcmp(alpn, "h2", 2) == 0;
+}
+
+/* Runs before libcurl sends the request on a connection: the first send,
+ * and again for every resend libcurl makes on its own (Curl_retry_request:
+ * a reused connection that failed before any response byte, a refused
+ * HTTP/2 stream). Set only for calls not safe to repeat (the others go on
+ * unchecked, libcurl's resend included):
+ *
+ * - A resend is vetoed (STOP_RESEND: the attempt is ambiguous) unless the
+ *   previous send went over HTTP/2 and libcurl recorded no failure for it:
+ *   in libcurl that is a stream the server refused (RST_STREAM
+ *   REFUSED_STREAM, or above the last stream of a GOAWAY), which the
+ *   protocol says was not processed. A dropped HTTP/2 connection or stream
+ *   always leaves an error message.
+ * - An idle HTTP/1.1 connection with bytes or EOF waiting was closed by the
+ *   server (over TLS its close_notify makes libcurl's liveness check call it
+ *   alive): stopped before anything is sent (STOP_STALE), and not reused. */
+static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port, int local_port) {
+  fly_easy *fe = ud;
+  (void)remote_ip, (void)local_ip;
+  if (fe->sends > 0 && !(fe->h2 && fe->errbuf[0] == '\0')) {
+    fe->stop = STOP_RESEND;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  long connects = 0;
+  curl_easy_getinfo(fe->curl, CURLINFO_NUM_CONNECTS, &connects);
+  int reused = connects == fe->connects;
+  fe->connects = connects;
+  fe->h2 = on_h2(fe->curl);
+  if (reused && !fe->h2) {
+    int fd = find_socket(fe->t, local_port, remote_port);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (fd >= 0 && poll(&p, 1, 0) != 0) {
+      fe->stop = STOP_STALE;
+      curl_easy_setopt(fe->curl, CURLOPT_FORBID_REUSE, 1L); /* it is closed when this attempt ends */
+      return CURL_PREREQFUNC_ABORT;
+    }
+  }
+  fe->sends++;
+  return CURL_PREREQFUNC_OK;
+}
+
 static int start_transfer(fly_client *c, fly_request *r) {
   struct fly_curl *t = c->curl;
   if (r->wire.headers.n && !r->curl_headers) {
@@ -167,6 +293,14 @@ static int start_transfer(fly_client *c, fly_request *r) {
   CURL *e = fe->curl;
   r->easy = fe;
   fe->errbuf[0] = '\0';
+  if (fe->watched != !r->wire.safe) { /* only calls not safe to repeat are watched */
+    fe->watched = !r->wire.safe;
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, fe->watched ? on_prereq : NULL);
+  }
+  fe->sends = fe->h2 = 0;
+  fe->connects = 0;
+  if (fe->stop == STOP_STALE) curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 0L);
+  fe->stop = STOP_NONE;
   fly_reply_reset(&r->reply);
   fly_request_set_message(r, NULL);
   fly_request_clear_body(r);
@@ -185,10 +319,8 @@ static int start_transfer(fly_client *c, fly_request *r) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->wire.body ? r->wire.body : "");
   }
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, get || post ? NULL : m);
-  /* libcurl silently resends a request whose reused connection closed before
-   * any answer; for a call that is not safe to repeat that could run it twice,
-   * so such calls always get a connection of their own. */
-  curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, r->wire.safe ? 0L : 1L);
+  /* every call goes on a warm connection when there is one: on_prereq keeps
+     libcurl from sending a call that is not safe to repeat a second time */
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   long timeout = r->timeout_ms;
@@ -208,8 +340,16 @@ static int start_transfer(fly_client *c, fly_request *r) {
   return 1;
 }
 
-static const char *transport_code(CURLcode cc) {
+static const char *transport_code(CURLcode cc, long http_version) {
   switch (cc) {
+  case CURLE_PARTIAL_FILE:
+    /* over HTTP/1.1 (an answer came, so its version is known): a body
+       shorter than its Content-Length, a truncated answer. Otherwise
+       HTTP/2, where a stream ends explicitly (a short body with END_STREAM
+       is a stream error, 92): the stream or its connection was cut off,
+       before or during the answer. */
+    if (http_version == CURL_HTTP_VERSION_1_0 || http_version == CURL_HTTP_VERSION_1_1) return "protocol";
+    return "reset";
   case CURLE_OPERATION_TIMEDOUT: return "timeout";
   case CURLE_COULDNT_CONNECT: return "connect";
   case CURLE_COULDNT_RESOLVE_HOST:
@@ -240,18 +380,33 @@ static void deliver(lua_State *L, fly_request *r, int *finished) {
 
 /* libcurl is done with an attempt: classify it, then retry later or end. */
 static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode cc, int *finished) {
-  long sent = 0;
-  CURL *e = r->easy->curl;
+  long sent = 0, version = 0;
+  fly_easy *fe = r->easy;
+  CURL *e = fe->curl;
+  int stop = cc == CURLE_ABORTED_BY_CALLBACK ? fe->stop : STOP_NONE;
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->reply.status);
   curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &sent);
   r->reply.sent = sent > 0;
-  if (cc != CURLE_OK) {
-    fly_request_set_message(r, r->easy->errbuf[0] ? r->easy->errbuf : curl_easy_strerror(cc));
-    r->reply.code = transport_code(cc);
+  if (stop == STOP_RESEND) {
+    /* it went out once and the connection failed before any answer */
+    r->reply.sent = 1;
+    r->reply.code = "reset";
+    fly_request_set_message(r, "the connection failed before any answer; the request may have been "
+                               "executed, so it was not sent again");
+  } else if (cc != CURLE_OK) {
+    curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &version);
+    fly_request_set_message(r, fe->errbuf[0] ? fe->errbuf : curl_easy_strerror(cc));
+    r->reply.code = transport_code(cc, version);
   }
   curl_multi_remove_handle(c->curl->multi, e);
-  pool_put(c, r->easy);
+  pool_put(c, fe);
   r->easy = NULL;
+  if (stop == STOP_STALE) { /* nothing was sent: again at once, on another connection */
+    r->reply.code = NULL;
+    r->state = REQ_QUEUED;
+    r->ready_at = fly_now();
+    return;
+  }
   double at = 0, now = fly_now();
   int verdict = fly_classify(&r->retry, &r->reply, now, &at);
   if (r->trace) fly_trace_attempt(r, verdict, now, at);

@@ -54,7 +54,8 @@ build = {
         "csrc/ratelimit.c", "csrc/classify.c", "csrc/request.c", "csrc/trace.c", "csrc/client.c", "csrc/curl.c", "csrc/json.c" },
       incdirs = { "csrc", "$(CURL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)" },
-      libraries = { "curl", "pthread", "m" },
+      -- ssl: which protocol a TLS connection chose (ALPN), see csrc/curl.c
+      libraries = { "curl", "ssl", "pthread", "m" },
     },
   },
   -- the emulator command; it finds the emulator's files in the rock's directory

@@ -1,8 +1,8 @@
 -- Unsafe calls on warm connections (#reuse): a create that runs on a reused connection which
 -- then drops before any response byte executes exactly once and fails with retryable = false,
 -- over HTTP/1.1 and HTTP/2; sequential and concurrent mutations share connections.
--- Tagged #reuse: .busted leaves the tag out of the default run until the core sends unsafe
--- calls on warm connections; `make test-reuse` runs it (over TLS and plain HTTP).
+-- Tagged #reuse: `make test-reuse` runs only these (over TLS and plain HTTP); `make test` and
+-- `make test-tls` run them with the rest.
 local H = require "helper"
 local cjson = require "cjson"
 local http = require "socket.http"
@@ -66,6 +66,7 @@ describe("unsafe calls on warm connections #reuse", function()
       local m, err = c.machines:create(app, { config = { image = "nginx" } })
       local after = control("GET", "stats")
       assert.is_nil(m)
+      assert.equals("reset", err.code)
       assert.is_false(err.retryable)
       assert.equals(1, err.attempts)
       assert.equals(1, after.executed.Machines_create)

@@ -91,6 +91,20 @@ local function idle_cases(name, get_E, idle_key)
       assert.equals(1, #assert(c.machines:list(app)))
     end)
 
+    it("the reconnect is not an attempt: a client without retries gets no error either", function()
+      local once = E.client(E.env[idle_key], { retry = false })
+      assert(once.apps:get(app))
+      sleep(idle_seconds(E.env) * 2 + 0.2)
+      local before = E.control("GET", "stats")
+      local m, err = once.machines:create(app, { config = { image = "nginx" } })
+      once:close()
+      assert.is_nil(err)
+      assert.truthy(m.id)
+      local after = E.control("GET", "stats")
+      assert.equals((before.requests.Machines_create or 0) + 1, after.requests.Machines_create)
+      assert.equals((before.executed.Machines_create or 0) + 1, after.executed.Machines_create)
+    end)
+
     it("a safe call after the idle close succeeds on a new connection", function()
       assert(c.apps:get(app))
       local before = E.control("GET", "stats")
@@ -167,9 +181,13 @@ describe("connections", function()
       local n = 4 * tonumber(T.env.FLY_EMULATOR_GOAWAY_AFTER)
       local list = {}
       for i = 1, n do list[i] = i end
-      local ms, errs = c:map(list, function(i)
-        return c.machines:create(app, { config = { image = "nginx" }, name = "m" .. i, skip_launch = true })
+      -- no retries: the streams past the GOAWAY were refused, not processed, and the protocol
+      -- lets them go again on a new connection without counting an attempt
+      local once = T.client(T.env.FLY_EMULATOR_GOAWAY_URL, { retry = false })
+      local ms, errs = once:map(list, function(i)
+        return once.machines:create(app, { config = { image = "nginx" }, name = "m" .. i, skip_launch = true })
       end, { concurrency = n })
+      once:close()
       for i = 1, n do
         assert.is_nil(errs[i])
         assert.equals("m" .. i, ms[i].name)

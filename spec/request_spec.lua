@@ -172,6 +172,12 @@ describe("fly.Request", function()
   end)
 
   describe("the transport seam", function()
+    -- luasocket speaks plain HTTP: here the client uses the emulator's plain listener
+    before_each(function()
+      c:close()
+      c = H.client { base_url = H.plain_url(), retry = { attempts = 3, base = 0.01, cap = 0.02 } }
+    end)
+
     it("gives the same results and errors as the libcurl transport", function()
       local name = H.app(c)
       local cases = {
@@ -208,7 +214,8 @@ describe("fly.Request", function()
       assert.same(outcome(a), outcome(b))
       -- 429 with Retry-After, for a call that is never repeated otherwise, until attempts run out
       local body = require("cjson").encode { app_name = H.name(), org_slug = "personal" }
-      local paced = H.client { rate_limit = { scale = 20 }, retry = { attempts = 3, base = 0.01, cap = 0.02 } }
+      local paced = H.client { base_url = H.plain_url(), rate_limit = { scale = 20 },
+        retry = { attempts = 3, base = 0.01, cap = 0.02 } }
       H.fault { method = "POST", path = "/v1/apps", kind = "status", status = 429, retry_after = 0, count = 3 }
       a = paced:_submit("Apps_create", { body = body })
       paced:_wait(a)
@@ -223,10 +230,10 @@ describe("fly.Request", function()
     it("describes the wire form", function()
       local w = c:_build("Apps_create", { body = "{}" }):_wire()
       assert.equals("POST", w.method)
-      assert.equals(H.url() .. "/v1/apps", w.url)
+      assert.equals(H.plain_url() .. "/v1/apps", w.url)
       assert.equals("http", w.scheme)
       assert.equals("127.0.0.1", w.host)
-      assert.equals(tonumber(H.url():match(":(%d+)$")), w.port)
+      assert.equals(tonumber(H.plain_url():match(":(%d+)$")), w.port)
       assert.equals("/v1/apps", w.target)
       assert.equals("{}", w.body)
       assert.is_false(w.safe)
