@@ -190,11 +190,16 @@ describe("machine leases", function()
     it("releases when the client closes while a task holds it", function()
       local closing = H.client()
       local cm = assert(closing.machines:get(app, m.id))
+      local inside = false
       closing:spawn(function()
-        return cm:with_lease({ ttl = 30 }, function() closing:sleep(30) end)
+        return cm:with_lease({ ttl = 30 }, function()
+          inside = true
+          closing:sleep(30)
+        end)
       end)
       local deadline = fly.now() + 10
-      while not m:get_lease() and fly.now() < deadline do closing:poll(0.05) end
+      while not inside and fly.now() < deadline do closing:poll(0.05) end
+      assert.is_true(inside)
       assert.truthy(m:get_lease())
       closing:close() -- cancels the task; its release runs before the client goes
       assert.is_true(closing:is_closed())
