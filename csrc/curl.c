@@ -142,9 +142,13 @@ void fly_curl_stop(fly_request *r) {
   r->easy = NULL;
 }
 
+/* Body bytes, decoded (gzip, deflate) when the server compressed them:
+ * past max_body the transfer stops (0 aborts: CURLE_WRITE_ERROR). */
 static size_t on_body(char *data, size_t size, size_t n, void *ud) {
+  fly_request *r = ud;
   size_t len = size * n;
-  return fly_request_add_body(ud, data, len) ? len : 0; /* 0 aborts: CURLE_WRITE_ERROR */
+  if (len) r->reply.body_seen = 1;
+  return fly_request_add_body(r, data, len) ? len : 0;
 }
 
 static size_t on_header(char *line, size_t size, size_t n, void *ud) {
@@ -250,6 +254,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   curl_multi_remove_handle(c->curl->multi, e);
   pool_put(c, r->easy);
   r->easy = NULL;
+  fly_request_accept(r, fly_wire_headers(&r->wire, &c->base));
   double at;
   if (fly_classify(&r->retry, &r->reply, fly_now(), &at) == FLY_RETRY) {
     r->state = REQ_QUEUED;

@@ -84,7 +84,7 @@ end
 local function bounded(out)
   assert.is_true(out.elapsed < MAX_SECONDS, ("took %.1f s"):format(out.elapsed))
   if plain then
-    assert.is_true(out.hwm_mb < MAX_RSS_MB, ("resident memory reached %d MB"):format(out.hwm_mb))
+    assert.is_true(out.hwm_mb < MAX_RSS_MB, ("resident memory reached %.0f MB"):format(out.hwm_mb))
   end
 end
 
