@@ -151,6 +151,19 @@ const char *fly_reply_accept(const fly_reply *a, int returns, const char *body, 
   return NULL;
 }
 
+const char *fly_reply_settle(fly_reply *a, int returns, const char *body, size_t n, int too_large) {
+  const char *why = NULL;
+  if (too_large) {
+    a->code = "too_large";
+    why = "the response body is larger than max_body";
+  } else if (!a->code && a->status >= 200 && a->status <= 299) {
+    why = fly_reply_accept(a, returns, body, n);
+    if (why) a->code = "protocol";
+  }
+  if (why) a->keep_status = a->status != 0;
+  return why;
+}
+
 static void mask(char *buf, size_t n, const char *s, size_t sn) {
   if (sn == 0) return;
   for (char *p = buf, *end = buf + n; (p = memmem(p, (size_t)(end - p), s, sn)); p += sn) memset(p, '*', sn);

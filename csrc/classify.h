@@ -81,6 +81,12 @@ const char *fly_transport_code(const char *name);
  *   FLY_RETURNS_NONE: anything. */
 const char *fly_reply_accept(const fly_reply *a, int returns, const char *body, size_t n);
 
+/* The step between an attempt's bytes and fly_classify: a body that went
+ * over the cap (too_large nonzero) becomes code "too_large", a 2xx that
+ * fly_reply_accept refuses code "protocol", both keeping the status. Returns
+ * why (a static message) when it set a code, else NULL. */
+const char *fly_reply_settle(fly_reply *a, int returns, const char *body, size_t n, int too_large);
+
 /* Masks with '*', in buf[0..n), every occurrence of the credentials of the
  * header line `auth` ("Authorization: <scheme> <token>"): the token, and
  * each of its comma-separated parts of 8 bytes or more. */

@@ -121,19 +121,13 @@ void fly_request_clear_body(fly_request *r) {
 
 void fly_request_accept(fly_request *r, const fly_strlist *headers) {
   fly_reply *a = &r->reply;
-  if (r->too_large) {
+  const char *why = fly_reply_settle(a, r->op->returns, r->resp, r->resp_len, r->too_large);
+  if (why && r->too_large) {
     char msg[96];
-    snprintf(msg, sizeof msg, "the response body is larger than max_body (%zu bytes)", r->max_body);
-    a->code = "too_large";
-    a->keep_status = a->status != 0;
+    snprintf(msg, sizeof msg, "%s (%zu bytes)", why, r->max_body);
     fly_request_set_message(r, msg);
-  } else if (!a->code && a->status >= 200 && a->status <= 299) {
-    const char *why = fly_reply_accept(a, r->op->returns, r->resp, r->resp_len);
-    if (why) {
-      a->code = "protocol";
-      a->keep_status = 1;
-      fly_request_set_message(r, why);
-    }
+  } else if (why) {
+    fly_request_set_message(r, why);
   }
   if (!a->code && a->status >= 200 && a->status <= 299) return;
   for (size_t i = 0; headers && i < headers->n; i++) {

@@ -1,10 +1,6 @@
 -- The client against a hostile server (spec/hostile/server.lua): every
 -- answer ends in `nil, fly.Error` (or the intact result) within seconds,
--- with resident memory bounded. Cases tagged #pending_core are written for
--- the response checks of the core (size cap, protocol checks, Retry-After
--- bound, escaped error text) and left out of the default run (.busted)
--- until the core has them; `spec/run --exclude-tags= spec/hostile_spec.lua`
--- runs them all.
+-- with resident memory bounded.
 local H = require "helper"
 local fly = require "fly"
 
@@ -114,7 +110,7 @@ describe("a hostile server", function()
       end
     end)
 
-    it("a status line, then a close with no body, on a call that returns JSON: protocol error #pending_core",
+    it("a status line, then a close with no body, on a call that returns JSON: protocol error",
       function()
         local v, err = client().apps:get("close-after-status")
         assert.is_nil(v)
@@ -130,7 +126,7 @@ describe("a hostile server", function()
     end)
   end)
 
-  it("a chunked trailer line starting with HTTP/ leaves the result intact #pending_core", function()
+  it("a chunked trailer line starting with HTTP/ leaves the result intact", function()
     local app, err = client().apps:get("trailer-http")
     assert.is_nil(err)
     assert.is_table(app)
@@ -140,7 +136,7 @@ describe("a hostile server", function()
 
   describe("a success that is not what the operation returns", function()
     for _, case in ipairs { "json-false", "json-null", "json-string", "json-as-text", "html", "long-text-type" } do
-      it(case .. ": protocol error, never a fake result #pending_core", function()
+      it(case .. ": protocol error, never a fake result", function()
         local v, err = client().apps:get(case)
         assert.is_nil(v)
         assert.is_true(fly.Error.is(err))
@@ -149,7 +145,7 @@ describe("a hostile server", function()
       end)
     end
 
-    it("a JSON media type over 63 characters still decodes #pending_core", function()
+    it("a JSON media type over 63 characters still decodes", function()
       local app, err = client().apps:get("long-content-type")
       assert.is_nil(err)
       assert.is_table(app)
@@ -158,7 +154,7 @@ describe("a hostile server", function()
   end)
 
   describe("error text", function()
-    it("escape sequences and control characters are escaped in tostring(err) #pending_core", function()
+    it("escape sequences and control characters are escaped in tostring(err)", function()
       for _, case in ipairs { "control-chars", "control-chars-text" } do
         local v, err = client { retry = { attempts = 1 } }.apps:get(case)
         assert.is_nil(v)
@@ -170,7 +166,7 @@ describe("a hostile server", function()
       end
     end)
 
-    it("credentials the server sends back never reach the error's text or body #pending_core", function()
+    it("credentials the server sends back never reach the error's text or body", function()
       local v, err = client().apps:get("echo-token")
       assert.is_nil(v)
       assert.equals(401, err.status)
@@ -179,7 +175,7 @@ describe("a hostile server", function()
       end
     end)
 
-    it("a 10 MB error body is kept to a few KiB in err.body #pending_core", function()
+    it("a 10 MB error body is kept to a few KiB in err.body", function()
       local out = in_child("big-error")
       assert.is_true(out.is_error)
       assert.equals(400, out.status)
@@ -189,7 +185,7 @@ describe("a hostile server", function()
   end)
 
   describe("unbounded answers", function()
-    it("a 1 MB gzip body inflating to 1 GB: too_large, memory bounded #pending_core", function()
+    it("a 1 MB gzip body inflating to 1 GB: too_large, memory bounded", function()
       local out = in_child("gzip-bomb")
       assert.equals("nil", out.type)
       assert.is_true(out.is_error)
@@ -197,21 +193,21 @@ describe("a hostile server", function()
       bounded(out)
     end)
 
-    it("a 100 MB body: too_large, memory bounded #pending_core", function()
+    it("a 100 MB body: too_large, memory bounded", function()
       local out = in_child("big-body")
       assert.equals("nil", out.type)
       assert.equals("too_large", out.code)
       bounded(out)
     end)
 
-    it("30 MB of [{},{},…]: too_large, memory bounded #pending_core", function()
+    it("30 MB of [{},{},…]: too_large, memory bounded", function()
       local out = in_child("many-objects")
       assert.equals("nil", out.type)
       assert.equals("too_large", out.code)
       bounded(out)
     end)
 
-    it("429 with Retry-After: 86399 and no deadline: the 429 at once, with err.retry_after #pending_core",
+    it("429 with Retry-After: 86399 and no deadline: the 429 at once, with err.retry_after",
       function()
         local out = in_child("retry-after-day")
         assert.equals("nil", out.type)
