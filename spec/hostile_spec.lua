@@ -53,6 +53,7 @@ local function in_child(case, opts)
       elapsed = fly.now() - t0, type = type(v),
       code = err and err.code, status = err and err.status, retry_after = err and err.retry_after,
       body_len = err and err.body and #err.body, is_error = err and fly.Error.is(err) or false,
+      body_size = err and err.body_size,
     }
     client:close()
     v, err = nil, nil
@@ -175,11 +176,24 @@ describe("a hostile server", function()
       end
     end)
 
+    it("a macaroon token's parts are masked too", function()
+      local token = "FlyV1 fm2_aaaaaaaaaaaaaaaa,fm2_bbbbbbbbbbbbbbbb"
+      local v, err = client { token = token }.apps:get("echo-token")
+      assert.is_nil(v)
+      assert.equals(401, err.status)
+      for _, text in ipairs { tostring(err), err.message or "", err.body or "" } do
+        assert.is_nil(text:find("fm2_aaaaaaaaaaaaaaaa", 1, true), text)
+        assert.is_nil(text:find("fm2_bbbbbbbbbbbbbbbb", 1, true), text)
+      end
+      assert.matches("bad credentials", err.message)
+    end)
+
     it("a 10 MB error body is kept to a few KiB in err.body", function()
       local out = in_child("big-error")
       assert.is_true(out.is_error)
       assert.equals(400, out.status)
-      assert.is_true(out.body_len <= 16 * 1024, ("err.body holds %d bytes"):format(out.body_len))
+      assert.is_true(out.body_len <= 4096, ("err.body holds %d bytes"):format(out.body_len))
+      assert.equals(10 * 1024 * 1024 - 1, out.body_size)
       bounded(out)
     end)
   end)
@@ -215,5 +229,64 @@ describe("a hostile server", function()
         assert.equals(86399, out.retry_after)
         bounded(out)
       end)
+
+    it("a Retry-After as an HTTP date a day ahead: the 429 at once", function()
+      local t0 = fly.now()
+      local v, err = client().apps:get("retry-after-date")
+      assert.is_nil(v)
+      assert.equals(429, err.status)
+      assert.is_true(err.retry_after > 86000 and err.retry_after <= 86400, tostring(err.retry_after))
+      assert.equals(1, err.attempts)
+      assert.is_true(fly.now() - t0 < MAX_SECONDS)
+    end)
+
+    it("a Retry-After within retry.max_wait is waited for, one over it is not", function()
+      local t0 = fly.now()
+      local v, err = client { retry = { attempts = 2, max_wait = 1 } }.apps:get("retry-after-2")
+      assert.is_nil(v)
+      assert.equals(429, err.status)
+      assert.equals(2, err.retry_after)
+      assert.equals(1, err.attempts)
+      assert.is_true(fly.now() - t0 < 1.5)
+      t0 = fly.now()
+      v, err = client { retry = { attempts = 2, max_wait = 5 } }.apps:get("retry-after-2")
+      assert.is_nil(v)
+      assert.equals(2, err.attempts)
+      assert.is_true(fly.now() - t0 >= 2, "the Retry-After wait was not honoured")
+    end)
+  end)
+
+  describe("max_body", function()
+    it("a body over a small max_body: too_large, not retried", function()
+      local v, err = client { max_body = 16 }.apps:get("ok")
+      assert.is_nil(v)
+      assert.is_true(fly.Error.is(err))
+      assert.equals("too_large", err.code)
+      assert.equals(200, err.status)
+      assert.is_false(err.retryable)
+      assert.equals(1, err.attempts)
+      assert.matches("max_body", tostring(err))
+    end)
+
+    it("is checked by fly.new", function()
+      assert.has_error(function() fly.new { token = "t", base_url = server.url, max_body = 0 } end)
+      assert.has_error(function() fly.new { token = "t", base_url = server.url, max_body = "1" } end)
+    end)
+
+    it("reaches another transport through the seam, which may report too_large", function()
+      local c = client { max_body = 1000 }
+      local req = c:_build("Apps_show", { app_name = "x" })
+      assert.equals(1000, req:_wire().max_body)
+      assert.equals("done", req:_failed("too_large", "the response body is larger than max_body", true))
+      local res = req:result()
+      assert.equals("too_large", res.code)
+      assert.is_false(res.retryable)
+    end)
+
+    it("a seam report of a body over the cap is too_large", function()
+      local req = client { max_body = 8 }:_build("Apps_show", { app_name = "x" })
+      assert.equals("done", req:_complete(200, { ["Content-Type"] = "application/json" }, '{"id":"x","name":"y"}'))
+      assert.equals("too_large", req:result().code)
+    end)
   end)
 end)
