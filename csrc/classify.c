@@ -112,7 +112,7 @@ void fly_reply_field(fly_reply *a, const char *name, size_t nn, const char *v, s
 
 /* "HTTP/" version, a space and three digits (then a space or the line end). */
 static int is_status_line(const char *line, size_t n) {
-  if (n < 12 || memcmp(line, "HTTP/", 5) != 0) return 0;
+  if (n < 10 || memcmp(line, "HTTP/", 5) != 0) return 0;
   size_t i = 5;
   while (i < n && ((line[i] >= '0' && line[i] <= '9') || line[i] == '.')) i++;
   if (i == 5 || i + 4 > n || line[i] != ' ') return 0;
