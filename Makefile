@@ -156,7 +156,7 @@ check-valgrind: build build/spec/threads
 # fuzz/corpus/<name> (read only) into build/fuzz/corpus/<name>. A crash
 # leaves its input in build/fuzz/ and fails the target.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := json
+FUZZ_TARGETS := json classify
 FUZZ_CC      ?= clang
 FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 LUA_LIBS      = $(shell pkg-config --libs lua5.4)
@@ -164,6 +164,12 @@ LUA_LIBS      = $(shell pkg-config --libs lua5.4)
 build/fuzz/json: fuzz/json_fuzz.c csrc/json.c csrc/json.h csrc/compat.h
 	@mkdir -p build/fuzz
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) $(DEPCFLAGS) -Icsrc fuzz/json_fuzz.c csrc/json.c -o $@ $(LUA_LIBS) -lm
+
+build/fuzz/classify: fuzz/classify_fuzz.c csrc/classify.c csrc/classify.h csrc/operations.c csrc/operations.h \
+                     csrc/ratelimit.c csrc/ratelimit.h
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -Icsrc fuzz/classify_fuzz.c csrc/classify.c csrc/operations.c csrc/ratelimit.c \
+	  -o $@ -lpthread -lm
 
 fuzz: setup $(FUZZ_TARGETS:%=build/fuzz/%)
 	@for t in $(FUZZ_TARGETS); do \

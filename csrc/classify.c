@@ -1,17 +1,25 @@
 /* classify: what one attempt got -> success | final failure | retry at.
  * See classify.h. Pure C: a fuzz target or any transport can drive it. */
+#define _GNU_SOURCE /* memmem */
 #include "classify.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+
+#include "operations.h"
 
 void fly_reply_reset(fly_reply *a) {
   a->status = 0;
   a->code = NULL;
   a->sent = 0;
   a->retryable = 0;
+  a->keep_status = 0;
+  a->body_seen = 0;
+  a->media = FLY_MEDIA_NONE;
   a->retry_after = -1;
   a->request_id[0] = a->content_type[0] = '\0';
 }
@@ -28,23 +36,96 @@ static int name_is(const char *name, size_t nn, const char *want) {
   return strlen(want) == nn && strncasecmp(name, want, nn) == 0;
 }
 
+static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+/* The media type of a whole Content-Type value: type/subtype before any
+ * parameter, any case, blanks around it ignored. */
+static int media_of(const char *v, size_t n) {
+  while (n > 0 && is_blank(*v)) v++, n--;
+  const char *semi = memchr(v, ';', n);
+  if (semi) n = (size_t)(semi - v);
+  while (n > 0 && is_blank(v[n - 1])) n--;
+  if (n == 16 && strncasecmp(v, "application/json", 16) == 0) return FLY_MEDIA_JSON;
+  if (n == 10 && strncasecmp(v, "text/plain", 10) == 0) return FLY_MEDIA_TEXT;
+  const char *slash = memchr(v, '/', n);
+  if (slash && n > 5 && (size_t)(slash - v) + 1 <= n - 5 && strncasecmp(v + n - 5, "+json", 5) == 0)
+    return FLY_MEDIA_JSON;
+  return FLY_MEDIA_OTHER;
+}
+
+/* Days from 1970-01-01 to y-m-d (proleptic Gregorian). */
+static long days_from_civil(long y, long m, long d) {
+  y -= m <= 2;
+  long era = (y >= 0 ? y : y - 399) / 400;
+  long yoe = y - era * 400;
+  long doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+/* An HTTP-date in its only current form, "Sun, 06 Nov 1994 08:49:37 GMT",
+ * as seconds since the epoch; -1 when it is not one. */
+static double http_date(const char *s) {
+  static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+  const char *comma = strchr(s, ',');
+  if (!comma) return -1;
+  int d, y, hh, mm, ss, used = 0;
+  char mon[4];
+  if (sscanf(comma + 1, " %2d %3s %4d %2d:%2d:%2d GMT%n", &d, mon, &y, &hh, &mm, &ss, &used) != 6 || !used)
+    return -1;
+  const char *m = strlen(mon) == 3 ? strstr(months, mon) : NULL;
+  if (!m || (m - months) % 3 || d < 1 || d > 31 || hh > 23 || mm > 59 || ss > 60 || y < 1970) return -1;
+  return (double)days_from_civil(y, (m - months) / 3 + 1, d) * 86400 + hh * 3600 + mm * 60 + ss;
+}
+
+/* Retry-After: delta-seconds (digits, a fraction allowed) or an HTTP-date;
+ * -1 when it is neither. */
+static double retry_after_of(const char *v, size_t n) {
+  char tmp[64];
+  copy_value(tmp, sizeof tmp, v, n);
+  size_t i = 0;
+  while (tmp[i] >= '0' && tmp[i] <= '9') i++;
+  if (i > 0 && tmp[i] == '.') {
+    i++;
+    while (tmp[i] >= '0' && tmp[i] <= '9') i++;
+  }
+  if (i > 0 && tmp[i] == '\0') {
+    double s = strtod(tmp, NULL);
+    return s > 1e9 ? 1e9 : s;
+  }
+  double at = http_date(tmp);
+  if (at < 0) return -1;
+  double left = at - (double)time(NULL);
+  return left < 0 ? 0 : left > 1e9 ? 1e9 : left;
+}
+
 void fly_reply_field(fly_reply *a, const char *name, size_t nn, const char *v, size_t vn) {
   if (name_is(name, nn, "fly-request-id")) {
     copy_value(a->request_id, sizeof a->request_id, v, vn);
   } else if (name_is(name, nn, "content-type")) {
     copy_value(a->content_type, sizeof a->content_type, v, vn);
+    a->media = media_of(v, vn);
   } else if (name_is(name, nn, "retry-after")) {
-    char tmp[32];
-    copy_value(tmp, sizeof tmp, v, vn);
-    char *end;
-    double s = strtod(tmp, &end);
-    if (end != tmp && s >= 0 && s < 86400) a->retry_after = s;
+    a->retry_after = retry_after_of(v, vn);
   }
 }
 
+/* "HTTP/" version, a space and three digits (then a space or the line end). */
+static int is_status_line(const char *line, size_t n) {
+  if (n < 10 || memcmp(line, "HTTP/", 5) != 0) return 0;
+  size_t i = 5;
+  while (i < n && ((line[i] >= '0' && line[i] <= '9') || line[i] == '.')) i++;
+  if (i == 5 || i + 4 > n || line[i] != ' ') return 0;
+  for (size_t k = i + 1; k < i + 4; k++)
+    if (line[k] < '0' || line[k] > '9') return 0;
+  return i + 4 == n || line[i + 4] == ' ' || line[i + 4] == '\r' || line[i + 4] == '\n';
+}
+
 int fly_reply_header(fly_reply *a, const char *line, size_t n) {
-  if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) { /* a new response starts */
+  if (a->body_seen) return 0; /* trailers: nothing in them changes the answer */
+  if (is_status_line(line, n)) { /* a new response starts */
     a->request_id[0] = a->content_type[0] = '\0';
+    a->media = FLY_MEDIA_NONE;
     a->retry_after = -1;
     return 1;
   }
@@ -53,7 +134,63 @@ int fly_reply_header(fly_reply *a, const char *line, size_t n) {
   return 0;
 }
 
-static const char *const CODES[] = {"timeout", "connect", "resolve", "tls", "reset", "protocol", NULL};
+const char *fly_reply_accept(const fly_reply *a, int returns, const char *body, size_t n) {
+  if (returns == FLY_RETURNS_JSON) {
+    if (a->media != FLY_MEDIA_JSON && a->media != FLY_MEDIA_NONE)
+      return "the operation returns JSON, the response is labelled otherwise";
+    size_t i = 0;
+    while (i < n && is_blank(body[i])) i++;
+    if (i == n) return "the operation returns JSON, the response body is empty";
+    if (body[i] != '{' && body[i] != '[')
+      return "the operation returns a JSON object or array, the response body is neither";
+  } else if (returns == FLY_RETURNS_TEXT) {
+    if (a->media != FLY_MEDIA_TEXT && a->media != FLY_MEDIA_NONE)
+      return "the operation returns text/plain, the response is labelled otherwise";
+    if (n == 0) return "the operation returns text, the response body is empty";
+  }
+  return NULL;
+}
+
+const char *fly_reply_settle(fly_reply *a, int returns, const char *body, size_t n, int too_large) {
+  const char *why = NULL;
+  if (too_large) {
+    a->code = "too_large";
+    why = "the response body is larger than max_body";
+  } else if (!a->code && a->status >= 200 && a->status <= 299) {
+    why = fly_reply_accept(a, returns, body, n);
+    if (why) a->code = "protocol";
+  }
+  if (why) a->keep_status = a->status != 0;
+  return why;
+}
+
+static void mask(char *buf, size_t n, const char *s, size_t sn) {
+  if (sn == 0) return;
+  for (char *p = buf, *end = buf + n; (p = memmem(p, (size_t)(end - p), s, sn)); p += sn) memset(p, '*', sn);
+}
+
+void fly_scrub(char *buf, size_t n, const char *auth) {
+  if (!buf || !auth || strncasecmp(auth, "Authorization:", 14) != 0) return;
+  const char *t = auth + 14;
+  while (*t == ' ' || *t == '\t') t++;
+  const char *sp = strpbrk(t, " \t");
+  if (sp) t = sp; /* past the scheme */
+  while (*t == ' ' || *t == '\t') t++;
+  size_t tn = strlen(t);
+  while (tn > 0 && is_blank(t[tn - 1])) tn--;
+  if (tn == 0) return;
+  mask(buf, n, t, tn);
+  for (const char *p = t, *end = t + tn; p < end;) {
+    const char *c = memchr(p, ',', (size_t)(end - p));
+    const char *e = c ? c : end;
+    const char *b = p;
+    while (b < e && is_blank(*b)) b++;
+    if (e - b >= 8 && (size_t)(e - b) < tn) mask(buf, n, b, (size_t)(e - b));
+    p = c ? c + 1 : end;
+  }
+}
+
+static const char *const CODES[] = {"timeout", "connect", "resolve", "tls", "reset", "protocol", "too_large", NULL};
 
 const char *fly_transport_code(const char *name) {
   for (int i = 0; CODES[i]; i++)
@@ -71,7 +208,8 @@ static double rng_unit(fly_retry *p) { /* xorshift64*, in [0, 1) */
 /* Seconds to wait before the next attempt; negative: do not retry. */
 static double retry_delay(fly_retry *p, fly_reply *a, double now) {
   if (a->code) {
-    if (!a->sent || p->safe) a->retryable = 1;
+    /* too_large: the same request gets the same answer */
+    if ((!a->sent || p->safe) && strcmp(a->code, "too_large") != 0) a->retryable = 1;
   } else if (a->status == 429) {
     a->retryable = 1; /* not executed: safe for every operation */
   } else if (p->safe && (a->status == 500 || a->status == 502 || a->status == 503 || a->status == 504 ||
@@ -79,6 +217,8 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
     a->retryable = 1;
   }
   if (!a->retryable || p->attempts >= p->max_attempts) return -1;
+  /* the server asks for a longer wait than the caller's bound: its answer is final now */
+  if (!a->code && a->status == 429 && a->retry_after > p->max_wait) return -1;
   double delay;
   if (a->status == 429) {
     /* the bucket's refill time: through the shared bucket when limiting,
@@ -109,7 +249,7 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
 int fly_classify(fly_retry *p, fly_reply *a, double now, double *retry_at) {
   p->attempts++;
   a->retryable = 0;
-  if (a->code) a->status = 0;
+  if (a->code && !a->keep_status) a->status = 0;
   double delay = retry_delay(p, a, now);
   if (delay >= 0) {
     *retry_at = now + delay;

@@ -244,9 +244,14 @@ int fly_l_new(lua_State *L) {
   }
   lua_pop(L, 1);
 
+  double max_body = opt_number_field(L, 1, "max_body", 64.0 * 1024 * 1024);
+  if (!(max_body >= 1)) return fly_client_close(L, c), luaL_error(L, "fly: max_body must be >= 1");
+  c->max_body = max_body >= (double)(SIZE_MAX / 2) ? SIZE_MAX / 2 : (size_t)max_body;
+
   c->max_attempts = 4;
   c->retry_base = 0.1;
   c->retry_cap = 5;
+  c->retry_max_wait = 60;
   rawfield(L, 1, "retry");
   if (lua_istable(L, -1)) {
     int t = lua_gettop(L);
@@ -254,6 +259,9 @@ int fly_l_new(lua_State *L) {
     c->max_attempts = attempts > 1000 ? 1000 : attempts >= 1 ? (int)attempts : 1;
     c->retry_base = opt_number_field(L, t, "base", 0.1);
     c->retry_cap = opt_number_field(L, t, "cap", 5);
+    c->retry_max_wait = opt_number_field(L, t, "max_wait", 60);
+    if (!(c->retry_max_wait >= 0))
+      return fly_client_close(L, c), luaL_error(L, "fly: retry.max_wait must be >= 0");
   } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
     c->max_attempts = 1;
   }

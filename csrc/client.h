@@ -36,6 +36,8 @@ struct fly_client {
   int noverrides;
   int max_attempts;
   double retry_base, retry_cap;
+  double retry_max_wait;       /* the longest Retry-After honoured (seconds) */
+  size_t max_body;             /* the cap on a response body, decoded bytes */
   uint64_t rng;                /* seeds each request's backoff jitter */
   fly_request *live;           /* requests queued or running on the libcurl transport */
   struct fly_trace *trace;     /* a reference to the trace queue (trace.h), kept until __gc; NULL: no hook */

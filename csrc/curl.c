@@ -180,9 +180,13 @@ void fly_curl_stop(fly_request *r) {
   r->easy = NULL;
 }
 
+/* Body bytes, decoded (gzip, deflate) when the server compressed them:
+ * past max_body the transfer stops (0 aborts: CURLE_WRITE_ERROR). */
 static size_t on_body(char *data, size_t size, size_t n, void *ud) {
+  fly_request *r = ud;
   size_t len = size * n;
-  return fly_request_add_body(ud, data, len) ? len : 0; /* 0 aborts: CURLE_WRITE_ERROR */
+  if (len) r->reply.body_seen = 1;
+  return fly_request_add_body(r, data, len) ? len : 0;
 }
 
 static size_t on_header(char *line, size_t size, size_t n, void *ud) {
@@ -407,6 +411,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
     r->ready_at = fly_now();
     return;
   }
+  fly_request_accept(r, fly_wire_headers(&r->wire, &c->base));
   double at = 0, now = fly_now();
   int verdict = fly_classify(&r->retry, &r->reply, now, &at);
   if (r->trace) fly_trace_attempt(r, verdict, now, at);

@@ -28,6 +28,13 @@ enum fly_safety {
   FLY_NEVER             /* creations, exec, signal, restart, lease acquire, ... */
 };
 
+/* What a success returns (checked on every 2xx response, see classify.h). */
+enum fly_returns {
+  FLY_RETURNS_NONE,  /* nothing declared: any body (a JSON object or array is decoded) */
+  FLY_RETURNS_JSON,  /* a JSON object or array, labelled JSON */
+  FLY_RETURNS_TEXT   /* text/plain (the tokens) */
+};
+
 typedef struct fly_param {
   const char *name;      /* the Lua-side name, e.g. "lease_nonce" */
   const char *wire;      /* the name on the wire, e.g. "fly-machine-lease-nonce" */
@@ -48,6 +55,7 @@ typedef struct fly_operation {
   const char *action;           /* the rate-limit action it counts against */
   unsigned char rate_class;     /* enum fly_rate_class */
   signed char scope;            /* index of the parameter keying the bucket; -1: one bucket */
+  unsigned char returns;        /* enum fly_returns */
 } fly_operation;
 
 extern const fly_operation fly_operations[];

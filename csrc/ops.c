@@ -31,7 +31,7 @@ int fly_l_operations(lua_State *L) {
   lua_createtable(L, (int)fly_operation_count, 0);
   for (size_t i = 0; i < fly_operation_count; i++) {
     const fly_operation *op = &fly_operations[i];
-    lua_createtable(L, 0, 13);
+    lua_createtable(L, 0, 14);
     lua_pushstring(L, op->id), lua_setfield(L, -2, "id");
     lua_pushstring(L, op->method), lua_setfield(L, -2, "method");
     lua_pushstring(L, op->path), lua_setfield(L, -2, "path");
@@ -39,6 +39,8 @@ int fly_l_operations(lua_State *L) {
     int idempotent = !strcmp(op->method, "GET") || !strcmp(op->method, "PUT") || !strcmp(op->method, "DELETE");
     lua_pushboolean(L, idempotent), lua_setfield(L, -2, "idempotent");
     lua_pushstring(L, SAFETY_NAMES[op->safety]), lua_setfield(L, -2, "safety");
+    static const char *const RETURNS_NAMES[] = {"none", "json", "text"};
+    lua_pushstring(L, RETURNS_NAMES[op->returns]), lua_setfield(L, -2, "returns");
     lua_pushboolean(L, op->has_body), lua_setfield(L, -2, "has_body");
     lua_pushboolean(L, op->body_required), lua_setfield(L, -2, "body_required");
     lua_pushstring(L, op->action), lua_setfield(L, -2, "action");

@@ -6,8 +6,10 @@
  *       (its token taken from the rate-limit bucket), not started;
  *   req:_ready_at()  -> when to send it (monotonic seconds, core.now());
  *   req:_wire()      -> { method, url, scheme, host, port, target, headers =
- *       {"Name: value", ...}, body, safe, timeout }: what to send (the
- *       headers include Authorization: never log them);
+ *       {"Name: value", ...}, body, safe, timeout, max_body }: what to send
+ *       (the headers include Authorization: never log them) and the largest
+ *       body to take in (bytes; past it the transport stops reading and
+ *       reports too_large);
  *   req:_complete(status, headers, body) / req:_failed(code, message, sent)
  *       -> "done", or "retry", at: classify's verdict on the attempt. After
  *       "done", result(), success() and json() read it exactly as they read a
@@ -15,8 +17,10 @@
 #include "request.h"
 
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "compat.h"
 #include "curl.h"
@@ -24,6 +28,11 @@
 #include "ops.h"
 #include "trace.h"
 #include "util.h"
+
+/* The most of a body result() gives (an error's body). */
+#define FLY_ERROR_BODY_MAX 4096
+/* Bytes of max_body per JSON value a body may decode to. */
+#define FLY_BYTES_PER_VALUE 32
 
 fly_request *fly_check_request(lua_State *L, int idx) { return luaL_checkudata(L, idx, REQUEST_MT); }
 
@@ -87,9 +96,14 @@ void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char
 }
 
 int fly_request_add_body(fly_request *r, const char *data, size_t len) {
+  if (r->max_body && len > r->max_body - r->resp_len) {
+    r->too_large = 1;
+    return 0;
+  }
   if (r->resp_len + len + 1 > r->resp_cap) {
     size_t cap = r->resp_cap ? r->resp_cap : 1024;
     while (cap < r->resp_len + len + 1) cap *= 2;
+    if (r->max_body && cap > r->max_body + 1) cap = r->max_body + 1; /* memory bounded by the cap */
     char *p = realloc(r->resp, cap);
     if (!p) return 0;
     r->resp = p;
@@ -103,7 +117,29 @@ int fly_request_add_body(fly_request *r, const char *data, size_t len) {
 
 void fly_request_clear_body(fly_request *r) {
   r->resp_len = 0;
+  r->too_large = 0;
   if (r->resp) r->resp[0] = '\0';
+}
+
+void fly_request_accept(fly_request *r, const fly_strlist *headers) {
+  fly_reply *a = &r->reply;
+  const char *why = fly_reply_settle(a, r->op->returns, r->resp, r->resp_len, r->too_large);
+  if (why && r->too_large) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s (%zu bytes)", why, r->max_body);
+    fly_request_set_message(r, msg);
+  } else if (why) {
+    fly_request_set_message(r, why);
+  }
+  if (!a->code && a->status >= 200 && a->status <= 299) return;
+  for (size_t i = 0; headers && i < headers->n; i++) {
+    const char *h = headers->v[i];
+    if (strncasecmp(h, "Authorization:", 14) != 0) continue;
+    fly_scrub(r->resp, r->resp_len, h);
+    if (r->message) fly_scrub(r->message, strlen(r->message), h);
+    fly_scrub(a->request_id, strlen(a->request_id), h);
+    fly_scrub(a->content_type, strlen(a->content_type), h);
+  }
 }
 
 /* Frees what the request owns: only the collector calls this. */
@@ -146,6 +182,7 @@ fly_request *fly_request_call(lua_State *L, fly_client *c, int level) {
   int ridx = lua_gettop(L);
   r->op = op;
   r->timeout_ms = c->timeout_ms;
+  r->max_body = c->max_body;
   r->retry.max_attempts = c->max_attempts;
   double deadline = 0;
   if (has_opts) {
@@ -177,6 +214,7 @@ fly_request *fly_request_call(lua_State *L, fly_client *c, int level) {
   p->is_wait = strcmp(op->id, "Machines_wait") == 0;
   p->base = c->retry_base;
   p->cap = c->retry_cap;
+  p->max_wait = c->retry_max_wait;
   p->margin = c->rate_margin;
   p->rng = fly_client_seed(c);
   p->limit = fly_rate_limit_for(fly_operation_default_limit(op), op->action, c->overrides, c->noverrides,
@@ -246,7 +284,7 @@ static int l_req_wire(lua_State *L) {
   fly_request *r = check_carried(L);
   fly_wire *w = &r->wire;
   if (r->trace) fly_trace_start(r, &w->headers, fly_now()); /* asking what to send starts an attempt */
-  lua_createtable(L, 0, 11);
+  lua_createtable(L, 0, 12);
   lua_pushstring(L, r->op->method), lua_setfield(L, -2, "method");
   lua_pushlstring(L, w->url.p, w->url.n), lua_setfield(L, -2, "url");
   /* base URL: scheme://host[:port][/prefix] (core.new checked the scheme) */
@@ -286,6 +324,7 @@ static int l_req_wire(lua_State *L) {
     if (timeout <= 0 || left < timeout) timeout = left;
   }
   if (timeout > 0) lua_pushnumber(L, timeout), lua_setfield(L, -2, "timeout");
+  if (r->max_body) lua_pushinteger(L, (lua_Integer)r->max_body), lua_setfield(L, -2, "max_body");
   return 1;
 }
 
@@ -339,12 +378,14 @@ static int l_req_complete(lua_State *L) {
       lua_pop(L, 1);
     }
   }
-  if (bn && !fly_request_add_body(r, body, bn)) {
+  if (bn && !fly_request_add_body(r, body, bn) && !r->too_large) {
     fly_request_set_failure(r, "protocol", "out of memory for the response body", 0);
     r->reply.status = 0;
     fly_request_finish(L, r);
     return lua_pushliteral(L, "done"), 1;
   }
+  r->reply.body_seen = bn > 0;
+  fly_request_accept(r, &r->wire.headers);
   return report(L, r);
 }
 
@@ -361,6 +402,7 @@ static int l_req_failed(lua_State *L) {
   r->reply.code = code;
   r->reply.sent = sent;
   fly_request_set_message(r, msg);
+  fly_request_accept(r, &r->wire.headers);
   return report(L, r);
 }
 
@@ -393,7 +435,13 @@ static int l_req_result(lua_State *L) {
     lua_pushstring(L, a->code), lua_setfield(L, -2, "code");
     lua_pushstring(L, r->message ? r->message : a->code), lua_setfield(L, -2, "message");
   }
-  lua_pushlstring(L, r->resp ? r->resp : "", r->resp ? r->resp_len : 0), lua_setfield(L, -2, "body");
+  /* what an error keeps of the body: its head (an error's text, or enough
+     to recognise what came); the whole body is json()'s */
+  size_t keep = r->resp_len < FLY_ERROR_BODY_MAX ? r->resp_len : FLY_ERROR_BODY_MAX;
+  lua_pushlstring(L, r->resp ? r->resp : "", r->resp ? keep : 0), lua_setfield(L, -2, "body");
+  if (keep < r->resp_len) {
+    lua_pushinteger(L, (lua_Integer)r->resp_len), lua_setfield(L, -2, "body_size");
+  }
   if (a->content_type[0]) lua_pushstring(L, a->content_type), lua_setfield(L, -2, "content_type");
   if (a->request_id[0]) lua_pushstring(L, a->request_id), lua_setfield(L, -2, "request_id");
   if (a->retry_after >= 0) lua_pushnumber(L, a->retry_after), lua_setfield(L, -2, "retry_after");
@@ -401,27 +449,56 @@ static int l_req_result(lua_State *L) {
 }
 
 /* Decodes the body of a finished request (pushes the value, or nil and a
- * message). */
+ * message). The values it may make are bounded by the body cap: one per
+ * FLY_BYTES_PER_VALUE bytes of max_body, so what a body takes once decoded
+ * stays in proportion to the cap (an empty object takes about 60 bytes of
+ * Lua memory for its 3 bytes of text). */
 static int decode_body(lua_State *L, fly_request *r) {
   luaL_getmetatable(L, ARRAY_MT);
-  int n = fly_json_decode(L, r->resp ? r->resp : "", r->resp ? r->resp_len : 0, -1);
+  size_t max_values = r->max_body ? r->max_body / FLY_BYTES_PER_VALUE + 1 : 0;
+  int n = fly_json_decode_max(L, r->resp ? r->resp : "", r->resp ? r->resp_len : 0, -1, max_values);
   lua_remove(L, -n - 1);
   return n;
 }
 
-/* request:success() -> the result of a successful call: its decoded JSON,
- * `true` for an empty body, or the text of any other body; nil and a
- * message when the body is not the JSON it claims to be; nothing for a call
- * that failed (status or transport). The fast path of every call. */
+/* The first non-blank byte of the body, or 0. */
+static char body_start(const fly_request *r) {
+  for (size_t i = 0; i < r->resp_len; i++)
+    if (r->resp[i] != ' ' && r->resp[i] != '\t' && r->resp[i] != '\r' && r->resp[i] != '\n') return r->resp[i];
+  return 0;
+}
+
+/* request:success() -> the result of a successful call, by what the
+ * operation returns: JSON -> the decoded object or array; text -> the text;
+ * nothing declared -> a JSON object or array labelled JSON, decoded, else
+ * `true` (an empty body, or anything else). nil and a message when the body
+ * is not the JSON it claims to be; nothing for a call that failed (status,
+ * transport, or a body checked and refused: code protocol or too_large).
+ * A body with more values than the cap allows turns the request into a
+ * too_large failure (nothing returned). The fast path of every call. */
 static int l_req_success(lua_State *L) {
   fly_request *r = fly_check_request(L, 1);
-  const fly_reply *a = &r->reply;
+  fly_reply *a = &r->reply;
   if (r->state != REQ_DONE || r->kind != KIND_HTTP || a->code || a->status < 200 || a->status > 299) return 0;
-  if (!r->resp || r->resp_len == 0) return lua_pushboolean(L, 1), 1;
-  int json = a->content_type[0] ? strstr(a->content_type, "json") != NULL : (r->resp[0] == '{' || r->resp[0] == '[');
-  if (json) return decode_body(L, r);
-  lua_pushlstring(L, r->resp, r->resp_len);
-  return 1;
+  int returns = r->op->returns;
+  if (returns == FLY_RETURNS_TEXT) return lua_pushlstring(L, r->resp ? r->resp : "", r->resp_len), 1;
+  if (returns == FLY_RETURNS_NONE) {
+    char c = r->resp ? body_start(r) : 0;
+    if (a->media != FLY_MEDIA_JSON || (c != '{' && c != '[')) return lua_pushboolean(L, 1), 1;
+  }
+  int n = decode_body(L, r);
+  if (n == 2 && strncmp(lua_tostring(L, -1), FLY_JSON_TOO_MANY, strlen(FLY_JSON_TOO_MANY)) == 0) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "the response body holds more than %zu JSON values (one per %d bytes of max_body)",
+             r->max_body / FLY_BYTES_PER_VALUE + 1, FLY_BYTES_PER_VALUE);
+    a->code = "too_large";
+    a->keep_status = 1;
+    a->retryable = 0;
+    fly_request_set_message(r, msg);
+    lua_pop(L, 2);
+    return 0;
+  }
+  return n;
 }
 
 /* request:json() -> the body decoded as JSON, or nil and a message. */

@@ -54,6 +54,8 @@ struct fly_request {
   double attempt_start;        /* when the open attempt started */
   double trace_wait;           /* the wait before the next attempt */
   int trace_flags;             /* TRACE_OPEN: an attempt is running; TRACE_ENDED */
+  size_t max_body;             /* the cap on resp_len (decoded bytes); 0: none */
+  int too_large;               /* this attempt's body went over max_body */
 };
 
 fly_request *fly_check_request(lua_State *L, int idx);
@@ -80,10 +82,19 @@ void fly_request_set_failure(fly_request *r, const char *code, const char *msg, 
 /* Sets the failure and ends the request. */
 void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable);
 
-/* Appends response body bytes; 0 on out of memory. */
+/* Appends response body bytes; 0 on out of memory, or past max_body (then
+ * too_large is set and nothing is added). */
 int fly_request_add_body(fly_request *r, const char *data, size_t len);
-/* Drops the response body received so far. */
+/* Drops the response body received so far (and its too_large mark). */
 void fly_request_clear_body(fly_request *r);
+
+/* An attempt's bytes are all in (before classify): a body past max_body
+ * becomes code too_large, a 2xx the operation does not return (see
+ * fly_reply_accept) code protocol, both keeping the status; in a reply that
+ * is not a success, the credentials of the Authorization line in `headers`
+ * (the list the request was sent with) are masked in the body, the message
+ * and the header fields kept, so they never reach an error. */
+void fly_request_accept(fly_request *r, const fly_strlist *headers);
 
 int fly_l_decode(lua_State *L);
 int fly_l_build(lua_State *L);

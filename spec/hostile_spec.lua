@@ -1,10 +1,6 @@
 -- The client against a hostile server (spec/hostile/server.lua): every
 -- answer ends in `nil, fly.Error` (or the intact result) within seconds,
--- with resident memory bounded. Cases tagged #pending_core are written for
--- the response checks of the core (size cap, protocol checks, Retry-After
--- bound, escaped error text) and left out of the default run (.busted)
--- until the core has them; `spec/run --exclude-tags= spec/hostile_spec.lua`
--- runs them all.
+-- with resident memory bounded.
 local H = require "helper"
 local fly = require "fly"
 
@@ -57,6 +53,7 @@ local function in_child(case, opts)
       elapsed = fly.now() - t0, type = type(v),
       code = err and err.code, status = err and err.status, retry_after = err and err.retry_after,
       body_len = err and err.body and #err.body, is_error = err and fly.Error.is(err) or false,
+      body_size = err and err.body_size,
     }
     client:close()
     v, err = nil, nil
@@ -84,7 +81,7 @@ end
 local function bounded(out)
   assert.is_true(out.elapsed < MAX_SECONDS, ("took %.1f s"):format(out.elapsed))
   if plain then
-    assert.is_true(out.hwm_mb < MAX_RSS_MB, ("resident memory reached %d MB"):format(out.hwm_mb))
+    assert.is_true(out.hwm_mb < MAX_RSS_MB, ("resident memory reached %.0f MB"):format(out.hwm_mb))
   end
 end
 
@@ -114,7 +111,7 @@ describe("a hostile server", function()
       end
     end)
 
-    it("a status line, then a close with no body, on a call that returns JSON: protocol error #pending_core",
+    it("a status line, then a close with no body, on a call that returns JSON: protocol error",
       function()
         local v, err = client().apps:get("close-after-status")
         assert.is_nil(v)
@@ -130,7 +127,7 @@ describe("a hostile server", function()
     end)
   end)
 
-  it("a chunked trailer line starting with HTTP/ leaves the result intact #pending_core", function()
+  it("a chunked trailer line starting with HTTP/ leaves the result intact", function()
     local app, err = client().apps:get("trailer-http")
     assert.is_nil(err)
     assert.is_table(app)
@@ -140,7 +137,7 @@ describe("a hostile server", function()
 
   describe("a success that is not what the operation returns", function()
     for _, case in ipairs { "json-false", "json-null", "json-string", "json-as-text", "html", "long-text-type" } do
-      it(case .. ": protocol error, never a fake result #pending_core", function()
+      it(case .. ": protocol error, never a fake result", function()
         local v, err = client().apps:get(case)
         assert.is_nil(v)
         assert.is_true(fly.Error.is(err))
@@ -149,7 +146,7 @@ describe("a hostile server", function()
       end)
     end
 
-    it("a JSON media type over 63 characters still decodes #pending_core", function()
+    it("a JSON media type over 63 characters still decodes", function()
       local app, err = client().apps:get("long-content-type")
       assert.is_nil(err)
       assert.is_table(app)
@@ -158,7 +155,7 @@ describe("a hostile server", function()
   end)
 
   describe("error text", function()
-    it("escape sequences and control characters are escaped in tostring(err) #pending_core", function()
+    it("escape sequences and control characters are escaped in tostring(err)", function()
       for _, case in ipairs { "control-chars", "control-chars-text" } do
         local v, err = client { retry = { attempts = 1 } }.apps:get(case)
         assert.is_nil(v)
@@ -170,7 +167,7 @@ describe("a hostile server", function()
       end
     end)
 
-    it("credentials the server sends back never reach the error's text or body #pending_core", function()
+    it("credentials the server sends back never reach the error's text or body", function()
       local v, err = client().apps:get("echo-token")
       assert.is_nil(v)
       assert.equals(401, err.status)
@@ -179,17 +176,30 @@ describe("a hostile server", function()
       end
     end)
 
-    it("a 10 MB error body is kept to a few KiB in err.body #pending_core", function()
+    it("a macaroon token's parts are masked too", function()
+      local token = "FlyV1 fm2_aaaaaaaaaaaaaaaa,fm2_bbbbbbbbbbbbbbbb"
+      local v, err = client { token = token }.apps:get("echo-token")
+      assert.is_nil(v)
+      assert.equals(401, err.status)
+      for _, text in ipairs { tostring(err), err.message or "", err.body or "" } do
+        assert.is_nil(text:find("fm2_aaaaaaaaaaaaaaaa", 1, true), text)
+        assert.is_nil(text:find("fm2_bbbbbbbbbbbbbbbb", 1, true), text)
+      end
+      assert.matches("bad credentials", err.message)
+    end)
+
+    it("a 10 MB error body is kept to a few KiB in err.body", function()
       local out = in_child("big-error")
       assert.is_true(out.is_error)
       assert.equals(400, out.status)
-      assert.is_true(out.body_len <= 16 * 1024, ("err.body holds %d bytes"):format(out.body_len))
+      assert.is_true(out.body_len <= 4096, ("err.body holds %d bytes"):format(out.body_len))
+      assert.equals(10 * 1024 * 1024 - 1, out.body_size)
       bounded(out)
     end)
   end)
 
   describe("unbounded answers", function()
-    it("a 1 MB gzip body inflating to 1 GB: too_large, memory bounded #pending_core", function()
+    it("a 1 MB gzip body inflating to 1 GB: too_large, memory bounded", function()
       local out = in_child("gzip-bomb")
       assert.equals("nil", out.type)
       assert.is_true(out.is_error)
@@ -197,21 +207,21 @@ describe("a hostile server", function()
       bounded(out)
     end)
 
-    it("a 100 MB body: too_large, memory bounded #pending_core", function()
+    it("a 100 MB body: too_large, memory bounded", function()
       local out = in_child("big-body")
       assert.equals("nil", out.type)
       assert.equals("too_large", out.code)
       bounded(out)
     end)
 
-    it("30 MB of [{},{},…]: too_large, memory bounded #pending_core", function()
+    it("30 MB of [{},{},…]: too_large, memory bounded", function()
       local out = in_child("many-objects")
       assert.equals("nil", out.type)
       assert.equals("too_large", out.code)
       bounded(out)
     end)
 
-    it("429 with Retry-After: 86399 and no deadline: the 429 at once, with err.retry_after #pending_core",
+    it("429 with Retry-After: 86399 and no deadline: the 429 at once, with err.retry_after",
       function()
         local out = in_child("retry-after-day")
         assert.equals("nil", out.type)
@@ -219,5 +229,64 @@ describe("a hostile server", function()
         assert.equals(86399, out.retry_after)
         bounded(out)
       end)
+
+    it("a Retry-After as an HTTP date a day ahead: the 429 at once", function()
+      local t0 = fly.now()
+      local v, err = client().apps:get("retry-after-date")
+      assert.is_nil(v)
+      assert.equals(429, err.status)
+      assert.is_true(err.retry_after > 86000 and err.retry_after <= 86400, tostring(err.retry_after))
+      assert.equals(1, err.attempts)
+      assert.is_true(fly.now() - t0 < MAX_SECONDS)
+    end)
+
+    it("a Retry-After within retry.max_wait is waited for, one over it is not", function()
+      local t0 = fly.now()
+      local v, err = client { retry = { attempts = 2, max_wait = 1 } }.apps:get("retry-after-2")
+      assert.is_nil(v)
+      assert.equals(429, err.status)
+      assert.equals(2, err.retry_after)
+      assert.equals(1, err.attempts)
+      assert.is_true(fly.now() - t0 < 1.5)
+      t0 = fly.now()
+      v, err = client { retry = { attempts = 2, max_wait = 5 } }.apps:get("retry-after-2")
+      assert.is_nil(v)
+      assert.equals(2, err.attempts)
+      assert.is_true(fly.now() - t0 >= 2, "the Retry-After wait was not honoured")
+    end)
+  end)
+
+  describe("max_body", function()
+    it("a body over a small max_body: too_large, not retried", function()
+      local v, err = client { max_body = 16 }.apps:get("ok")
+      assert.is_nil(v)
+      assert.is_true(fly.Error.is(err))
+      assert.equals("too_large", err.code)
+      assert.equals(200, err.status)
+      assert.is_false(err.retryable)
+      assert.equals(1, err.attempts)
+      assert.matches("max_body", tostring(err))
+    end)
+
+    it("is checked by fly.new", function()
+      assert.has_error(function() fly.new { token = "t", base_url = server.url, max_body = 0 } end)
+      assert.has_error(function() fly.new { token = "t", base_url = server.url, max_body = "1" } end)
+    end)
+
+    it("reaches another transport through the seam, which may report too_large", function()
+      local c = client { max_body = 1000 }
+      local req = c:_build("Apps_show", { app_name = "x" })
+      assert.equals(1000, req:_wire().max_body)
+      assert.equals("done", req:_failed("too_large", "the response body is larger than max_body", true))
+      local res = req:result()
+      assert.equals("too_large", res.code)
+      assert.is_false(res.retryable)
+    end)
+
+    it("a seam report of a body over the cap is too_large", function()
+      local req = client { max_body = 8 }:_build("Apps_show", { app_name = "x" })
+      assert.equals("done", req:_complete(200, { ["Content-Type"] = "application/json" }, '{"id":"x","name":"y"}'))
+      assert.equals("too_large", req:result().code)
+    end)
   end)
 end)

@@ -52,6 +52,24 @@ end
 
 local METHOD_ORDER = { "get", "post", "put", "patch", "delete" }
 
+-- What a success returns (the 2xx responses' content): a JSON object or
+-- array (every JSON schema the description gives for a success is one),
+-- text (text/plain: the tokens), or nothing declared.
+local function returns(o)
+  local json, text = false, false
+  for code, r in pairs(o.responses or {}) do
+    if tostring(code):match("^2") then
+      if r["$ref"] then r = doc.components.responses[r["$ref"]:match("([^/]+)$")] end
+      for ctype in pairs(r.content or {}) do
+        if ctype:find("json", 1, true) then json = true
+        elseif ctype:find("^text/plain") then text = true end
+      end
+    end
+  end
+  assert(not (json and text), "an operation returning both JSON and text")
+  return json and "FLY_RETURNS_JSON" or text and "FLY_RETURNS_TEXT" or "FLY_RETURNS_NONE"
+end
+
 local function resolve(p)
   if p["$ref"] then
     local name = p["$ref"]:match("([^/]+)$")
@@ -111,6 +129,7 @@ for _, path in ipairs(paths) do
         safety = safety(id, method),
         has_body = body ~= nil, body_required = body ~= nil and body.required == true,
         action = o.operationId, rate = RATE_CLASS[id] or "FLY_RATE_DEFAULT", scope = scope,
+        returns = returns(o),
       }
     end
   end
@@ -135,10 +154,10 @@ for i, op in ipairs(ops) do
 end
 emit("\nconst fly_operation fly_operations[] = {")
 for i, op in ipairs(ops) do
-  emit('  {"%s", "%s", "%s", "%s", %s, %d, %s, %d, %d, "%s", %s, %d},',
+  emit('  {"%s", "%s", "%s", "%s", %s, %d, %s, %d, %d, "%s", %s, %d, %s},',
     op.id, op.method, op.path, op.tag, #op.params > 0 and ("p" .. i) or "NULL", #op.params,
     op.safety, op.has_body and 1 or 0, op.body_required and 1 or 0,
-    op.action, op.rate, op.scope)
+    op.action, op.rate, op.scope, op.returns)
 end
 emit("};\n")
 emit("const size_t fly_operation_count = sizeof fly_operations / sizeof fly_operations[0];")

@@ -4,8 +4,14 @@
 -- metatable. Fields: `status` (HTTP status, nil for transport failures),
 -- `code` (the error body's `status` such as "name_taken", a name derived
 -- from the HTTP status, or a transport code: timeout, connect, tls, resolve,
--- reset, protocol, cancelled), `message`, `request_id`, `retryable`,
--- `method`, `path`, `operation`, `attempts`, `body` (raw response text).
+-- reset, protocol, too_large, cancelled), `message`, `request_id`,
+-- `retryable`, `retry_after` (seconds, from a 429 or 503), `method`, `path`,
+-- `operation`, `attempts`, `body` (the response text, at most its first
+-- 4 KiB; `body_size` then gives its full length).
+--
+-- Text from the server (message, code, request id) has its control
+-- characters escaped (`\x1b`, `\n`, ...) in `message` and `tostring(err)`;
+-- the request's credentials never appear in it (the core masks them).
 -- @module fly.error
 local Error = { __name = "fly.Error" }
 Error.__index = Error
@@ -25,6 +31,14 @@ function Error.new(fields)
   return setmetatable(fields, Error)
 end
 
+-- Control characters as escapes, so that no server text can move a
+-- terminal's cursor, forge a log line or cut one short.
+local ESCAPES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+local function escape(s)
+  if type(s) ~= "string" then return s end
+  return (s:gsub("[%z\1-\31\127]", function(c) return ESCAPES[c] or ("\\x%02x"):format(c:byte()) end))
+end
+
 --- Whether a value is a fly.Error.
 function Error.is(v)
   return getmetatable(v) == Error
@@ -36,11 +50,11 @@ end
 function Error.from_result(res, decoded)
   local e = {
     status = res.status, method = res.method, path = res.path, operation = res.operation,
-    request_id = res.request_id, attempts = res.attempts, retryable = res.retryable,
-    body = res.body,
+    request_id = escape(res.request_id), attempts = res.attempts, retryable = res.retryable,
+    retry_after = res.retry_after, body = res.body, body_size = res.body_size,
   }
   if res.code then
-    e.code, e.message = res.code, res.message
+    e.code, e.message = res.code, escape(res.message)
   else
     local message, code
     if type(decoded) == "table" then
@@ -55,7 +69,7 @@ function Error.from_result(res, decoded)
       message = (text ~= "" and #text < 300 and not text:find("^%s*[{[]")) and text:gsub("%s+$", "")
         or ("HTTP " .. tostring(res.status))
     end
-    e.code, e.message = code, message
+    e.code, e.message = escape(code), escape(message)
   end
   return setmetatable(e, Error)
 end
@@ -64,19 +78,19 @@ end
 function Error:__tostring()
   local parts = { "fly:" }
   if self.status then parts[#parts + 1] = tostring(self.status) end
-  parts[#parts + 1] = self.code or "error"
+  parts[#parts + 1] = escape(tostring(self.code or "error"))
   if self.method and self.path then
     parts[#parts + 1] = self.method .. " " .. self.path .. ":"
   else
     parts[#parts] = parts[#parts] .. ":"
   end
-  parts[#parts + 1] = tostring(self.message or "")
+  parts[#parts + 1] = escape(tostring(self.message or ""))
   local extra = {}
-  if self.request_id then extra[#extra + 1] = "request_id=" .. self.request_id end
+  if self.request_id then extra[#extra + 1] = "request_id=" .. escape(tostring(self.request_id)) end
   if self.attempts and self.attempts > 1 then extra[#extra + 1] = "attempts=" .. self.attempts end
   local line = table.concat(parts, " ")
   if #extra > 0 then line = line .. " (" .. table.concat(extra, ", ") .. ")" end
-  return (line:gsub("[\r\n]+", " "))
+  return escape(line)
 end
 
 return Error

@@ -77,6 +77,7 @@ local OPTIONS = {
   token = "string", base_url = "string", timeout = "number", connect_timeout = "number",
   user_agent = "string", ca_file = "string", insecure = "boolean", headers = "table",
   rate_limit = "boolean|table", retry = "boolean|table", trace = "function", trace_bodies = "boolean",
+  max_body = "number",
 }
 
 local function getenv(name)
@@ -90,7 +91,8 @@ end
 -- (seconds per attempt, default 60), `connect_timeout` (default 10), `user_agent`,
 -- `ca_file`, `insecure` (true turns TLS verification off), `headers` (extra headers),
 -- `rate_limit` (false, or `{ scale = n, [action] = { rate = r, burst = b } }`),
--- `retry` (false, or `{ attempts = 4, base = 0.1, cap = 5 }`), `trace` (a function
+-- `retry` (false, or `{ attempts = 4, base = 0.1, cap = 5, max_wait = 60 }`), `max_body` (bytes, the
+-- largest response body taken in, counted decompressed; default 64 MiB), `trace` (a function
 -- called with each event of each call: see "Seeing what it does" in the README),
 -- `trace_bodies` (true: events carry request and response bodies)
 -- @treturn fly.Client or nil, fly.Error when no token is configured
@@ -105,7 +107,7 @@ function fly.new(opts)
       error(("fly.new: option '%s' must be a %s (got %s)"):format(k, want:gsub("|", " or "), type(v)), 2)
     end
   end
-  for _, k in ipairs { "timeout", "connect_timeout" } do
+  for _, k in ipairs { "timeout", "connect_timeout", "max_body" } do
     local v = opts[k]
     if v and (v <= 0 or v ~= v) then error(("fly.new: option '%s' must be > 0"):format(k), 2) end
   end
@@ -139,7 +141,7 @@ function fly.new(opts)
     user_agent = opts.user_agent or ("fly-machines/%s (libcurl/%s; %s)"):format(
       fly._VERSION, core.curl_version, _VERSION),
     ca_file = opts.ca_file, insecure = opts.insecure, headers = opts.headers,
-    rate_limit = opts.rate_limit, retry = opts.retry,
+    rate_limit = opts.rate_limit, retry = opts.retry, max_body = opts.max_body,
     trace = hooks[1] ~= nil, trace_bodies = opts.trace_bodies,
   })
   if not ok then error(client, 2) end

@@ -124,6 +124,14 @@ local cases = {
   -- rate limited for a day
   ["retry-after-day"] = answer("429 Too Many Requests", "application/json", '{"error":"rate limited"}',
     { "Retry-After: 86399" }),
+  -- rate limited for two seconds
+  ["retry-after-2"] = answer("429 Too Many Requests", "application/json", '{"error":"rate limited"}',
+    { "Retry-After: 2" }),
+  -- rate limited until this time tomorrow, as an HTTP date
+  ["retry-after-date"] = function(c)
+    answer("429 Too Many Requests", "application/json", '{"error":"rate limited"}',
+      { "Retry-After: " .. os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 86400) })(c)
+  end,
   -- error text carrying terminal escape sequences and other control characters
   ["control-chars"] = answer("400 Bad Request", "application/json",
     '{"error":"bad \\u001b[31mred\\u001b[0m\\u001b]0;title\\u0007 \\r\\nforged: line\\u0000end\\u007f"}'),
