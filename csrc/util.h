@@ -9,6 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* These helpers are the core's own: hidden from the shared object's symbol
+ * table, so they can never clash with a host's symbols of the same name. */
+#pragma GCC visibility push(hidden)
+
 /* A growable, NUL-terminated string. Its owner frees `p` (also when an error
  * is raised half-way, which is why owners are userdata with a __gc). */
 typedef struct sbuf {
@@ -50,5 +54,7 @@ int raise_at(lua_State *L, int level, const char *fmt, ...);
 /* Seconds to milliseconds for a transport; 0 (no limit) for values too large
  * to mean anything, so an infinite timeout never overflows. */
 long seconds_to_ms(double s);
+
+#pragma GCC visibility pop
 
 #endif

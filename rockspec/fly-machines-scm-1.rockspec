@@ -12,9 +12,7 @@ limits, safe retries, waits, leases, and tasks on one libcurl multi loop.
 ]],
   license = "MIT",
 }
--- lua-cjson is needed too; it comes from Debian's lua-cjson package, which is not a rock, so
--- LuaRocks cannot see it and would report it missing (or fetch a second copy): install it with
--- apt-get (or `luarocks install lua-cjson` where there is no such package).
+-- JSON is the core's own (csrc/json.c, lua/fly/json.lua): no Lua dependency but the Lua itself.
 dependencies = {
   "lua >= 5.1",
 }
