@@ -53,7 +53,7 @@ int fly_reply_header(fly_reply *a, const char *line, size_t n) {
   return 0;
 }
 
-static const char *const CODES[] = {"timeout", "connect", "resolve", "tls", "reset", "protocol", NULL};
+static const char *const CODES[] = {"timeout", "connect", "resolve", "tls", "reset", "protocol", "too_large", NULL};
 
 const char *fly_transport_code(const char *name) {
   for (int i = 0; CODES[i]; i++)
@@ -71,7 +71,8 @@ static double rng_unit(fly_retry *p) { /* xorshift64*, in [0, 1) */
 /* Seconds to wait before the next attempt; negative: do not retry. */
 static double retry_delay(fly_retry *p, fly_reply *a, double now) {
   if (a->code) {
-    if (!a->sent || p->safe) a->retryable = 1;
+    /* too_large: the same request would get the same response */
+    if ((!a->sent || p->safe) && strcmp(a->code, "too_large") != 0) a->retryable = 1;
   } else if (a->status == 429) {
     a->retryable = 1; /* not executed: safe for every operation */
   } else if (p->safe && (a->status == 500 || a->status == 502 || a->status == 503 || a->status == 504 ||

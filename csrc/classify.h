@@ -53,7 +53,8 @@ int fly_reply_header(fly_reply *a, const char *line, size_t n);
 /* Feeds one header by name and value (any case). */
 void fly_reply_field(fly_reply *a, const char *name, size_t nn, const char *v, size_t vn);
 
-/* The transport failure codes a transport may report (static strings), or
+/* The transport failure codes a transport may report (static strings;
+ * too_large, a response larger than the transport accepts, is never retried), or
  * NULL for anything else. */
 const char *fly_transport_code(const char *name);
 

@@ -44,6 +44,7 @@ struct fly_request {
   fly_retry retry;
   fly_reply reply;             /* the last attempt */
   double ready_at;             /* monotonic seconds: when to send the next attempt */
+  int external;                /* admitted by its transport, not by the core's buckets (_build) */
   long timeout_ms;             /* per attempt */
   char *message;               /* owned: what went wrong, or NULL */
   char *resp;                  /* owned response body, NUL-terminated */
