@@ -12,7 +12,8 @@
  *   req:_admit(wait) -> "ready", at | "done": send it `wait` seconds from
  *       now, or it is done (the wait runs past its deadline);
  *   req:_wire()      -> { method, url, scheme, host, port, target, headers =
- *       {"Name: value", ...}, body, safe, timeout }: what to send (the
+ *       {"Name: value", ...}, body, safe, timeout, connect_timeout,
+ *       insecure }: what to send (the
  *       headers include Authorization: never log them; Host, Content-Length
  *       and Connection are the transport's to write);
  *   req:_complete(status, headers, body) / req:_failed(code, message, sent)
@@ -229,6 +230,8 @@ int fly_l_build(lua_State *L) {
   fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
   if (c->closed) return raise_at(L, level, "fly: client is closed");
   fly_request *r = build_admit(L, c, level, external);
+  r->insecure = c->insecure;
+  r->connect_timeout_ms = c->connect_timeout_ms;
   if (!r->wire.headers.n) { /* self-contained: the client may go before it */
     const fly_strlist *shared = fly_wire_headers(&r->wire, &c->base);
     for (size_t i = 0; i < shared->n; i++)
@@ -353,6 +356,9 @@ static int l_req_wire(lua_State *L) {
     if (timeout <= 0 || left < timeout) timeout = left;
   }
   if (timeout > 0) lua_pushnumber(L, timeout), lua_setfield(L, -2, "timeout");
+  if (r->connect_timeout_ms > 0)
+    lua_pushnumber(L, r->connect_timeout_ms / 1000.0), lua_setfield(L, -2, "connect_timeout");
+  lua_pushboolean(L, r->insecure), lua_setfield(L, -2, "insecure");
   return 1;
 }
 

@@ -241,7 +241,7 @@ function methods:map(list, fn, opts)
   for k in next, opts or {} do
     if k ~= "concurrency" then error(("fly: map: unknown option '%s'"):format(tostring(k)), 2) end
   end
-  local concurrency = math.tointeger(opts and rawget(opts, "concurrency") or 32)
+  local concurrency = require("fly.compat").tointeger(opts and rawget(opts, "concurrency") or 32)
   if not concurrency or concurrency < 1 then
     error("fly: map: concurrency must be a positive integer", 2)
   end

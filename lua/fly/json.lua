@@ -9,6 +9,7 @@
 -- @module fly.json
 local cjson = require("cjson.safe").new()
 local core = require "fly.core"
+local is_integer = require("fly.compat").is_integer
 
 local json = {}
 
@@ -38,7 +39,7 @@ local function encode_table(t, out, depth)
   local n, count, max = #t, 0, 0
   for k in next, t do
     count = count + 1
-    if math.type(k) == "integer" and k > 0 then
+    if is_integer(k) and k > 0 then
       if k > max then max = k end
     elseif getmetatable(t) == array_mt or n > 0 then
       error("fly: cannot encode a table with both array and object keys", 0)
@@ -79,7 +80,7 @@ encode_value = function(v, out, depth)
     if v ~= v or v == math.huge or v == -math.huge then
       error("fly: cannot encode " .. tostring(v) .. " as JSON", 0)
     end
-    out[#out + 1] = math.type(v) == "integer" and tostring(v) or cjson.encode(v)
+    out[#out + 1] = is_integer(v) and ("%d"):format(v) or cjson.encode(v)
   else
     error("fly: cannot encode a value of type " .. t .. " as JSON", 0)
   end

@@ -9,11 +9,18 @@
 local core = require "fly.core"
 local Error = require "fly.error"
 
+-- Inside nginx, calls go over cosockets and tasks are light threads: fly.ngx.loop.
+if require("fly.ngx.phase").current() then return require "fly.ngx.loop" end
+
 local now_fn = core.now
 local step, step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
 
 local loop = {}
+
+--- Builds and admits a call and queues it on the client's libcurl loop
+-- (`client:_submit`): the request `loop.await` waits for.
+loop.submit = core.Client._submit
 
 -- Per-client scheduler state, collected with the client.
 local states = setmetatable({}, { __mode = "k" })

@@ -15,7 +15,7 @@ local loop = require "fly.loop"
 local call, check, owner, merge = resource.call, resource.check, resource.owner, resource.merge
 local now = core.now
 local null = json.null
-local pack, unpack = table.pack, table.unpack
+local pack, unpack = require("fly.compat").pack, require("fly.compat").unpack
 
 --- The namespace (`client.machines`).
 local Machines = { __name = "fly.machines" }
