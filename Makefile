@@ -1,6 +1,7 @@
 # fly-machines: build, test, demo and benchmark on Debian 12.
 #
-#   make test         install what is missing, build, run every spec against the emulator
+#   make test         install what is missing, build (also for LuaJIT: the nginx specs), run every
+#                     spec against the emulator
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
 #   make test-tls     the same suite against the emulator over TLS with HTTP/2
 #   make test-reuse   the #reuse specs (unsafe calls on warm connections), over TLS and plain HTTP
@@ -53,7 +54,7 @@ build/spec/threads: spec/threads.c
 	@mkdir -p build/spec
 	$(CC) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< -o $@ $(shell pkg-config --libs lua5.4) -lpthread
 
-test: build build/spec/threads
+test: build build/spec/threads build/luajit/fly/core.so
 	@spec/run
 
 demo: build
@@ -118,7 +119,7 @@ build/luajit/fly/core.so: $(SRC) $(HDR)
 # The whole suite against the emulator over TLS + HTTP/2 (spec/emulator/run --tls); clients
 # made by spec/helper.lua trust its CA.
 .PHONY: test-tls test-reuse
-test-tls: build build/spec/threads
+test-tls: build build/spec/threads build/luajit/fly/core.so
 	@FLY_SPEC_TLS=1 spec/run
 
 # The #reuse specs, which .busted leaves out of the default run (spec/connections_reuse_spec.lua).
