@@ -56,7 +56,8 @@ local SERVER = [[
 local function concurrently(n, url, count)
   local urls = {}
   for i = 1, count do urls[i] = ("'%s&i=%d'"):format(url, i) end
-  local p = assert(io.popen("curl -s --parallel --parallel-immediate --parallel-max 100 " .. table.concat(urls, " ") .. " 2>/dev/null"))
+  local p = assert(io.popen("curl -s --parallel --parallel-immediate --parallel-max 100 "
+    .. table.concat(urls, " ") .. " 2>/dev/null"))
   local out = p:read("a")
   p:close()
   local rows = {}
@@ -304,10 +305,10 @@ describe("the client inside nginx", function()
         { none, "Apps_show", { app_name = "bad/." } },
         { none, "Apps_show", {} },
         { none, "No_such_operation", {} },
-        { function() H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "status", status = 503, count = 2 } end,
-          "Apps_show", { app_name = app } },
-        { function() H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "status", status = 503, count = 5 } end,
-          "Apps_show", { app_name = app } },
+        { function() H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "status", status = 503,
+          count = 2 } end, "Apps_show", { app_name = app } },
+        { function() H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "status", status = 503,
+          count = 5 } end, "Apps_show", { app_name = app } },
         { function() H.fault { method = "POST", path = "/v1/apps", kind = "status", status = 429, retry_after = 0,
           count = 3 } end, "Apps_create", { body = { app_name = "never-" .. app, org_slug = "personal" } } },
         { function() H.fault { method = "POST", kind = "status", status = 502, count = 3,
