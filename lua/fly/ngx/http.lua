@@ -112,19 +112,41 @@ local function receive(sock, what, deadline)
   return sock:receive(what)
 end
 
+local byte, sub, find, lower = string.byte, string.sub, string.find, string.lower
+
+-- Whether byte b is a space or a tab.
+local function blank(b) return b == 32 or b == 9 end
+
 -- Parses a response head; returns status, version, headers (lower-case names, repeated
--- ones joined with ", "), lines ({"Name: value", ...}), or nil, message.
+-- ones joined with ", "), lines ({"Name: value", ...}), or nil, message. Lines end at CR or
+-- LF; plain finds instead of patterns with captures: this runs for every response.
 local function parse_head(head)
-  local minor, status, rest = head:match("^HTTP/1%.([01]) (%d%d%d)[^\r\n]*(.*)$")
+  local minor, status = head:match("^HTTP/1%.([01]) (%d%d%d)")
   if not status then return nil, "not an HTTP/1.x status line" end
   local headers, lines = {}, {}
-  for line in rest:gmatch("[^\r\n]+") do
-    local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
-    if not name then return nil, "malformed header line" end
-    local key = name:lower()
-    local prev = headers[key]
-    headers[key] = prev and (prev .. ", " .. value) or value
-    lines[#lines + 1] = name .. ": " .. value
+  local len = #head
+  local pos = find(head, "[\r\n]", 13) or len + 1
+  while pos <= len do
+    local b = byte(head, pos)
+    if b == 13 or b == 10 then
+      pos = pos + 1
+    else
+      local stop = (find(head, "[\r\n]", pos) or len + 1) - 1
+      local colon = find(head, ":", pos, true)
+      if not colon or colon > stop or colon == pos or find(sub(head, pos, colon - 1), "%s") then
+        return nil, "malformed header line"
+      end
+      local name = sub(head, pos, colon - 1)
+      local i, j = colon + 1, stop
+      while i <= j and blank(byte(head, i)) do i = i + 1 end
+      while j >= i and blank(byte(head, j)) do j = j - 1 end
+      local value = sub(head, i, j)
+      local key = lower(name)
+      local prev = headers[key]
+      headers[key] = prev and (prev .. ", " .. value) or value
+      lines[#lines + 1] = name .. ": " .. value
+      pos = stop + 1
+    end
   end
   return tonumber(status), minor == "1" and "1.1" or "1.0", headers, lines
 end
@@ -328,6 +350,12 @@ end
 function M.request(req, opts)
   phase.check(2)
   check_req(req)
+  return M.send(req, opts)
+end
+
+--- `request` without its checks, for a caller that made them already (fly.ngx.loop: the phase
+-- checked, the request written by the core).
+function M.send(req, opts)
   opts = opts or {}
   local deadline = ngx.now() + opt(opts, "timeout")
   local keep = req.safe == true

@@ -132,7 +132,7 @@ local function carry(req)
     sleep(req:_ready_at() - now())
     if done_fn(req) then break end -- cancelled while it waited
     local w = req:_wire()
-    local res, err = http.request(w, http_options(w))
+    local res, err = http.send(w, http_options(w)) -- the phase was checked by loop.submit
     local _, bucket
     if res then
       _, _, bucket = req:_complete(res.status, res.headers, res.body)
