@@ -150,6 +150,30 @@ describe("the client inside nginx", function()
     assert.is_nil(n:error_log():find("no lua_shared_dict", 1, true))
   end)
 
+  it("without lua_shared_dict fly_limits: paces per worker, and warns once", function()
+    local bare = harness.start {
+      workers = 1, main = ("env FLY_API_TOKEN=%s; env FLY_API_HOSTNAME=%s;"):format(H.TOKEN, emulator()),
+    }
+    local ok, err = pcall(function()
+      local app = H.app(c)
+      -- Get App: burst 3, then 1/s: the fourth call waits for the worker's own bucket
+      local first, fourth = bare:run(([[
+        local c = assert(require("fly").new())
+        local t = {}
+        for i = 1, 4 do
+          assert(c.apps:get(%q))
+          t[i] = ngx.now()
+        end
+        return t[1], t[4]
+      ]]):format(app))
+      assert.is_true(fourth - first >= 0.5, "the fourth call was not paced")
+      local _, warnings = bare:error_log():gsub("no lua_shared_dict fly_limits", "")
+      assert.equals(1, warnings)
+    end)
+    bare:stop()
+    assert(ok, err)
+  end)
+
   local function run(code)
     return n:run("local fly = require 'fly'; local c = assert(fly.new()); " .. code)
   end
@@ -318,6 +342,10 @@ describe("the client inside nginx", function()
           "Apps_show", { app_name = app }, { timeout = 0.3, attempts = 1 } },
         { function() H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "close", count = 1 } end,
           "Apps_show", { app_name = app } },
+        -- dropped after it was sent: never repeated, not retryable
+        { function() H.fault { method = "POST", kind = "close", count = 1,
+          path = ("/v1/apps/%s/machines/%s/restart"):format(app, m.id) } end,
+          "Machines_restart", { app_name = app, machine_id = m.id } },
       }
       for i, case in ipairs(cases) do
         local a, b = both(case[1], case[2], case[3], case[4], base)
