@@ -37,7 +37,7 @@ local SERVER = [[
     header_filter_by_lua_block {
       local fly = require "fly"
       local c = assert(fly.new())
-      local ok, err = pcall(function() return c.apps:get("x") end)
+      local ok, err = pcall(function() local app = c.apps:get("x"); return app end)
       ngx.shared.fly_spec:set("phase:header_filter", tostring(ok) .. "|" .. tostring(err))
     }
     content_by_lua_block {
@@ -93,7 +93,7 @@ describe("the client inside nginx", function()
         init_by_lua_block {
           local fly = require "fly"
           local c = assert(fly.new())
-          local ok, err = pcall(function() return c.apps:get("x") end)
+          local ok, err = pcall(function() local app = c.apps:get("x"); return app end)
           ngx.shared.fly_spec:set("phase:init", tostring(ok) .. "|" .. tostring(err))
         }
         # the emulator behind TLS with the harness's certificate (localhost, 127.0.0.1)
@@ -278,6 +278,8 @@ describe("the client inside nginx", function()
       assert.equals("false", ok)
       assert.truthy(err:find("nginx's '" .. name .. "' phase", 1, true), err)
       assert.truthy(err:find("ngx.timer.at", 1, true), err)
+      -- raised at the caller's line
+      assert.truthy(err:find("^" .. name .. "_by_lua%(nginx%.conf:%d+%):%d+: fly: API calls"), err)
     end
     assert.equals("false|404", got.timer)
   end)

@@ -41,6 +41,21 @@ local task_of = setmetatable({}, { __mode = "k" })
 -- What a task cancelled from outside raises at its next wait: it unwinds the task's thread.
 local CANCELLED = setmetatable({}, { __tostring = function() return "fly: the task was cancelled" end })
 
+-- Where fly's modules live ("@/…/fly/"): frames from there are not the caller's.
+local HERE = debug.getinfo(1, "S").source:match("^(@.*[/\\])ngx[/\\]loop%.lua$")
+
+-- The level of the first caller outside fly's modules, as `error` counts from the function
+-- calling this one: where a programmer error raised there points.
+local function user_level()
+  local level = 2
+  while true do
+    local info = debug.getinfo(level + 1, "S")
+    if not info then return 1 end
+    if not HERE or info.source:sub(1, #HERE) ~= HERE then return level end
+    level = level + 1
+  end
+end
+
 local function state(client)
   local s = client:_state()
   local st = s.ngx_loop
@@ -165,7 +180,7 @@ end
 
 --- Sleeps without blocking the worker.
 function loop.sleep(_, seconds)
-  phase.check(3)
+  phase.check(user_level())
   sleep(seconds)
 end
 
@@ -195,7 +210,7 @@ end
 
 --- Starts `fn(...)` as a task: a light thread of the current request or timer.
 function loop.spawn(client, fn, ...)
-  phase.check(3)
+  phase.check(user_level())
   next_id = next_id + 1
   local task = setmetatable({ client = client, _status = "running", _id = next_id, _joiners = 0 }, Task)
   local st = state(client)
@@ -228,7 +243,7 @@ function Task:join(timeout)
     error("fly: join: timeout must be a number (got " .. type(timeout) .. ")", 2)
   end
   if running_task() == self then error("fly: a task cannot join itself", 2) end
-  if self._status == "running" then phase.check(2) end
+  if self._status == "running" then phase.check(user_level()) end
   local deadline = timeout and (now() + timeout)
   while self._status == "running" do
     local left = deadline and (deadline - now()) or 60
@@ -292,7 +307,7 @@ end
 function loop.drive(client, wait)
   local st = state(client)
   if st.count == 0 then return 0 end
-  phase.check(3)
+  phase.check(user_level())
   if not wait or wait <= 0 then
     ngx.sleep(0)
   else
