@@ -17,7 +17,7 @@ LUA      ?= lua5.4
 CC       ?= cc
 PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev pkg-config lua-cjson lua-busted lua-check lua-socket \
             nginx libnginx-mod-http-lua luarocks lua-luv curl openssl gcc make \
-            liblua5.1-0-dev libluajit2-5.1-dev luajit2
+            liblua5.1-0-dev libluajit2-5.1-dev luajit2 lua-resty-core ca-certificates
 CFLAGS   ?= -O2 -g
 WARN     := -std=gnu11 -Wall -Wextra -Werror
 SANITIZE := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
