@@ -20,4 +20,16 @@ function M.get(base_url)
   ngx.say(app.name)
 end
 
+--- Content handler: the same request written by hand on a bare cosocket (no checks, no
+-- timeouts, no JSON): the most any Lua client inside nginx can get.
+function M.bare(host, port)
+  local sock = ngx.socket.tcp()
+  assert(sock:connect(host, port))
+  assert(sock:send("GET /v1/apps/bench-app HTTP/1.1\r\nHost: " .. host .. "\r\nAccept: application/json\r\n\r\n"))
+  local head = assert(sock:receiveuntil("\r\n\r\n")())
+  local body = assert(sock:receive(tonumber(head:match("\r\n[Cc]ontent%-[Ll]ength: *(%d+)"))))
+  sock:setkeepalive(60000)
+  ngx.say(body:match('"name":"([^"]*)"'))
+end
+
 return M
