@@ -245,6 +245,18 @@ describe("the client inside nginx", function()
     assert.equals("cancelled", code)
     assert.is_true(elapsed < 4, "the cancelled call was waited for")
     assert.equals("cancelled", closed)
+    -- cancelled by another task, which nginx does not let kill it: its sleep ends at once
+    local start = require("socket").gettime()
+    local statuses = run [[
+      local sleeper = c:spawn(function() c:sleep(30) return "woke" end)
+      local canceller = c:spawn(function() c:sleep(0.05) return sleeper:cancel() end)
+      assert(canceller:join())
+      sleeper:join()
+      return sleeper:status() .. "," .. canceller:status()
+    ]]
+    assert.equals("cancelled,done", statuses)
+    -- nginx answers once the handler's light threads have ended: well before the 30 s sleep
+    assert.is_true(require("socket").gettime() - start < 10)
   end)
 
   it("verifies TLS against lua_ssl_trusted_certificate; insecure turns it off", function()

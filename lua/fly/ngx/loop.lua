@@ -11,7 +11,8 @@
 -- Tasks (`client:spawn`, `map`, `join`, `sleep`, `cancel`, `with_lease`'s refresher) are
 -- light threads (`ngx.thread.spawn`) of the request or timer that spawned them; joins wait on
 -- an `ngx.semaphore`. nginx lets only the thread that spawned a light thread kill it: a task
--- cancelled from elsewhere is stopped at its next wait (call, sleep, join) instead.
+-- cancelled from elsewhere is woken from its sleep or join (they wait on semaphores) and
+-- stops; one in the middle of an HTTP exchange stops when the exchange ends.
 --
 -- In a phase without cosockets (`init_by_lua`, `set_by_lua`, filters, `log`) a call, a
 -- sleep or a spawn raises a programmer error naming the phase (`fly.ngx.phase`).
@@ -104,9 +105,20 @@ local function finish(task, status, ...)
   if st.sema and st.waiting > 0 then st.sema:post(st.waiting) end
 end
 
--- Sleeps `seconds` (inside a task: then stops if it was cancelled meanwhile).
+-- Sleeps `seconds`; inside a task on its wake-up semaphore, so that a cancel from a thread
+-- that may not kill it ends the sleep at once; then stops the task if it was cancelled.
 local function sleep(seconds)
-  if seconds > 0 then ngx.sleep(seconds) end
+  if seconds > 0 then
+    local task = running_task()
+    if task then
+      local wake = task._wake or new_semaphore()
+      task._wake, task._waits_on = wake, wake
+      wake:wait(seconds)
+      task._waits_on = nil
+    else
+      ngx.sleep(seconds)
+    end
+  end
   check_cancelled()
 end
 
@@ -252,7 +264,10 @@ function Task:join(timeout)
     end
     self._sema = self._sema or new_semaphore()
     self._joiners = self._joiners + 1
+    local me = running_task()
+    if me then me._waits_on = self._sema end -- a cancel of the joiner wakes it
     self._sema:wait(math.min(left, 60))
+    if me then me._waits_on = nil end
     self._joiners = self._joiners - 1
     check_cancelled()
   end
@@ -268,8 +283,9 @@ function Task:cancel()
   local thread = self._thread
   if thread and task_of[coroutine.running()] ~= self then
     -- only the thread that spawned it may kill it (and not in every phase); otherwise it stops
-    -- at its next wait
-    pcall(ngx.thread.kill, thread)
+    -- at once if it sleeps or waits for a join, else when its exchange in flight ends
+    local _, killed = pcall(ngx.thread.kill, thread)
+    if not killed and self._waits_on then self._waits_on:post(1) end
   end
   -- what the task left to clean up (a lease to release, …) runs as tasks of its own
   local cleanups = self._on_cancel
