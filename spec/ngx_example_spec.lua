@@ -82,6 +82,12 @@ describe("examples/openresty/nginx.conf", function()
   end)
   after_each(function() c:close() end)
 
+  it("is the configuration the README gives", function()
+    local conf = read(harness.ROOT .. "/examples/openresty/nginx.conf")
+    assert.truthy(read(harness.ROOT .. "/README.md"):find("```nginx\n" .. conf .. "```", 1, true),
+      "README's OpenResty configuration differs from examples/openresty/nginx.conf")
+  end)
+
   it("serves 20 concurrent requests that each make one 200 ms call", function()
     local prefix_name = H.name("ex") .. "-"
     local paths = {}
