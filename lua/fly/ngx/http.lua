@@ -21,7 +21,7 @@ local phase = require "fly.ngx.phase"
 local M = {}
 
 local ngx = rawget(_G, "ngx")
-local concat, insert = table.concat, table.insert
+local concat = table.concat
 local floor, min = math.floor, math.min
 
 --- Defaults for `request`'s options (seconds and bytes).
@@ -72,36 +72,51 @@ local function format(req, keep)
   local host = req.host
   if req.port ~= DEFAULT_PORT[req.scheme] then host = host .. ":" .. tostring(req.port) end
   local out = { req.method, " ", req.target, " HTTP/1.1\r\nHost: ", host, "\r\n" }
-  for _, line in ipairs(req.headers or {}) do
-    insert(out, line)
-    insert(out, "\r\n")
+  local n = 6
+  local headers = req.headers
+  if headers then
+    for i = 1, #headers do
+      out[n + 1], out[n + 2] = headers[i], "\r\n"
+      n = n + 2
+    end
   end
   local body = req.body
   if body or req.method == "POST" or req.method == "PUT" or req.method == "PATCH" then
-    insert(out, "Content-Length: " .. (body and #body or 0) .. "\r\n")
+    n = n + 1
+    out[n] = "Content-Length: " .. (body and #body or 0) .. "\r\n"
   end
-  if not keep then insert(out, "Connection: close\r\n") end
-  insert(out, "\r\n")
-  if body and #body > 0 then insert(out, body) end
+  if not keep then
+    n = n + 1
+    out[n] = "Connection: close\r\n"
+  end
+  out[n + 1] = "\r\n"
+  if body and #body > 0 then out[n + 2] = body end
   return out
 end
 
 -- Reads from a receiveuntil iterator up to its pattern, at most limit bytes; returns the
 -- data, or nil, err, partial (err "too_large" past the limit).
 local function read_until(sock, it, limit, deadline)
-  local parts, n = {}, 0
+  local first, parts, n = nil, nil, 0 -- most often it all comes in one piece: no table then
   while true do
     local left = remaining(deadline)
-    if left <= 0 then return nil, "timeout", concat(parts) end
+    if left <= 0 then return nil, "timeout", parts and concat(parts) or first or "" end
     sock:settimeout(ms(left))
     local data, err, partial = it(limit - n + 1)
     if not data then
-      if err then return nil, err, concat(parts) .. (partial or "") end
-      return concat(parts)
+      local got = parts and concat(parts) or first or ""
+      if err then return nil, err, got .. (partial or "") end
+      return got
     end
     n = n + #data
     if n > limit then return nil, "too_large" end
-    parts[#parts + 1] = data
+    if parts then
+      parts[#parts + 1] = data
+    elseif first then
+      parts = { first, data }
+    else
+      first = data
+    end
   end
 end
 
