@@ -1,6 +1,7 @@
 # fly-machines: build, test, demo and benchmark on Debian 12.
 #
-#   make test         install what is missing, build, run every spec against the emulator
+#   make test         install what is missing, build (also for LuaJIT: the nginx specs), run every
+#                     spec against the emulator
 #   make test LUA=luajit   the same under another Lua: lua5.1, lua5.2, lua5.3, lua5.4 (default), luajit
 #   make demo         build, start the emulator, run examples/quickstart.lua, stop it
 #   make test-tls     the same suite against the emulator over TLS with HTTP/2
@@ -33,7 +34,8 @@ ROCKLUA  := $(if $(filter luajit,$(LUA)),5.1,$(patsubst lua%,%,$(LUA)))
 CC       ?= cc
 PKGS     := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev pkg-config lua-cjson lua-busted lua-check lua-socket \
             nginx libnginx-mod-http-lua luarocks lua-luv curl openssl gcc make \
-            lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev libluajit2-5.1-dev luajit2
+            lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev libluajit2-5.1-dev luajit2 \
+            lua-resty-core ca-certificates
 CFLAGS   ?= -O2 -g
 WARN     := -std=gnu11 -Wall -Wextra -Werror
 SANITIZE := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -78,6 +80,7 @@ $(OUT)/spec/threads: spec/threads.c
 	$(CC) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< -o $@ $(shell pkg-config --libs $(LUA)) -lpthread
 
 test: build $(OUT)/spec/threads
+	@[ "$(LUA)" = luajit ] || $(MAKE) --no-print-directory build LUA=luajit
 	@spec/run
 
 smoke: build
@@ -135,7 +138,8 @@ clean:
 # The whole suite against the emulator over TLS + HTTP/2 (spec/emulator/run --tls); clients
 # made by spec/helper.lua trust its CA.
 .PHONY: test-tls test-reuse
-test-tls: build build/spec/threads
+test-tls: build $(OUT)/spec/threads
+	@[ "$(LUA)" = luajit ] || $(MAKE) --no-print-directory build LUA=luajit
 	@FLY_SPEC_TLS=1 spec/run
 
 # Only the #reuse specs (spec/connections_reuse_spec.lua; both test and test-tls run them too).

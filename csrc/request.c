@@ -2,18 +2,29 @@
  * transports, and reading a finished request. See request.h.
  *
  * The seam (for a transport written in Lua, e.g. on nginx cosockets):
- *   client:_build(op, params, opts, level) -> Request: built and admitted
- *       (its token taken from the rate-limit bucket), not started;
+ *   client:_build(op, params, opts, level, external) -> Request: built and
+ *       admitted (its token taken from the rate-limit bucket), not started;
+ *       with `external` true the core's buckets are left alone: the
+ *       transport admits it through buckets of its own (_rate, _admit);
  *   req:_ready_at()  -> when to send it (monotonic seconds, core.now());
+ *   req:_rate()      -> key, rate, burst, margin: the bucket that paces it
+ *       (nothing when rate limiting is off);
+ *   req:_admit(wait) -> "ready", at | "done": send it `wait` seconds from
+ *       now, or it is done (the wait runs past its deadline);
  *   req:_wire()      -> { method, url, scheme, host, port, target, headers =
- *       {"Name: value", ...}, body, safe, timeout, max_body }: what to send
- *       (the headers include Authorization: never log them) and the largest
- *       body to take in (bytes; past it the transport stops reading and
- *       reports too_large);
+ *       {"Name: value", ...}, body, safe, timeout, connect_timeout,
+ *       insecure, max_body }: what to send (the headers include
+ *       Authorization: never log them; Host, Content-Length and Connection
+ *       are the transport's to write) and the largest body to take in
+ *       (bytes; past it the transport stops reading and reports too_large);
  *   req:_complete(status, headers, body) / req:_failed(code, message, sent)
- *       -> "done", or "retry", at: classify's verdict on the attempt. After
- *       "done", result(), success() and json() read it exactly as they read a
- *       request the libcurl transport carried. */
+ *       -> "done", or "retry", at[, bucket]: classify's verdict on the
+ *       attempt; for an externally admitted request that is rate limited,
+ *       `bucket` says what its bucket must do before the retry ("penalize"
+ *       after a 429, then "reserve" as for any retry), and the retry waits
+ *       for the later of `at` and the bucket. After "done", result(),
+ *       success() and json() read it exactly as they read a request the
+ *       libcurl transport carried. */
 #include "request.h"
 
 #include <lauxlib.h>
@@ -167,7 +178,7 @@ int fly_l_request_close(lua_State *L) {
 
 /* ------------------------------------------------------- build + admit */
 
-fly_request *fly_request_call(lua_State *L, fly_client *c, int level) {
+static fly_request *build_admit(lua_State *L, fly_client *c, int level, int external) {
   const char *id = luaL_checkstring(L, 2);
   const fly_operation *op = fly_operation_find(id);
   if (!op) raise_at(L, level, "fly: unknown operation '%s'", id);
@@ -234,23 +245,33 @@ fly_request *fly_request_call(lua_State *L, fly_client *c, int level) {
     lua_pushfstring(L, "%s|%s|%s", c->identity, op->action, scope);
     r->rate_key = dupn(lua_tostring(L, -1), fly_rawlen(L, -1));
     if (!r->rate_key) luaL_error(L, "fly: out of memory");
-    p->rate_key = r->rate_key;
-    r->ready_at = fly_rate_admit(r->rate_key, p->limit, now, c->rate_margin);
+    if (external) r->external = 1; /* the transport admits it: _rate, _admit */
+    else {
+      p->rate_key = r->rate_key;
+      r->ready_at = fly_rate_admit(r->rate_key, p->limit, now, c->rate_margin);
+    }
   }
   if (c->trace) fly_trace_admit(r, c->trace, now);
   lua_settop(L, ridx);
   return r;
 }
 
-/* client:_build(operation_id, params, opts, level) -> Request, built and
- * admitted, for a transport other than libcurl to carry. A request the rate
- * limit delays past its deadline comes back done (a timeout). */
+fly_request *fly_request_call(lua_State *L, fly_client *c, int level) { return build_admit(L, c, level, 0); }
+
+/* client:_build(operation_id, params, opts, level, external) -> Request,
+ * built and admitted, for a transport other than libcurl to carry. A request
+ * the rate limit delays past its deadline comes back done (a timeout).
+ * external: admitted by the transport (_rate, _admit), not by the core's
+ * buckets. */
 int fly_l_build(lua_State *L) {
   int level = (int)luaL_optinteger(L, 5, 1);
+  int external = lua_toboolean(L, 6);
   lua_settop(L, 4);
   fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
   if (c->closed) return raise_at(L, level, "fly: client is closed");
-  fly_request *r = fly_request_call(L, c, level);
+  fly_request *r = build_admit(L, c, level, external);
+  r->insecure = c->insecure;
+  r->connect_timeout_ms = c->connect_timeout_ms;
   if (!r->wire.headers.n) { /* self-contained: the client may go before it */
     const fly_strlist *shared = fly_wire_headers(&r->wire, &c->base);
     for (size_t i = 0; i < shared->n; i++)
@@ -279,6 +300,61 @@ static int l_req_ready_at(lua_State *L) {
   return 1;
 }
 
+/* req:_rate() -> key, rate, burst, margin of the bucket that paces this
+ * request; nothing when it is not rate limited. */
+static int l_req_rate(lua_State *L) {
+  fly_request *r = check_carried(L);
+  if (!r->rate_key) return 0;
+  lua_pushstring(L, r->rate_key);
+  lua_pushnumber(L, r->retry.limit.rate);
+  lua_pushnumber(L, r->retry.limit.burst);
+  lua_pushnumber(L, r->retry.margin);
+  return 4;
+}
+
+/* req:_admit(wait) -> "ready", at | "done": an externally admitted request
+ * (or retry) may be sent `wait` seconds from now. A wait that runs past the
+ * deadline ends it: as a timeout before its first attempt, else with the
+ * last attempt's outcome (as classify ends a retry it cannot wait for). */
+static int l_req_admit(lua_State *L) {
+  fly_request *r = check_carried(L);
+  double wait = luaL_checknumber(L, 2);
+  if (r->state == REQ_DONE) return lua_pushliteral(L, "done"), 1;
+  double at = fly_now() + (wait > 0 ? wait : 0);
+  if (r->retry.deadline > 0 && at > r->retry.deadline) {
+    if (r->retry.attempts == 0)
+      fly_request_fail(L, r, "timeout", "the rate limit delays this request past its deadline", 1);
+    else
+      fly_request_finish(L, r);
+    return lua_pushliteral(L, "done"), 1;
+  }
+  if (r->trace && at > r->ready_at) { /* the trace sees the transport's bucket wait as the core's */
+    double now = fly_now();
+    if (r->retry.attempts == 0) fly_trace_wait(r, at - now, now);
+    else r->trace_wait = at - now;
+  }
+  if (at > r->ready_at) r->ready_at = at;
+  lua_pushliteral(L, "ready");
+  lua_pushnumber(L, r->ready_at);
+  return 2;
+}
+
+/* Whether a header line is one the transport writes itself (Host,
+ * Content-Length, Connection) or a libcurl directive ("Name:" with no value
+ * removes a header libcurl would add). */
+static int transport_header(const char *line) {
+  static const char *const own[] = {"host", "content-length", "connection", NULL};
+  const char *colon = strchr(line, ':');
+  if (!colon) return 1;
+  const char *v = colon + 1;
+  while (*v == ' ' || *v == '\t') v++;
+  if (!*v) return 1;
+  size_t n = (size_t)(colon - line);
+  for (int i = 0; own[i]; i++)
+    if (strlen(own[i]) == n && strncasecmp(line, own[i], n) == 0) return 1;
+  return 0;
+}
+
 /* req:_wire() -> what to send, see the top of this file. */
 static int l_req_wire(lua_State *L) {
   fly_request *r = check_carried(L);
@@ -295,10 +371,10 @@ static int l_req_wire(lua_State *L) {
   const char *end = host;
   while (*end && *end != '/' && *end != '?') end++;
   const char *colon = NULL;
-  if (*host == '[') { /* [v6]:port */
+  if (*host == '[') { /* [v6]:port: the host stays bracketed, as Host writes it */
     const char *rb = memchr(host, ']', (size_t)(end - host));
     if (rb && rb + 1 < end && rb[1] == ':') colon = rb + 1;
-    lua_pushlstring(L, host + 1, rb ? (size_t)(rb - host - 1) : (size_t)(end - host - 1));
+    lua_pushlstring(L, host, rb ? (size_t)(rb - host + 1) : (size_t)(end - host));
   } else {
     colon = memchr(host, ':', (size_t)(end - host));
     lua_pushlstring(L, host, (size_t)((colon ? colon : end) - host));
@@ -309,9 +385,11 @@ static int l_req_wire(lua_State *L) {
   lua_pushinteger(L, port), lua_setfield(L, -2, "port");
   lua_pushstring(L, *end ? end : "/"), lua_setfield(L, -2, "target");
   lua_createtable(L, (int)w->headers.n, 0);
+  int nh = 0;
   for (size_t i = 0; i < w->headers.n; i++) {
+    if (transport_header(w->headers.v[i])) continue;
     lua_pushstring(L, w->headers.v[i]);
-    lua_rawseti(L, -2, (int)i + 1);
+    lua_rawseti(L, -2, ++nh);
   }
   lua_setfield(L, -2, "headers");
   if (w->body) lua_pushlstring(L, w->body, w->body_len), lua_setfield(L, -2, "body");
@@ -325,6 +403,9 @@ static int l_req_wire(lua_State *L) {
   }
   if (timeout > 0) lua_pushnumber(L, timeout), lua_setfield(L, -2, "timeout");
   if (r->max_body) lua_pushinteger(L, (lua_Integer)r->max_body), lua_setfield(L, -2, "max_body");
+  if (r->connect_timeout_ms > 0)
+    lua_pushnumber(L, r->connect_timeout_ms / 1000.0), lua_setfield(L, -2, "connect_timeout");
+  lua_pushboolean(L, r->insecure), lua_setfield(L, -2, "insecure");
   return 1;
 }
 
@@ -337,7 +418,12 @@ static int report(lua_State *L, fly_request *r) {
     r->ready_at = at;
     lua_pushliteral(L, "retry");
     lua_pushnumber(L, at);
-    return 2;
+    if (!r->external) return 2;
+    /* the bucket is the transport's: it penalizes it after a 429, and the
+       retry takes its place in it */
+    if (r->reply.status == 429) lua_pushliteral(L, "penalize");
+    else lua_pushliteral(L, "reserve");
+    return 3;
   }
   fly_request_finish(L, r);
   lua_pushliteral(L, "done");
@@ -389,13 +475,14 @@ static int l_req_complete(lua_State *L) {
   return report(L, r);
 }
 
-/* req:_failed(code, message, sent) -> "done" | "retry", at
- * code: timeout, connect, resolve, tls, reset or protocol; sent: whether
+/* req:_failed(code, message, sent) -> "done" | "retry", at[, bucket]
+ * code: timeout, connect, resolve, tls, reset, protocol or too_large (the
+ * response was larger than the transport accepts: final); sent: whether
  * the request may have reached the server. */
 static int l_req_failed(lua_State *L) {
   fly_request *r = check_carried(L);
   const char *code = fly_transport_code(luaL_checkstring(L, 2));
-  if (!code) return luaL_argerror(L, 2, "one of timeout, connect, resolve, tls, reset, protocol");
+  if (!code) return luaL_argerror(L, 2, "one of timeout, connect, resolve, tls, reset, protocol, too_large");
   const char *msg = luaL_optstring(L, 3, NULL);
   int sent = lua_toboolean(L, 4);
   if (!begin_report(r)) return lua_pushliteral(L, "done"), 1;
@@ -531,4 +618,4 @@ const luaL_Reg fly_request_methods[] = {
   {"done", l_req_done},         {"result", l_req_result},     {"success", l_req_success},
   {"json", l_req_json},         {"cancel", l_req_cancel},     {"_ready_at", l_req_ready_at},
   {"_wire", l_req_wire},        {"_complete", l_req_complete}, {"_failed", l_req_failed},
-  {NULL, NULL}};
+  {"_rate", l_req_rate},        {"_admit", l_req_admit},      {NULL, NULL}};

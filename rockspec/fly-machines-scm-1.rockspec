@@ -46,6 +46,7 @@ build = {
     ["fly.ngx"] = "lua/fly/ngx/init.lua",
     ["fly.ngx.http"] = "lua/fly/ngx/http.lua",
     ["fly.ngx.limiter"] = "lua/fly/ngx/limiter.lua",
+    ["fly.ngx.loop"] = "lua/fly/ngx/loop.lua",
     ["fly.ngx.phase"] = "lua/fly/ngx/phase.lua",
     ["fly.core"] = {
       sources = { "csrc/module.c", "csrc/util.c", "csrc/ops.c", "csrc/operations.c", "csrc/build.c",

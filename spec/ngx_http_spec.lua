@@ -49,6 +49,26 @@ describe("fly.ngx.http", function()
     assert.truthy(last:find('\r\n\r\n{"a":1}$'))
   end)
 
+  it("parses the head: names any case, values trimmed, repeated ones joined, bad lines refused", function()
+    local headers, lines, e1, e2 = run([[
+      script.define("head", { {"send", "HTTP/1.1 200 OK\r\nX-A:1\r\nx-a: \t2 \t\r\nX-Empty:\r\n"
+        .. "Content-Type:  application/json ;x=1\r\nContent-Length: 2\r\n\r\nok"} })
+      script.define("nameless", { {"send", "HTTP/1.1 200 OK\r\n: v\r\nContent-Length: 0\r\n\r\n"} })
+      script.define("spaced", { {"send", "HTTP/1.1 200 OK\r\nBad Name: v\r\nContent-Length: 0\r\n\r\n"} })
+      local res = assert(call("head"))
+      local _, e1 = call("nameless")
+      local _, e2 = call("spaced")
+      return res.headers, res.header_lines, e1, e2
+    ]])
+    assert.equal("1, 2", headers["x-a"])
+    assert.equal("", headers["x-empty"])
+    assert.equal("application/json ;x=1", headers["content-type"])
+    assert.same({ "X-A: 1", "x-a: 2", "X-Empty: ", "Content-Type: application/json ;x=1", "Content-Length: 2" },
+      lines)
+    assert.equal("protocol", e1.code)
+    assert.equal("protocol", e2.code)
+  end)
+
   it("reads a response that arrives in small pieces", function()
     local status, body = run([[
       script.define("split", {

@@ -243,6 +243,75 @@ describe("fly.Request", function()
       assert.is_true(seen.Authorization and seen["Content-Type"] and seen["User-Agent"] and true)
     end)
 
+    it("leaves admission to the transport when asked: _rate, _admit, the bucket's part in retries", function()
+      local paced = H.client { rate_limit = true, retry = { attempts = 3, base = 0.01, cap = 0.02 } }
+      -- the core's own bucket for Get App (1/s, burst 3) is never touched by external requests
+      for _ = 1, 5 do
+        local req = paced:_build("Apps_show", { app_name = "ext" }, nil, 1, true)
+        assert.is_true(req:_ready_at() <= core.now())
+      end
+      local req = paced:_build("Apps_show", { app_name = "ext" }, nil, 1, true)
+      local key, rate, burst, margin = req:_rate()
+      assert.matches("|Apps_show|ext$", key)
+      assert.equals(1, rate)
+      assert.equals(3, burst)
+      assert.is_true(margin >= 0)
+      local verdict, at = req:_admit(0.5)
+      assert.equals("ready", verdict)
+      assert.is_true(at >= core.now() + 0.4 and at == req:_ready_at())
+      -- a retry says what the transport's bucket must do
+      local v, _, bucket = req:_complete(429, { ["retry-after"] = "0" }, "")
+      assert.equals("retry", v)
+      assert.equals("penalize", bucket)
+      v, _, bucket = req:_complete(503, nil, "")
+      assert.equals("retry", v)
+      assert.equals("reserve", bucket)
+      -- the core's bucket is whole: a request it admits is ready at once
+      assert.is_true(paced:_build("Apps_show", { app_name = "ext" }):_ready_at() <= core.now())
+      -- a wait past the deadline ends it: a timeout before the first attempt ...
+      req = paced:_build("Apps_show", { app_name = "ext" }, { deadline = 0.2 }, 1, true)
+      assert.equals("done", req:_admit(1))
+      assert.equals("timeout", req:result().code)
+      assert.is_true(req:result().retryable)
+      -- ... the last attempt's outcome after one
+      req = paced:_build("Apps_show", { app_name = "ext" }, { deadline = 1.5 }, 1, true)
+      assert.equals("retry", (req:_complete(429, nil, "")))
+      assert.equals("done", req:_admit(2))
+      assert.equals(429, req:result().status)
+      paced:close()
+      -- not limited: no bucket, no bucket action
+      req = c:_build("Apps_show", { app_name = "ext" }, nil, 1, true)
+      assert.is_nil(req:_rate())
+      assert.equals(2, select("#", req:_complete(503, nil, "")))
+    end)
+
+    it("reports a response too large as final, whatever the safety class", function()
+      local req = c:_build("Apps_show", { app_name = "x" })
+      assert.equals("done", req:_failed("too_large", "the response body is larger than max_body", true))
+      assert.equals("too_large", req:result().code)
+      assert.is_false(req:result().retryable)
+    end)
+
+    it("leaves Host, Content-Length, Connection and empty headers to the transport", function()
+      local hc = H.client { headers = { Host = "elsewhere", Connection = "close", ["X-Extra"] = "1" } }
+      local w = hc:_build("Apps_create", { body = "{}" }):_wire()
+      hc:close()
+      for _, h in ipairs(w.headers) do
+        local name, value = h:match("^([^:]+):%s*(.*)$")
+        assert.is_nil(({ host = true, ["content-length"] = true, connection = true })[name:lower()], h)
+        assert.is_true(value ~= "", h)
+      end
+      assert.equals("number", type(w.port))
+      assert.is_false(w.insecure)
+      assert.is_true(w.connect_timeout > 0)
+      local v6 = H.client { base_url = "http://[::1]:8080/prefix" }
+      w = v6:_build("Apps_show", { app_name = "x" }):_wire()
+      v6:close()
+      assert.equals("[::1]", w.host)
+      assert.equals(8080, w.port)
+      assert.equals("/prefix/v1/apps/x", w.target)
+    end)
+
     it("refuses reports on a request the libcurl loop carries, and keeps a cancellation", function()
       local req = c:_submit("Apps_show", { app_name = "x" })
       H.raises("carried by the libcurl transport", function() req:_complete(200, nil, "") end)

@@ -11,6 +11,9 @@ local Error = require "fly.error"
 local compat = require "fly.compat"
 local drain = require("fly.trace").drain
 
+-- Inside nginx, calls go over cosockets and tasks are light threads: fly.ngx.loop.
+if require("fly.ngx.phase").current() then return require "fly.ngx.loop" end
+
 local now_fn = core.now
 local c_step, c_step_until, wait_in_c = core.Client._step, core.Client._step_until, core.Client._wait
 local done_fn = core.request_mt.methods.done
@@ -27,6 +30,10 @@ local function step(client, ...) return drained(client, c_step(client, ...)) end
 local function step_until(client, ...) return drained(client, c_step_until(client, ...)) end
 
 local loop = {}
+
+--- Builds and admits a call and queues it on the client's libcurl loop
+-- (`client:_submit`): the request `loop.await` waits for.
+loop.submit = core.Client._submit
 
 -- The task running in each coroutine. Weak both ways, so that it holds
 -- neither (Lua 5.1 and LuaJIT have no ephemerons: a weak-keyed table would

@@ -7,7 +7,6 @@ local Error = require "fly.error"
 local loop = require "fly.loop"
 local core = require "fly.core"
 
-local submit = core.Client._submit
 local request_methods = core.request_mt.methods
 local success, result, json_body = request_methods.success, request_methods.result, request_methods.json
 
@@ -45,7 +44,7 @@ function resource.call(client, op, params, opts, level)
     copy.body = body
     params = copy
   end
-  local req = submit(client, op, params, opts, level) -- raises programmer errors at `level`
+  local req = loop.submit(client, op, params, opts, level) -- raises programmer errors at `level`
   loop.await(client, req)
   local value, why = success(req)
   if value ~= nil then return value end

@@ -21,7 +21,7 @@ local phase = require "fly.ngx.phase"
 local M = {}
 
 local ngx = rawget(_G, "ngx")
-local concat, insert = table.concat, table.insert
+local concat = table.concat
 local floor, min = math.floor, math.min
 
 --- Defaults for `request`'s options (seconds and bytes).
@@ -72,36 +72,51 @@ local function format(req, keep)
   local host = req.host
   if req.port ~= DEFAULT_PORT[req.scheme] then host = host .. ":" .. tostring(req.port) end
   local out = { req.method, " ", req.target, " HTTP/1.1\r\nHost: ", host, "\r\n" }
-  for _, line in ipairs(req.headers or {}) do
-    insert(out, line)
-    insert(out, "\r\n")
+  local n = 6
+  local headers = req.headers
+  if headers then
+    for i = 1, #headers do
+      out[n + 1], out[n + 2] = headers[i], "\r\n"
+      n = n + 2
+    end
   end
   local body = req.body
   if body or req.method == "POST" or req.method == "PUT" or req.method == "PATCH" then
-    insert(out, "Content-Length: " .. (body and #body or 0) .. "\r\n")
+    n = n + 1
+    out[n] = "Content-Length: " .. (body and #body or 0) .. "\r\n"
   end
-  if not keep then insert(out, "Connection: close\r\n") end
-  insert(out, "\r\n")
-  if body and #body > 0 then insert(out, body) end
+  if not keep then
+    n = n + 1
+    out[n] = "Connection: close\r\n"
+  end
+  out[n + 1] = "\r\n"
+  if body and #body > 0 then out[n + 2] = body end
   return out
 end
 
 -- Reads from a receiveuntil iterator up to its pattern, at most limit bytes; returns the
 -- data, or nil, err, partial (err "too_large" past the limit).
 local function read_until(sock, it, limit, deadline)
-  local parts, n = {}, 0
+  local first, parts, n = nil, nil, 0 -- most often it all comes in one piece: no table then
   while true do
     local left = remaining(deadline)
-    if left <= 0 then return nil, "timeout", concat(parts) end
+    if left <= 0 then return nil, "timeout", parts and concat(parts) or first or "" end
     sock:settimeout(ms(left))
     local data, err, partial = it(limit - n + 1)
     if not data then
-      if err then return nil, err, concat(parts) .. (partial or "") end
-      return concat(parts)
+      local got = parts and concat(parts) or first or ""
+      if err then return nil, err, got .. (partial or "") end
+      return got
     end
     n = n + #data
     if n > limit then return nil, "too_large" end
-    parts[#parts + 1] = data
+    if parts then
+      parts[#parts + 1] = data
+    elseif first then
+      parts = { first, data }
+    else
+      first = data
+    end
   end
 end
 
@@ -112,19 +127,41 @@ local function receive(sock, what, deadline)
   return sock:receive(what)
 end
 
+local byte, sub, find, lower = string.byte, string.sub, string.find, string.lower
+
+-- Whether byte b is a space or a tab.
+local function blank(b) return b == 32 or b == 9 end
+
 -- Parses a response head; returns status, version, headers (lower-case names, repeated
--- ones joined with ", "), lines ({"Name: value", ...}), or nil, message.
+-- ones joined with ", "), lines ({"Name: value", ...}), or nil, message. Lines end at CR or
+-- LF; plain finds instead of patterns with captures: this runs for every response.
 local function parse_head(head)
-  local minor, status, rest = head:match("^HTTP/1%.([01]) (%d%d%d)[^\r\n]*(.*)$")
+  local minor, status = head:match("^HTTP/1%.([01]) (%d%d%d)")
   if not status then return nil, "not an HTTP/1.x status line" end
   local headers, lines = {}, {}
-  for line in rest:gmatch("[^\r\n]+") do
-    local name, value = line:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
-    if not name then return nil, "malformed header line" end
-    local key = name:lower()
-    local prev = headers[key]
-    headers[key] = prev and (prev .. ", " .. value) or value
-    lines[#lines + 1] = name .. ": " .. value
+  local len = #head
+  local pos = find(head, "[\r\n]", 13) or len + 1
+  while pos <= len do
+    local b = byte(head, pos)
+    if b == 13 or b == 10 then
+      pos = pos + 1
+    else
+      local stop = (find(head, "[\r\n]", pos) or len + 1) - 1
+      local colon = find(head, ":", pos, true)
+      if not colon or colon > stop or colon == pos or find(sub(head, pos, colon - 1), "%s") then
+        return nil, "malformed header line"
+      end
+      local name = sub(head, pos, colon - 1)
+      local i, j = colon + 1, stop
+      while i <= j and blank(byte(head, i)) do i = i + 1 end
+      while j >= i and blank(byte(head, j)) do j = j - 1 end
+      local value = sub(head, i, j)
+      local key = lower(name)
+      local prev = headers[key]
+      headers[key] = prev and (prev .. ", " .. value) or value
+      lines[#lines + 1] = name .. ": " .. value
+      pos = stop + 1
+    end
   end
   return tonumber(status), minor == "1" and "1.1" or "1.0", headers, lines
 end
@@ -328,6 +365,12 @@ end
 function M.request(req, opts)
   phase.check(2)
   check_req(req)
+  return M.send(req, opts)
+end
+
+--- `request` without its checks, for a caller that made them already (fly.ngx.loop: the phase
+-- checked, the request written by the core).
+function M.send(req, opts)
   opts = opts or {}
   local deadline = ngx.now() + opt(opts, "timeout")
   local keep = req.safe == true

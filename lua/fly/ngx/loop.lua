@@ -1,0 +1,355 @@
+--- The driver inside nginx (OpenResty): API calls over cosockets, tasks on light threads.
+--
+-- `fly.loop` hands over to this module when it is loaded inside nginx, so `require "fly"`
+-- needs no option there. A call is built by the core without touching the core's
+-- rate-limit buckets (`client:_build(..., true)`), admitted through `fly.ngx.limiter`
+-- (`lua_shared_dict fly_limits`: one set of buckets for every worker), sent with
+-- `fly.ngx.http`, and classified by the core, which decides retries exactly as it does for
+-- the libcurl transport; waits (rate limit, backoff) are `ngx.sleep`s, so a worker serves
+-- other requests meanwhile.
+--
+-- Tasks (`client:spawn`, `map`, `join`, `sleep`, `cancel`, `with_lease`'s refresher) are
+-- light threads (`ngx.thread.spawn`) of the request or timer that spawned them; joins wait on
+-- an `ngx.semaphore`. nginx lets only the thread that spawned a light thread kill it: a task
+-- cancelled from elsewhere is woken from its sleep or join (they wait on semaphores) and
+-- stops; one in the middle of an HTTP exchange stops when the exchange ends.
+--
+-- In a phase without cosockets (`init_by_lua`, `set_by_lua`, filters, `log`) a call, a
+-- sleep or a spawn raises a programmer error naming the phase (`fly.ngx.phase`).
+-- @module fly.ngx.loop
+local core = require "fly.core"
+local Error = require "fly.error"
+local compat = require "fly.compat"
+local phase = require "fly.ngx.phase"
+local http = require "fly.ngx.http"
+local limiter = require "fly.ngx.limiter"
+local drain = require("fly.trace").drain
+
+local ngx = rawget(_G, "ngx")
+local pack, unpack = compat.pack, compat.unpack
+local now = core.now
+local build = core.Client._build
+local request_methods = core.request_mt.methods
+local done_fn = request_methods.done
+
+local loop = {}
+
+-- This worker's limiter, made at the first call (it warns once when fly_limits is missing).
+local buckets
+
+-- The task running in each light thread.
+local task_of = setmetatable({}, { __mode = "k" })
+
+-- What a task cancelled from outside raises at its next wait: it unwinds the task's thread.
+local CANCELLED = setmetatable({}, { __tostring = function() return "fly: the task was cancelled" end })
+
+-- Where fly's modules live ("@/…/fly/"): frames from there are not the caller's.
+local HERE = debug.getinfo(1, "S").source:match("^(@.*[/\\])ngx[/\\]loop%.lua$")
+
+-- The level of the first caller outside fly's modules, as `error` counts from the function
+-- calling this one: where a programmer error raised there points.
+local function user_level()
+  local level = 2
+  while true do
+    local info = debug.getinfo(level + 1, "S")
+    if not info then return 1 end
+    if not HERE or info.source:sub(1, #HERE) ~= HERE then return level end
+    level = level + 1
+  end
+end
+
+local function state(client)
+  local s = client:_state()
+  local st = s.ngx_loop
+  if not st then
+    st = { tasks = {}, count = 0, waiting = 0 }
+    s.ngx_loop = st
+  end
+  return st
+end
+
+local function new_semaphore()
+  return require("ngx.semaphore").new(0)
+end
+
+--- The Task metatable (`fly.Task`) inside nginx.
+local Task = { __name = "fly.Task" }
+Task.__index = Task
+loop.Task = Task
+
+function Task:__tostring()
+  return ("fly.Task{%s}: %s"):format(self._status, self._id)
+end
+
+--- The task running the current light thread, whatever its client.
+local function running_task()
+  local co = coroutine.running()
+  return co and task_of[co]
+end
+
+-- Raises CANCELLED in a task that was cancelled while it waited.
+local function check_cancelled()
+  local task = running_task()
+  if task and task._status == "cancelled" then error(CANCELLED, 0) end
+end
+
+local function finish(task, status, ...)
+  if task._status ~= "running" then return end -- cancelled meanwhile: that stays
+  local st = state(task.client)
+  task._status = status
+  task._results = pack(...)
+  if st.tasks[task] then
+    st.tasks[task] = nil
+    st.count = st.count - 1
+  end
+  if task._sema and task._joiners > 0 then task._sema:post(task._joiners) end
+  if st.sema and st.waiting > 0 then st.sema:post(st.waiting) end
+end
+
+-- Sleeps `seconds`; inside a task on its wake-up semaphore, so that a cancel from a thread
+-- that may not kill it ends the sleep at once; then stops the task if it was cancelled.
+local function sleep(seconds)
+  if seconds > 0 then
+    local task = running_task()
+    if task then
+      local wake = task._wake or new_semaphore()
+      task._wake, task._waits_on = wake, wake
+      wake:wait(seconds)
+      task._waits_on = nil
+    else
+      ngx.sleep(seconds)
+    end
+  end
+  check_cancelled()
+end
+
+-- A bucket's wait for one more request (after emptying it for a 429).
+local function bucket_wait(key, rate, burst, margin, penalize)
+  buckets = buckets or limiter.new()
+  if penalize then buckets:penalize(key, rate, burst) end
+  local wait, err = buckets:reserve(key, rate, burst)
+  if not wait then
+    -- the dict failed (it is full of locks?): pace by the core's published limit instead
+    ngx.log(ngx.ERR, err)
+    return 1 / rate + margin
+  end
+  if wait > 0 then wait = wait + margin end
+  return wait
+end
+
+-- http.request's options for a request's wire form.
+local function http_options(w)
+  local opts = { timeout = w.timeout, connect_timeout = w.connect_timeout, insecure = w.insecure,
+    max_body = w.max_body }
+  local host = w.host
+  local v6 = host:match("^%[(.*)%]$")
+  if v6 then
+    opts.address, opts.server_name = v6, v6
+  elseif host == "localhost" then
+    -- cosockets resolve through nginx's `resolver`, which does not read /etc/hosts;
+    -- localhost is the loopback address whatever a resolver says (RFC 6761)
+    opts.address = "127.0.0.1"
+  end
+  return opts
+end
+
+-- Carries a request built by loop.submit to its end: admission, attempts, retries.
+-- The trace hook sees each step's events as the libcurl loop's do (fly.trace).
+local function carry(client, req)
+  local key, rate, burst, margin = req:_rate()
+  if key and not done_fn(req) then req:_admit(bucket_wait(key, rate, burst, margin, false)) end
+  drain(client)
+  while not done_fn(req) do
+    sleep(req:_ready_at() - now())
+    if done_fn(req) then break end -- cancelled while it waited
+    local w = req:_wire()
+    local res, err = http.send(w, http_options(w)) -- the phase was checked by loop.submit
+    local _, bucket
+    if res then
+      _, _, bucket = req:_complete(res.status, res.headers, res.body)
+    else
+      _, _, bucket = req:_failed(err.code, err.message, err.sent)
+    end
+    if bucket then req:_admit(bucket_wait(key, rate, burst, margin, bucket == "penalize")) end
+    drain(client)
+    check_cancelled()
+  end
+  return req
+end
+
+--- Builds a call (programmer errors raised at `level`, as `error` counts from the caller of
+-- this function): the request `loop.await` carries.
+function loop.submit(client, op, params, opts, level)
+  phase.check(level + 1)
+  return build(client, op, params, opts, level + 1, true)
+end
+
+--- Carries a request built by `loop.submit` until it is done: over cosockets, waiting with
+-- `ngx.sleep`. Inside a task, cancelling the task abandons the request.
+-- @return the request
+function loop.await(client, req)
+  local task = loop.current(client)
+  if task then task._req = req end
+  carry(client, req)
+  if task then task._req = nil end
+  return req
+end
+
+--- Sleeps without blocking the worker.
+function loop.sleep(_, seconds)
+  phase.check(user_level())
+  sleep(seconds)
+end
+
+--- The task running the current light thread for this client, if any.
+function loop.current(client)
+  local task = running_task()
+  if task and task.client == client then return task end
+end
+
+local next_id = 0
+
+-- The body of a task's light thread.
+local function run(task, fn, args)
+  task_of[coroutine.running()] = task
+  local function traceback(err)
+    if err ~= CANCELLED then task.traceback = debug.traceback(tostring(err), 2) end
+    return err
+  end
+  local res = pack(xpcall(function() return fn(unpack(args, 1, args.n)) end, traceback))
+  if res[1] then
+    finish(task, "done", unpack(res, 2, res.n))
+  else
+    local err = res[2]
+    finish(task, "failed", nil, Error.new { code = "task_failed", message = tostring(err), cause = err })
+  end
+end
+
+--- Starts `fn(...)` as a task: a light thread of the current request or timer.
+function loop.spawn(client, fn, ...)
+  phase.check(user_level())
+  next_id = next_id + 1
+  local task = setmetatable({ client = client, _status = "running", _id = next_id, _joiners = 0 }, Task)
+  local st = state(client)
+  st.tasks[task] = true
+  st.count = st.count + 1
+  local thread, err = ngx.thread.spawn(run, task, fn, pack(...))
+  if not thread then
+    finish(task, "failed", nil, Error.new { code = "task_failed", message = tostring(err) })
+  end
+  task._thread = thread
+  return task
+end
+
+--- "running", "done", "failed" or "cancelled".
+function Task:status()
+  return self._status
+end
+
+--- The task's outcome once it has finished (see fly.loop's Task:result).
+function Task:result()
+  if self._status == "running" then
+    return nil, Error.new { code = "running", message = "the task has not finished" }
+  end
+  return unpack(self._results, 1, self._results.n)
+end
+
+--- Waits for the task to finish (at most `timeout` seconds) and returns its result.
+function Task:join(timeout)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("fly: join: timeout must be a number (got " .. type(timeout) .. ")", 2)
+  end
+  if running_task() == self then error("fly: a task cannot join itself", 2) end
+  if self._status == "running" then phase.check(user_level()) end
+  local deadline = timeout and (now() + timeout)
+  while self._status == "running" do
+    local left = deadline and (deadline - now()) or 60
+    if left <= 0 then
+      return nil, Error.new { code = "timeout", message = "the task did not finish in time" }
+    end
+    self._sema = self._sema or new_semaphore()
+    self._joiners = self._joiners + 1
+    local me = running_task()
+    if me then me._waits_on = self._sema end -- a cancel of the joiner wakes it
+    self._sema:wait(math.min(left, 60))
+    if me then me._waits_on = nil end
+    self._joiners = self._joiners - 1
+    check_cancelled()
+  end
+  return self:result()
+end
+
+--- Cancels the task: its request is abandoned and it never runs again.
+function Task:cancel()
+  if self._status ~= "running" then return false end
+  local req = self._req
+  finish(self, "cancelled", nil, Error.new { code = "cancelled", message = "the task was cancelled" })
+  if req then req:cancel() end
+  local thread = self._thread
+  if thread and task_of[coroutine.running()] ~= self then
+    -- only the thread that spawned it may kill it (and not in every phase); otherwise it stops
+    -- at once if it sleeps or waits for a join, else when its exchange in flight ends
+    local _, killed = pcall(ngx.thread.kill, thread)
+    if not killed and self._waits_on then self._waits_on:post(1) end
+  end
+  -- what the task left to clean up (a lease to release, …) runs as tasks of its own
+  local cleanups = self._on_cancel
+  self._on_cancel = nil
+  if cleanups and phase.cosockets() then
+    for _, fn in pairs(cleanups) do loop.spawn(self.client, fn) end
+  end
+  return true
+end
+
+--- Registers `fn` to run (as a task of its own) if `task` is cancelled before it unregisters
+-- it. @return a key for loop.off_cancel
+function loop.on_cancel(task, fn)
+  task._on_cancel = task._on_cancel or {}
+  local key = {}
+  task._on_cancel[key] = fn
+  return key
+end
+
+--- Unregisters a cleanup registered with loop.on_cancel.
+function loop.off_cancel(task, key)
+  if task._on_cancel then task._on_cancel[key] = nil end
+end
+
+--- Cancels every task of a client (when it closes).
+function loop.cancel_all(client)
+  local st = client:_state().ngx_loop
+  if not st then return end
+  for task in pairs(st.tasks) do task:cancel() end
+end
+
+--- Waits until a task of the client finishes or `wait` seconds pass (0: lets the other
+-- light threads run once).
+-- @return the number of unfinished tasks
+function loop.drive(client, wait)
+  local st = state(client)
+  if st.count == 0 then return 0 end
+  phase.check(user_level())
+  if not wait or wait <= 0 then
+    ngx.sleep(0)
+  else
+    st.sema = st.sema or new_semaphore()
+    st.waiting = st.waiting + 1
+    st.sema:wait(wait)
+    st.waiting = st.waiting - 1
+  end
+  check_cancelled()
+  return st.count
+end
+
+--- The number of unfinished tasks.
+function loop.count(client)
+  local st = client:_state().ngx_loop
+  return st and st.count or 0
+end
+
+--- Whether some task can run right now (light threads run as soon as they can).
+function loop.has_ready()
+  return false
+end
+
+return loop
