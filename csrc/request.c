@@ -328,7 +328,7 @@ static int l_req_admit(lua_State *L) {
       fly_request_finish(L, r);
     return lua_pushliteral(L, "done"), 1;
   }
-  if (r->trace && at > r->ready_at) { /* the trace sees the transport's bucket wait as the core's */
+  if (r->trace && wait > 0 && at > r->ready_at) { /* the trace sees the transport's bucket wait as the core's */
     double now = fly_now();
     if (r->retry.attempts == 0) fly_trace_wait(r, at - now, now);
     else r->trace_wait = at - now;

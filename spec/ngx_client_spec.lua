@@ -195,6 +195,24 @@ describe("the client inside nginx", function()
     assert.equals(4, count)
   end)
 
+  it("gives the trace hook the same events as the libcurl loop, and applies max_body", function()
+    local app = H.app(c)
+    H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "status", status = 503, count = 1 }
+    local kinds, status, code = n:run(([[
+      local fly = require "fly"
+      local events = {}
+      local c = assert(fly.new { retry = { base = 0.01, cap = 0.02 },
+        trace = function(e) events[#events + 1] = e.kind .. ":" .. tostring(e.status or e.code or "") end })
+      assert(c.apps:get(%q))
+      local small = assert(fly.new { max_body = 16 })
+      local _, err = small.apps:get(%q)
+      return table.concat(events, " "), err.status, err.code
+    ]]):format(app, app))
+    assert.equals("start: finish:503 retry:503 start: finish:200", kinds)
+    assert.is_nil(status)
+    assert.equals("too_large", code)
+  end)
+
   it("holds a lease while fn runs: refreshes it, releases it, also when fn raises", function()
     local app = H.app(c)
     local code = ([[
