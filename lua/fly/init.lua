@@ -211,7 +211,7 @@ function methods:poll(timeout, budget)
   outside_tasks(self, "poll", 3)
   optional_number(timeout, "poll", "timeout", 3)
   optional_number(budget, "poll", "budget", 3)
-  if budget ~= nil and not (budget >= 0) then error("fly: poll: budget must be >= 0", 2) end
+  if budget ~= nil and (budget ~= budget or budget < 0) then error("fly: poll: budget must be >= 0", 2) end
   if budget == nil then budget = fly.POLL_BUDGET end
   return loop.drive(self, timeout or 0, nil, budget ~= math.huge and budget or nil)
 end
