@@ -26,9 +26,9 @@ end)
 -- poll(t) returns as soon as something happens or t seconds pass, and then
 -- works at most its budget (fly.POLL_BUDGET, 1 ms, by default): when many
 -- requests start or finish at once, the rest waits for the next frames, so
--- the loop keeps its frame rate (it waits a budget less than the frame's rest). An engine with its own frame pacing calls
--- client:poll(0) instead, which never blocks; one with time to spare passes
--- a larger budget.
+-- the loop keeps its frame rate (it waits a budget less than the frame's
+-- rest). An engine with its own frame pacing calls client:poll(0) instead,
+-- which never blocks; one with time to spare passes a larger budget.
 local last
 local next_frame = fly.now()
 while task:status() == "running" do
