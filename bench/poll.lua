@@ -5,6 +5,8 @@
 -- flight and they start and finish together. Reports the worst, 99th-percentile
 -- and mean time of one poll(0) with the default budget and with no budget
 -- (poll(0, math.huge): everything due in one call), and how long the work took.
+-- BENCH_POLL_GC=stop stops the garbage collector during the runs, to tell the
+-- loop's own time from the collector's steps (which any allocation may pay).
 local fly = require "fly"
 local socket = require "socket"
 local E = require "emulator"
@@ -24,6 +26,8 @@ for _, action in ipairs { "start", "stop" } do
     kind = "delay", delay = 0.1, count = 0 })
 end
 
+local GC_STOPPED = os.getenv("BENCH_POLL_GC") == "stop"
+
 -- One run: N tasks of ROUNDS start/stop pairs, driven by poll(0, budget) once a frame.
 local function run(budget)
   local client = assert(fly.new { token = E.TOKEN, base_url = E.URL, rate_limit = false })
@@ -36,6 +40,7 @@ local function run(budget)
     end)
   end
   local times, cpu, now, clock = {}, {}, fly.now, os.clock
+  if GC_STOPPED then collectgarbage("stop") end
   local t0 = now()
   local next_frame = t0
   local left = N
@@ -50,6 +55,7 @@ local function run(budget)
     assert(now() - t0 < 120, "the work did not finish in 120 s")
   end
   local total = now() - t0
+  if GC_STOPPED then collectgarbage("restart") end
   client:close()
   local function stats(list)
     table.sort(list)
@@ -66,7 +72,8 @@ local rows = {
 }
 print(("  %d tasks x %d start+stop, 100 ms server latency, poll(0) once per %.1f ms frame")
   :format(N, ROUNDS, FRAME * 1000))
-print("  (wall: time a poll took; cpu: processor time it used, without the waits a busy machine adds)")
+print("  (wall: time a poll took; cpu: processor time it used, without the waits a busy machine adds)"
+  .. (GC_STOPPED and "\n  (garbage collector stopped during the runs)" or ""))
 print(("  %-16s %5s %10s %10s %10s %7s %8s"):format("poll(0)", "", "worst ms", "p99 ms", "mean ms", "polls",
   "total s"))
 for _, row in ipairs(rows) do
