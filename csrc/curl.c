@@ -425,13 +425,16 @@ static void act_on_sockets(struct fly_curl *t, int wait_ms, double end) {
 }
 
 /* One round of work: sockets (waiting at most wait_ms for one), libcurl's
- * timer, finished attempts, then starts. Each part does at least one thing
- * it has to do, and more while the clock is before `end`. */
+ * timer, finished attempts, starts, and the attempts that finished while
+ * starting (a reused connection and a quick server can answer at once). Each
+ * part does at least one thing it has to do, and more while the clock is
+ * before `end`. */
 static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double end) {
   act_on_sockets(c->curl, wait_ms, end);
   run_timer(c->curl);
   harvest(L, c, finished, end); /* may queue retries: the earliest time is taken after */
   launch_ready(L, c, finished, end);
+  harvest(L, c, finished, end);
 }
 
 /* One turn: work within `budget` seconds (INFINITY: no limit); if nothing

@@ -95,6 +95,25 @@ describe("poll", function()
     while c:poll(0.05) > 0 do assert(fly.now() < deadline) end
   end)
 
+  it("never leave an answer that came while its request started waiting", function()
+    -- on a reused connection a quick server can answer before the step that
+    -- starts the request returns: the step must take that answer, not wait on
+    -- the sockets for something else
+    local gets = 0
+    local t = c:spawn(function()
+      for _ = 1, 20 do
+        assert(c.apps:get(name))
+        gets = gets + 1
+      end
+    end)
+    H.fault { method = "GET", path = "/v1/apps/slow-one", kind = "delay", delay = 1, count = 1 }
+    local _, err = c.apps:get("slow-one") -- a plain call: drives the loop until it is done
+    assert.equals(404, err.status)
+    assert.equals(20, gets)
+    assert.is_true(c:run(10))
+    assert.equals("done", t:status())
+  end)
+
   it("raise on a wrong budget", function()
     H.raises("budget must be a number", function() c:poll(0, "1") end)
     H.raises("budget must be >= 0", function() c:poll(0, -1) end)
