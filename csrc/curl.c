@@ -388,18 +388,24 @@ static void harvest(lua_State *L, fly_client *c, int *finished, double end) {
   }
 }
 
-/* Waits at most wait_ms on the sockets and lets libcurl act on those that
+/* The end of a budget that starts now. */
+static double budget_end(double budget) { return budget < INFINITY ? fly_now() + budget : INFINITY; }
+
+/* Waits at most wait_ms on the sockets, then lets libcurl act on those that
  * are ready: from where the last step stopped, the first one, then more
- * while the clock is before `end`. */
-static void act_on_sockets(struct fly_curl *t, int wait_ms, double end) {
+ * within `budget` seconds from the end of the wait. Returns when that
+ * budget ends. */
+static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget) {
   if (t->nsocks == 0) {
     if (wait_ms > 0) poll(NULL, 0, wait_ms);
-    return;
+    return budget_end(budget);
   }
-  if (poll(t->socks, (nfds_t)t->nsocks, wait_ms) <= 0) return;
+  int n = poll(t->socks, (nfds_t)t->nsocks, wait_ms);
+  double end = budget_end(budget);
+  if (n <= 0) return end;
   if (t->ready_cap < t->nsocks) { /* on_socket may grow socks meanwhile, never ready */
     struct pollfd *n = realloc(t->ready, (size_t)t->socks_cap * sizeof *n);
-    if (!n) return; /* the timer still drives the transfers */
+    if (!n) return end; /* the timer still drives the transfers */
     t->ready = n;
     t->ready_cap = t->socks_cap;
   }
@@ -413,7 +419,7 @@ static void act_on_sockets(struct fly_curl *t, int wait_ms, double end) {
     if (k && end < INFINITY && fly_now() >= end) {
       t->backlog = 1;
       t->cursor = (first + k) % t->nsocks; /* roughly: on_socket may have moved some */
-      return;
+      return end;
     }
     short re = t->ready[k].revents;
     int ev = (re & (POLLIN | POLLERR | POLLHUP) ? CURL_CSELECT_IN : 0) |
@@ -422,28 +428,31 @@ static void act_on_sockets(struct fly_curl *t, int wait_ms, double end) {
     curl_multi_socket_action(t->multi, t->ready[k].fd, ev, &running);
   }
   t->cursor = 0;
+  return end;
 }
 
 /* One round of work: sockets (waiting at most wait_ms for one), libcurl's
  * timer, finished attempts, starts, and the attempts that finished while
  * starting (a reused connection and a quick server can answer at once). Each
- * part does at least one thing it has to do, and more while the clock is
- * before `end`. */
-static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double end) {
-  act_on_sockets(c->curl, wait_ms, end);
+ * part does at least one thing it has to do, and more within `budget`
+ * seconds from the end of the wait. Returns when that budget ends. */
+static double work(lua_State *L, fly_client *c, int *finished, int wait_ms, double budget) {
+  double end = act_on_sockets(c->curl, wait_ms, budget);
   run_timer(c->curl);
   harvest(L, c, finished, end); /* may queue retries: the earliest time is taken after */
   launch_ready(L, c, finished, end);
   harvest(L, c, finished, end);
+  return end;
 }
 
 /* One turn: work within `budget` seconds (INFINITY: no limit); if nothing
  * finished and no work was left over, wait at most max_wait seconds on the
- * sockets and the nearest deadline, then work within a new budget. */
-static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double budget) {
+ * sockets and the nearest deadline, then work within a new budget. Returns
+ * the time the last budget ends. */
+static double step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double budget) {
   struct fly_curl *t = c->curl;
   t->backlog = 0;
-  work(L, c, finished, 0, fly_now() + budget);
+  double end = work(L, c, finished, 0, budget);
   if (*finished == 0 && !t->backlog && max_wait > 0 && c->live) {
     double now = fly_now();
     double wait = max_wait;
@@ -451,8 +460,9 @@ static void step_once(lua_State *L, fly_client *c, int *finished, double max_wai
     if (next - now < wait) wait = next - now;
     if (t->timer_at - now < wait) wait = t->timer_at - now;
     if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
-    work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, fly_now() + budget);
+    end = work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, budget);
   }
+  return end;
 }
 
 /* client:_submit(operation_id, params, opts, level) -> Request, queued on
@@ -483,18 +493,25 @@ int fly_l_timer(lua_State *L) {
   return 1;
 }
 
-/* client:_step(max_wait, budget) -> the requests that finished (as results).
- * Waits at most max_wait seconds for something to happen, and works at most
- * about `budget` seconds (default: no limit) before and after the wait:
- * what does not fit is left for the next step, oldest first. */
+/* client:_step(max_wait[, budget]) -> the requests that finished (as
+ * results). Waits at most max_wait seconds for something to happen. Given a
+ * budget (seconds), works at most about that long before the wait and again
+ * after it, leaves what does not fit for the next step, oldest first, and
+ * returns first the time (fly.now) its last budget ends, for the caller's
+ * own share of the work. */
 int fly_l_step(lua_State *L) {
   fly_client *c = fly_check_client(L, 1);
   double max_wait = luaL_optnumber(L, 2, 0);
-  double budget = luaL_optnumber(L, 3, INFINITY);
+  int budgeted = !lua_isnoneornil(L, 3);
+  double budget = budgeted ? luaL_checknumber(L, 3) : INFINITY;
   lua_settop(L, 3);
   int finished = 0;
-  step_once(L, c, &finished, max_wait, budget);
-  return finished;
+  double end = step_once(L, c, &finished, max_wait, budget);
+  if (!budgeted) return finished;
+  luaL_checkstack(L, 1, "fly: too many finished requests");
+  lua_pushnumber(L, end);
+  lua_insert(L, 4);
+  return finished + 1;
 }
 
 /* client:_step_until(request) -> the requests that finished (as results).

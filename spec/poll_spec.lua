@@ -114,6 +114,23 @@ describe("poll", function()
     assert.equals("done", t:status())
   end)
 
+  it("count the budget from the end of the wait", function()
+    local woke = 0
+    for _ = 1, 20 do
+      c:spawn(function()
+        c:sleep(0.3)
+        woke = woke + 1
+      end)
+    end
+    c:poll(0, math.huge) -- every task starts its sleep
+    local deadline = fly.now() + 5
+    while woke == 0 do
+      c:poll(2, 0.2) -- waits about 0.3 s, then has 0.2 s for 20 wake-ups
+      assert(fly.now() < deadline)
+    end
+    assert.equals(20, woke)
+  end)
+
   it("raise on a wrong budget", function()
     H.raises("budget must be a number", function() c:poll(0, "1") end)
     H.raises("budget must be >= 0", function() c:poll(0, -1) end)

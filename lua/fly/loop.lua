@@ -140,6 +140,13 @@ local function run_ready(st, t_end)
   end
 end
 
+-- After a budgeted step: resumes the tasks of the requests it finished within
+-- the budget it gave (it ends `t_end`, after the step's wait if it waited).
+local function wake_budgeted(st, t_end, ...)
+  wake(st, t_end, ...)
+  return t_end
+end
+
 -- Whether a turn left work over (tasks to resume).
 local function pending(st)
   return #st.ready > 0 or st.woken_at <= st.woken_end
@@ -163,7 +170,7 @@ function loop.drive(client, wait, req, budget)
     wake(st, nil, step_until(client, req))
   elseif t_end then
     local left = t_end - now_fn()
-    wake(st, t_end, step(client, wait, left > 0 and left or 0))
+    t_end = wake_budgeted(st, step(client, wait, left > 0 and left or 0))
   else
     wake(st, nil, step(client, wait))
   end
