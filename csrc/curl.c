@@ -23,6 +23,7 @@
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -66,6 +67,15 @@ struct fly_curl {
      a number is only trusted once its addresses match, see find_socket) */
   int sockets[SOCKETS_MAX];
   int nsockets, next_socket;
+  /* The sockets libcurl waits on, kept by its socket callback (on_socket):
+   * socks[i] is the socket libcurl knows as index i + 1 (curl_multi_assign). */
+  struct pollfd *socks; /* owned */
+  int nsocks, socks_cap;
+  struct pollfd *ready; /* owned: a step's copy of the ready sockets, socks_cap long */
+  int ready_cap;
+  int cursor;           /* where the next step starts among ready sockets (round robin) */
+  double timer_at;      /* when libcurl wants CURL_SOCKET_TIMEOUT (on_timer); INFINITY: never */
+  int backlog;          /* the last step ran out of budget with work left */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -88,19 +98,64 @@ static struct curl_slist *to_slist(const fly_strlist *l, int *ok) {
   return s;
 }
 
+/* CURLMOPT_SOCKETFUNCTION: libcurl tells what to wait for on a socket. Only
+ * the client's socket table changes; -1 (out of memory) aborts the transfers. */
+static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sockp) {
+  struct fly_curl *t = ud;
+  int i = (int)(intptr_t)sockp - 1;
+  (void)e;
+  if (i < 0 || i >= t->nsocks || t->socks[i].fd != s) i = -1;
+  if (what == CURL_POLL_REMOVE) {
+    if (i < 0) return 0;
+    if (i != --t->nsocks) { /* the last one moves into the gap */
+      t->socks[i] = t->socks[t->nsocks];
+      curl_multi_assign(t->multi, t->socks[i].fd, (void *)(intptr_t)(i + 1));
+    }
+    return 0;
+  }
+  if (i < 0) {
+    if (t->nsocks == t->socks_cap) {
+      int cap = t->socks_cap ? t->socks_cap * 2 : 16;
+      struct pollfd *n = realloc(t->socks, (size_t)cap * sizeof *n);
+      if (!n) return -1;
+      t->socks = n;
+      t->socks_cap = cap;
+    }
+    i = t->nsocks++;
+    t->socks[i].fd = s;
+    curl_multi_assign(t->multi, s, (void *)(intptr_t)(i + 1));
+  }
+  t->socks[i].events = (short)((what & CURL_POLL_IN ? POLLIN : 0) | (what & CURL_POLL_OUT ? POLLOUT : 0));
+  t->socks[i].revents = 0;
+  return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: when libcurl next wants CURL_SOCKET_TIMEOUT. */
+static int on_timer(CURLM *m, long ms, void *ud) {
+  struct fly_curl *t = ud;
+  (void)m;
+  t->timer_at = ms < 0 ? INFINITY : fly_now() + ms / 1000.0;
+  return 0;
+}
+
 int fly_curl_open(fly_client *c) {
   struct fly_curl *t = calloc(1, sizeof *t);
   if (!t) return 0;
   c->curl = t;
   int ok = 1;
+  t->timer_at = INFINITY;
   t->multi = curl_multi_init();
   t->headers = to_slist(&c->headers, &ok);
   t->json_headers = to_slist(&c->json_headers, &ok);
-  if (t->multi) { /* HTTP/2 when the server offers it: concurrent requests share a connection */
-    curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, STREAMS_MAX);
-  }
-  return ok && t->multi;
+  if (!t->multi) return 0;
+  /* HTTP/2 when the server offers it: concurrent requests share a connection */
+  curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, STREAMS_MAX);
+  curl_multi_setopt(t->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
+  curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+  curl_multi_setopt(t->multi, CURLMOPT_TIMERDATA, t);
+  return ok;
 }
 
 static void easy_free(fly_easy *e) {
@@ -112,7 +167,9 @@ void fly_curl_close(fly_client *c) {
   struct fly_curl *t = c->curl;
   if (!t) return;
   for (int i = 0; i < t->npool; i++) easy_free(t->pool[i]);
-  if (t->multi) curl_multi_cleanup(t->multi);
+  if (t->multi) curl_multi_cleanup(t->multi); /* may still call on_socket */
+  free(t->socks);
+  free(t->ready);
   curl_slist_free_all(t->headers);
   curl_slist_free_all(t->json_headers);
   free(t);
@@ -423,26 +480,44 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   deliver(L, r, finished);
 }
 
-/* Starts every queued request whose time has come; ends timers and requests
- * whose deadline passed. */
-static void launch_ready(lua_State *L, fly_client *c, int *finished) {
+/* Lets libcurl do what its timer asked for, if the time has come. */
+static void run_timer(struct fly_curl *t) {
+  int running;
+  if (t->timer_at <= fly_now()) curl_multi_socket_action(t->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+/* Starts the queued requests whose time has come, oldest first, and ends
+ * timers and requests whose deadline passed; after the first, only while
+ * the clock is before `end` (the rest waits for the next step). */
+static void launch_ready(lua_State *L, fly_client *c, int *finished, double end) {
+  struct fly_curl *t = c->curl;
   double now = fly_now();
-  for (fly_request *r = c->live, *nx; r; r = nx) {
-    nx = r->next;
+  int limited = end < INFINITY, done = 0;
+  fly_request *r = c->live;
+  while (r && r->next) r = r->next; /* the live list is newest first */
+  for (fly_request *pv; r; r = pv) {
+    pv = r->prev;
     if (r->state != REQ_QUEUED) continue;
-    if (r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline) {
+    int expired = r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline;
+    if (!expired && r->ready_at > now) continue;
+    if (done++ && limited && fly_now() >= end) {
+      t->backlog = 1;
+      break;
+    }
+    if (expired) {
       r->reply.status = 0;
       fly_request_set_failure(r, "timeout", "deadline exceeded", 1);
       deliver(L, r, finished);
-    } else if (r->ready_at <= now) {
-      if (r->kind == KIND_TIMER) {
-        deliver(L, r, finished);
-      } else if (!start_transfer(c, r)) {
-        fly_request_set_failure(r, "protocol", "could not start the transfer (out of memory)", 0);
-        deliver(L, r, finished);
-      }
+    } else if (r->kind == KIND_TIMER) {
+      deliver(L, r, finished);
+    } else if (!start_transfer(c, r)) {
+      fly_request_set_failure(r, "protocol", "could not start the transfer (out of memory)", 0);
+      deliver(L, r, finished);
+    } else if (limited) {
+      run_timer(t); /* connect and send now, so that the clock counts it */
     }
   }
+  run_timer(t);
 }
 
 /* The earliest time a queued request needs attention (ready, or its
@@ -458,10 +533,17 @@ static double earliest(fly_client *c) {
   return next;
 }
 
-static void harvest(lua_State *L, fly_client *c, int *finished) {
+/* Hands finished attempts to attempt_done, oldest first; after the first,
+ * only while the clock is before `end` (libcurl keeps the rest). */
+static void harvest(lua_State *L, fly_client *c, int *finished, double end) {
   CURLMsg *msg;
-  int left;
-  while ((msg = curl_multi_info_read(c->curl->multi, &left))) {
+  int left = 0;
+  for (int n = 0;; n++) {
+    if (n && end < INFINITY && fly_now() >= end) {
+      if (left > 0) c->curl->backlog = 1;
+      return;
+    }
+    if (!(msg = curl_multi_info_read(c->curl->multi, &left))) return;
     if (msg->msg != CURLMSG_DONE) continue;
     fly_request *r = NULL;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
@@ -469,28 +551,81 @@ static void harvest(lua_State *L, fly_client *c, int *finished) {
   }
 }
 
-/* One turn: start what is ready, let libcurl work, and if nothing finished,
- * wait at most max_wait seconds on the sockets and the nearest deadline. */
-static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait) {
-  CURLM *multi = c->curl->multi;
+/* The end of a budget that starts now. */
+static double budget_end(double budget) { return budget < INFINITY ? fly_now() + budget : INFINITY; }
+
+/* Waits at most wait_ms on the sockets, then lets libcurl act on those that
+ * are ready: from where the last step stopped, the first one, then more
+ * within `budget` seconds from the end of the wait. Returns when that
+ * budget ends. */
+static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget) {
+  if (t->nsocks == 0) {
+    if (wait_ms > 0) poll(NULL, 0, wait_ms);
+    return budget_end(budget);
+  }
+  int n = poll(t->socks, (nfds_t)t->nsocks, wait_ms);
+  double end = budget_end(budget);
+  if (n <= 0) return end;
+  if (t->ready_cap < t->nsocks) { /* on_socket may grow socks meanwhile, never ready */
+    struct pollfd *n = realloc(t->ready, (size_t)t->socks_cap * sizeof *n);
+    if (!n) return end; /* the timer still drives the transfers */
+    t->ready = n;
+    t->ready_cap = t->socks_cap;
+  }
+  int nready = 0, first = t->cursor < t->nsocks ? t->cursor : 0;
+  for (int k = 0; k < t->nsocks; k++) {
+    struct pollfd *p = &t->socks[(first + k) % t->nsocks];
+    if (p->revents && p->events) t->ready[nready++] = *p;
+  }
   int running;
-  launch_ready(L, c, finished);
-  curl_multi_perform(multi, &running);
-  harvest(L, c, finished); /* may queue retries: the earliest time is taken after */
-  if (*finished == 0 && max_wait > 0 && c->live) {
+  for (int k = 0; k < nready; k++) {
+    if (k && end < INFINITY && fly_now() >= end) {
+      t->backlog = 1;
+      t->cursor = (first + k) % t->nsocks; /* roughly: on_socket may have moved some */
+      return end;
+    }
+    short re = t->ready[k].revents;
+    int ev = (re & (POLLIN | POLLERR | POLLHUP) ? CURL_CSELECT_IN : 0) |
+             (re & (POLLOUT | ((t->ready[k].events & POLLOUT) ? POLLERR | POLLHUP : 0)) ? CURL_CSELECT_OUT : 0) |
+             (re & POLLNVAL ? CURL_CSELECT_ERR : 0);
+    curl_multi_socket_action(t->multi, t->ready[k].fd, ev, &running);
+  }
+  t->cursor = 0;
+  return end;
+}
+
+/* One round of work: sockets (waiting at most wait_ms for one), libcurl's
+ * timer, finished attempts, starts, and the attempts that finished while
+ * starting (a reused connection and a quick server can answer at once). Each
+ * part does at least one thing it has to do, and more within `budget`
+ * seconds from the end of the wait. Returns when that budget ends. */
+static double work(lua_State *L, fly_client *c, int *finished, int wait_ms, double budget) {
+  double end = act_on_sockets(c->curl, wait_ms, budget);
+  run_timer(c->curl);
+  harvest(L, c, finished, end); /* may queue retries: the earliest time is taken after */
+  launch_ready(L, c, finished, end);
+  harvest(L, c, finished, end);
+  return end;
+}
+
+/* One turn: work within `budget` seconds (INFINITY: no limit); if nothing
+ * finished and no work was left over, wait at most max_wait seconds on the
+ * sockets and the nearest deadline, then work within a new budget. Returns
+ * the time the last budget ends. */
+static double step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double budget) {
+  struct fly_curl *t = c->curl;
+  t->backlog = 0;
+  double end = work(L, c, finished, 0, budget);
+  if (*finished == 0 && !t->backlog && max_wait > 0 && c->live) {
     double now = fly_now();
     double wait = max_wait;
     double next = earliest(c);
     if (next - now < wait) wait = next - now;
-    long curl_ms = -1;
-    curl_multi_timeout(multi, &curl_ms);
-    if (curl_ms >= 0 && curl_ms / 1000.0 < wait) wait = curl_ms / 1000.0;
+    if (t->timer_at - now < wait) wait = t->timer_at - now;
     if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
-    if (wait > 0) curl_multi_poll(multi, NULL, 0, (int)ceil(wait * 1000), NULL);
-    launch_ready(L, c, finished);
-    curl_multi_perform(multi, &running);
-    harvest(L, c, finished);
+    end = work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, budget);
   }
+  return end;
 }
 
 /* client:_submit(operation_id, params, opts, level) -> Request, queued on
@@ -521,15 +656,25 @@ int fly_l_timer(lua_State *L) {
   return 1;
 }
 
-/* client:_step(max_wait) -> the requests that finished (as results).
- * Waits at most max_wait seconds for something to happen. */
+/* client:_step(max_wait[, budget]) -> the requests that finished (as
+ * results). Waits at most max_wait seconds for something to happen. Given a
+ * budget (seconds), works at most about that long before the wait and again
+ * after it, leaves what does not fit for the next step, oldest first, and
+ * returns first the time (fly.now) its last budget ends, for the caller's
+ * own share of the work. */
 int fly_l_step(lua_State *L) {
   fly_client *c = fly_check_client(L, 1);
   double max_wait = luaL_optnumber(L, 2, 0);
-  lua_settop(L, 2);
+  int budgeted = !lua_isnoneornil(L, 3);
+  double budget = budgeted ? luaL_checknumber(L, 3) : INFINITY;
+  lua_settop(L, 3);
   int finished = 0;
-  step_once(L, c, &finished, max_wait);
-  return finished;
+  double end = step_once(L, c, &finished, max_wait, budget);
+  if (!budgeted) return finished;
+  luaL_checkstack(L, 1, "fly: too many finished requests");
+  lua_pushnumber(L, end);
+  lua_insert(L, 4);
+  return finished + 1;
 }
 
 /* client:_step_until(request) -> the requests that finished (as results).
@@ -540,7 +685,7 @@ int fly_l_step_until(lua_State *L) {
   fly_request *r = fly_check_request(L, 2);
   lua_settop(L, 2);
   int finished = 0;
-  while (r->state != REQ_DONE && finished == 0 && c->live) step_once(L, c, &finished, 1.0);
+  while (r->state != REQ_DONE && finished == 0 && c->live) step_once(L, c, &finished, 1.0, INFINITY);
   return finished;
 }
 
@@ -553,44 +698,42 @@ int fly_l_wait(lua_State *L) {
   lua_settop(L, 2);
   while (r->state != REQ_DONE && c->live) {
     int finished = 0;
-    step_once(L, c, &finished, 1.0);
+    step_once(L, c, &finished, 1.0, INFINITY);
     lua_settop(L, 2);
   }
   return 0;
 }
 
-/* client:_timeout() -> seconds until the loop needs a step (0: now), or nil
- * when nothing is live. For host event loops. */
+/* client:_timeout() -> seconds until the loop needs a step (0: now, also
+ * when the last step left work over), or nil when nothing is live. For host
+ * event loops: libcurl's timer (its timer callback) and the nearest queued
+ * request. */
 int fly_l_timeout(lua_State *L) {
   fly_client *c = fly_check_client(L, 1);
   if (!c->live) return lua_pushnil(L), 1;
-  double wait = earliest(c) - fly_now();
-  long curl_ms = -1;
-  curl_multi_timeout(c->curl->multi, &curl_ms);
-  if (curl_ms >= 0 && curl_ms / 1000.0 < wait) wait = curl_ms / 1000.0;
-  if (wait == INFINITY) wait = 1.0; /* only sockets: wake up now and then anyway */
+  struct fly_curl *t = c->curl;
+  double wait = earliest(c);
+  if (t->timer_at < wait) wait = t->timer_at;
+  if (t->backlog) wait = 0;
+  else if (wait == INFINITY) wait = 1.0; /* only sockets: wake up now and then anyway */
+  else wait -= fly_now();
   lua_pushnumber(L, wait < 0 ? 0 : wait);
   return 1;
 }
 
 /* client:_sockets() -> { [fd] = "r" | "w" | "rw" }: the sockets libcurl
- * waits on right now (as curl_multi_fdset reports them, so descriptors up to
- * FD_SETSIZE). The set changes after every step, and a number may be reused
- * for a new connection: watchers are best made anew after each step. */
+ * waits on right now, as its socket callback reported them (any descriptor
+ * number). The set changes after every step, and a number may be reused for
+ * a new connection: watchers are best made anew after each step. */
 int fly_l_sockets(lua_State *L) {
   fly_client *c = fly_check_client(L, 1);
-  fd_set r, w, x;
-  int maxfd = -1;
-  FD_ZERO(&r);
-  FD_ZERO(&w);
-  FD_ZERO(&x);
-  curl_multi_fdset(c->curl->multi, &r, &w, &x, &maxfd);
-  lua_createtable(L, 0, maxfd + 1 > 0 ? maxfd + 1 : 0);
-  for (int fd = 0; fd <= maxfd && fd < FD_SETSIZE; fd++) {
-    int rd = FD_ISSET(fd, &r), wr = FD_ISSET(fd, &w);
+  struct fly_curl *t = c->curl;
+  lua_createtable(L, 0, t->nsocks);
+  for (int i = 0; i < t->nsocks; i++) {
+    int rd = t->socks[i].events & POLLIN, wr = t->socks[i].events & POLLOUT;
     if (!rd && !wr) continue;
     lua_pushstring(L, rd && wr ? "rw" : rd ? "r" : "w");
-    lua_rawseti(L, -2, fd);
+    lua_rawseti(L, -2, t->socks[i].fd);
   }
   return 1;
 }

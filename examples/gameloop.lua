@@ -23,9 +23,12 @@ local task = client:spawn(function()
 end)
 
 -- Each frame: update and draw, then give the client the rest of the frame.
--- poll(t) returns as soon as something happens or t seconds pass, so the
--- loop keeps its frame rate; an engine with its own frame pacing calls
--- client:poll(0) instead, which never blocks.
+-- poll(t) returns as soon as something happens or t seconds pass, and then
+-- works at most its budget (fly.POLL_BUDGET, 1 ms, by default): when many
+-- requests start or finish at once, the rest waits for the next frames, so
+-- the loop keeps its frame rate (it waits a budget less than the frame's
+-- rest). An engine with its own frame pacing calls client:poll(0) instead,
+-- which never blocks; one with time to spare passes a larger budget.
 local last
 local next_frame = fly.now()
 while task:status() == "running" do
@@ -35,7 +38,7 @@ while task:status() == "running" do
     last = world.status
   end
   next_frame = next_frame + FRAME
-  client:poll(math.max(0, next_frame - fly.now()))
+  client:poll(math.max(0, next_frame - fly.now() - fly.POLL_BUDGET))
 end
 local _, err = task:result()
 if err then error(tostring(err), 0) end

@@ -235,14 +235,23 @@ function methods:run(timeout)
   return true
 end
 
+--- The default work budget of `client:poll`, in seconds.
+fly.POLL_BUDGET = 0.001
+
 --- One step of the loop, waiting at most `timeout` seconds (default 0: never
--- blocks). For game loops: call it once per frame.
+-- blocks) for something to happen, then working at most about `budget`
+-- seconds (default `fly.POLL_BUDGET`, 1 ms; `math.huge`: no limit): it starts,
+-- finishes and resumes only what fits, and leaves the rest, oldest first, for
+-- the next call. For game loops: call it once per frame.
 -- @treturn integer the number of unfinished tasks
-function methods:poll(timeout)
+function methods:poll(timeout, budget)
   open(self, 3)
   outside_tasks(self, "poll", 3)
   optional_number(timeout, "poll", "timeout", 3)
-  return loop.drive(self, timeout or 0)
+  optional_number(budget, "poll", "budget", 3)
+  if budget ~= nil and (budget ~= budget or budget < 0) then error("fly: poll: budget must be >= 0", 2) end
+  if budget == nil then budget = fly.POLL_BUDGET end
+  return loop.drive(self, timeout or 0, nil, budget ~= math.huge and budget or nil)
 end
 
 --- Seconds until the loop next needs a step (for host event loops), or nil

@@ -49,7 +49,7 @@ local function state(client)
   local cs = client_state(client)
   local st = cs.loop
   if not st then
-    st = { waiting = {}, ready = {}, tasks = {}, count = 0 }
+    st = { waiting = {}, ready = {}, tasks = {}, count = 0, woken = {}, woken_at = 1, woken_end = 0 }
     cs.loop = st
   end
   return st
@@ -111,42 +111,101 @@ local function wake_one(st, finished)
   end
 end
 
--- Resumes the tasks waiting on the finished requests given (a step's results).
-local function wake(st, ...)
-  local n = select("#", ...)
-  if n == 1 then
-    wake_one(st, (...))
-  elseif n > 1 then
-    local list = { ... }
-    for i = 1, n do wake_one(st, list[i]) end
+-- Whether the clock has passed `t_end` (nil: no limit) after `done` resumes.
+local function over(t_end, done)
+  return t_end ~= nil and done > 0 and now_fn() >= t_end
+end
+
+-- Resumes the tasks waiting on finished requests in st.woken, oldest first,
+-- until the clock passes `t_end`; the rest stay queued for the next turn.
+local function wake_woken(st, t_end)
+  local q, i, last = st.woken, st.woken_at, st.woken_end
+  local first = i
+  while i <= last and not over(t_end, i - first) do
+    local finished = q[i]
+    q[i] = nil
+    i = i + 1
+    wake_one(st, finished)
   end
+  if i > last then
+    if last > 0 then st.woken, st.woken_at, st.woken_end = {}, 1, 0 end
+  else
+    st.woken_at = i
+  end
+end
+
+-- Resumes the tasks waiting on the finished requests given (a step's
+-- results), after those left over from earlier turns.
+local function wake(st, t_end, ...)
+  local n = select("#", ...)
+  if n == 0 then return end
+  if n == 1 and t_end == nil and st.woken_at > st.woken_end then return wake_one(st, (...)) end
+  local q, last = st.woken, st.woken_end
+  if n == 1 then
+    q[last + 1] = (...)
+  else
+    local list = { ... }
+    for i = 1, n do q[last + i] = list[i] end
+  end
+  st.woken_end = last + n
+  wake_woken(st, t_end)
+end
+
+-- Resumes the tasks that are ready, in order, until the clock passes `t_end`;
+-- the rest stay first in line.
+local function run_ready(st, t_end)
+  local ready = st.ready
+  if #ready == 0 then return end
+  st.ready = {}
+  for i = 1, #ready do
+    if over(t_end, i - 1) then
+      local rest = {}
+      for j = i, #ready do rest[#rest + 1] = ready[j] end
+      for _, task in ipairs(st.ready) do rest[#rest + 1] = task end
+      st.ready = rest
+      return
+    end
+    step_task(ready[i])
+  end
+end
+
+-- After a budgeted step: resumes the tasks of the requests it finished within
+-- the budget it gave (it ends `t_end`, after the step's wait if it waited).
+local function wake_budgeted(st, t_end, ...)
+  wake(st, t_end, ...)
+  return t_end
+end
+
+-- Whether a turn left work over (tasks to resume).
+local function pending(st)
+  return #st.ready > 0 or st.woken_at <= st.woken_end
 end
 
 --- One turn of the loop: resume tasks that are ready, then let libcurl work
 -- for at most `wait` seconds (or, given `req`, until `req` or another
--- request finishes) and resume the tasks whose requests finished.
+-- request finishes) and resume the tasks whose requests finished. Given a
+-- `budget` (seconds), the turn starts, finishes and resumes only what fits
+-- in it, and leaves the rest, oldest first, for the next turn.
 -- @return the number of unfinished tasks
-function loop.drive(client, wait, req)
+function loop.drive(client, wait, req, budget)
   local st = state(client)
-  if #st.ready > 0 then
-    local ready = st.ready
-    st.ready = {}
-    for i = 1, #ready do step_task(ready[i]) end
+  local t_end = budget and now_fn() + budget
+  if pending(st) then
+    wake_woken(st, t_end)
+    run_ready(st, t_end)
     wait = 0
   end
-  if req and wait ~= 0 then
-    wake(st, step_until(client, req))
+  if req and wait ~= 0 and not t_end then
+    wake(st, nil, step_until(client, req))
+  elseif t_end then
+    local left = t_end - now_fn()
+    t_end = wake_budgeted(st, step(client, wait, left > 0 and left or 0))
   else
-    wake(st, step(client, wait))
+    wake(st, nil, step(client, wait))
   end
-  if #st.ready > 0 then
-    local ready = st.ready
-    st.ready = {}
-    for i = 1, #ready do step_task(ready[i]) end
-  end
+  run_ready(st, t_end)
   return st.count
 end
-
 
 --- The task running the current coroutine on this client, if any.
 function loop.current(client)
@@ -320,7 +379,7 @@ end
 --- Whether some task can run right now.
 function loop.has_ready(client)
   local st = existing(client)
-  return st ~= nil and #st.ready > 0
+  return st ~= nil and pending(st)
 end
 
 return loop

@@ -1,0 +1,89 @@
+--- A poll fits in a frame: a game-style loop calls client:poll(0) once per frame
+-- (BENCH_FPS frames per second, default 60, sleeping out the rest of each frame)
+-- while 200 tasks each start and stop their machine BENCH_POLL_ROUNDS times (default
+-- 5), every request answered 100 ms late by the emulator, so 200 requests are in
+-- flight and they start and finish together. Reports the worst, 99th-percentile
+-- and mean time of one poll(0) with the default budget and with no budget
+-- (poll(0, math.huge): everything due in one call), and how long the work took.
+-- BENCH_POLL_GC=stop stops the garbage collector during the runs, to tell the
+-- loop's own time from the collector's steps (which any allocation may pay).
+local fly = require "fly"
+local socket = require "socket"
+local E = require "emulator"
+
+local N = 200
+local ROUNDS = tonumber(os.getenv("BENCH_POLL_ROUNDS") or "5")
+local FPS = tonumber(os.getenv("BENCH_FPS") or "60")
+local FRAME = 1 / FPS
+
+E.control("POST", "reset")
+E.control("POST", "config", { rate_limits = { enabled = false }, delays = { transition = 0 } })
+local setup = E.setup_client()
+local ids = E.machines(setup, "bench-poll", N)
+setup:close()
+for _, action in ipairs { "start", "stop" } do
+  E.control("POST", "faults", { method = "POST", path = "/v1/apps/bench%-poll/machines/[^/]+/" .. action,
+    kind = "delay", delay = 0.1, count = 0 })
+end
+
+local GC_STOPPED = os.getenv("BENCH_POLL_GC") == "stop"
+
+-- One run: N tasks of ROUNDS start/stop pairs, driven by poll(0, budget) once a frame.
+local function run(budget)
+  local client = assert(fly.new { token = E.TOKEN, base_url = E.URL, rate_limit = false })
+  for _, id in ipairs(ids) do
+    client:spawn(function()
+      for _ = 1, ROUNDS do
+        assert(client.machines:start("bench-poll", id))
+        assert(client.machines:stop("bench-poll", id))
+      end
+    end)
+  end
+  local times, cpu, now, clock = {}, {}, fly.now, os.clock
+  if GC_STOPPED then collectgarbage("stop") end
+  local t0 = now()
+  local next_frame = t0
+  local left = N
+  while left > 0 do
+    local a, c = now(), clock()
+    left = client:poll(0, budget)
+    times[#times + 1] = now() - a
+    cpu[#cpu + 1] = clock() - c
+    next_frame = next_frame + FRAME
+    local rest = next_frame - now()
+    if rest > 0 then socket.sleep(rest) else next_frame = now() end
+    assert(now() - t0 < 120, "the work did not finish in 120 s")
+  end
+  local total = now() - t0
+  if GC_STOPPED then collectgarbage("restart") end
+  client:close()
+  local function stats(list)
+    table.sort(list)
+    local sum = 0
+    for _, t in ipairs(list) do sum = sum + t end
+    return { worst = list[#list], p99 = list[math.max(1, math.ceil(#list * 0.99))], mean = sum / #list }
+  end
+  return { wall = stats(times), cpu = stats(cpu), polls = #times, total = total }
+end
+
+local rows = {
+  { name = "default budget", r = run(nil) },
+  { name = "no budget", r = run(math.huge) },
+}
+print(("  %d tasks x %d start+stop, 100 ms server latency, poll(0) once per %.1f ms frame")
+  :format(N, ROUNDS, FRAME * 1000))
+print("  (wall: time a poll took; cpu: processor time it used, without the waits a busy machine adds)"
+  .. (GC_STOPPED and "\n  (garbage collector stopped during the runs)" or ""))
+print(("  %-16s %5s %10s %10s %10s %7s %8s"):format("poll(0)", "", "worst ms", "p99 ms", "mean ms", "polls",
+  "total s"))
+for _, row in ipairs(rows) do
+  local r = row.r
+  for _, k in ipairs { "wall", "cpu" } do
+    local t = r[k]
+    print(("  %-16s %5s %10.3f %10.3f %10.3f %7s %8s"):format(k == "wall" and row.name or "", k, t.worst * 1000,
+      t.p99 * 1000, t.mean * 1000, k == "wall" and r.polls or "", k == "wall" and ("%.2f"):format(r.total) or ""))
+  end
+end
+local worst = rows[1].r.wall.worst
+print(("  worst poll(0) with the default budget: %.3f ms (target < 2 ms: %s)")
+  :format(worst * 1000, worst < 0.002 and "met" or "MISSED"))

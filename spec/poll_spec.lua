@@ -1,0 +1,222 @@
+-- The loop driven from outside: poll's work budget (a poll fits in a frame) and a host
+-- event loop woken by the sockets libcurl reports, whatever their descriptor numbers.
+local H = require "helper"
+local fly = require "fly"
+local socket = require "socket"
+
+describe("poll", function()
+  local c, name
+  before_each(function()
+    H.reset()
+    c = H.client()
+    name = H.app(c)
+  end)
+  after_each(function() c:close() end)
+
+  -- n tasks, each getting the app once; records in which poll each one got its answer
+  local function getters(n, resumed_in, polls)
+    local tasks = {}
+    for i = 1, n do
+      tasks[i] = c:spawn(function()
+        local app = assert(c.apps:get(name))
+        resumed_in[i] = polls[1]
+        return app.name
+      end)
+    end
+    return tasks
+  end
+
+  it("does a little of everything per call within its budget, and loses nothing", function()
+    local n = 40
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "delay", delay = 0.2, count = n }
+    local resumed_in, polls = {}, { 0 }
+    local tasks = getters(n, resumed_in, polls)
+    assert.equals(n, c:poll(0, math.huge)) -- no limit: every request starts now
+    socket.sleep(0.6)                       -- every answer arrives meanwhile
+    polls[1] = 1
+    c:poll(0, 0)
+    local first = 0
+    for i = 1, n do if resumed_in[i] then first = first + 1 end end
+    assert.is_true(first >= 1 and first <= 4) -- a zero budget does the least it can: most answers wait
+    assert.equals(0, c:timeout())    -- and a host loop is told to come back at once
+    polls[1] = 2
+    local deadline = fly.now() + 20
+    while c:poll(0.05, 0) > 0 do
+      polls[1] = polls[1] + 1
+      assert(fly.now() < deadline, "the tasks did not finish")
+    end
+    local per_poll = {}
+    for i = 1, n do
+      assert.equals("done", tasks[i]:status())
+      assert.equals(name, tasks[i]:result())
+      local p = resumed_in[i]
+      per_poll[p] = (per_poll[p] or 0) + 1
+    end
+    for p, k in pairs(per_poll) do
+      assert(k <= 4, ("%d tasks resumed in poll %d with a zero budget"):format(k, p))
+    end
+    assert.is_true(polls[1] >= n / 4)
+  end)
+
+  it("starves nothing: requests finish while other tasks keep the loop busy", function()
+    local stop = false
+    for _ = 1, 5 do
+      c:spawn(function()
+        local x = 0
+        while not stop do
+          for k = 1, 20000 do x = x + k end -- a slow task that yields after each slice
+          coroutine.yield()
+        end
+      end)
+    end
+    local resumed_in, polls = {}, { 0 }
+    local tasks = getters(10, resumed_in, polls)
+    local deadline = fly.now() + 20
+    local done
+    repeat
+      c:poll(0, 0)
+      done = true
+      for i = 1, 10 do done = done and tasks[i]:status() == "done" end
+      assert(fly.now() < deadline, "the requests starved")
+    until done
+    stop = true
+    assert.is_true(c:run(10))
+    for i = 1, 10 do assert.equals(name, tasks[i]:result()) end
+  end)
+
+  it("keeps its default budget small and run() unlimited", function()
+    assert.equals(0.001, fly.POLL_BUDGET)
+    local resumed_in, polls = {}, { 0 }
+    local tasks = getters(20, resumed_in, polls)
+    assert.is_true(c:run(20))
+    for i = 1, 20 do assert.equals(name, tasks[i]:result()) end
+    getters(5, resumed_in, polls)
+    local deadline = fly.now() + 20
+    while c:poll(0.05) > 0 do assert(fly.now() < deadline) end
+  end)
+
+  it("never leave an answer that came while its request started waiting", function()
+    -- on a reused connection a quick server can answer before the step that
+    -- starts the request returns: the step must take that answer, not wait on
+    -- the sockets for something else
+    local gets = 0
+    local t = c:spawn(function()
+      for _ = 1, 20 do
+        assert(c.apps:get(name))
+        gets = gets + 1
+      end
+    end)
+    H.fault { method = "GET", path = "/v1/apps/slow-one", kind = "delay", delay = 1, count = 1 }
+    local _, err = c.apps:get("slow-one") -- a plain call: drives the loop until it is done
+    assert.equals(404, err.status)
+    assert.equals(20, gets)
+    assert.is_true(c:run(10))
+    assert.equals("done", t:status())
+  end)
+
+  it("count the budget from the end of the wait", function()
+    local woke = 0
+    for _ = 1, 20 do
+      c:spawn(function()
+        c:sleep(0.3)
+        woke = woke + 1
+      end)
+    end
+    c:poll(0, math.huge) -- every task starts its sleep
+    local deadline = fly.now() + 5
+    while woke == 0 do
+      c:poll(2, 0.2) -- waits about 0.3 s, then has 0.2 s for 20 wake-ups
+      assert(fly.now() < deadline)
+    end
+    assert.equals(20, woke)
+  end)
+
+  it("raise on a wrong budget", function()
+    H.raises("budget must be a number", function() c:poll(0, "1") end)
+    H.raises("budget must be >= 0", function() c:poll(0, -1) end)
+    H.raises("budget must be >= 0", function() c:poll(0, 0 / 0) end)
+    assert.equals(0, c:poll(0, math.huge))
+  end)
+end)
+
+describe("sockets", function()
+  before_each(H.reset)
+
+  it("name the descriptors libcurl waits on, and none when nothing runs", function()
+    local c = H.client()
+    local name = H.app(c)
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "delay", delay = 0.3, count = 2 }
+    for _ = 1, 2 do c:spawn(function() assert(c.apps:get(name)) end) end
+    local seen = {}
+    local deadline = fly.now() + 10
+    while c:poll(0.02) > 0 do
+      for fd, mode in pairs(c:sockets()) do
+        assert.is_true(fd == math.floor(fd) and fd >= 0)
+        assert.is_truthy(({ r = true, w = true, rw = true })[mode])
+        seen[fd] = true
+      end
+      assert(fly.now() < deadline)
+    end
+    assert.is_not_nil(next(seen))
+    c:close()
+  end)
+
+  -- Run in a child process whose descriptor limit allows more than FD_SETSIZE (1024):
+  -- select-based fd sets cannot hold the numbers its connections get.
+  it("wake a luv loop for connections numbered past 1024", function()
+    local c = H.client()
+    local name = H.app(c)
+    c:close()
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "delay", delay = 0.2, count = 4 }
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([=[
+local fly, uv = require "fly", require "luv"
+local URL, CA, NAME, TOKEN = ...
+local held = {}
+for i = 1, 1100 do held[i] = assert(io.open("/dev/null")) end
+local c = assert(fly.new { token = TOKEN, base_url = URL, ca_file = CA ~= "" and CA or nil, rate_limit = false })
+local results = {}
+for i = 1, 4 do c:spawn(function() results[i] = assert(c.apps:get(NAME)).name end) end
+local polls, timer, lowest, woken = {}, uv.new_timer(), math.huge, 0
+local step
+local function sync()
+  for fd, p in pairs(polls) do p:stop(); p:close(); polls[fd] = nil end
+  for fd, mode in pairs(c:sockets()) do
+    if fd < lowest then lowest = fd end
+    local p = uv.new_socket_poll(fd)
+    polls[fd] = p
+    p:start(mode, function() woken = woken + 1; step() end)
+  end
+  local t = c:timeout()
+  timer:stop()
+  if t then timer:start(math.max(1, math.ceil(t * 1000)), 0, function() step() end) end
+end
+step = function()
+  if c:poll(0) == 0 then return uv.stop() end
+  sync()
+end
+local guard = uv.new_timer()
+guard:start(10000, 0, function() uv.stop() end)
+step()
+uv.run()
+guard:close(); timer:close()
+for _, p in pairs(polls) do p:close() end
+uv.run("nowait")
+print(table.concat(results, ","), lowest, woken)
+]=])
+    f:close()
+    local lua = os.getenv("FLY_SPEC_LUA") or "lua5.4"
+    local cmd = ("ulimit -n 4096 2>/dev/null || true; exec %s %s '%s' '%s' '%s' '%s' 2>&1"):format(
+      lua, script, H.url(), H.ca_file() or "", name, H.TOKEN)
+    local p = assert(io.popen(cmd))
+    local out = p:read("a")
+    p:close()
+    os.remove(script)
+    local names, lowest, woken = out:match("^(%S+)\t(%d+)\t(%d+)\n$")
+    assert(names, out)
+    assert.equals(("%s,%s,%s,%s"):format(name, name, name, name), names)
+    assert.is_true(tonumber(lowest) >= 1024) -- every socket it waited on was past FD_SETSIZE
+    assert.is_true(tonumber(woken) > 0)      -- and their events woke it
+  end)
+end)
