@@ -191,7 +191,7 @@ static void pool_put(fly_client *c, fly_easy *e) {
 static size_t on_body(char *data, size_t size, size_t n, void *ud);
 static size_t on_header(char *line, size_t size, size_t n, void *ud);
 static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port, int local_port);
-static int on_socket(void *ud, curl_socket_t fd, curlsocktype purpose);
+static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose);
 
 static fly_easy *pool_get(fly_client *c) {
   struct fly_curl *t = c->curl;
@@ -203,7 +203,7 @@ static fly_easy *pool_get(fly_client *c) {
   fe->t = t;
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, fe->errbuf);
   curl_easy_setopt(e, CURLOPT_PREREQDATA, fe);
-  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_socket);
+  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
   curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, t);
   /* over TLS the server may offer HTTP/2: a request waits for a connection
      in progress to share it rather than open its own. Plain HTTP is
@@ -254,7 +254,7 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
 }
 
 /* Remembers a socket libcurl opens for this client (before it connects). */
-static int on_socket(void *ud, curl_socket_t fd, curlsocktype purpose) {
+static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose) {
   struct fly_curl *t = ud;
   (void)purpose;
   for (int i = 0; i < t->nsockets; i++)
