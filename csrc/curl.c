@@ -18,11 +18,14 @@
 #include <curl/curl.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/select.h>
 
+#include "redis.h"
 #include "request.h"
 #include "util.h"
 
@@ -133,6 +136,8 @@ static fly_easy *pool_get(fly_client *c) {
 }
 
 void fly_curl_stop(fly_request *r) {
+  if (r->admitting && r->client && r->client->redis) fly_redis_cancel(r->client->redis, r);
+  r->admitting = 0;
   if (r->easy && r->client) {
     curl_multi_remove_handle(r->client->curl->multi, r->easy->curl);
     pool_put(r->client, r->easy);
@@ -236,6 +241,78 @@ static void deliver(lua_State *L, fly_request *r, int *finished) {
   (*finished)++;
 }
 
+/* ------------------------------------------------ shared admission (Redis)
+ *
+ * With rate_limit.redis, a request (and each retry) is admitted twice: by the
+ * process's bucket (request.c, classify.c), which gives a provisional ready
+ * time, and by the same bucket in Redis. Until Redis answers, the request is
+ * "admitting": queued but neither started nor counted by earliest(). Its
+ * ready time is then the later of the two; when Redis is away the local one
+ * stands (redis.h). The Redis socket is one more descriptor in the step's
+ * poll and in sockets(), its timeout one more deadline in timeout(). */
+
+/* The one place the limiter's warnings go: stderr, a line each. */
+static void shared_warn(fly_client *c) {
+  const char *w;
+  while ((w = fly_redis_warning(c->redis))) fprintf(stderr, "%s\n", w);
+}
+
+/* Asks Redis for a place for r (penalize: after a 429); r waits "admitting"
+ * for the answer unless the limiter is down (its local time stands). */
+static void shared_admit(fly_client *c, fly_request *r, int penalize) {
+  r->admitting = fly_redis_admit(c->redis, r->shared_key, r->retry.limit, penalize, r, fly_now()) == 0;
+  shared_warn(c);
+}
+
+static void deliver(lua_State *L, fly_request *r, int *finished);
+
+/* Lets the limiter read and write (revents from a poll, or -1: poll its
+ * socket now without waiting), then settles the requests it answered. */
+static void shared_io(lua_State *L, fly_client *c, short revents, int *finished) {
+  if (!c->redis) return;
+  if (revents < 0) {
+    struct pollfd pfd = {0, 0, 0};
+    pfd.fd = fly_redis_fd(c->redis, &pfd.events);
+    revents = pfd.fd >= 0 && poll(&pfd, 1, 0) > 0 ? pfd.revents : 0;
+  }
+  double now = fly_now();
+  fly_redis_io(c->redis, revents, now);
+  fly_redis_answer a;
+  while (fly_redis_next(c->redis, &a)) {
+    fly_request *r = a.cookie;
+    r->admitting = 0;
+    if (a.status == FLY_REDIS_GRANTED) {
+      double at = a.ready_at > now ? a.ready_at + c->rate_margin : a.ready_at;
+      if (at > r->ready_at) r->ready_at = at;
+    }
+    if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline) {
+      r->reply.status = 0;
+      fly_request_set_failure(r, "timeout", "the rate limit delays this request past its deadline", 1);
+      deliver(L, r, finished);
+    }
+  }
+  shared_warn(c);
+}
+
+/* The Redis socket as a curl_waitfd for the step's poll; 0 when none. */
+static unsigned shared_waitfd(fly_client *c, struct curl_waitfd *w) {
+  short events;
+  int fd = c->redis ? fly_redis_fd(c->redis, &events) : -1;
+  if (fd < 0 || !events) return 0;
+  w->fd = fd;
+  w->events = (short)((events & POLLIN ? CURL_WAIT_POLLIN : 0) | (events & POLLOUT ? CURL_WAIT_POLLOUT : 0));
+  w->revents = 0;
+  return 1;
+}
+
+/* Seconds until the limiter needs a turn though its socket is quiet, or +inf. */
+static double shared_timeout(fly_client *c) {
+  double t = c->redis ? fly_redis_next_timeout(c->redis, fly_now()) : -1;
+  return t < 0 ? INFINITY : t;
+}
+
+/* ------------------------------------------------------------------------ */
+
 /* libcurl is done with an attempt: classify it, then retry later or end. */
 static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode cc, int *finished) {
   long sent = 0;
@@ -254,6 +331,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   if (fly_classify(&r->retry, &r->reply, fly_now(), &at) == FLY_RETRY) {
     r->state = REQ_QUEUED;
     r->ready_at = at;
+    if (r->shared_key) shared_admit(c, r, r->reply.status == 429); /* a retry is another request */
     return;
   }
   deliver(L, r, finished);
@@ -265,7 +343,7 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished) {
   double now = fly_now();
   for (fly_request *r = c->live, *nx; r; r = nx) {
     nx = r->next;
-    if (r->state != REQ_QUEUED) continue;
+    if (r->state != REQ_QUEUED || r->admitting) continue;
     if (r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline) {
       r->reply.status = 0;
       fly_request_set_failure(r, "timeout", "deadline exceeded", 1);
@@ -286,7 +364,7 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished) {
 static double earliest(fly_client *c) {
   double next = INFINITY;
   for (fly_request *r = c->live; r; r = r->next) {
-    if (r->state != REQ_QUEUED) continue;
+    if (r->state != REQ_QUEUED || r->admitting) continue;
     double t = r->ready_at;
     if (r->kind == KIND_HTTP && r->retry.deadline > 0 && r->retry.deadline < t) t = r->retry.deadline;
     if (t < next) next = t;
@@ -310,6 +388,7 @@ static void harvest(lua_State *L, fly_client *c, int *finished) {
 static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait) {
   CURLM *multi = c->curl->multi;
   int running;
+  shared_io(L, c, -1, finished);
   launch_ready(L, c, finished);
   curl_multi_perform(multi, &running);
   harvest(L, c, finished); /* may queue retries: the earliest time is taken after */
@@ -318,11 +397,18 @@ static void step_once(lua_State *L, fly_client *c, int *finished, double max_wai
     double wait = max_wait;
     double next = earliest(c);
     if (next - now < wait) wait = next - now;
+    if (shared_timeout(c) < wait) wait = shared_timeout(c);
     long curl_ms = -1;
     curl_multi_timeout(multi, &curl_ms);
     if (curl_ms >= 0 && curl_ms / 1000.0 < wait) wait = curl_ms / 1000.0;
     if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
-    if (wait > 0) curl_multi_poll(multi, NULL, 0, (int)ceil(wait * 1000), NULL);
+    struct curl_waitfd extra;
+    unsigned nextra = shared_waitfd(c, &extra);
+    if (wait > 0) curl_multi_poll(multi, nextra ? &extra : NULL, nextra, (int)ceil(wait * 1000), NULL);
+    if (c->redis)
+      shared_io(L, c, !nextra || wait <= 0 ? -1 :
+                (short)((extra.revents & CURL_WAIT_POLLIN ? POLLIN : 0) |
+                        (extra.revents & CURL_WAIT_POLLOUT ? POLLOUT : 0)), finished);
     launch_ready(L, c, finished);
     curl_multi_perform(multi, &running);
     harvest(L, c, finished);
@@ -344,6 +430,8 @@ int fly_l_submit(lua_State *L) {
   fly_request_pin(L, c, r, -1);
   if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline)
     fly_request_fail(L, r, "timeout", "the rate limit delays this request past its deadline", 1);
+  else if (r->shared_key)
+    shared_admit(c, r, 0);
   return 1;
 }
 
@@ -401,6 +489,7 @@ int fly_l_timeout(lua_State *L) {
   fly_client *c = fly_check_client(L, 1);
   if (!c->live) return lua_pushnil(L), 1;
   double wait = earliest(c) - fly_now();
+  if (shared_timeout(c) < wait) wait = shared_timeout(c);
   long curl_ms = -1;
   curl_multi_timeout(c->curl->multi, &curl_ms);
   if (curl_ms >= 0 && curl_ms / 1000.0 < wait) wait = curl_ms / 1000.0;
@@ -427,6 +516,12 @@ int fly_l_sockets(lua_State *L) {
     if (!rd && !wr) continue;
     lua_pushstring(L, rd && wr ? "rw" : rd ? "r" : "w");
     lua_rawseti(L, -2, fd);
+  }
+  struct curl_waitfd extra; /* the shared limiter's socket */
+  if (shared_waitfd(c, &extra)) {
+    int rd = extra.events & CURL_WAIT_POLLIN, wr = extra.events & CURL_WAIT_POLLOUT;
+    lua_pushstring(L, rd && wr ? "rw" : rd ? "r" : "w");
+    lua_rawseti(L, -2, extra.fd);
   }
   return 1;
 }

@@ -22,6 +22,7 @@
 #include "curl.h"
 #include "json.h"
 #include "ops.h"
+#include "redis.h"
 #include "util.h"
 
 fly_request *fly_check_request(lua_State *L, int idx) { return luaL_checkudata(L, idx, REQUEST_MT); }
@@ -111,6 +112,7 @@ int fly_l_request_gc(lua_State *L) {
   fly_curl_request_free(r);
   fly_wire_free(&r->wire);
   free(r->rate_key), r->rate_key = NULL;
+  free(r->shared_key), r->shared_key = NULL;
   r->retry.rate_key = NULL;
   free(r->resp), r->resp = NULL;
   r->resp_len = r->resp_cap = 0;
@@ -195,6 +197,11 @@ fly_request *fly_request_call(lua_State *L, fly_client *c, int level) {
     if (!r->rate_key) luaL_error(L, "fly: out of memory");
     p->rate_key = r->rate_key;
     r->ready_at = fly_rate_admit(r->rate_key, p->limit, now, c->rate_margin);
+    if (c->redis) { /* the same bucket in Redis: the libcurl loop admits there too (curl.c) */
+      size_t n = fly_redis_key(NULL, 0, c->identity, op->action, scope) + 1;
+      if (!(r->shared_key = malloc(n))) luaL_error(L, "fly: out of memory");
+      fly_redis_key(r->shared_key, n, c->identity, op->action, scope);
+    }
   }
   lua_settop(L, ridx);
   return r;
