@@ -181,7 +181,9 @@ describe("rate_limit.redis", function()
     os.remove(go)
     local h = spawn(app, machines[5], 6, ("{ scale = 20, redis = %q }"):format(url()), 3, go)
     wait_for(h, "paused")
-    local function calls(cmd) return tonumber(cli("info commandstats"):match("cmdstat_" .. cmd .. ":calls=(%d+)")) or 0 end
+    local function calls(cmd)
+      return tonumber(cli("info commandstats"):match("cmdstat_" .. cmd .. ":calls=(%d+)")) or 0
+    end
     assert.matches("OK", cli("script flush"))
     local evals, evalshas = calls("eval"), calls("evalsha")
     touch(go)
@@ -209,6 +211,51 @@ describe("rate_limit.redis", function()
     local deadline = socket.gettime() + 10
     while c:poll(0.05) > 0 do assert.is_true(socket.gettime() < deadline) end
     assert.equals(5, #results)
+    c:close()
+  end)
+
+  it("lets a host event loop (luv) drive admissions through timeout() and sockets()", function()
+    local uv = require "luv"
+    local c = H.client { rate_limit = { scale = 20, redis = url() } }
+    local done = 0
+    for _ = 1, 6 do
+      c:spawn(function()
+        assert(c.machines:start(app, machines[6]))
+        done = done + 1
+      end)
+    end
+    local polls, timer, step = {}, uv.new_timer(), nil
+    local function sync()
+      for fd, p in pairs(polls) do
+        p:stop()
+        p:close()
+        polls[fd] = nil
+      end
+      for fd, mode in pairs(c:sockets()) do
+        local p = uv.new_socket_poll(fd)
+        polls[fd] = p
+        p:start(mode, function() step() end)
+      end
+      local t = c:timeout()
+      timer:stop()
+      if t then timer:start(math.max(1, math.ceil(t * 1000)), 0, function() step() end) end
+    end
+    local steps = 0
+    step = function()
+      steps = steps + 1
+      if c:poll(0) == 0 then return uv.stop() end
+      sync()
+    end
+    local guard = uv.new_timer()
+    guard:start(10000, 0, function() uv.stop() end)
+    step()
+    uv.run()
+    guard:close()
+    timer:close()
+    for _, p in pairs(polls) do p:close() end
+    uv.run("nowait")
+    assert.equals(6, done)
+    assert.is_true(steps < 1000) -- woken by events, not spinning
     c:close()
   end)
 
