@@ -260,7 +260,11 @@ static void shared_warn(fly_client *c) {
 /* Asks Redis for a place for r (penalize: after a 429); r waits "admitting"
  * for the answer unless the limiter is down (its local time stands). */
 static void shared_admit(fly_client *c, fly_request *r, int penalize) {
-  r->admitting = fly_redis_admit(c->redis, r->shared_key, r->retry.limit, penalize, r, fly_now()) == 0;
+  double now = fly_now();
+  r->admitting = fly_redis_admit(c->redis, r->shared_key, r->retry.limit, penalize, r, now) == 0;
+  /* send it now: the socket is writable but for a full buffer, which hiredis notices; the
+     answer is read by the loop's next turns */
+  if (r->admitting) fly_redis_io(c->redis, POLLOUT, now);
   shared_warn(c);
 }
 
