@@ -251,8 +251,21 @@ describe("rate_limit.redis", function()
     c:close()
   end)
 
-  it("falls back when Redis is not there, and rejects bad URLs at fly.new", function()
-    local c = H.client { rate_limit = { redis = "redis://127.0.0.1:1" } }
+  it("falls back when Redis does not answer or is not there, and rejects bad URLs at fly.new", function()
+    local c = H.client { rate_limit = { redis = url() } }
+    assert(c.apps:get(app))
+    local pid = assert(io.open(server.dir .. "/redis.pid")):read("*l")
+    os.execute("kill -STOP " .. pid)
+    local t0 = socket.gettime()
+    local ok, err = pcall(function()
+      for _ = 1, 3 do assert(c.apps:get(app)) end
+    end)
+    local took = socket.gettime() - t0
+    os.execute("kill -CONT " .. pid)
+    assert(ok, err)
+    assert.is_true(took < 5, "the fallback took " .. took .. " s")
+    c:close()
+    c = H.client { rate_limit = { redis = "redis://127.0.0.1:1" } }
     assert(c.apps:get(app))
     c:close()
     local fly = require "fly"
@@ -262,7 +275,7 @@ describe("rate_limit.redis", function()
     H.raises("redis_client_spec.lua:%d+: fly: redis URL", function()
       fly.new { token = "t", rate_limit = { redis = "redis://:hunter2@h:x" } }
     end)
-    local ok, err = pcall(fly.new, { token = "t", rate_limit = { redis = "redis://:hunter2@h:x" } })
+    ok, err = pcall(fly.new, { token = "t", rate_limit = { redis = "redis://:hunter2@h:x" } })
     assert.is_false(ok)
     assert.is_nil(err:find("hunter2", 1, true))
     H.raises("rate_limit.redis must be a string", function() fly.new { token = "t", rate_limit = { redis = 1 } } end)
