@@ -191,8 +191,9 @@ fuzz: setup $(FUZZ_TARGETS:%=build/fuzz/%)
 # ---------------------------------------------------------------- Redis
 # The shared rate limiter (csrc/redis.c) talks to Redis through Debian's
 # hiredis and names buckets with OpenSSL's SHA-256 (libcurl already loads
-# libcrypto). redis-server runs the specs' Redis (spec/redis/start).
-PKGS += libhiredis-dev libssl-dev redis-server redis-tools
+# libcrypto). redis-server runs the specs' Redis (spec/redis/start). lua-nginx-redis
+# (lua-resty-redis) carries fly.ngx.redis under OpenResty.
+PKGS += libhiredis-dev libssl-dev redis-server redis-tools lua-nginx-redis
 LIBS += -lhiredis -lcrypto
 
 build/spec/redis-driver: spec/redis/driver.c csrc/redis.c csrc/redis.h csrc/ratelimit.c csrc/ratelimit.h

@@ -13,6 +13,7 @@
 #include "compat.h"
 #include "curl.h"
 #include "ops.h"
+#include "redis.h"
 #include "request.h"
 #include "trace.h"
 #include "util.h"
@@ -36,6 +37,7 @@ void fly_client_close(lua_State *L, fly_client *c) {
   c->closed = 1;
   while (c->live) fly_request_fail(L, c->live, "cancelled", "the client was closed", 0);
   fly_curl_close(c);
+  fly_redis_free(c->redis), c->redis = NULL;
   fly_strlist_free(&c->headers);
   fly_strlist_free(&c->json_headers);
   free(c->base_url), c->base_url = NULL;
@@ -116,6 +118,33 @@ static int append_top(lua_State *L, fly_strlist *l) {
   return ok;
 }
 
+/* rate_limit.redis (a URL), redis_timeout and redis_retry (seconds), in the
+ * table at t: connects to the shared buckets. 0 with the client closed and a
+ * message pushed when an option is wrong (a bad URL raises at fly.new); a
+ * Redis that cannot be reached is no error (the limiter starts down). */
+static int open_redis(lua_State *L, fly_client *c, int t) {
+  int type = rawfield(L, t, "redis");
+  const char *url = type == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  double timeout = opt_number_field(L, t, "redis_timeout", 0.1);
+  double retry = opt_number_field(L, t, "redis_retry", 5);
+  char err[256];
+  if (type != LUA_TNIL && type != LUA_TSTRING) {
+    snprintf(err, sizeof err, "rate_limit.redis must be a string (a redis:// or unix:// URL), got %s",
+             lua_typename(L, type));
+  } else if (!(timeout > 0) || !(retry > 0)) {
+    snprintf(err, sizeof err, "rate_limit.redis_timeout and redis_retry must be > 0");
+  } else if (!url) {
+    lua_pop(L, 1);
+    return 1;
+  } else if ((c->redis = fly_redis_new(url, timeout, retry, fly_now(), err, sizeof err))) {
+    lua_pop(L, 1);
+    return 1;
+  }
+  fly_client_close(L, c);
+  lua_pushfstring(L, "fly: %s", err);
+  return 0;
+}
+
 /* core.new(opts) -> Client. The Lua layer has already checked option names,
  * types and defaults; this reads them. */
 int fly_l_new(lua_State *L) {
@@ -153,7 +182,11 @@ int fly_l_new(lua_State *L) {
   uint64_t h = fnv64(14695981039346656037ull, base, bn);
   h = fnv64(h, "\n", 1);
   h = fnv64(h, token, tn);
-  snprintf(c->identity, sizeof c->identity, "%016llx", (unsigned long long)h);
+  /* the same owner name in the local buckets and in Redis: one-way, never the token */
+  if (!fly_redis_identity(base, bn, token, tn, c->identity)) {
+    fly_client_close(L, c);
+    return luaL_error(L, "fly: out of memory");
+  }
   c->rng = h ^ (uint64_t)(uintptr_t)c ^ (uint64_t)(fly_now() * 1e9);
 
   c->timeout_ms = seconds_to_ms(opt_number_field(L, 1, "timeout", 60));
@@ -220,11 +253,13 @@ int fly_l_new(lua_State *L) {
     lua_pushnil(L);
     while (lua_next(L, t)) {
       const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-      if (key && (strcmp(key, "scale") == 0 || strcmp(key, "margin") == 0)) {
-        /* read above */
+      if (key && (strcmp(key, "scale") == 0 || strcmp(key, "margin") == 0 || strcmp(key, "redis") == 0 ||
+                  strcmp(key, "redis_timeout") == 0 || strcmp(key, "redis_retry") == 0)) {
+        /* read above or below */
       } else if (!key || !lua_istable(L, -1) || !fly_operation_known_action(key)) {
         fly_client_close(L, c);
-        return luaL_error(L, "fly: rate_limit: '%s' is neither scale, margin nor an action "
+        return luaL_error(L, "fly: rate_limit: '%s' is neither scale, margin, redis, redis_timeout, "
+                          "redis_retry nor an action "
                           "(an operationId) mapped to { rate = r, burst = b }",
                           key ? key : luaL_typename(L, -2));
       } else {
@@ -241,6 +276,7 @@ int fly_l_new(lua_State *L) {
       }
       lua_pop(L, 1);
     }
+    if (!open_redis(L, c, t)) return lua_error(L); /* the client is closed, the message on top */
   }
   lua_pop(L, 1);
 

@@ -17,11 +17,12 @@
 typedef struct fly_client fly_client;
 typedef struct fly_request fly_request;
 struct fly_curl;
+struct fly_redis;
 
 struct fly_client {
   int closed;
   char *base_url;              /* owned, without trailing slash */
-  char identity[17];           /* hash of base URL and token: the bucket owner */
+  char identity[33];           /* hash of base URL and token: the bucket owner (fly_redis_identity) */
   fly_strlist headers;         /* owned: Authorization, User-Agent, Accept, extras */
   fly_strlist json_headers;    /* owned: the same plus Content-Type */
   fly_build_base base;         /* points into the fields above */
@@ -41,6 +42,7 @@ struct fly_client {
   uint64_t rng;                /* seeds each request's backoff jitter */
   fly_request *live;           /* requests queued or running on the libcurl transport */
   struct fly_trace *trace;     /* a reference to the trace queue (trace.h), kept until __gc; NULL: no hook */
+  struct fly_redis *redis;     /* owned or NULL: rate_limit.redis, the buckets shared through Redis */
 };
 
 /* The client at idx; raises when it is closed. */

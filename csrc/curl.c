@@ -24,12 +24,14 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 
+#include "redis.h"
 #include "request.h"
 #include "trace.h"
 #include "util.h"
@@ -228,6 +230,8 @@ static fly_easy *pool_get(fly_client *c) {
 }
 
 void fly_curl_stop(fly_request *r) {
+  if (r->admitting && r->client && r->client->redis) fly_redis_cancel(r->client->redis, r);
+  r->admitting = 0;
   if (r->easy && r->client) {
     curl_multi_remove_handle(r->client->curl->multi, r->easy->curl);
     pool_put(r->client, r->easy);
@@ -439,6 +443,82 @@ static void deliver(lua_State *L, fly_request *r, int *finished) {
   (*finished)++;
 }
 
+/* ------------------------------------------------ shared admission (Redis)
+ *
+ * With rate_limit.redis, a request (and each retry) is admitted twice: by the
+ * process's bucket (request.c, classify.c), which gives a provisional ready
+ * time, and by the same bucket in Redis. Until Redis answers, the request is
+ * "admitting": queued but neither started nor counted by earliest(). Its
+ * ready time is then the later of the two; when Redis is away the local one
+ * stands (redis.h). The Redis socket is one more descriptor in the step's
+ * poll and in sockets(), its timeout one more deadline in timeout(). */
+
+/* The one place the limiter's warnings go: stderr, a line each. */
+static void shared_warn(fly_client *c) {
+  const char *w;
+  while ((w = fly_redis_warning(c->redis))) fprintf(stderr, "%s\n", w);
+}
+
+/* Asks Redis for a place for r (penalize: after a 429); r waits "admitting"
+ * for the answer unless the limiter is down (its local time stands). */
+static void shared_admit(fly_client *c, fly_request *r, int penalize) {
+  double now = fly_now();
+  r->admitting = fly_redis_admit(c->redis, r->shared_key, r->retry.limit, penalize, r, now) == 0;
+  /* send it now: the socket is writable but for a full buffer, which hiredis notices; the
+     answer is read by the loop's next turns */
+  if (r->admitting) fly_redis_io(c->redis, POLLOUT, now);
+  shared_warn(c);
+}
+
+static void deliver(lua_State *L, fly_request *r, int *finished);
+
+/* Lets the limiter read and write (revents from a poll, or -1: poll its
+ * socket now without waiting), then settles the requests it answered. */
+static void shared_io(lua_State *L, fly_client *c, short revents, int *finished) {
+  if (!c->redis) return;
+  if (revents < 0) {
+    struct pollfd pfd = {0, 0, 0};
+    pfd.fd = fly_redis_fd(c->redis, &pfd.events);
+    revents = pfd.fd >= 0 && poll(&pfd, 1, 0) > 0 ? pfd.revents : 0;
+  }
+  double now = fly_now();
+  fly_redis_io(c->redis, revents, now);
+  fly_redis_answer a;
+  while (fly_redis_next(c->redis, &a)) {
+    fly_request *r = a.cookie;
+    r->admitting = 0;
+    if (a.status == FLY_REDIS_GRANTED) {
+      double at = a.ready_at > now ? a.ready_at + c->rate_margin : a.ready_at;
+      if (at > r->ready_at) r->ready_at = at;
+    }
+    if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline) {
+      r->reply.status = 0;
+      fly_request_set_failure(r, "timeout", "the rate limit delays this request past its deadline", 1);
+      deliver(L, r, finished);
+    }
+  }
+  shared_warn(c);
+}
+
+/* The Redis socket as a curl_waitfd for the step's poll; 0 when none. */
+static unsigned shared_waitfd(fly_client *c, struct curl_waitfd *w) {
+  short events;
+  int fd = c->redis ? fly_redis_fd(c->redis, &events) : -1;
+  if (fd < 0 || !events) return 0;
+  w->fd = fd;
+  w->events = (short)((events & POLLIN ? CURL_WAIT_POLLIN : 0) | (events & POLLOUT ? CURL_WAIT_POLLOUT : 0));
+  w->revents = 0;
+  return 1;
+}
+
+/* Seconds until the limiter needs a turn though its socket is quiet, or +inf. */
+static double shared_timeout(fly_client *c) {
+  double t = c->redis ? fly_redis_next_timeout(c->redis, fly_now()) : -1;
+  return t < 0 ? INFINITY : t;
+}
+
+/* ------------------------------------------------------------------------ */
+
 /* libcurl is done with an attempt: classify it, then retry later or end. */
 static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode cc, int *finished) {
   long sent = 0, version = 0;
@@ -475,6 +555,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   if (verdict == FLY_RETRY) {
     r->state = REQ_QUEUED;
     r->ready_at = at;
+    if (r->shared_key) shared_admit(c, r, r->reply.status == 429); /* a retry is another request */
     return;
   }
   deliver(L, r, finished);
@@ -497,7 +578,7 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, double end)
   while (r && r->next) r = r->next; /* the live list is newest first */
   for (fly_request *pv; r; r = pv) {
     pv = r->prev;
-    if (r->state != REQ_QUEUED) continue;
+    if (r->state != REQ_QUEUED || r->admitting) continue;
     int expired = r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline;
     if (!expired && r->ready_at > now) continue;
     if (done++ && limited && fly_now() >= end) {
@@ -525,7 +606,7 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, double end)
 static double earliest(fly_client *c) {
   double next = INFINITY;
   for (fly_request *r = c->live; r; r = r->next) {
-    if (r->state != REQ_QUEUED) continue;
+    if (r->state != REQ_QUEUED || r->admitting) continue;
     double t = r->ready_at;
     if (r->kind == KIND_HTTP && r->retry.deadline > 0 && r->retry.deadline < t) t = r->retry.deadline;
     if (t < next) next = t;
@@ -554,16 +635,27 @@ static void harvest(lua_State *L, fly_client *c, int *finished, double end) {
 /* The end of a budget that starts now. */
 static double budget_end(double budget) { return budget < INFINITY ? fly_now() + budget : INFINITY; }
 
-/* Waits at most wait_ms on the sockets, then lets libcurl act on those that
- * are ready: from where the last step stopped, the first one, then more
- * within `budget` seconds from the end of the wait. Returns when that
- * budget ends. */
-static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget) {
-  if (t->nsocks == 0) {
+/* Waits at most wait_ms on the sockets (and `extra`, the shared limiter's
+ * socket, whose revents it fills), then lets libcurl act on those that are
+ * ready: from where the last step stopped, the first one, then more within
+ * `budget` seconds from the end of the wait. Returns when that budget ends. */
+static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget, struct pollfd *extra) {
+  int n;
+  if (extra && t->nsocks < t->socks_cap) { /* the extra socket rides in the spare slot */
+    t->socks[t->nsocks] = *extra;
+    n = poll(t->socks, (nfds_t)t->nsocks + 1, wait_ms);
+    extra->revents = n > 0 ? t->socks[t->nsocks].revents : 0;
+    if (extra->revents) n--;
+  } else if (extra) { /* no spare slot (none allocated yet, or full): the extra socket alone first */
+    n = poll(extra, 1, t->nsocks ? 0 : wait_ms);
+    if (n > 0) wait_ms = 0; /* something to do already */
+    n = t->nsocks ? poll(t->socks, (nfds_t)t->nsocks, wait_ms) : 0;
+  } else if (t->nsocks == 0) {
     if (wait_ms > 0) poll(NULL, 0, wait_ms);
     return budget_end(budget);
+  } else {
+    n = poll(t->socks, (nfds_t)t->nsocks, wait_ms);
   }
-  int n = poll(t->socks, (nfds_t)t->nsocks, wait_ms);
   double end = budget_end(budget);
   if (n <= 0) return end;
   if (t->ready_cap < t->nsocks) { /* on_socket may grow socks meanwhile, never ready */
@@ -600,7 +692,11 @@ static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget) {
  * part does at least one thing it has to do, and more within `budget`
  * seconds from the end of the wait. Returns when that budget ends. */
 static double work(lua_State *L, fly_client *c, int *finished, int wait_ms, double budget) {
-  double end = act_on_sockets(c->curl, wait_ms, budget);
+  struct pollfd extra = {-1, 0, 0}; /* the shared limiter's socket (Redis), if it has one */
+  if (c->redis) extra.fd = fly_redis_fd(c->redis, &extra.events);
+  int has_extra = extra.fd >= 0 && extra.events;
+  double end = act_on_sockets(c->curl, wait_ms, budget, has_extra ? &extra : NULL);
+  if (c->redis) shared_io(L, c, has_extra ? extra.revents : 0, finished);
   run_timer(c->curl);
   harvest(L, c, finished, end); /* may queue retries: the earliest time is taken after */
   launch_ready(L, c, finished, end);
@@ -622,6 +718,7 @@ static double step_once(lua_State *L, fly_client *c, int *finished, double max_w
     double next = earliest(c);
     if (next - now < wait) wait = next - now;
     if (t->timer_at - now < wait) wait = t->timer_at - now;
+    if (shared_timeout(c) < wait) wait = shared_timeout(c);
     if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
     end = work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, budget);
   }
@@ -643,6 +740,8 @@ int fly_l_submit(lua_State *L) {
   fly_request_pin(L, c, r, -1);
   if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline)
     fly_request_fail(L, r, "timeout", "the rate limit delays this request past its deadline", 1);
+  else if (r->shared_key)
+    shared_admit(c, r, 0);
   return 1;
 }
 
@@ -714,6 +813,8 @@ int fly_l_timeout(lua_State *L) {
   struct fly_curl *t = c->curl;
   double wait = earliest(c);
   if (t->timer_at < wait) wait = t->timer_at;
+  double shared = shared_timeout(c); /* seconds from now */
+  if (shared < INFINITY && fly_now() + shared < wait) wait = fly_now() + shared;
   if (t->backlog) wait = 0;
   else if (wait == INFINITY) wait = 1.0; /* only sockets: wake up now and then anyway */
   else wait -= fly_now();
@@ -734,6 +835,12 @@ int fly_l_sockets(lua_State *L) {
     if (!rd && !wr) continue;
     lua_pushstring(L, rd && wr ? "rw" : rd ? "r" : "w");
     lua_rawseti(L, -2, t->socks[i].fd);
+  }
+  struct curl_waitfd extra; /* the shared limiter's socket */
+  if (shared_waitfd(c, &extra)) {
+    int rd = extra.events & CURL_WAIT_POLLIN, wr = extra.events & CURL_WAIT_POLLOUT;
+    lua_pushstring(L, rd && wr ? "rw" : rd ? "r" : "w");
+    lua_rawseti(L, -2, extra.fd);
   }
   return 1;
 }

@@ -38,6 +38,7 @@
 #include "json.h"
 #include "ops.h"
 #include "trace.h"
+#include "redis.h"
 #include "util.h"
 
 /* The most of a body result() gives (an error's body). */
@@ -161,6 +162,7 @@ int fly_l_request_gc(lua_State *L) {
   fly_curl_request_free(r);
   fly_wire_free(&r->wire);
   free(r->rate_key), r->rate_key = NULL;
+  free(r->shared_key), r->shared_key = NULL;
   r->retry.rate_key = NULL;
   free(r->resp), r->resp = NULL;
   r->resp_len = r->resp_cap = 0;
@@ -249,6 +251,11 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
     else {
       p->rate_key = r->rate_key;
       r->ready_at = fly_rate_admit(r->rate_key, p->limit, now, c->rate_margin);
+      if (c->redis) { /* the same bucket in Redis: the libcurl loop admits there too (curl.c) */
+        size_t n = fly_redis_key(NULL, 0, c->identity, op->action, scope) + 1;
+        if (!(r->shared_key = malloc(n))) luaL_error(L, "fly: out of memory");
+        fly_redis_key(r->shared_key, n, c->identity, op->action, scope);
+      }
     }
   }
   if (c->trace) fly_trace_admit(r, c->trace, now);

@@ -41,6 +41,8 @@ struct fly_request {
   struct curl_slist *curl_headers; /* libcurl: owned copy of wire.headers, made at the first start */
   fly_wire wire;               /* owned: what build made */
   char *rate_key;              /* owned; NULL when not rate limited (retry.rate_key points here) */
+  char *shared_key;            /* owned: the bucket's key in Redis; NULL without rate_limit.redis */
+  int admitting;               /* libcurl: queued, waiting for Redis's answer (ready_at not final) */
   fly_retry retry;
   fly_reply reply;             /* the last attempt */
   double ready_at;             /* monotonic seconds: when to send the next attempt */

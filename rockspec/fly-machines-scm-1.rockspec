@@ -20,6 +20,10 @@ external_dependencies = {
   -- found by its library: Debian keeps curl/curl.h in a multiarch include
   -- directory that the compiler searches by itself
   CURL = { library = "curl" },
+  -- the shared rate limiter (rate_limit.redis): Debian's libhiredis-dev, and OpenSSL's libcrypto
+  -- (libssl-dev) for SHA-256 and SHA-1
+  HIREDIS = { library = "hiredis" },
+  CRYPTO = { library = "crypto" },
 }
 build = {
   type = "builtin",
@@ -48,13 +52,16 @@ build = {
     ["fly.ngx.limiter"] = "lua/fly/ngx/limiter.lua",
     ["fly.ngx.loop"] = "lua/fly/ngx/loop.lua",
     ["fly.ngx.phase"] = "lua/fly/ngx/phase.lua",
+    ["fly.ngx.redis"] = "lua/fly/ngx/redis.lua",
     ["fly.core"] = {
       sources = { "csrc/module.c", "csrc/util.c", "csrc/ops.c", "csrc/operations.c", "csrc/build.c",
-        "csrc/ratelimit.c", "csrc/classify.c", "csrc/request.c", "csrc/trace.c", "csrc/client.c", "csrc/curl.c", "csrc/json.c" },
-      incdirs = { "csrc", "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
-      -- ssl: which protocol a TLS connection chose (ALPN), see csrc/curl.c
-      libraries = { "curl", "ssl", "pthread", "m" },
+        "csrc/ratelimit.c", "csrc/classify.c", "csrc/request.c", "csrc/trace.c", "csrc/client.c", "csrc/curl.c",
+        "csrc/json.c", "csrc/redis.c" },
+      incdirs = { "csrc", "$(CURL_INCDIR)", "$(HIREDIS_INCDIR)", "$(CRYPTO_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(HIREDIS_LIBDIR)", "$(CRYPTO_LIBDIR)" },
+      -- ssl: which protocol a TLS connection chose (ALPN), see csrc/curl.c; hiredis and crypto:
+      -- the rate limits shared through Redis (csrc/redis.c)
+      libraries = { "curl", "ssl", "hiredis", "crypto", "pthread", "m" },
     },
   },
   -- the emulator command; it finds the emulator's files in the rock's directory

@@ -7,11 +7,14 @@ local socket = require "socket"
 
 local DRIVER = os.getenv("FLY_SPEC_REDIS_DRIVER") or (H.ROOT .. "/build/spec/redis-driver")
 
+-- What cmd printed and its exit status (read from the shell: a pipe's close does not tell it
+-- on Lua 5.1 and LuaJIT).
 local function sh(cmd)
-  local p = assert(io.popen(cmd))
+  local p = assert(io.popen("(" .. cmd .. "\n); printf '\\nexit=%d' $?"))
   local out = p:read("*a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
+  p:close()
+  local text, code = out:match("^(.*)\nexit=(%d+)$")
+  return text or out, tonumber(code) or -1
 end
 
 local server = {}

@@ -90,7 +90,8 @@ end
 -- `base_url` (with its scheme; default: FLY_API_HOSTNAME, then https://api.machines.dev), `timeout`
 -- (seconds per attempt, default 60), `connect_timeout` (default 10), `user_agent`,
 -- `ca_file`, `insecure` (true turns TLS verification off), `headers` (extra headers),
--- `rate_limit` (false, or `{ scale = n, [action] = { rate = r, burst = b } }`),
+-- `rate_limit` (false, or `{ scale = n, [action] = { rate = r, burst = b }, redis = url,
+-- redis_timeout = s, redis_retry = s }`: `redis` shares the buckets with every process using it),
 -- `retry` (false, or `{ attempts = 4, base = 0.1, cap = 5, max_wait = 60 }`), `max_body` (bytes, the
 -- largest response body taken in, counted decompressed; default 64 MiB), `trace` (a function
 -- called with each event of each call: see "Seeing what it does" in the README),

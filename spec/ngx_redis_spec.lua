@@ -1,0 +1,170 @@
+-- fly.ngx.redis: the shared rate limiter on nginx cosockets (lua-resty-redis), in a real nginx
+-- (spec/nginx/harness.lua) against a throwaway redis-server (spec/redis/start): the core's
+-- script and key names, buckets shared across workers, NOSCRIPT, and Redis away.
+local harness = require "nginx.harness"
+local H = require "helper"
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+local server = {}
+
+local function start(port, dir)
+  local out = sh(H.ROOT .. "/spec/redis/start" .. (port and (" " .. port .. " " .. dir) or ""))
+  local p, d = out:match("^(%d+) (%S+)")
+  assert(p, "redis-server did not start: " .. out)
+  server.port, server.dir = p, d
+end
+
+local function stop(keep)
+  sh(H.ROOT .. "/spec/redis/stop " .. (keep and "--keep " or "") .. server.dir)
+end
+
+local function cli(args)
+  return sh(("redis-cli -h 127.0.0.1 -p %s %s 2>&1"):format(server.port, args))
+end
+
+-- Runs n admissions at once in light threads of one request; returns their ready times
+-- (ngx.now() + wait), sorted, and whether the limiter was on Redis.
+local FIRE = [[
+  local function fire(url, n, key, rate, burst, opts)
+    opts = opts or {}
+    opts.url = url
+    local lim = require("fly.ngx.redis").new(opts)
+    local threads = {}
+    for i = 1, n do
+      threads[i] = ngx.thread.spawn(function()
+        local wait = assert(lim:reserve(key, rate, burst))
+        ngx.update_time()
+        return ngx.now() + wait
+      end)
+    end
+    local out = {}
+    for i = 1, n do
+      local ok, at = ngx.thread.wait(threads[i])
+      assert(ok, at)
+      out[i] = at
+    end
+    table.sort(out)
+    return out, lim:shared()
+  end
+]]
+
+-- The most tokens the times run a bucket of (rate, burst) into debt (0 when they conform).
+local function excess(times, rate, burst)
+  local tokens, last, worst = burst, times[1], 0
+  for _, t in ipairs(times) do
+    tokens = math.min(burst, tokens + (t - last) * rate)
+    last = t
+    tokens = tokens - 1
+    if -tokens > worst then worst = -tokens end
+  end
+  return worst
+end
+
+describe("fly.ngx.redis", function()
+  local n
+  local function url() return "redis://127.0.0.1:" .. server.port end
+  local function run(code) return n:run(FIRE .. code) end
+  setup(function()
+    start()
+    n = harness.start { http = "lua_shared_dict fly_limits 1m;" }
+  end)
+  teardown(function()
+    if n then n:stop() end
+    stop()
+  end)
+
+  it("runs the core's script (the same SHA) on the core's key names", function()
+    local sha = n:run [[ return require("fly.ngx.redis").sha() ]]
+    -- the core loads its script when a client connects
+    assert.matches("OK", cli("script flush"))
+    local c = H.client { rate_limit = { redis = url() } }
+    c.apps:get("no-such-app")
+    c:close()
+    assert.matches("1", cli("script exists " .. sha), "the core's script is not the same")
+    local times, shared = run(("return fire(%q, 3, 'owner1|Machines_start|m-1', 20, 3)"):format(url()))
+    assert.is_true(shared)
+    assert.equals(3, #times)
+    assert.matches("fly:rl:owner1:Machines_start:m%-1", cli("--scan --pattern 'fly:rl:owner1:*'"))
+  end)
+
+  it("spaces concurrent admissions as one bucket would", function()
+    local key = "owner2|Machines_start|m-" .. os.time()
+    local all, shared = run(("return fire(%q, 20, %q, 20, 3)"):format(url(), key))
+    assert.is_true(shared)
+    assert.equals(20, #all)
+    -- 3 at once, then one every 50 ms: 17 more take 0.85 s
+    assert.is_true(all[20] - all[1] >= 0.85 - 0.03, "too fast: " .. (all[20] - all[1]))
+    assert.is_true(excess(all, 20, 3) < 0.6, "more than the bucket allows: " .. excess(all, 20, 3))
+  end)
+
+  it("takes the retry's token with the penalty: a 429 and its retry cost one round trip", function()
+    local waits = n:run(([[
+      local lim = require("fly.ngx.redis").new { url = %q }
+      local key = "owner3|Machines_start|m-" .. ngx.now()
+      local w = {}
+      for i = 1, 3 do w[i] = lim:reserve(key, 20, 3) end
+      lim:penalize(key, 20, 3)
+      w[4] = lim:reserve(key, 20, 3) -- the retry
+      w[5] = lim:reserve(key, 20, 3) -- the next one: one interval later
+      return w
+    ]]):format(url()))
+    assert.equals(0, waits[1])
+    -- an empty bucket: the retry waits one interval, the next one two (not three: the retry
+    -- took one token, not two)
+    assert.is_true(math.abs(waits[4] - 0.05) < 0.02, "retry waits " .. waits[4])
+    assert.is_true(math.abs(waits[5] - 0.10) < 0.02, "next waits " .. waits[5])
+  end)
+
+  it("reloads the script after NOSCRIPT (SCRIPT FLUSH) and stays on Redis", function()
+    assert.matches("OK", cli("script flush"))
+    local times, shared = run(("return fire(%q, 4, 'owner4|Machines_start|m-1', 20, 3)"):format(url()))
+    assert.is_true(shared)
+    assert.equals(4, #times)
+    assert.matches("1", cli("script exists " .. n:run [[ return require("fly.ngx.redis").sha() ]]))
+    assert.is_nil(n:error_log():find("unavailable", 1, true))
+  end)
+
+  it("falls back to the shared dict when Redis stops, says so once, and comes back", function()
+    local code = ([[
+      local lim = require("fly.ngx.redis").new { url = %q, retry = 0.2 }
+      local w = {}
+      for i = 1, 6 do w[i] = assert(lim:reserve("owner5|Machines_start|m-1", 20, 3)) end
+      return w, lim:shared()
+    ]]):format(url())
+    stop(true)
+    local waits, shared = n:run(code)
+    assert.is_false(shared)
+    assert.equals(6, #waits)
+    -- the fallback still paces: the 6th waits for 3 refills
+    assert.is_true(waits[6] >= 0.15 - 0.02, "the fallback did not pace: " .. waits[6])
+    start(server.port, server.dir)
+    os.execute("sleep 0.3")
+    local back
+    for _ = 1, 20 do -- each worker finds it back on its own
+      back = select(2, n:run(code))
+      if back then break end
+      os.execute("sleep 0.1")
+    end
+    assert.is_true(back)
+    local log = n:error_log()
+    local _, count = log:gsub("is unavailable", "")
+    assert.is_true(count >= 1 and count <= 2, log) -- once per worker at most
+    assert.is_nil(log:find("password", 1, true))
+  end)
+
+  it("rejects bad URLs", function()
+    local ok, err = pcall(n.run, n, [[ return require("fly.ngx.redis").new { url = "redis://:hunter2@h:x" } ]])
+    assert.is_false(ok)
+    assert.matches("redis URL", err)
+    assert.is_nil(err:find("hunter2", 1, true))
+    ok, err = pcall(n.run, n, [[ return require("fly.ngx.redis").new { url = "http://h" } ]])
+    assert.is_false(ok)
+    assert.matches("redis URL", err)
+  end)
+end)
