@@ -158,6 +158,34 @@ describe("fly.ngx.redis", function()
     assert.is_nil(log:find("password", 1, true))
   end)
 
+  it("is what a client inside nginx with rate_limit.redis admits through, on the libcurl client's keys", function()
+    local emu = H.plain_url()
+    local inside = harness.start {
+      main = ("env FLY_API_TOKEN=%s; env FLY_API_HOSTNAME=%s;"):format(H.TOKEN, emu),
+      http = "lua_shared_dict fly_limits 1m;",
+    }
+    local c = H.client { base_url = emu }
+    local app = H.app(c)
+    c:close()
+    local ok, err = pcall(function()
+      local got = inside:run(([[
+        local fly = require "fly"
+        local c = assert(fly.new { rate_limit = { redis = %q } })
+        return (assert(c.apps:get(%q))).name
+      ]]):format(url(), app))
+      assert.equals(app, got)
+    end)
+    inside:stop()
+    assert(ok, err)
+    local keys = cli("--scan --pattern 'fly:rl:*:Apps_show:" .. app .. "'")
+    assert.matches("fly:rl:%x+:Apps_show:" .. app:gsub("%-", "%%-"), keys)
+    -- a libcurl client with the same base URL and token draws from that very key
+    local outside = H.client { base_url = emu, rate_limit = { redis = url() } }
+    assert(outside.apps:get(app))
+    outside:close()
+    assert.equals(keys, cli("--scan --pattern 'fly:rl:*:Apps_show:" .. app .. "'"))
+  end)
+
   it("rejects bad URLs", function()
     local ok, err = pcall(n.run, n, [[ return require("fly.ngx.redis").new { url = "redis://:hunter2@h:x" } ]])
     assert.is_false(ok)

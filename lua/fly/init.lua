@@ -147,6 +147,10 @@ function fly.new(opts)
   })
   if not ok then error(client, 2) end
   if hooks[1] then trace.install(client, hooks) end
+  local rl = opts.rate_limit
+  if type(rl) == "table" and rl.redis then -- for transports with buckets of their own (nginx)
+    client:_state().shared_limit = { url = rl.redis, timeout = rl.redis_timeout, retry = rl.redis_retry }
+  end
   return client
 end
 

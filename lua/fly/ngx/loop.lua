@@ -35,7 +35,9 @@ local done_fn = request_methods.done
 local loop = {}
 
 -- This worker's limiter, made at the first call (it warns once when fly_limits is missing).
-local buckets
+-- This worker's limiters: one on the shared dict, and one for each Redis URL
+-- clients name (`rate_limit.redis`: `fly.ngx.redis`, falling back to the dict).
+local limiters = {}
 
 -- The task running in each light thread.
 local task_of = setmetatable({}, { __mode = "k" })
@@ -124,8 +126,15 @@ local function sleep(seconds)
 end
 
 -- A bucket's wait for one more request (after emptying it for a 429).
-local function bucket_wait(key, rate, burst, margin, penalize)
-  buckets = buckets or limiter.new()
+local function bucket_wait(client, key, rate, burst, margin, penalize)
+  local shared = client:_state().shared_limit -- set by fly.new from rate_limit.redis
+  local url = shared and shared.url or false
+  local buckets = limiters[url]
+  if not buckets then
+    buckets = url and require("fly.ngx.redis").new { url = url, timeout = shared.timeout, retry = shared.retry }
+      or limiter.new()
+    limiters[url] = buckets
+  end
   if penalize then buckets:penalize(key, rate, burst) end
   local wait, err = buckets:reserve(key, rate, burst)
   if not wait then
@@ -157,7 +166,7 @@ end
 -- The trace hook sees each step's events as the libcurl loop's do (fly.trace).
 local function carry(client, req)
   local key, rate, burst, margin = req:_rate()
-  if key and not done_fn(req) then req:_admit(bucket_wait(key, rate, burst, margin, false)) end
+  if key and not done_fn(req) then req:_admit(bucket_wait(client, key, rate, burst, margin, false)) end
   drain(client)
   while not done_fn(req) do
     sleep(req:_ready_at() - now())
@@ -170,7 +179,7 @@ local function carry(client, req)
     else
       _, _, bucket = req:_failed(err.code, err.message, err.sent)
     end
-    if bucket then req:_admit(bucket_wait(key, rate, burst, margin, bucket == "penalize")) end
+    if bucket then req:_admit(bucket_wait(client, key, rate, burst, margin, bucket == "penalize")) end
     drain(client)
     check_cancelled()
   end
