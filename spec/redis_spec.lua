@@ -164,7 +164,8 @@ describe("the shared rate limiter (Redis)", function()
     -- Machines_start is 1/s with a burst of 3; the scale makes it 20/s
     H.config { rate_limits = { enabled = true, scale = 20 } }
     local function starts(machine, redis)
-      local start_url = ("%s/v1/apps/%s/machines/%s/start"):format(H.url(), app, machine.id)
+      -- the driver speaks plain HTTP: the emulator's plain listener
+      local start_url = ("%s/v1/apps/%s/machines/%s/start"):format(H.plain_url(), app, machine.id)
       local before = H.stats().rate_limited
       local hs, rs = {}, {}
       local key = fresh("start")
