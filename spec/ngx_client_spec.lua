@@ -58,7 +58,7 @@ local function concurrently(n, url, count)
   for i = 1, count do urls[i] = ("'%s&i=%d'"):format(url, i) end
   local p = assert(io.popen("curl -s --parallel --parallel-immediate --parallel-max 100 "
     .. table.concat(urls, " ") .. " 2>/dev/null"))
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   local rows = {}
   for line in out:gmatch("[^\n]+") do rows[#rows + 1] = cjson.decode(line) end
@@ -198,7 +198,7 @@ describe("the client inside nginx", function()
   it("gives the trace hook the same events as the libcurl loop, and applies max_body", function()
     local app = H.app(c)
     H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "status", status = 503, count = 1 }
-    local kinds, status, code = n:run(([[
+    local kinds, code, status = n:run(([[
       local fly = require "fly"
       local events = {}
       local c = assert(fly.new { retry = { base = 0.01, cap = 0.02 },
@@ -206,11 +206,11 @@ describe("the client inside nginx", function()
       assert(c.apps:get(%q))
       local small = assert(fly.new { max_body = 16 })
       local _, err = small.apps:get(%q)
-      return table.concat(events, " "), err.status, err.code
+      return table.concat(events, " "), err.code, tostring(err.status)
     ]]):format(app, app))
     assert.equals("start: finish:503 retry:503 start: finish:200", kinds)
-    assert.is_nil(status)
     assert.equals("too_large", code)
+    assert.equals("nil", status) -- no HTTP status: the body was cut off
   end)
 
   it("holds a lease while fn runs: refreshes it, releases it, also when fn raises", function()
@@ -329,7 +329,7 @@ describe("the client inside nginx", function()
           message = err.status and err.message or nil }
       end
     ]]
-    local outcome = assert(load(OUTCOME .. " return outcome"))()
+    local outcome = assert(require("fly.compat").load(OUTCOME .. " return outcome"))()
 
     local function both(setup_fn, op, params, opts, client_opts)
       setup_fn()

@@ -6,7 +6,7 @@ local H = require "helper"
 
 local function read(path)
   local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -23,7 +23,7 @@ local function concurrently(base, paths)
   local start = require("socket").gettime()
   local p = assert(io.popen("curl -s --parallel --parallel-immediate --parallel-max 100 "
     .. table.concat(urls, " ") .. " 2>/dev/null"))
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   local lines = {}
   for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
@@ -41,8 +41,8 @@ describe("examples/openresty/nginx.conf", function()
       if io.open(d .. "/ngx_http_lua_module.so") then modules = d break end
     end
     conf = conf:gsub("/usr/lib/nginx/modules", modules):gsub("/path/to/fly%-machines", harness.ROOT)
-    local user = io.popen("id -u"):read("l") == "0"
-      and ("user %s %s;"):format(io.popen("id -un"):read("l"), io.popen("id -gn"):read("l")) or ""
+    local user = io.popen("id -u"):read("*l") == "0"
+      and ("user %s %s;"):format(io.popen("id -un"):read("*l"), io.popen("id -gn"):read("*l")) or ""
     for _ = 1, 20 do
       local port = math.random(20000, 60000)
       prefix = ("%s/fly-ngxexample-%d"):format(os.getenv("TMPDIR") or "/tmp", port)
@@ -69,7 +69,7 @@ describe("examples/openresty/nginx.conf", function()
   teardown(function()
     local pid = prefix and io.open(prefix .. "/nginx.pid")
     if pid then
-      sh("kill -QUIT " .. pid:read("l"))
+      sh("kill -QUIT " .. pid:read("*l"))
       pid:close()
       sh("sleep 0.3")
     end

@@ -210,7 +210,7 @@ print(table.concat(results, ","), lowest, woken)
     local cmd = ("ulimit -n 4096 2>/dev/null || true; exec %s %s '%s' '%s' '%s' '%s' 2>&1"):format(
       lua, script, H.url(), H.ca_file() or "", name, H.TOKEN)
     local p = assert(io.popen(cmd))
-    local out = p:read("a")
+    local out = p:read("*a")
     p:close()
     os.remove(script)
     local names, lowest, woken = out:match("^(%S+)\t(%d+)\t(%d+)\n$")

@@ -42,6 +42,16 @@ function compat.tointeger(v)
   return nil
 end
 
+--- `load` for a chunk in a string (`loadstring` where `load` takes only functions: Lua 5.1).
+-- @tparam string s the chunk
+-- @tparam[opt] string name its name in messages
+-- @return the function, or nil and a message
+function compat.load(s, name)
+  local loadstring = rawget(_G, "loadstring")
+  if loadstring then return loadstring(s, name) end
+  return load(s, name)
+end
+
 --- Closes a suspended coroutine where the Lua can (5.4); elsewhere leaves
 -- it to the collector.
 function compat.close_coroutine(co)
