@@ -79,7 +79,7 @@ local function overlap(rows)
   return best
 end
 
-describe("the client inside nginx", function()
+describe("the client inside nginx #nginx", function()
   local n, c
 
   setup(function()

@@ -30,7 +30,7 @@ local function concurrently(base, paths)
   return lines, require("socket").gettime() - start
 end
 
-describe("examples/openresty/nginx.conf", function()
+describe("examples/openresty/nginx.conf #nginx", function()
   local prefix, base, c
 
   setup(function()

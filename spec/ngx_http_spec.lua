@@ -24,7 +24,7 @@ local function ok_response(body)
   return ("%q"):format("HTTP/1.1 200 OK\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
 end
 
-describe("fly.ngx.http", function()
+describe("fly.ngx.http #nginx", function()
   local ngx_
   local function run(code) return ngx_:run(PRELUDE .. code) end
 
@@ -231,7 +231,7 @@ describe("fly.ngx.http", function()
   end)
 end)
 
-describe("fly.ngx.http over TLS", function()
+describe("fly.ngx.http over TLS #nginx", function()
   local tls_server = [[
     server {
       listen 127.0.0.1:@TLS_PORT@ ssl;

@@ -41,7 +41,7 @@ local FIRE = [[
   end
 ]]
 
-describe("fly.ngx.limiter", function()
+describe("fly.ngx.limiter #nginx", function()
   local n
   setup(function() n = harness.start { http = ADMIT } end)
   teardown(function() if n then n:stop() end end)
@@ -106,7 +106,7 @@ describe("fly.ngx.limiter", function()
   end)
 end)
 
-describe("fly.ngx.limiter without lua_shared_dict fly_limits", function()
+describe("fly.ngx.limiter without lua_shared_dict fly_limits #nginx", function()
   local n
   setup(function() n = harness.start { workers = 1 } end)
   teardown(function() if n then n:stop() end end)

@@ -15,7 +15,7 @@ local PROBE = [[
   ngx.shared.fly_spec:set("phase:" .. name, tostring(claim) .. "|" .. tostring(real) .. "|" .. tostring(err))
 ]]
 
-describe("fly.ngx.phase", function()
+describe("fly.ngx.phase #nginx", function()
   local n
   setup(function()
     local probe = PROBE

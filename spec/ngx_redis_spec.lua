@@ -66,7 +66,7 @@ local function excess(times, rate, burst)
   return worst
 end
 
-describe("fly.ngx.redis", function()
+describe("fly.ngx.redis #nginx", function()
   local n
   local function url() return "redis://127.0.0.1:" .. server.port end
   local function run(code) return n:run(FIRE .. code) end
