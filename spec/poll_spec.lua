@@ -114,7 +114,7 @@ describe("poll", function()
     assert.equals("done", t:status())
   end)
 
-  it("count the budget from the end of the wait", function()
+  it("count the budget from the end of the wait #timing", function()
     local woke = 0
     for _ = 1, 20 do
       c:spawn(function()

@@ -116,7 +116,7 @@ describe("rate_limit.redis", function()
   end)
   after_each(function() H.config { rate_limits = { enabled = false } } end)
 
-  it("keeps three processes starting one machine within the server's limits: zero 429s", function()
+  it("keeps three processes starting one machine within the server's limits: zero 429s #timing", function()
     -- Machines_start is 1/s with a burst of 3; scaled by 20 on both sides: 15 starts past the
     -- burst take at least 0.75 s
     H.config { rate_limits = { enabled = true, scale = 20 } }
@@ -133,7 +133,7 @@ describe("rate_limit.redis", function()
     for _, r in ipairs(rs) do assert.is_nil(r.out:find("fly: the shared rate limiter", 1, true), r.out) end
   end)
 
-  it("applies per-action overrides and scale, in keys that carry no token", function()
+  it("applies per-action overrides and scale, in keys that carry no token #timing", function()
     -- Machines_start overridden to 0.5/s, burst 1, scaled by 20: 10/s, one at a time, so 8
     -- starts from two processes take at least 0.7 s (the default limit would allow 0.25 s)
     local rl = ("{ scale = 20, redis = %q, Machines_start = { rate = 0.5, burst = 1 } }"):format(url())
