@@ -4,29 +4,8 @@
 local harness = require "nginx.harness"
 local H = require "helper"
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-
-local server = {}
-
-local function start(port, dir)
-  local out = sh(H.ROOT .. "/spec/redis/start" .. (port and (" " .. port .. " " .. dir) or ""))
-  local p, d = out:match("^(%d+) (%S+)")
-  assert(p, "redis-server did not start: " .. out)
-  server.port, server.dir = p, d
-end
-
-local function stop(keep)
-  sh(H.ROOT .. "/spec/redis/stop " .. (keep and "--keep " or "") .. server.dir)
-end
-
-local function cli(args)
-  return sh(("redis-cli -h 127.0.0.1 -p %s %s 2>&1"):format(server.port, args))
-end
+local server = require "redis.server" -- a throwaway redis-server
+local start, stop, cli = server.start, server.stop, server.cli
 
 -- Runs n admissions at once in light threads of one request; returns their ready times
 -- (ngx.now() + wait), sorted, and whether the limiter was on Redis.

@@ -17,22 +17,8 @@ local function sh(cmd)
   return text or out, tonumber(code) or -1
 end
 
-local server = {}
-
-local function start(port, dir)
-  local out = sh(H.ROOT .. "/spec/redis/start" .. (port and (" " .. port .. " " .. dir) or ""))
-  local p, d = out:match("^(%d+) (%S+)")
-  assert(p, "redis-server did not start: " .. out)
-  server.port, server.dir = p, d
-end
-
-local function stop(keep)
-  sh(H.ROOT .. "/spec/redis/stop " .. (keep and "--keep " or "") .. server.dir)
-end
-
-local function cli(args)
-  return (sh(("redis-cli -h 127.0.0.1 -p %s %s 2>&1"):format(server.port, args)))
-end
+local server = require "redis.server" -- a throwaway redis-server
+local start, stop, cli = server.start, server.stop, server.cli
 
 local function url() return "redis://127.0.0.1:" .. server.port end
 
