@@ -115,15 +115,17 @@ describe("poll", function()
   end)
 
   it("count the budget from the end of the wait #timing", function()
+    -- twenty tasks wait for one that sleeps 0.3 s: they are all ready at the
+    -- same moment, the end of the poll's wait
+    local sleeper = c:spawn(function() c:sleep(0.3) end)
     local woke = 0
-    local at = fly.now() + 0.3 -- one wake-up time for all: they are due together
     for _ = 1, 20 do
       c:spawn(function()
-        c:sleep(at - fly.now())
+        sleeper:join()
         woke = woke + 1
       end)
     end
-    c:poll(0, math.huge) -- every task starts its sleep
+    c:poll(0, math.huge) -- every task starts waiting
     local deadline = fly.now() + 5
     while woke == 0 do
       c:poll(2, 0.2) -- waits about 0.3 s, then has 0.2 s for 20 wake-ups
