@@ -136,15 +136,32 @@ describe("fly.ngx.http #nginx", function()
     assert.equal(0, reused)
   end)
 
-  it("skips interim 1xx responses", function()
-    local status, body = run([[
+  it("skips interim 1xx responses, also when the final one comes in the same packet", function()
+    local status, body, joined = run([[
       script.define("interim", { {"send", "HTTP/1.1 100 Continue\r\n\r\n"},
         {"send", ]] .. ok_response("final") .. [[} })
+      script.define("interim1", { {"send", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" .. ]]
+        .. ok_response("joined") .. [[} })
       local r = assert(call("interim"))
-      return r.status, r.body
+      local r2 = assert(call("interim1"))
+      return r.status, r.body, r2.body
     ]])
     assert.equal(200, status)
     assert.equal("final", body)
+    assert.equal("joined", joined)
+  end)
+
+  it("does not reuse a connection whose response came with bytes beyond its framing", function()
+    local first, second, reused = run([[
+      script.define("extra", { {"send", ]] .. ok_response("one") .. [[ .. ]] .. ok_response("stale") .. [[},
+        {"request"}, {"send", ]] .. ok_response("two") .. [[} })
+      local r1 = assert(call("extra"))
+      local r2 = assert(call("extra"))
+      return r1.body, r2.body, r2.reused
+    ]])
+    assert.equal("one", first)
+    assert.equal("one", second) -- the script again, on a new connection
+    assert.equal(0, reused)
   end)
 
   it("takes a fresh connection when the server closed a pooled one", function()

@@ -94,51 +94,57 @@ local function format(req, keep)
   return out
 end
 
--- Reads from a receiveuntil iterator up to its pattern, at most limit bytes; returns the
--- data, or nil, err, partial (err "too_large" past the limit).
-local function read_until(sock, it, limit, deadline)
-  local first, parts, n = nil, nil, 0 -- most often it all comes in one piece: no table then
-  while true do
-    local left = remaining(deadline)
-    if left <= 0 then return nil, "timeout", parts and concat(parts) or first or "" end
-    sock:settimeout(ms(left))
-    local data, err, partial = it(limit - n + 1)
-    if not data then
-      local got = parts and concat(parts) or first or ""
-      if err then return nil, err, got .. (partial or "") end
-      return got
-    end
-    n = n + #data
-    if n > limit then return nil, "too_large" end
-    if parts then
-      parts[#parts + 1] = data
-    elseif first then
-      parts = { first, data }
-    else
-      first = data
-    end
-  end
-end
+local byte, sub, find, lower = string.byte, string.sub, string.find, string.lower
 
-local function receive(sock, what, deadline)
+-- Reads what the socket has (at least one byte, at most `max`) and appends it to `buf`;
+-- returns the longer buffer, or nil, err.
+local function more(sock, buf, deadline, max)
   local left = remaining(deadline)
   if left <= 0 then return nil, "timeout" end
   sock:settimeout(ms(left))
-  return sock:receive(what)
+  local data, err = sock:receiveany(max)
+  if not data then return nil, err end
+  return buf .. data
 end
 
-local byte, sub, find, lower = string.byte, string.sub, string.find, string.lower
+-- Reads exactly n bytes.
+local function receive(sock, n, deadline)
+  local left = remaining(deadline)
+  if left <= 0 then return nil, "timeout" end
+  sock:settimeout(ms(left))
+  return sock:receive(n)
+end
+
+-- Reads a response head: the bytes up to the empty line that ends it, at most `limit` of
+-- them. Most often the head and the body come in one read: what came after the head is
+-- returned too. Returns head, rest; or nil, err, got (what came before the failure).
+local function read_head(sock, buf, deadline, limit)
+  local from = 1
+  while true do
+    local e = find(buf, "\r\n\r\n", from, true)
+    if e then
+      if e - 1 > limit then return nil, "too_large", buf end
+      return sub(buf, 1, e + 1), sub(buf, e + 4)
+    end
+    if #buf > limit + 3 then return nil, "too_large", buf end
+    from = #buf > 3 and #buf - 2 or 1
+    local more_buf, err = more(sock, buf, deadline, 65536)
+    if not more_buf then return nil, err, buf end
+    buf = more_buf
+  end
+end
 
 -- Whether byte b is a space or a tab.
 local function blank(b) return b == 32 or b == 9 end
 
 -- Parses a response head; returns status, version, headers (lower-case names, repeated
--- ones joined with ", "), lines ({"Name: value", ...}), or nil, message. Lines end at CR or
--- LF; plain finds instead of patterns with captures: this runs for every response.
-local function parse_head(head)
+-- ones joined with ", "), or nil, message. Given a table `lines`, also fills it with the
+-- header lines as "Name: value". Lines end at CR or LF; plain finds instead of patterns with
+-- captures: this runs for every response.
+local function parse_head(head, lines)
   local minor, status = head:match("^HTTP/1%.([01]) (%d%d%d)")
   if not status then return nil, "not an HTTP/1.x status line" end
-  local headers, lines = {}, {}
+  local headers = {}
   local len = #head
   local pos = find(head, "[\r\n]", 13) or len + 1
   while pos <= len do
@@ -159,31 +165,76 @@ local function parse_head(head)
       local key = lower(name)
       local prev = headers[key]
       headers[key] = prev and (prev .. ", " .. value) or value
-      lines[#lines + 1] = name .. ": " .. value
+      if lines then lines[#lines + 1] = name .. ": " .. value end
       pos = stop + 1
     end
   end
-  return tonumber(status), minor == "1" and "1.1" or "1.0", headers, lines
+  return tonumber(status), minor == "1" and "1.1" or "1.0", headers
 end
 
--- Reads a chunked body (RFC 9112 7.1): sizes with optional extensions, data, CRLF, the last
--- chunk, then trailer lines up to the empty line; trailers are read and dropped.
-local function read_chunked(sock, deadline, max_body, max_header)
-  local line_it = sock:receiveuntil("\r\n")
+-- A response's header lines, made when first asked for (`res.header_lines`).
+local heads = setmetatable({}, { __mode = "k" })
+local Response = {
+  __index = function(res, k)
+    if k ~= "header_lines" or not heads[res] then return nil end
+    local lines = {}
+    parse_head(heads[res], lines)
+    rawset(res, "header_lines", lines)
+    heads[res] = nil
+    return lines
+  end,
+}
+
+-- Reads a chunked body (RFC 9112 7.1) that starts in `buf`: sizes with optional extensions,
+-- data, CRLF, the last chunk, then trailer lines up to the empty line; trailers are read and
+-- dropped. Returns the body and whether bytes came after it, or nil, err, context.
+local function read_chunked(sock, buf, deadline, max_body, max_header)
+  local pos = 1
+  -- the next line (without its CRLF), at most `limit` bytes
+  local function line(limit)
+    while true do
+      local e = find(buf, "\r\n", pos, true)
+      if e then
+        if e - pos > limit then return nil, "too_large" end
+        local l = sub(buf, pos, e - 1)
+        pos = e + 2
+        return l
+      end
+      if #buf - pos > limit then return nil, "too_large" end
+      if pos > 1 then buf, pos = sub(buf, pos), 1 end
+      local more_buf, err = more(sock, buf, deadline, 65536)
+      if not more_buf then return nil, err end
+      buf = more_buf
+    end
+  end
+  -- the next n bytes
+  local function take(n)
+    local have = #buf - pos + 1
+    if have >= n then
+      local data = sub(buf, pos, pos + n - 1)
+      pos = pos + n
+      return data
+    end
+    local rest, err = receive(sock, n - have, deadline)
+    if not rest then return nil, err end
+    local data = sub(buf, pos) .. rest
+    buf, pos = "", 1
+    return data
+  end
   local parts, total = {}, 0
   while true do
-    local line, err = read_until(sock, line_it, 1024, deadline)
-    if not line then return nil, err == "too_large" and "protocol" or err, "chunk size line" end
-    local hex = line:match("^(%x+)[ \t]*;?") or line:match("^(%x+)$")
+    local size_line, err = line(1024)
+    if not size_line then return nil, err == "too_large" and "protocol" or err, "chunk size line" end
+    local hex = size_line:match("^(%x+)[ \t]*;?") or size_line:match("^(%x+)$")
     if not hex then return nil, "protocol", "bad chunk size line" end
     local size = tonumber(hex, 16)
     if size == 0 then break end
     if total + size > max_body then return nil, "too_large" end
     local data
-    data, err = receive(sock, size, deadline)
+    data, err = take(size)
     if not data then return nil, err, "chunk data" end
     local crlf
-    crlf, err = receive(sock, 2, deadline)
+    crlf, err = take(2)
     if not crlf then return nil, err, "chunk end" end
     if crlf ~= "\r\n" then return nil, "protocol", "chunk not followed by CRLF" end
     total = total + size
@@ -191,17 +242,18 @@ local function read_chunked(sock, deadline, max_body, max_header)
   end
   local trailer_bytes = 0
   while true do
-    local line, err = read_until(sock, line_it, max_header - trailer_bytes, deadline)
-    if not line then return nil, err == "too_large" and "too_large" or err, "trailers" end
-    if line == "" then break end
-    trailer_bytes = trailer_bytes + #line + 2
+    local trailer, err = line(max_header - trailer_bytes)
+    if not trailer then return nil, err, "trailers" end
+    if trailer == "" then break end
+    trailer_bytes = trailer_bytes + #trailer + 2
   end
-  return concat(parts)
+  return concat(parts), pos <= #buf
 end
 
--- Reads until the server closes, at most max_body bytes.
-local function read_to_close(sock, deadline, max_body)
-  local parts, n = {}, 0
+-- Reads until the server closes, at most max_body bytes (`buf`: what came already).
+local function read_to_close(sock, buf, deadline, max_body)
+  local parts, n = { buf }, #buf
+  if n > max_body then return nil, "too_large" end
   while true do
     local left = remaining(deadline)
     if left <= 0 then return nil, "timeout" end
@@ -261,12 +313,11 @@ local function open(req, opts, deadline, fresh)
   return sock, reused
 end
 
--- One exchange on an open connection. On failure the second result also says whether the
--- connection was a pooled one that failed before any byte of the response came (stale).
+-- One exchange on an open connection (its timeouts set by `open`). On failure the second
+-- result also says whether the connection was a pooled one that failed before any byte of the
+-- response came (stale).
 local function exchange(sock, req, opts, deadline, keep)
-  local left = remaining(deadline)
-  if left <= 0 then return fail("timeout", "the attempt's time ran out before sending", false) end
-  sock:settimeout(ms(left))
+  if remaining(deadline) <= 0 then return fail("timeout", "the attempt's time ran out before sending", false) end
   local ok, err = sock:send(format(req, keep))
   if not ok then
     local res, e = fail(io_code(err), "sending the request failed: " .. err, true)
@@ -274,18 +325,19 @@ local function exchange(sock, req, opts, deadline, keep)
     return res, e
   end
   local max_header = opt(opts, "max_header")
-  local head_it = sock:receiveuntil("\r\n\r\n")
-  local head, status, version, headers, lines
-  for _ = 1, 10 do -- interim 1xx responses come before the final one
-    local partial
-    head, err, partial = read_until(sock, head_it, max_header, deadline)
+  local buf, head, status, version, headers = ""
+  for i = 1, 10 do -- interim 1xx responses come before the final one
+    local rest, got
+    head, rest, got = read_head(sock, buf, deadline, max_header)
     if not head then
+      err = rest
       if err == "too_large" then return fail("too_large", "the response head is larger than max_header", true) end
       local res, e = fail(io_code(err), "reading the response head failed: " .. err, true)
-      e.stale = err ~= "timeout" and (partial == nil or partial == "") and status == nil
+      e.stale = err ~= "timeout" and got == "" and i == 1
       return res, e
     end
-    status, version, headers, lines = parse_head(head)
+    buf = rest
+    status, version, headers = parse_head(head)
     if not status then return fail("protocol", "malformed response: " .. version, true) end
     if status >= 200 or status == 101 then break end
   end
@@ -293,16 +345,17 @@ local function exchange(sock, req, opts, deadline, keep)
 
   local max_body = opt(opts, "max_body")
   local body, ctx
-  local framed = true
+  local framed, extra = true, false
   local te, cl = headers["transfer-encoding"], headers["content-length"]
   if req.method == "HEAD" or status == 204 or status == 304 then
-    body = ""
+    body, extra = "", buf ~= ""
   elseif te and not has_token(te, "identity") then
     if te:lower():match("chunked%s*$") then
-      body, err, ctx = read_chunked(sock, deadline, max_body, max_header)
+      body, err, ctx = read_chunked(sock, buf, deadline, max_body, max_header)
+      if body then extra = err end
     else
       framed = false
-      body, err = read_to_close(sock, deadline, max_body)
+      body, err = read_to_close(sock, buf, deadline, max_body)
     end
   elseif cl then
     local n = cl:match("^%d+$") and tonumber(cl)
@@ -310,22 +363,28 @@ local function exchange(sock, req, opts, deadline, keep)
     if n > max_body then
       return fail("too_large", "the response body (" .. n .. " bytes) is larger than max_body", true)
     end
-    if n > 0 then
-      body, err = receive(sock, n, deadline)
+    local have = #buf
+    if have >= n then
+      body, extra = have == n and buf or sub(buf, 1, n), have > n
     else
-      body = ""
+      body, err = receive(sock, n - have, deadline)
+      if body then body = buf .. body end
     end
   else
     framed = false
-    body, err = read_to_close(sock, deadline, max_body)
+    body, err = read_to_close(sock, buf, deadline, max_body)
   end
   if not body then
     if err == "too_large" then return fail("too_large", "the response body is larger than max_body", true) end
     if err == "protocol" then return fail("protocol", "malformed chunked body: " .. tostring(ctx), true) end
     return fail(io_code(err), "reading the response body failed: " .. err .. (ctx and (" (" .. ctx .. ")") or ""), true)
   end
-  local reusable = keep and framed and version == "1.1" and not has_token(headers["connection"], "close")
-  return { status = status, headers = headers, header_lines = lines, body = body }, reusable
+  -- bytes after the response (a server that sent more than it framed): not a connection to reuse
+  local reusable = keep and framed and not extra and version == "1.1"
+    and not has_token(headers["connection"], "close")
+  local res = setmetatable({ status = status, headers = headers, body = body }, Response)
+  heads[res] = head
+  return res, reusable
 end
 
 local function check_req(req)
