@@ -134,6 +134,14 @@ local function read_head(sock, buf, deadline, limit)
   end
 end
 
+-- Where the line from `pos` ends in `head` (its first CR or LF; len + 1: at the end). Plain
+-- finds (which LuaJIT compiles) rather than a pattern.
+local function line_end(head, pos, len)
+  local cr = find(head, "\r", pos, true) or len + 1
+  local lf = find(head, "\n", pos, true) or len + 1
+  return cr < lf and cr or lf
+end
+
 -- Whether byte b is a space or a tab.
 local function blank(b) return b == 32 or b == 9 end
 
@@ -146,18 +154,17 @@ local function parse_head(head, lines)
   if not status then return nil, "not an HTTP/1.x status line" end
   local headers = {}
   local len = #head
-  local pos = find(head, "[\r\n]", 13) or len + 1
+  local pos = line_end(head, 13, len) + 1
   while pos <= len do
     local b = byte(head, pos)
     if b == 13 or b == 10 then
       pos = pos + 1
     else
-      local stop = (find(head, "[\r\n]", pos) or len + 1) - 1
+      local stop = line_end(head, pos, len) - 1
       local colon = find(head, ":", pos, true)
-      if not colon or colon > stop or colon == pos or find(sub(head, pos, colon - 1), "%s") then
-        return nil, "malformed header line"
-      end
+      if not colon or colon > stop or colon == pos then return nil, "malformed header line" end
       local name = sub(head, pos, colon - 1)
+      if find(name, " ", 1, true) or find(name, "\t", 1, true) then return nil, "malformed header line" end
       local i, j = colon + 1, stop
       while i <= j and blank(byte(head, i)) do i = i + 1 end
       while j >= i and blank(byte(head, j)) do j = j - 1 end
