@@ -136,7 +136,7 @@ static int open_redis(lua_State *L, fly_client *c, int t) {
   } else if (!url) {
     lua_pop(L, 1);
     return 1;
-  } else if ((c->redis = fly_redis_new(url, timeout, retry, fly_now(), err, sizeof err))) {
+  } else if ((c->redis = fly_redis_new(url, timeout, retry, err, sizeof err))) {
     lua_pop(L, 1);
     return 1;
   }

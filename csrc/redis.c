@@ -486,8 +486,7 @@ static int connect_now(fly_redis *r, double now) {
 
 /* ------------------------------------------------------------- the API */
 
-fly_redis *fly_redis_new(const char *url, double timeout, double retry, double now, char *err,
-                         size_t errlen) {
+fly_redis *fly_redis_new(const char *url, double timeout, double retry, char *err, size_t errlen) {
   fly_redis *r = calloc(1, sizeof *r);
   if (!r) {
     fail(err, errlen, "out of memory");
@@ -503,8 +502,11 @@ fly_redis *fly_redis_new(const char *url, double timeout, double retry, double n
   unsigned char md[SHA_DIGEST_LENGTH];
   SHA1((const unsigned char *)SCRIPT, sizeof SCRIPT - 1, md);
   for (int i = 0; i < SHA_DIGEST_LENGTH; i++) snprintf(r->sha + 2 * i, 3, "%02x", md[i]);
-  connect_now(r, now);
   return r;
+}
+
+void fly_redis_connect(fly_redis *r, double now) {
+  if (!r->ac && now >= r->retry_at) connect_now(r, now);
 }
 
 void fly_redis_free(fly_redis *r) {

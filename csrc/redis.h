@@ -24,7 +24,7 @@
  * different threads, and a connection shared between them would need a lock
  * on the hot path and a loop to own it. Connecting to a host name resolves it
  * with getaddrinfo, which blocks (hiredis has no asynchronous resolver): at
- * fly_redis_new and at each reconnection, at most every `retry` seconds; an
+ * the first connection and at each reconnection, at most every `retry` seconds; an
  * IP address or a Unix socket never blocks. A single Redis (or a primary) is
  * expected: Redis Cluster's redirections count as wrong answers.
  *
@@ -79,14 +79,19 @@ typedef struct fly_redis_stats {
 } fly_redis_stats;
 
 /* Parses `url` (redis://[[user]:password@]host[:port][/db] or
- * unix:///path.sock[?db=N][&password=P], password percent-encoded) and starts
- * connecting. `timeout`: seconds an admission may wait for its answer;
+ * unix:///path.sock[?db=N][&password=P], password percent-encoded); the
+ * connection opens at the first admission (or fly_redis_connect), so a client
+ * that never admits here (inside nginx, whose transport has buckets of its
+ * own) never opens one. `timeout`: seconds an admission may wait for its answer;
  * `retry`: seconds between reconnection attempts while down. Returns NULL
  * with a message in err (never containing the password) when the URL is bad
  * or memory is short: a programmer error for the caller to raise. A Redis
  * that cannot be reached is not an error here: the limiter starts down. */
-fly_redis *fly_redis_new(const char *url, double timeout, double retry, double now, char *err,
-                         size_t errlen);
+fly_redis *fly_redis_new(const char *url, double timeout, double retry, char *err, size_t errlen);
+
+/* Starts connecting now, unless a connection is open or the limiter is down
+ * and not yet due to retry. */
+void fly_redis_connect(fly_redis *r, double now);
 
 /* Closes the connection; pending admissions are dropped without results. */
 void fly_redis_free(fly_redis *r);

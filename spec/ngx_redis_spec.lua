@@ -72,6 +72,24 @@ describe("fly.ngx.redis #nginx", function()
     assert.matches("fly:rl:owner1:Machines_start:m%-1", cli("--scan --pattern 'fly:rl:owner1:*'"))
   end)
 
+  it("opens no Redis connection of the core's own for clients made inside nginx", function()
+    -- the transport inside nginx admits through fly.ngx.redis: a connection from the core
+    -- would sit unused for each client, for each request that makes one
+    local function connected() return tonumber(cli("info clients"):match("connected_clients:(%d+)")) end
+    local before = connected()
+    assert.is_true(n:run(([[
+      local keep = {}
+      for i = 1, 5 do
+        keep[i] = require("fly").new { token = "t", base_url = "http://127.0.0.1:9",
+          rate_limit = { redis = %q } }
+      end
+      package.loaded["spec.kept_clients"] = keep -- alive after this request
+      ngx.sleep(0.2)
+      return true
+    ]]):format(url())))
+    assert.equals(before, connected())
+  end)
+
   it("spaces concurrent admissions as one bucket would", function()
     local key = "owner2|Machines_start|m-" .. os.time()
     local all, shared = run(("return fire(%q, 20, %q, 20, 3)"):format(url(), key))

@@ -221,11 +221,12 @@ int main(int argc, char **argv) {
     curl_global_init(CURL_GLOBAL_DEFAULT);
   }
   unsigned seed = (unsigned)getpid() ^ (unsigned)(fly_now() * 1e6);
-  fly_redis *r = fly_redis_new(url, timeout, retry, fly_now(), err, sizeof err);
+  fly_redis *r = fly_redis_new(url, timeout, retry, err, sizeof err);
   if (!r) {
     fprintf(stderr, "redis-driver: %s\n", err);
     return 2;
   }
+  fly_redis_connect(r, fly_now()); /* connected (and the script loaded) before any pause */
   slot *slots = calloc((size_t)count + 1, sizeof *slots);
   if (!slots) return 1;
   for (int k = 0; k < count; k++) slots[k].n = k + 1;
