@@ -187,6 +187,23 @@ describe("machine leases", function()
       assert(m:stop()) -- no lease in the way
     end)
 
+    it("releases a lease granted after the task asking for it was cancelled", function()
+      -- the server takes 0.5 s to grant it; the task is cancelled meanwhile
+      H.fault { op = "Machines_create_lease", kind = "delay", delay = 0.5, count = 1 }
+      local entered = false
+      local holder = c:spawn(function()
+        return m:with_lease({ ttl = 30 }, function() entered = true end)
+      end)
+      c:poll(0.1) -- the request for the lease is on its way
+      assert.is_true(holder:cancel())
+      local granted_by = fly.now() + 0.5
+      assert.is_true(c:run(10)) -- the grant comes back, and is released
+      if fly.now() < granted_by then c:sleep(granted_by - fly.now() + 0.2) end
+      assert.is_false(entered)
+      assert.is_nil((m:get_lease()))
+      assert(m:stop()) -- no lease in the way
+    end)
+
     it("releases when the client closes while a task holds it", function()
       local closing = H.client()
       local cm = assert(closing.machines:get(app, m.id))

@@ -430,6 +430,22 @@ local function release(c, app, id, nonce, d)
   return call(c, "Machines_release_lease", { app_name = app, machine_id = id, lease_nonce = nonce }, nil, d + 1)
 end
 
+-- Asks for the lease. Inside a task (`holder`) the request is made by a task of its own, so
+-- that cancelling the holder never abandons a grant in flight: the holder's cleanup waits for
+-- the answer and releases what was granted.
+local function acquire(c, app, id, body, d, holder)
+  local params = { app_name = app, machine_id = id, body = body }
+  if not holder then return call(c, "Machines_create_lease", params, nil, d + 1) end
+  local asking = c:spawn(call, c, "Machines_create_lease", params, nil, 1)
+  local hook = loop.on_cancel(holder, function()
+    local granted = parse_lease((asking:join()))
+    if type(granted) == "table" and granted.nonce then release(c, app, id, granted.nonce, 1) end
+  end)
+  local lease, err = asking:join()
+  loop.off_cancel(holder, hook)
+  return lease, err
+end
+
 -- Runs fn(leased, lease) while holding a lease; see the README, Leases. `base` is the
 -- Machine with_lease was called on (nil from the namespace): `leased` is a view of it.
 local function with_lease(c, app, id, opts, fn, base, name, d)
@@ -440,9 +456,10 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   local ttl = opts.ttl or Machines.DEFAULT_LEASE_TTL
   local give_up = now() + (opts.wait or 0)
   local body = { ttl = math.ceil(ttl), description = opts.description or "fly-machines (Lua)" }
+  local holder = loop.current(c)
   local lease, err
   while true do
-    lease, err = call(c, "Machines_create_lease", { app_name = app, machine_id = id, body = body }, nil, d + 1)
+    lease, err = acquire(c, app, id, body, d + 1, holder)
     if lease then break end
     if err.status ~= 409 then return nil, err end
     local left = give_up - now()
@@ -451,12 +468,19 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   end
   lease = parse_lease(lease)
   local nonce = lease.nonce
+  -- from here a task cancelled never gets back: release from a task then
+  local refresher
+  local hook = holder and loop.on_cancel(holder, function()
+    if refresher then refresher:cancel() end
+    release(c, app, id, nonce, 1)
+  end)
   local fields
   if base then
     fields = merge(base)
   else
     local m, gerr = call(c, "Machines_show", { app_name = app, machine_id = id }, nil, d + 1)
     if not m then
+      if hook then loop.off_cancel(holder, hook) end
       release(c, app, id, nonce, d + 1)
       return nil, gerr
     end
@@ -465,18 +489,12 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   local leased = resource.bind(Machine, fields, c, { app = app, nonce = nonce, lease = lease, view = base })
   local interval = math.max((math.ceil(ttl) - 1) / 3, 0.2)
   local refresh = { app_name = app, machine_id = id, lease_nonce = nonce, body = { ttl = math.ceil(ttl) } }
-  local refresher = c:spawn(function()
+  refresher = c:spawn(function()
     while true do
       c:sleep(interval)
       local fresh = parse_lease((call(c, "Machines_create_lease", refresh, nil, 1)))
       if type(fresh) == "table" and fresh.expires_at then lease.expires_at = fresh.expires_at end
     end
-  end)
-  -- a task cancelled inside fn never gets back here: release from a task then
-  local holder = loop.current(c)
-  local hook = holder and loop.on_cancel(holder, function()
-    refresher:cancel()
-    release(c, app, id, nonce, 1)
   end)
   local results = pack(compat.pcall(fn, leased, lease))
   if hook then loop.off_cancel(holder, hook) end
