@@ -275,6 +275,22 @@ describe("the client inside nginx #nginx", function()
     assert.equals("cancelled,done", statuses)
     -- nginx answers once the handler's light threads have ended: well before the 30 s sleep
     assert.is_true(require("socket").gettime() - start < 10)
+    -- of two tasks joining the same one, the one cancelled by another task wakes, not the other
+    start = require("socket").gettime()
+    local joined = run [[
+      local long = c:spawn(function() c:sleep(30) end)
+      local first = c:spawn(function() return long:join() end)
+      local second = c:spawn(function() return long:join() end)
+      local canceller = c:spawn(function() c:sleep(0.05) return second:cancel() end)
+      assert(canceller:join())
+      assert(ngx.thread.wait(second._thread)) -- its light thread ends
+      local still = first:status()
+      long:cancel()
+      first:join()
+      return still .. "," .. second:status()
+    ]]
+    assert.equals("running,cancelled", joined)
+    assert.is_true(require("socket").gettime() - start < 10)
   end)
 
   it("verifies TLS against lua_ssl_trusted_certificate; insecure turns it off", function()

@@ -104,7 +104,7 @@ local function finish(task, status, ...)
     st.tasks[task] = nil
     st.count = st.count - 1
   end
-  if task._sema and task._joiners > 0 then task._sema:post(task._joiners) end
+  for sema in pairs(task._joiners) do sema:post(1) end
   if st.sema and st.waiting > 0 then st.sema:post(st.waiting) end
 end
 
@@ -238,7 +238,7 @@ end
 function loop.spawn(client, fn, ...)
   phase.check(user_level())
   next_id = next_id + 1
-  local task = setmetatable({ client = client, _status = "running", _id = next_id, _joiners = 0 }, Task)
+  local task = setmetatable({ client = client, _status = "running", _id = next_id, _joiners = {} }, Task)
   local st = state(client)
   st.tasks[task] = true
   st.count = st.count + 1
@@ -276,13 +276,15 @@ function Task:join(timeout)
     if left <= 0 then
       return nil, Error.new { code = "timeout", message = "the task did not finish in time" }
     end
-    self._sema = self._sema or new_semaphore()
-    self._joiners = self._joiners + 1
+    -- a semaphore for this wait alone: the end of the task posts it, and so does a cancel of
+    -- the joiner, which then wakes this joiner and no other
+    local sema = new_semaphore()
+    self._joiners[sema] = true
     local me = running_task()
-    if me then me._waits_on = self._sema end -- a cancel of the joiner wakes it
-    self._sema:wait(math.min(left, 60))
+    if me then me._waits_on = sema end
+    sema:wait(math.min(left, 60))
     if me then me._waits_on = nil end
-    self._joiners = self._joiners - 1
+    self._joiners[sema] = nil
     check_cancelled()
   end
   return self:result()
