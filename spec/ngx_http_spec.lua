@@ -50,7 +50,7 @@ describe("fly.ngx.http #nginx", function()
   end)
 
   it("parses the head: names any case, values trimmed, repeated ones joined, bad lines refused", function()
-    local headers, lines, e1, e2 = run([[
+    local headers, lines, e1, e2, head = run([[
       script.define("head", { {"send", "HTTP/1.1 200 OK\r\nX-A:1\r\nx-a: \t2 \t\r\nX-Empty:\r\n"
         .. "Content-Type:  application/json ;x=1\r\nContent-Length: 2\r\n\r\nok"} })
       script.define("nameless", { {"send", "HTTP/1.1 200 OK\r\n: v\r\nContent-Length: 0\r\n\r\n"} })
@@ -58,7 +58,7 @@ describe("fly.ngx.http #nginx", function()
       local res = assert(call("head"))
       local _, e1 = call("nameless")
       local _, e2 = call("spaced")
-      return res.headers, res.header_lines, e1, e2
+      return res.headers, res.header_lines, e1, e2, res.head
     ]])
     assert.equal("1, 2", headers["x-a"])
     assert.equal("", headers["x-empty"])
@@ -67,6 +67,7 @@ describe("fly.ngx.http #nginx", function()
       lines)
     assert.equal("protocol", e1.code)
     assert.equal("protocol", e2.code)
+    assert.equal("HTTP/1.1 200 OK\r\nX-A:1\r\n", head:sub(1, 24))
   end)
 
   it("reads a response that arrives in small pieces", function()

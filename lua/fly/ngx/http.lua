@@ -179,15 +179,13 @@ local function parse_head(head, lines)
   return tonumber(status), minor == "1" and "1.1" or "1.0", headers
 end
 
--- A response's header lines, made when first asked for (`res.header_lines`).
-local heads = setmetatable({}, { __mode = "k" })
+-- A response's header lines, made from its head when first asked for (`res.header_lines`).
 local Response = {
   __index = function(res, k)
-    if k ~= "header_lines" or not heads[res] then return nil end
+    if k ~= "header_lines" then return nil end
     local lines = {}
-    parse_head(heads[res], lines)
+    parse_head(rawget(res, "head"), lines)
     rawset(res, "header_lines", lines)
-    heads[res] = nil
     return lines
   end,
 }
@@ -284,6 +282,8 @@ local function has_token(value, token)
   return false
 end
 
+local connect_options = {}
+
 -- Connects (and shakes hands for TLS); returns sock, reused times, or nil, err.
 local function open(req, opts, deadline, fresh)
   local verify = not opts.insecure
@@ -294,8 +294,8 @@ local function open(req, opts, deadline, fresh)
   local ct = min(opt(opts, "connect_timeout"), remaining(deadline))
   if ct <= 0 then return fail("timeout", "the attempt's time ran out before connecting", false) end
   sock:settimeouts(ms(ct), ms(remaining(deadline)), ms(remaining(deadline)))
-  local ok, err = sock:connect(opts.address or req.host, req.port,
-    { pool = pool, pool_size = opts.pool_size })
+  connect_options.pool, connect_options.pool_size = pool, opts.pool_size -- read by connect at once
+  local ok, err = sock:connect(opts.address or req.host, req.port, connect_options)
   if not ok then
     local code = "connect"
     if err == "timeout" then code = "timeout"
@@ -389,9 +389,7 @@ local function exchange(sock, req, opts, deadline, keep)
   -- bytes after the response (a server that sent more than it framed): not a connection to reuse
   local reusable = keep and framed and not extra and version == "1.1"
     and not has_token(headers["connection"], "close")
-  local res = setmetatable({ status = status, headers = headers, body = body }, Response)
-  heads[res] = head
-  return res, reusable
+  return setmetatable({ status = status, head = head, headers = headers, body = body }, Response), reusable
 end
 
 local function check_req(req)
@@ -423,8 +421,9 @@ end
 --   `insecure` (true: no certificate or host name verification), `server_name` (SNI and
 --   verification name, default `host`), `address` (connect here instead of `host`),
 --   `max_header`, `max_body` (bytes), `keepalive_timeout` (seconds), `pool_size`
--- @treturn table `{ status, headers = {lower-case name = value}, header_lines = {"Name: value"},
---   body, reused = times the connection was used before }`
+-- @treturn table `{ status, head (the status line and header lines as received), headers =
+--   {lower-case name = value}, header_lines = {"Name: value"}, body, reused = times the
+--   connection was used before }`
 -- @return or nil and an error `{ code, message, sent }`: code `"connect"`, `"resolve"`,
 --   `"tls"`, `"timeout"`, `"reset"`, `"protocol"` or `"too_large"`; `sent` false when the
 --   request cannot have reached the server

@@ -151,7 +151,7 @@ local function http_options(w)
   local opts = { timeout = w.timeout, connect_timeout = w.connect_timeout, insecure = w.insecure,
     max_body = w.max_body }
   local host = w.host
-  local v6 = host:match("^%[(.*)%]$")
+  local v6 = host:byte(1) == 91 and host:match("^%[(.*)%]$") -- "[v6 address]"
   if v6 then
     opts.address, opts.server_name = v6, v6
   elseif host == "localhost" then
