@@ -1,8 +1,13 @@
 /*
- * bench/plain.c — the baseline for bench/run: N sequential GETs of one URL
- * with plain libcurl, the way a careful C program would do them.
+ * bench/plain.c — the baseline for bench/run: N sequential GETs with plain
+ * libcurl, the way a careful C program would do them.
  *
- *   usage: plain URL N TOKEN
+ *   usage: plain [--ids] URL N TOKEN
+ *
+ * Without --ids every request fetches URL.  With --ids, URL is a prefix and
+ * each request fetches a URL of its own: URL followed by a new 14-character
+ * machine id ("e2865" and 9 hex digits of a counter, as bench/get.lua makes
+ * them), set on the handle before each request.
  *
  * One easy handle, reused for every request (so one keep-alive connection),
  * the same request headers the fly module sends (Authorization, User-Agent,
@@ -24,6 +29,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* the first characters of every machine id made with --ids */
+#define ID_PREFIX "e2865"
 
 #ifndef BENCH_USER_AGENT
 #define BENCH_USER_AGENT "fly-machines (bench/plain.c)"
@@ -62,12 +70,21 @@ static double now(void)
 }
 
 /* One request; returns the body length, or -1 (message on stderr). */
-static long get_once(CURL *h, long i)
+static long get_once(CURL *h, long i, const char *prefix)
 {
     struct buf b = {NULL, 0, 0};
     long status = 0, len;
     CURLcode rc;
 
+    if (prefix) {
+        char url[2048];
+        int w = snprintf(url, sizeof url, "%s%s%09lx", prefix, ID_PREFIX, (unsigned long)i);
+        if (w < 0 || (size_t)w >= sizeof url) {
+            fprintf(stderr, "plain: URL too long\n");
+            return -1;
+        }
+        curl_easy_setopt(h, CURLOPT_URL, url); /* libcurl copies it */
+    }
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
     rc = curl_easy_perform(h);
     if (rc != CURLE_OK) {
@@ -88,7 +105,7 @@ static long get_once(CURL *h, long i)
 
 int main(int argc, char **argv)
 {
-    const char *url, *token, *ua;
+    const char *url, *token, *ua, *prefix = NULL;
     char *end, *auth;
     long n, i, len = 0;
     struct curl_slist *headers = NULL;
@@ -96,8 +113,13 @@ int main(int argc, char **argv)
     double t0, dt;
     int status = 1;
 
+    if (argc == 5 && strcmp(argv[1], "--ids") == 0) {
+        argv++;
+        argc--;
+        prefix = argv[1];
+    }
     if (argc != 4) {
-        fprintf(stderr, "usage: %s URL N TOKEN\n", argv[0]);
+        fprintf(stderr, "usage: %s [--ids] URL N TOKEN\n", argv[0]);
         return 2;
     }
     url = argv[1];
@@ -141,12 +163,12 @@ int main(int argc, char **argv)
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
 
     /* warm-up: opens the connection, not timed */
-    if (get_once(h, 0) < 0)
+    if (get_once(h, 0, prefix) < 0)
         goto done;
 
     t0 = now();
     for (i = 1; i <= n; i++) {
-        len = get_once(h, i);
+        len = get_once(h, i, prefix);
         if (len < 0)
             goto done;
     }
