@@ -15,8 +15,9 @@
 -- goes the whole way: request through the core, response body decoded into a
 -- Lua table, and the result checked (the app's name, or the machine's id).
 --
--- Output (stdout, one line, first field is the rate), same shape as plain.c:
---   <rate> requests/s (N=<n>, <seconds> s, clock=<which>)
+-- Output (stdout, one line, first field is the rate), same shape as plain.c
+-- (cpu: this process's processor time, os.clock, over the timed calls):
+--   <rate> requests/s (N=<n>, <seconds> s, clock=<which>, cpu=<us> us/request)
 -- Any failed call raises an error (non-zero exit).
 
 local APP = "bench-app"
@@ -109,9 +110,10 @@ end
 for i = 1, warmup do get_once(-i) end
 collectgarbage()
 
-local t0 = stamp()
+local c0, t0 = os.clock(), stamp()
 for i = 1, n do get_once(i) end
-local t1 = stamp()
+local t1, c1 = stamp(), os.clock()
 
 local dt, clock = elapsed(t0, t1)
-io.write(("%.1f requests/s (N=%d, %.3f s, clock=%s)\n"):format(n / dt, n, dt, clock))
+io.write(("%.1f requests/s (N=%d, %.3f s, clock=%s, cpu=%.2f us/request)\n"):format(n / dt, n, dt, clock,
+  (c1 - c0) / n * 1e6))

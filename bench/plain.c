@@ -17,8 +17,9 @@
  * hands the body to the JSON decoder).  The body is not parsed.
  *
  * One untimed request opens the connection; the N timed requests follow.
- * Output (stdout, one line, first field is the rate):
- *   <rate> requests/s (N=<n>, <seconds> s, <bytes> body bytes/request)
+ * Output (stdout, one line, first field is the rate; cpu is this process's
+ * processor time, user + system, over the timed requests):
+ *   <rate> requests/s (N=<n>, <seconds> s, <bytes> body bytes/request, cpu=<us> us/request)
  * Exit status is non-zero when any request fails or answers other than 200.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -62,12 +63,17 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static double now(void)
+static double clock_s(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
+
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
+
+/* processor time of this process (user + system), seconds */
+static double cpu(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
 /* One request; returns the body length, or -1 (message on stderr). */
 static long get_once(CURL *h, long i, const char *prefix)
@@ -110,7 +116,7 @@ int main(int argc, char **argv)
     long n, i, len = 0;
     struct curl_slist *headers = NULL;
     CURL *h;
-    double t0, dt;
+    double t0, dt, c0, dc;
     int status = 1;
 
     if (argc == 5 && strcmp(argv[1], "--ids") == 0) {
@@ -167,15 +173,17 @@ int main(int argc, char **argv)
         goto done;
 
     t0 = now();
+    c0 = cpu();
     for (i = 1; i <= n; i++) {
         len = get_once(h, i, prefix);
         if (len < 0)
             goto done;
     }
     dt = now() - t0;
+    dc = cpu() - c0;
 
-    printf("%.1f requests/s (N=%ld, %.3f s, %ld body bytes/request)\n",
-           (double)n / dt, n, dt, len);
+    printf("%.1f requests/s (N=%ld, %.3f s, %ld body bytes/request, cpu=%.2f us/request)\n",
+           (double)n / dt, n, dt, len, dc / (double)n * 1e6);
     status = 0;
 
 done:
