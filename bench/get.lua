@@ -1,21 +1,32 @@
--- bench/get.lua — N sequential `client.apps:get(name)` calls through the fly module.
+-- bench/get.lua — N sequential get calls through the fly module.
 --
---   usage: lua5.4 bench/get.lua BASE_URL N TOKEN [WARMUP]
+--   usage: lua5.4 bench/get.lua [--machines] BASE_URL N TOKEN [WARMUP]
+--
+-- Without --machines: `client.apps:get("bench-app")` on a client made with
+-- `rate_limit = false`.  With --machines: the default settings
+-- (`fly.new { token, base_url }`, so every call goes through the rate
+-- limiter) and `client.machines:get("bench-app", id)` with a new machine id
+-- for every call ("e2865" and 9 hex digits of a counter, as
+-- `build/bench-plain --ids` makes them), so every call meets a per-machine
+-- bucket that does not exist yet: the limiter's worst case.
 --
 -- Run by bench/run against its local nginx (bench/server.conf.in), next to
 -- build/bench-plain doing the same requests with bare libcurl.  Every call
 -- goes the whole way: request through the core, response body decoded into a
--- Lua table, and the result checked (`app.name == "bench-app"`).
+-- Lua table, and the result checked (the app's name, or the machine's id).
 --
--- Output (stdout, one line, first field is the rate), same shape as plain.c:
---   <rate> requests/s (N=<n>, <seconds> s, clock=<which>)
+-- Output (stdout, one line, first field is the rate), same shape as plain.c
+-- (cpu: this process's processor time, os.clock, over the timed calls):
+--   <rate> requests/s (N=<n>, <seconds> s, clock=<which>, cpu=<us> us/request)
 -- Any failed call raises an error (non-zero exit).
 
 local APP = "bench-app"
 
-local base_url, n, token, warmup = arg[1], tonumber(arg[2]), arg[3], tonumber(arg[4] or "")
+local machines = arg[1] == "--machines"
+local a0 = machines and 1 or 0
+local base_url, n, token, warmup = arg[a0 + 1], tonumber(arg[a0 + 2]), arg[a0 + 3], tonumber(arg[a0 + 4] or "")
 if not (base_url and n and token) or n < 1 or n ~= math.floor(n) then
-  io.stderr:write("usage: lua5.4 bench/get.lua BASE_URL N TOKEN [WARMUP]\n")
+  io.stderr:write("usage: lua5.4 bench/get.lua [--machines] BASE_URL N TOKEN [WARMUP]\n")
   os.exit(2)
 end
 warmup = warmup or math.min(n, 500)
@@ -70,26 +81,39 @@ end
 
 ---------------------------------------------------------------------------
 
-local client = fly.new { token = token, base_url = base_url, rate_limit = false }
+local client
 
-local function get_once(i) -- i < 0: warm-up call -i
-  local app, err = client.apps:get(APP)
-  if not app then
-    local what = i < 0 and "warm-up call" or "call"
-    error(("get.lua: %s %d failed: %s"):format(what, math.abs(i), tostring(err)), 0)
+local function failed(i, what)
+  error(("get.lua: %s %d %s"):format(i < 0 and "warm-up call" or "call", math.abs(i), what), 0)
+end
+
+local get_once -- i < 0: warm-up call -i
+if machines then
+  client = fly.new { token = token, base_url = base_url }
+  local seq = 0
+  get_once = function(i)
+    seq = seq + 1
+    local id = ("e2865%09x"):format(seq)
+    local m, err = client.machines:get(APP, id)
+    if not m then failed(i, "failed: " .. tostring(err)) end
+    if m.id ~= id then failed(i, ("unexpected result (id = %s, want %s)"):format(tostring(m.id), id)) end
   end
-  if app.name ~= APP then
-    local what = i < 0 and "warm-up call" or "call"
-    error(("get.lua: %s %d: unexpected result (name = %s)"):format(what, math.abs(i), tostring(app.name)), 0)
+else
+  client = fly.new { token = token, base_url = base_url, rate_limit = false }
+  get_once = function(i)
+    local app, err = client.apps:get(APP)
+    if not app then failed(i, "failed: " .. tostring(err)) end
+    if app.name ~= APP then failed(i, ("unexpected result (name = %s)"):format(tostring(app.name))) end
   end
 end
 
 for i = 1, warmup do get_once(-i) end
 collectgarbage()
 
-local t0 = stamp()
+local c0, t0 = os.clock(), stamp()
 for i = 1, n do get_once(i) end
-local t1 = stamp()
+local t1, c1 = stamp(), os.clock()
 
 local dt, clock = elapsed(t0, t1)
-io.write(("%.1f requests/s (N=%d, %.3f s, clock=%s)\n"):format(n / dt, n, dt, clock))
+io.write(("%.1f requests/s (N=%d, %.3f s, clock=%s, cpu=%.2f us/request)\n"):format(n / dt, n, dt, clock,
+  (c1 - c0) / n * 1e6))

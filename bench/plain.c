@@ -1,8 +1,13 @@
 /*
- * bench/plain.c — the baseline for bench/run: N sequential GETs of one URL
- * with plain libcurl, the way a careful C program would do them.
+ * bench/plain.c — the baseline for bench/run: N sequential GETs with plain
+ * libcurl, the way a careful C program would do them.
  *
- *   usage: plain URL N TOKEN
+ *   usage: plain [--ids] URL N TOKEN
+ *
+ * Without --ids every request fetches URL.  With --ids, URL is a prefix and
+ * each request fetches a URL of its own: URL followed by a new 14-character
+ * machine id ("e2865" and 9 hex digits of a counter, as bench/get.lua makes
+ * them), set on the handle before each request.
  *
  * One easy handle, reused for every request (so one keep-alive connection),
  * the same request headers the fly module sends (Authorization, User-Agent,
@@ -12,8 +17,9 @@
  * hands the body to the JSON decoder).  The body is not parsed.
  *
  * One untimed request opens the connection; the N timed requests follow.
- * Output (stdout, one line, first field is the rate):
- *   <rate> requests/s (N=<n>, <seconds> s, <bytes> body bytes/request)
+ * Output (stdout, one line, first field is the rate; cpu is this process's
+ * processor time, user + system, over the timed requests):
+ *   <rate> requests/s (N=<n>, <seconds> s, <bytes> body bytes/request, cpu=<us> us/request)
  * Exit status is non-zero when any request fails or answers other than 200.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -24,6 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* the first characters of every machine id made with --ids */
+#define ID_PREFIX "e2865"
 
 #ifndef BENCH_USER_AGENT
 #define BENCH_USER_AGENT "fly-machines (bench/plain.c)"
@@ -54,20 +63,34 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static double now(void)
+static double clock_s(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
+
+/* processor time of this process (user + system), seconds */
+static double cpu(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
+
 /* One request; returns the body length, or -1 (message on stderr). */
-static long get_once(CURL *h, long i)
+static long get_once(CURL *h, long i, const char *prefix)
 {
     struct buf b = {NULL, 0, 0};
     long status = 0, len;
     CURLcode rc;
 
+    if (prefix) {
+        char url[2048];
+        int w = snprintf(url, sizeof url, "%s%s%09lx", prefix, ID_PREFIX, (unsigned long)i);
+        if (w < 0 || (size_t)w >= sizeof url) {
+            fprintf(stderr, "plain: URL too long\n");
+            return -1;
+        }
+        curl_easy_setopt(h, CURLOPT_URL, url); /* libcurl copies it */
+    }
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
     rc = curl_easy_perform(h);
     if (rc != CURLE_OK) {
@@ -88,16 +111,21 @@ static long get_once(CURL *h, long i)
 
 int main(int argc, char **argv)
 {
-    const char *url, *token, *ua;
+    const char *url, *token, *ua, *prefix = NULL;
     char *end, *auth;
     long n, i, len = 0;
     struct curl_slist *headers = NULL;
     CURL *h;
-    double t0, dt;
+    double t0, dt, c0, dc;
     int status = 1;
 
+    if (argc == 5 && strcmp(argv[1], "--ids") == 0) {
+        argv++;
+        argc--;
+        prefix = argv[1];
+    }
     if (argc != 4) {
-        fprintf(stderr, "usage: %s URL N TOKEN\n", argv[0]);
+        fprintf(stderr, "usage: %s [--ids] URL N TOKEN\n", argv[0]);
         return 2;
     }
     url = argv[1];
@@ -141,19 +169,21 @@ int main(int argc, char **argv)
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
 
     /* warm-up: opens the connection, not timed */
-    if (get_once(h, 0) < 0)
+    if (get_once(h, 0, prefix) < 0)
         goto done;
 
     t0 = now();
+    c0 = cpu();
     for (i = 1; i <= n; i++) {
-        len = get_once(h, i);
+        len = get_once(h, i, prefix);
         if (len < 0)
             goto done;
     }
     dt = now() - t0;
+    dc = cpu() - c0;
 
-    printf("%.1f requests/s (N=%ld, %.3f s, %ld body bytes/request)\n",
-           (double)n / dt, n, dt, len);
+    printf("%.1f requests/s (N=%ld, %.3f s, %ld body bytes/request, cpu=%.2f us/request)\n",
+           (double)n / dt, n, dt, len, dc / (double)n * 1e6);
     status = 0;
 
 done:

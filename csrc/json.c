@@ -40,6 +40,9 @@
  * level that may still open below it (its placeholder and a member name),
  * and room for the innermost value, a luaL_Buffer's pieces included. */
 #define RESERVE(depth) (2 * (MAX_DEPTH - (depth)) + 32)
+/* Members gathered between two checks of the stack (each takes at most two
+ * slots): a check asks for RESERVE plus their room. */
+#define CHECK_EVERY 16
 
 typedef struct {
   lua_State *L;
@@ -61,8 +64,17 @@ static const unsigned char stops[256] = {
   ['"'] = 1, ['\\'] = 1,
 };
 
+/* Whitespace: JSON's four bytes. */
+static const unsigned char spaces[256] = {[' '] = 1, ['\n'] = 1, ['\r'] = 1, ['\t'] = 1};
+
+/* The scanning loops below read through a local pointer and store d->p once:
+ * through d->p itself, every byte read (a char, which may alias anything)
+ * would force the pointer back to memory and reload it. */
 static void skip_ws(decoder *d) {
-  while (*d->p == ' ' || *d->p == '\n' || *d->p == '\r' || *d->p == '\t') d->p++;
+  const char *p = d->p;
+  if (!spaces[(unsigned char)*p]) return; /* bodies from the API are compact */
+  while (spaces[(unsigned char)*p]) p++;
+  d->p = p;
 }
 
 static int fail(decoder *d, const char *msg) {
@@ -98,16 +110,26 @@ static void add_utf8(luaL_Buffer *b, unsigned cp) {
   luaL_addlstring(b, out, (size_t)n);
 }
 
+static int escaped_string(decoder *d, const char *s);
+
 /* A string (d->p at the opening quote) pushed on the stack. */
 static int string(decoder *d) {
-  const char *s = ++d->p;
-  while (!stops[(unsigned char)*d->p]) d->p++;
-  if (d->p >= d->end) return fail(d, "unterminated string");
-  if (*d->p == '"') { /* no escapes: the common case */
-    lua_pushlstring(d->L, s, (size_t)(d->p - s));
-    d->p++;
+  const char *s = d->p + 1, *p = s;
+  while (!stops[(unsigned char)*p]) p++;
+  if (*p == '"') { /* no escapes: the common case (a quote is never the NUL at the end) */
+    d->p = p + 1;
+    lua_pushlstring(d->L, s, (size_t)(p - s));
     return 1;
   }
+  d->p = p;
+  return escaped_string(d, s);
+}
+
+/* The rest of a string that holds an escape or a control character, or
+ * ends early (d->p there, its content from s): apart from string() so that
+ * the common case keeps a small frame, without the buffer. */
+static __attribute__((noinline)) int escaped_string(decoder *d, const char *s) {
+  if (d->p >= d->end) return fail(d, "unterminated string");
   luaL_Buffer b;
   luaL_buffinit(d->L, &b);
   luaL_addlstring(&b, s, (size_t)(d->p - s));
@@ -115,9 +137,10 @@ static int string(decoder *d) {
     unsigned char c = (unsigned char)*d->p;
     if (c < 0x20) return fail(d, "control character in string");
     if (c != '\\') {
-      const char *run = d->p;
-      while (!stops[(unsigned char)*d->p]) d->p++;
-      luaL_addlstring(&b, run, (size_t)(d->p - run));
+      const char *run = d->p, *p = run;
+      while (!stops[(unsigned char)*p]) p++;
+      d->p = p;
+      luaL_addlstring(&b, run, (size_t)(p - run));
       continue;
     }
     if (++d->p >= d->end) return fail(d, "unterminated string");
@@ -253,17 +276,24 @@ static int container(decoder *d, int object) {
   if (++d->depth > MAX_DEPTH) return fail(d, "nested too deeply");
   d->p++;
   lua_pushnil(L); /* the table's place, filled by collect */
-  int t = lua_gettop(L), n = 0;
+  int t = lua_gettop(L), n = 0, room = 0; /* room: members that fit before the next check */
   skip_ws(d);
   if (*d->p == close) {
     d->p++;
   } else {
     for (;;) {
-      if (!lua_checkstack(L, RESERVE(d->depth))) { /* short of stack: move what is gathered into the table */
-        collect(L, t, n, object);
-        n = 0;
-        if (!lua_checkstack(L, RESERVE(d->depth))) return fail(d, "out of stack");
+      if (room == 0) { /* the stack is checked for CHECK_EVERY members at once */
+        if (lua_checkstack(L, RESERVE(d->depth) + 2 * CHECK_EVERY)) {
+          room = CHECK_EVERY;
+        } else { /* short of stack: move what is gathered into the table */
+          collect(L, t, n, object);
+          n = 0;
+          if (lua_checkstack(L, RESERVE(d->depth) + 2 * CHECK_EVERY)) room = CHECK_EVERY;
+          else if (lua_checkstack(L, RESERVE(d->depth))) room = 1;
+          else return fail(d, "out of stack");
+        }
       }
+      room--;
       skip_ws(d);
       if (object) {
         if (*d->p != '"') return fail(d, "expected a member name");

@@ -6,7 +6,11 @@
  * few arithmetic operations. A bucket that has refilled completely carries no
  * information (a new one would start full), so such buckets are dropped once
  * the table grows, which keeps memory bounded by the number of recently used
- * keys. */
+ * keys. A sweep walks the whole table, so the next one waits until the table
+ * has doubled from what the last one left: with a new key per request (a
+ * new machine each call) sweeping costs O(1) per new bucket, not O(buckets),
+ * and the table holds at most twice the buckets still refilling (or
+ * SWEEP_ABOVE). */
 #define _POSIX_C_SOURCE 200809L
 #include "ratelimit.h"
 
@@ -31,6 +35,7 @@ typedef struct bucket {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static bucket *slots[SLOTS];
 static size_t count;
+static size_t sweep_at = SWEEP_ABOVE; /* the count that triggers the next sweep */
 
 double fly_now(void) {
   struct timespec ts;
@@ -73,6 +78,7 @@ static void sweep_locked(double now) {
       }
     }
   }
+  sweep_at = count * 2 > SWEEP_ABOVE ? count * 2 : SWEEP_ABOVE;
 }
 
 /* Returns the bucket for key, creating it full; NULL only when out of memory. */
@@ -80,7 +86,7 @@ static bucket *lookup(const char *key, fly_limit limit, double now) {
   uint32_t slot = hash(key) % SLOTS;
   for (bucket *b = slots[slot]; b; b = b->next)
     if (strcmp(b->key, key) == 0) return b;
-  if (count >= SWEEP_ABOVE) sweep_locked(now);
+  if (count >= sweep_at) sweep_locked(now);
   size_t len = strlen(key);
   bucket *b = malloc(sizeof *b + len + 1);
   if (!b) return NULL;
@@ -130,6 +136,7 @@ __attribute__((destructor)) static void drop_all(void) {
     }
   }
   count = 0;
+  sweep_at = SWEEP_ABOVE;
   pthread_mutex_unlock(&lock);
 }
 

@@ -244,9 +244,14 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
       rawfield(L, 3, op->params[op->scope].name);
       scope = fly_param_string(L, lua_gettop(L), op, op->params[op->scope].name, &scope_len, level);
     }
-    lua_pushfstring(L, "%s|%s|%s", c->identity, op->action, scope);
-    r->rate_key = dupn(lua_tostring(L, -1), fly_rawlen(L, -1));
+    /* "<identity>|<action>|<scope>", made in place (no Lua string per call) */
+    size_t il = strlen(c->identity), al = strlen(op->action), sl = strlen(scope);
+    r->rate_key = malloc(il + al + sl + 3); /* the request owns it: freed by its __gc */
     if (!r->rate_key) luaL_error(L, "fly: out of memory");
+    char *k = r->rate_key;
+    memcpy(k, c->identity, il), k += il, *k++ = '|';
+    memcpy(k, op->action, al), k += al, *k++ = '|';
+    memcpy(k, scope, sl), k[sl] = '\0';
     if (external) r->external = 1; /* the transport admits it: _rate, _admit */
     else {
       p->rate_key = r->rate_key;

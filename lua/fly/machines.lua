@@ -68,6 +68,7 @@ Machines.parse_lease = parse_lease
 
 local function bind_machine(res, c, p, nonce)
   if type(res) ~= "table" then return res end
+  if nonce == nil then return resource.bind_app(Machine, res, c, p.app_name) end
   return resource.bind(Machine, res, c, { app = p.app_name, nonce = nonce })
 end
 

@@ -7,6 +7,7 @@ local Error = require "fly.error"
 local loop = require "fly.loop"
 local core = require "fly.core"
 
+local client_state = core.Client._state
 local request_methods = core.request_mt.methods
 local success, result, json_body = request_methods.success, request_methods.result, request_methods.json
 
@@ -82,7 +83,7 @@ local function binding(class, client, context)
   local plain = app_only(context)
   local by_app
   if plain then
-    local st = client:_state()
+    local st = client_state(client)
     local by_class = st.bindings
     if not by_class then
       by_class = {}
@@ -108,6 +109,18 @@ end
 function resource.bind(class, value, client, context)
   if type(value) ~= "table" then return value end
   return setmetatable(value, binding(class, client, context))
+end
+
+--- Binds a decoded table whose context holds only the app, as
+-- `bind(class, value, client, { app = app })` does, without making that
+-- context table once the binding exists (the fast path of every get).
+function resource.bind_app(class, value, client, app)
+  if type(value) ~= "table" then return value end
+  local by_class = client_state(client).bindings
+  local by_app = by_class and by_class[class]
+  local mt = by_app and by_app[app or false]
+  if not mt then mt = binding(class, client, { app = app }) end
+  return setmetatable(value, mt)
 end
 
 --- The client and context an object was bound with; raises (at the line that
@@ -302,7 +315,12 @@ function resource.declare(ns, desc, list)
         if nargs == 0 then tail = a1 elseif nargs == 1 then tail = a2 elseif nargs == 2 then tail = a3
         elseif nargs == 3 then tail = a4 elseif nargs == 4 then tail = a5 else tail = a6 end
       end
-      local p = {}
+      -- the path parameters go in as the table is made, at its size
+      local p
+      if npath == 0 then p = {}
+      elseif npath == 1 then p = { [pn1] = a1 }
+      elseif npath == 2 then p = { [pn1] = a1, [pn2] = a2 }
+      else p = { [pn1] = a1, [pn2] = a2, [pn3] = a3 } end
       if merge_params then
         if tail_spec == true then
           if tail ~= nil and type(tail) ~= "table" then
@@ -311,19 +329,21 @@ function resource.declare(ns, desc, list)
         else
           resource.options(tail, tail_spec, "params", label, d + 1)
         end
-        if tail then for k, v in next, tail do p[k] = v end end
+        if tail then
+          for k, v in next, tail do p[k] = v end
+          if npath > 0 then -- the path wins over the params table, as before
+            p[pn1] = a1
+            if npath > 1 then
+              p[pn2] = a2
+              if npath > 2 then p[pn3] = a3 end
+            end
+          end
+        end
         tail = EMPTY
       elseif tail_spec then
         tail = resource.options(tail, tail_spec, "opts", label, d + 1)
       else
         tail = EMPTY
-      end
-      if npath > 0 then
-        p[pn1] = a1
-        if npath > 1 then
-          p[pn2] = a2
-          if npath > 2 then p[pn3] = a3 end
-        end
       end
       local copts, why
       if build then
