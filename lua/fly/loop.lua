@@ -19,6 +19,7 @@ local c_step, c_step_until, wait_in_c = core.Client._step, core.Client._step_unt
 local done_fn = core.request_mt.methods.done
 local client_state = core.Client._state
 local pack, unpack, running, can_yield = compat.pack, compat.unpack, compat.running, compat.can_yield
+local co_resume, co_status = coroutine.resume, coroutine.status
 
 -- A step of the C loop, after which the trace hook sees what the step
 -- recorded, before any task hears of the requests it finished.
@@ -82,24 +83,31 @@ local function finish(task, status, ...)
   task._joiners = {}
 end
 
--- Resumes a task and records how it ended, if it did.
-local function step_task(task, ...)
-  if task._status ~= "running" then return end
-  local co = task._co
-  local res = pack(coroutine.resume(co, ...))
-  if coroutine.status(co) == "dead" then
-    if res[1] then
-      finish(task, "done", unpack(res, 2, res.n))
+-- Records how a resume of `task` (its coroutine `co`) ended, if it did:
+-- `ok, ...` are what coroutine.resume returned. Taken as arguments, not
+-- packed in a table: a task is resumed once for every request it makes, and
+-- every table made here is garbage the collector must sweep during a poll.
+local function resumed(task, co, ok, ...)
+  if co_status(co) == "dead" then
+    if ok then
+      finish(task, "done", ...)
     else
-      local err = res[2]
+      local err = ...
       task.traceback = debug.traceback(co, tostring(err))
       finish(task, "failed", nil, Error.new { code = "task_failed", message = tostring(err), cause = err })
     end
-  elseif res[2] ~= AWAIT then
+  elseif (...) ~= AWAIT then
     -- the task yielded on its own: give it another turn on the next step
     local st = state(task.client)
     st.ready[#st.ready + 1] = task
   end
+end
+
+-- Resumes a task and records how it ended, if it did.
+local function step_task(task, ...)
+  if task._status ~= "running" then return end
+  local co = task._co
+  return resumed(task, co, co_resume(co, ...))
 end
 
 -- Resumes the task waiting on a finished request, if any.

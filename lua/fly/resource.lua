@@ -30,9 +30,11 @@ end
 
 --- Submits an operation and waits for it (yielding inside a task).
 -- Programmer errors are raised at `level` (relative to the caller of this
--- function's caller chain, as `error` counts).
+-- function's caller chain, as `error` counts). `own`: `params` is a table
+-- the caller made for this call alone, so its body may be encoded in place
+-- (otherwise a copy takes the encoded body: the caller's table stays as it was).
 -- @return the decoded result, or nil and a fly.Error
-function resource.call(client, op, params, opts, level)
+function resource.call(client, op, params, opts, level, own)
   level = (level or 1) + 1
   if params ~= nil and type(params) ~= "table" then
     error(("fly: %s: params must be a table (got %s)"):format(op, type(params)), level)
@@ -40,10 +42,12 @@ function resource.call(client, op, params, opts, level)
   if params and type(rawget(params, "body")) == "table" then
     local ok, body = pcall(json.encode, rawget(params, "body"))
     if not ok then error(body, level) end
-    local copy = {}
-    for k, v in next, params do copy[k] = v end
-    copy.body = body
-    params = copy
+    if not own then
+      local copy = {}
+      for k, v in next, params do copy[k] = v end
+      params = copy
+    end
+    params.body = body
   end
   local req = loop.submit(client, op, params, opts, level) -- raises programmer errors at `level`
   loop.await(client, req)
@@ -358,7 +362,7 @@ function resource.declare(ns, desc, list)
         nonce = tail.lease_nonce or (ctx and ctx.nonce)
         p.lease_nonce = nonce
       end
-      local res, err = resource.call(client, op, p, copts, d + 1)
+      local res, err = resource.call(client, op, p, copts, d + 1, true)
       if shape then res = shape(res, client, p, nonce) end
       return res, err
     end
