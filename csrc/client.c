@@ -138,6 +138,13 @@ static int open_redis(lua_State *L, fly_client *c, int t) {
     return 1;
   } else if ((c->redis = fly_redis_new(url, timeout, retry, err, sizeof err))) {
     lua_pop(L, 1);
+    /* connected ahead of the first call, unless the client's transport admits
+       its calls itself (inside nginx: fly.ngx.redis), which passes
+       redis_connect = false: then the connection is never opened */
+    rawfield(L, 1, "redis_connect");
+    int connect = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (connect) fly_redis_connect(c->redis, fly_now());
     return 1;
   }
   fly_client_close(L, c);

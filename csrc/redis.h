@@ -24,7 +24,7 @@
  * different threads, and a connection shared between them would need a lock
  * on the hot path and a loop to own it. Connecting to a host name resolves it
  * with getaddrinfo, which blocks (hiredis has no asynchronous resolver): at
- * the first connection and at each reconnection, at most every `retry` seconds; an
+ * fly_redis_connect and at each reconnection, at most every `retry` seconds; an
  * IP address or a Unix socket never blocks. A single Redis (or a primary) is
  * expected: Redis Cluster's redirections count as wrong answers.
  *
@@ -80,9 +80,9 @@ typedef struct fly_redis_stats {
 
 /* Parses `url` (redis://[[user]:password@]host[:port][/db] or
  * unix:///path.sock[?db=N][&password=P], password percent-encoded); the
- * connection opens at the first admission (or fly_redis_connect), so a client
- * that never admits here (inside nginx, whose transport has buckets of its
- * own) never opens one. `timeout`: seconds an admission may wait for its answer;
+ * connection opens at fly_redis_connect or at the first admission, so a
+ * client that never admits here (inside nginx, whose transport has buckets of
+ * its own) need not open one. `timeout`: seconds an admission may wait for its answer;
  * `retry`: seconds between reconnection attempts while down. Returns NULL
  * with a message in err (never containing the password) when the URL is bad
  * or memory is short: a programmer error for the caller to raise. A Redis

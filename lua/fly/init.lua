@@ -144,6 +144,8 @@ function fly.new(opts)
     ca_file = opts.ca_file, insecure = opts.insecure, headers = opts.headers,
     rate_limit = opts.rate_limit, retry = opts.retry, max_body = opts.max_body,
     trace = hooks[1] ~= nil, trace_bodies = opts.trace_bodies,
+    -- inside nginx calls are admitted through fly.ngx.redis: the core's connection stays shut
+    redis_connect = require("fly.ngx.phase").current() == nil,
   })
   if not ok then error(client, 2) end
   if hooks[1] then trace.install(client, hooks) end
