@@ -102,6 +102,15 @@ describe("examples/openresty/nginx.conf #nginx", function()
     print(("\n  examples/openresty: 20 concurrent 200 ms calls in %.2f s"):format(seconds))
   end)
 
+  it("answers 400 with the usage when a parameter is missing", function()
+    local usages = { ["/app"] = "usage: /app?name=NAME", ["/machine?app=x"] = "usage: /machine?app=NAME&id=ID" }
+    for path, usage in pairs(usages) do
+      local body, status = require("socket.http").request(base .. path)
+      assert.equals(400, status)
+      assert.equals(usage .. "\n", body)
+    end
+  end)
+
   it("draws no 429 from the server for 30 concurrent gets of one machine", function()
     local app = H.app(c)
     local m = assert(c.machines:create(app, { config = { image = "nginx" } }))
