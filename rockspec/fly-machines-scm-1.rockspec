@@ -46,6 +46,7 @@ build = {
     ["fly.json"] = "lua/fly/json.lua",
     ["fly.loop"] = "lua/fly/loop.lua",
     ["fly.resource"] = "lua/fly/resource.lua",
+    ["fly.task"] = "lua/fly/task.lua",
     ["fly.trace"] = "lua/fly/trace.lua",
     ["fly.ngx"] = "lua/fly/ngx/init.lua",
     ["fly.ngx.http"] = "lua/fly/ngx/http.lua",

@@ -8,6 +8,7 @@
 -- @module fly.loop
 local core = require "fly.core"
 local Error = require "fly.error"
+local task_base = require "fly.task"
 local compat = require "fly.compat"
 local drain = require("fly.trace").drain
 
@@ -62,13 +63,8 @@ local function existing(client)
 end
 
 --- The Task metatable (`fly.Task`).
-local Task = { __name = "fly.Task" }
-Task.__index = Task
+local Task = task_base.class()
 loop.Task = Task
-
-function Task:__tostring()
-  return ("fly.Task{%s}: %s"):format(self._status, self._id)
-end
 
 local function finish(task, status, ...)
   if task._status ~= "running" then return end -- cancelled meanwhile: that stays
@@ -282,37 +278,16 @@ function loop.spawn(client, fn, ...)
   return task
 end
 
---- "running", "done", "failed" or "cancelled".
-function Task:status()
-  return self._status
-end
-
---- The task's outcome once it has finished: what its function returned; for
--- a task that raised, `nil, err` (code "task_failed", the raised value in
--- `err.cause`); for a cancelled one `nil, err` (code "cancelled"); for one
--- still running `nil, err` (code "running").
-function Task:result()
-  if self._status == "running" then
-    return nil, Error.new { code = "running", message = "the task has not finished" }
-  end
-  return unpack(self._results, 1, self._results.n)
-end
-
 --- Waits for the task to finish (at most `timeout` seconds), from outside any
 -- task or from another task, and returns its result (see Task:result).
 function Task:join(timeout)
-  if timeout ~= nil and type(timeout) ~= "number" then
-    error("fly: join: timeout must be a number (got " .. type(timeout) .. ")", 2)
-  end
   local client = self.client
-  local deadline = timeout and (now_fn() + timeout)
   local me = loop.current(client)
-  if me == self then error("fly: a task cannot join itself", 2) end
+  task_base.check_join(self, timeout, me)
+  local deadline = timeout and (now_fn() + timeout)
   while self._status == "running" do
     local now = now_fn()
-    if deadline and now >= deadline then
-      return nil, Error.new { code = "timeout", message = "the task did not finish in time" }
-    end
+    if deadline and now >= deadline then return nil, task_base.timeout() end
     if me then
       self._joiners[#self._joiners + 1] = me
       local timer = deadline and client:_timer(deadline - now)

@@ -19,6 +19,7 @@
 -- @module fly.ngx.loop
 local core = require "fly.core"
 local Error = require "fly.error"
+local task_base = require "fly.task"
 local compat = require "fly.compat"
 local phase = require "fly.ngx.phase"
 local http = require "fly.ngx.http"
@@ -75,13 +76,8 @@ local function new_semaphore()
 end
 
 --- The Task metatable (`fly.Task`) inside nginx.
-local Task = { __name = "fly.Task" }
-Task.__index = Task
+local Task = task_base.class()
 loop.Task = Task
-
-function Task:__tostring()
-  return ("fly.Task{%s}: %s"):format(self._status, self._id)
-end
 
 --- The task running the current light thread, whatever its client.
 local function running_task()
@@ -250,32 +246,14 @@ function loop.spawn(client, fn, ...)
   return task
 end
 
---- "running", "done", "failed" or "cancelled".
-function Task:status()
-  return self._status
-end
-
---- The task's outcome once it has finished (see fly.loop's Task:result).
-function Task:result()
-  if self._status == "running" then
-    return nil, Error.new { code = "running", message = "the task has not finished" }
-  end
-  return unpack(self._results, 1, self._results.n)
-end
-
 --- Waits for the task to finish (at most `timeout` seconds) and returns its result.
 function Task:join(timeout)
-  if timeout ~= nil and type(timeout) ~= "number" then
-    error("fly: join: timeout must be a number (got " .. type(timeout) .. ")", 2)
-  end
-  if running_task() == self then error("fly: a task cannot join itself", 2) end
+  task_base.check_join(self, timeout, running_task())
   if self._status == "running" then phase.check(user_level()) end
   local deadline = timeout and (now() + timeout)
   while self._status == "running" do
     local left = deadline and (deadline - now()) or 60
-    if left <= 0 then
-      return nil, Error.new { code = "timeout", message = "the task did not finish in time" }
-    end
+    if left <= 0 then return nil, task_base.timeout() end
     -- a semaphore for this wait alone: the end of the task posts it, and so does a cancel of
     -- the joiner, which then wakes this joiner and no other
     local sema = new_semaphore()

@@ -1,0 +1,52 @@
+--- What the tasks of every driver share (`fly.loop`, and `fly.ngx.loop` inside nginx): the
+-- `fly.Task` class's name, status and result, and the checks `join` makes of its arguments.
+-- Each driver adds how a task runs, joins and is cancelled.
+-- @module fly.task
+local Error = require "fly.error"
+local unpack = require("fly.compat").unpack
+
+local task = {}
+
+--- A new Task class (metatable), with `__tostring`, `status` and `result`.
+-- @treturn table the class
+function task.class()
+  local Task = { __name = "fly.Task" }
+  Task.__index = Task
+
+  function Task:__tostring()
+    return ("fly.Task{%s}: %s"):format(self._status, self._id)
+  end
+
+  --- "running", "done", "failed" or "cancelled".
+  function Task:status()
+    return self._status
+  end
+
+  --- The task's outcome once it has finished: what its function returned; for a task that
+  -- raised, `nil, err` (code "task_failed", the raised value in `err.cause`); for a cancelled
+  -- one `nil, err` (code "cancelled"); for one still running `nil, err` (code "running").
+  function Task:result()
+    if self._status == "running" then
+      return nil, Error.new { code = "running", message = "the task has not finished" }
+    end
+    return unpack(self._results, 1, self._results.n)
+  end
+
+  return Task
+end
+
+--- Raises (at the caller of `join`) on a timeout that is not a number, or when the task
+-- running the join (`current`) is the task joined.
+function task.check_join(joined, timeout, current)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("fly: join: timeout must be a number (got " .. type(timeout) .. ")", 3)
+  end
+  if current == joined then error("fly: a task cannot join itself", 3) end
+end
+
+--- The error a task that did not finish in time gives its joiner.
+function task.timeout()
+  return Error.new { code = "timeout", message = "the task did not finish in time" }
+end
+
+return task
