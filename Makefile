@@ -202,7 +202,7 @@ build/spec/redis-driver: spec/redis/driver.c csrc/redis.c csrc/redis.h csrc/rate
 	@mkdir -p build/spec
 	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ $(LIBS)
 
-test: build/spec/redis-driver
+test check-asan check-valgrind: build/spec/redis-driver
 
 # The Redis limiter's specs with the driver under ASan/UBSan (spec/redis/start
 # runs their redis-server; the helper starts an emulator for the one that needs it).

@@ -673,7 +673,8 @@ static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget, str
   for (int k = 0; k < nready; k++) {
     if (k && end < INFINITY && fly_now() >= end) {
       t->backlog = 1;
-      t->cursor = (first + k) % t->nsocks; /* roughly: on_socket may have moved some */
+      /* roughly: on_socket may have moved some, or removed them all */
+      t->cursor = t->nsocks ? (first + k) % t->nsocks : 0;
       return end;
     }
     short re = t->ready[k].revents;
