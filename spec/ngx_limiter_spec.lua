@@ -9,10 +9,16 @@ local ADMIT = [[
     listen 127.0.0.1:@TLS_PORT@ reuseport;
     location = /admit {
       content_by_lua_block {
-        local lim = require("fly.ngx.limiter").new()
+        -- the limiter's own clock, recorded: "ready at" is the time it reserved at plus the
+        -- wait (a clock read afterwards would add however long this worker was held up)
+        local at
+        local lim = require("fly.ngx.limiter").new { now = function()
+          ngx.update_time()
+          at = ngx.now()
+          return at
+        end }
         local wait = lim:reserve(ngx.var.arg_key, tonumber(ngx.var.arg_rate), tonumber(ngx.var.arg_burst))
-        ngx.update_time()
-        ngx.say(ngx.worker.pid(), " ", string.format("%.6f", ngx.now() + wait), " ", wait)
+        ngx.say(ngx.worker.pid(), " ", string.format("%.6f", at + wait), " ", wait)
       }
     }
   }
