@@ -436,7 +436,9 @@ end
 -- the answer and releases what was granted.
 local function acquire(c, app, id, body, d, holder)
   local params = { app_name = app, machine_id = id, body = body }
-  if not holder then return call(c, "Machines_create_lease", params, nil, d + 1) end
+  if not holder or not compat.can_yield() then -- (a join could not wait where no yield works)
+    return call(c, "Machines_create_lease", params, nil, d + 1)
+  end
   local asking = c:spawn(call, c, "Machines_create_lease", params, nil, 1)
   local hook = loop.on_cancel(holder, function()
     local granted = parse_lease((asking:join()))
