@@ -4,12 +4,8 @@ local H = require "helper"
 
 local server = {}
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+-- What a command printed.
+local function sh(cmd) return (H.capture(cmd)) end
 
 function server.start(port, dir)
   local out = sh(H.ROOT .. "/spec/redis/start" .. (port and (" " .. port .. " " .. dir) or ""))
