@@ -44,9 +44,29 @@
  * slots): a check asks for RESERVE plus their room. */
 #define CHECK_EVERY 16
 
+/* Member names seen before, remembered per Lua state: API bodies repeat the
+ * same few dozen names in every object, and pushing a remembered string
+ * costs a table read where lua_pushlstring hashes every byte and searches
+ * Lua's string table. Each slot holds a name's bytes (those of a Lua string
+ * the anchor table keeps alive at the slot's index) and a hash of them; a
+ * name that meets another in its slot takes the slot over. */
+#define NAME_SLOTS 1024
+#define NAME_LONGEST 40 /* the longest name remembered (Lua 5.4 interns up to 40 bytes) */
+
+typedef struct {
+  const char *s; /* the anchored string's bytes, or NULL */
+  uint32_t len, hash;
+} name_slot;
+
+/* The registry key of the anchor table: its 1..NAME_SLOTS hold the strings,
+ * its NAME_SLOTS + 1 the userdata holding the slots. */
+static const char names_key = 'n';
+
 typedef struct {
   lua_State *L;
   const char *p, *start, *end;
+  name_slot *names; /* the state's remembered member names */
+  int names_idx;    /* stack index of their anchor table */
   const char *err; /* static message, set on a syntax error */
   int depth;
   int array_mt;    /* stack index of the array metatable */
@@ -178,6 +198,55 @@ static __attribute__((noinline)) int escaped_string(decoder *d, const char *s) {
   return 1;
 }
 
+/* A member name (d->p at its opening quote) pushed on the stack: a
+ * remembered one when its slot holds the same bytes, else made and
+ * remembered (names with escapes, or longer than NAME_LONGEST, are not). */
+static int name(decoder *d) {
+  const char *s = d->p + 1, *p = s;
+  while (!stops[(unsigned char)*p]) p++;
+  size_t n = (size_t)(p - s);
+  if (*p != '"' || n > NAME_LONGEST || n == 0) return string(d);
+  d->p = p + 1;
+  /* the length and three of the bytes tell apart the names of a schema */
+  uint32_t h = (uint32_t)n * 0x9E3779B1u ^ (uint32_t)(unsigned char)s[0] << 16 ^
+               (uint32_t)(unsigned char)s[n / 2] << 8 ^ (unsigned char)s[n - 1];
+  unsigned i = (h ^ h >> 15 ^ h >> 24) & (NAME_SLOTS - 1);
+  name_slot *e = &d->names[i];
+  if (e->s && e->hash == h && e->len == n && memcmp(e->s, s, n) == 0) {
+    lua_rawgeti(d->L, d->names_idx, (int)i + 1);
+    return 1;
+  }
+  lua_pushlstring(d->L, s, n);
+  lua_pushvalue(d->L, -1);
+  lua_rawseti(d->L, d->names_idx, (int)i + 1);
+  e->s = lua_tostring(d->L, -1);
+  e->len = (uint32_t)n;
+  e->hash = h;
+  return 1;
+}
+
+/* Pushes the state's anchor table of member names (made the first time)
+ * and returns its slots. */
+static name_slot *push_names(lua_State *L) {
+  lua_pushlightuserdata(L, (void *)&names_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_istable(L, -1)) {
+    lua_rawgeti(L, -1, NAME_SLOTS + 1);
+    name_slot *slots = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return slots;
+  }
+  lua_pop(L, 1);
+  lua_createtable(L, NAME_SLOTS + 1, 0);
+  name_slot *slots = fly_newuserdata(L, NAME_SLOTS * sizeof *slots);
+  memset(slots, 0, NAME_SLOTS * sizeof *slots);
+  lua_rawseti(L, -2, NAME_SLOTS + 1);
+  lua_pushlightuserdata(L, (void *)&names_key);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  return slots;
+}
+
 /* A float from the number text s[0..n): strtod, which reads the decimal
  * point of the C library's locale; when that is not '.', the text is
  * copied with the locale's point, as Lua itself does. */
@@ -297,7 +366,7 @@ static int container(decoder *d, int object) {
       skip_ws(d);
       if (object) {
         if (*d->p != '"') return fail(d, "expected a member name");
-        if (!string(d)) return 0;
+        if (!name(d)) return 0;
         skip_ws(d);
         if (*d->p != ':') return fail(d, "expected ':'");
         d->p++;
@@ -342,10 +411,16 @@ static int value(decoder *d) {
 
 int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, size_t max_values) {
   int top = lua_gettop(L);
-  decoder d = {L, s, s, s + len, NULL, 0, fly_absindex(L, array_mt), 0, max_values};
+  array_mt = fly_absindex(L, array_mt);
+  luaL_checkstack(L, 2, "decoding JSON");
+  name_slot *names = push_names(L);
+  decoder d = {L, s, s, s + len, names, top + 1, NULL, 0, array_mt, 0, max_values};
   if (lua_checkstack(L, RESERVE(0) + 2) && value(&d)) {
     skip_ws(&d);
-    if (d.p == d.end) return 1;
+    if (d.p == d.end) {
+      lua_remove(L, top + 1);
+      return 1;
+    }
     d.err = "trailing characters";
   }
   lua_settop(L, top);

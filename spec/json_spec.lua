@@ -75,6 +75,27 @@ describe("JSON decoding", function()
     assert.equals("last", v.c.x)
   end)
 
+  it("gives every member its own name, whichever names came before", function()
+    -- names alike in length and in most bytes, a name that starts another, the
+    -- empty name, an escaped name equal to a plain one, a long one, many
+    for _ = 1, 3 do
+      local v = assert(decode('{"axbxc":1,"aybyc":2,"azbzc":3,"ab":4,"abc":5,"":6,"a\\u0062d":7,"abd":8,'
+        .. '"' .. ("n"):rep(60) .. '":9,"' .. ("n"):rep(59) .. 'm":10}'))
+      assert.same({ axbxc = 1, aybyc = 2, azbzc = 3, ab = 4, abc = 5, [""] = 6, abd = 8,
+        [("n"):rep(60)] = 9, [("n"):rep(59) .. "m"] = 10 }, v)
+      assert.same({ aybyc = { axbxc = true } }, assert(decode('{"aybyc":{"axbxc":true}}')))
+    end
+    local parts, want = {}, {}
+    for i = 1, 3000 do
+      parts[i] = ('"k%d":%d'):format(i, i)
+      want["k" .. i] = i
+    end
+    local text = "{" .. table.concat(parts, ",") .. "}"
+    assert.same(want, assert(decode(text)))
+    assert.same(want, assert(decode(text)))
+    assert.same({ k7 = 7, k2999 = "x" }, assert(decode('{"k7":7,"k2999":"x"}')))
+  end)
+
   it("decodes a flat array of a million objects, and arrays of arrays that fill the stack", function()
     local v = assert(decode("[" .. ('{"a":1},'):rep(999999) .. '{"a":2}]'))
     assert.equals(1000000, #v)
