@@ -19,6 +19,10 @@
  * every level that may still open below it (RESERVE), which it can always
  * get back by flushing its own members: its parent kept that much for it.
  *
+ * Member names repeat from body to body: the state remembers them (see
+ * name()), so most are a table read instead of a hash and a string table
+ * search.
+ *
  * Numbers: a literal without fraction or exponent is an integer where the
  * Lua has integers and the value fits in 64 bits; every other number is a
  * float read by strtod (correctly rounded). `-0` is the integer 0 there;
