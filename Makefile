@@ -200,7 +200,7 @@ LIBS += -lhiredis -lcrypto
 
 build/spec/redis-driver: spec/redis/driver.c csrc/redis.c csrc/redis.h csrc/ratelimit.c csrc/ratelimit.h
 	@mkdir -p build/spec
-	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ $(LIBS)
+	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ $(LIBS) -Wl,--wrap=getaddrinfo
 
 test check-asan check-valgrind: build/spec/redis-driver
 
@@ -208,7 +208,8 @@ test check-asan check-valgrind: build/spec/redis-driver
 # runs their redis-server; the helper starts an emulator for the one that needs it).
 check-redis-asan: setup
 	@mkdir -p build/asan
-	$(CC) $(SANITIZE) $(WARN) spec/redis/driver.c csrc/redis.c csrc/ratelimit.c -o build/asan/redis-driver $(LIBS)
+	$(CC) $(SANITIZE) $(WARN) spec/redis/driver.c csrc/redis.c csrc/ratelimit.c -o build/asan/redis-driver $(LIBS) \
+	  -Wl,--wrap=getaddrinfo
 	@FLY_SPEC_REDIS_DRIVER="$(CURDIR)/build/asan/redis-driver" \
 	  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=66" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
 	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0" \

@@ -5,18 +5,24 @@
  * in flight (each `pending` is also the privdata of exactly one hiredis
  * command at a time and is freed by that command's callback, which hiredis
  * always calls: with the reply, or with NULL when the context goes away) and
- * its queue of results. No state is shared between fly_redis objects. */
+ * its queue of results. No state is shared between fly_redis objects; a
+ * host name being resolved for a reconnection is shared with the thread
+ * resolving it, and freed by whichever of the two lets go of it last. */
 #define _POSIX_C_SOURCE 200809L
 #include "redis.h"
 
+#include <arpa/inet.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <math.h>
+#include <netdb.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,11 +66,26 @@ typedef struct pending {
   char key[];       /* owned, NUL-terminated */
 } pending;
 
+/* A host name resolved on a thread of its own, so that a reconnection from
+ * the loop never waits for the resolver. The limiter and the thread hold it
+ * (refs); whichever lets go last frees it. The thread writes addr or error,
+ * then sets done; the limiter reads them only once it sees done. */
+typedef struct resolution {
+  atomic_int refs;
+  atomic_int done;
+  char addr[INET6_ADDRSTRLEN]; /* the address to connect to, or "" */
+  char error[160];             /* why there is none */
+  char host[];                 /* the name, NUL-terminated */
+} resolution;
+
 struct fly_redis {
   redisAsyncContext *ac; /* owned; NULL while disconnected */
   int want_read, want_write;
   /* where */
   char *host;        /* owned; NULL for a Unix socket */
+  int numeric;       /* host is an IP address: connecting never resolves */
+  resolution *resolving; /* shared with its thread; NULL when none runs */
+  double resolve_started;
   int port;
   char *path;        /* owned; NULL for TCP */
   char *user, *password; /* owned or NULL */
@@ -456,11 +477,12 @@ static void send_setup(fly_redis *r) {
   redisAsyncCommandArgv(r->ac, on_setup, "SCRIPT LOAD", 3, argv, lens);
 }
 
-/* Starts a connection; 1 when one is on its way. */
-static int connect_now(fly_redis *r, double now) {
+/* Starts a connection to `addr` (an IP address; ignored for a Unix socket);
+ * 1 when one is on its way. */
+static int connect_now(fly_redis *r, double now, const char *addr) {
   r->stats.connects++;
   r->drop = 0;
-  redisAsyncContext *ac = r->path ? redisAsyncConnectUnix(r->path) : redisAsyncConnect(r->host, r->port);
+  redisAsyncContext *ac = r->path ? redisAsyncConnectUnix(r->path) : redisAsyncConnect(addr, r->port);
   if (!ac) {
     mark_down(r, "out of memory", now);
     return 0;
@@ -484,6 +506,97 @@ static int connect_now(fly_redis *r, double now) {
   return 1;
 }
 
+/* Resolves `host` to one address, IPv4 first as hiredis does (a Redis
+ * client cannot afford to find out whether IPv6 works); 1 with the address
+ * in addr, else 0 with the reason in error. Blocks for as long as the
+ * system's resolver takes. */
+static int resolve(const char *host, char addr[INET6_ADDRSTRLEN], char *error, size_t errlen) {
+  static const int families[] = {AF_INET, AF_INET6};
+  int rc = EAI_NONAME;
+  for (int i = 0; i < 2; i++) {
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = families[i];
+    hints.ai_socktype = SOCK_STREAM;
+    rc = getaddrinfo(host, NULL, &hints, &ai);
+    if (rc != 0 || !ai) continue;
+    const void *a = ai->ai_family == AF_INET ? (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr
+                                             : (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+    int ok = inet_ntop(ai->ai_family, a, addr, INET6_ADDRSTRLEN) != NULL;
+    freeaddrinfo(ai);
+    if (ok) return 1;
+  }
+  snprintf(error, errlen, "cannot resolve %s: %s", host, rc ? gai_strerror(rc) : "no address");
+  return 0;
+}
+
+static void let_go(resolution *res) {
+  if (atomic_fetch_sub(&res->refs, 1) == 1) free(res);
+}
+
+static void *resolver_thread(void *arg) {
+  resolution *res = arg;
+  if (!resolve(res->host, res->addr, res->error, sizeof res->error)) res->addr[0] = '\0';
+  atomic_store(&res->done, 1);
+  let_go(res);
+  return NULL;
+}
+
+/* Connects from the loop: to an IP address or a Unix socket at once; to a
+ * host name once a thread of its own has resolved it (this starts it, and
+ * a later call, admission or I/O, picks up its answer). 1 when a connection
+ * is on its way. */
+static int reconnect(fly_redis *r, double now) {
+  if (r->path || r->numeric) return connect_now(r, now, r->host);
+  if (r->resolving) return 0;
+  size_t n = strlen(r->host);
+  resolution *res = calloc(1, sizeof *res + n + 1);
+  if (!res) {
+    mark_down(r, "out of memory", now);
+    return 0;
+  }
+  memcpy(res->host, r->host, n + 1);
+  atomic_init(&res->refs, 2);
+  atomic_init(&res->done, 0);
+  pthread_attr_t attr;
+  pthread_t thread;
+  int started = pthread_attr_init(&attr) == 0;
+  if (started) {
+    started = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+              pthread_create(&thread, &attr, resolver_thread, res) == 0;
+    pthread_attr_destroy(&attr);
+  }
+  if (!started) {
+    free(res);
+    mark_down(r, "cannot start a thread to resolve the host name", now);
+    return 0;
+  }
+  r->resolving = res;
+  r->resolve_started = now;
+  return 0;
+}
+
+/* When the host name's resolution has finished: connects to its address, or
+ * marks the limiter down with the resolver's reason. A resolution that takes
+ * longer than an admission may wait marks it down meanwhile, as an
+ * unanswered admission does (the connection still opens when it ends). */
+static void check_resolution(fly_redis *r, double now) {
+  resolution *res = r->resolving;
+  if (!res) return;
+  if (!atomic_load(&res->done)) {
+    if (!r->down && now - r->resolve_started >= r->timeout) {
+      char why[160];
+      snprintf(why, sizeof why, "resolving %.80s takes longer than %g ms", r->host, r->timeout * 1000);
+      mark_down(r, why, now);
+    }
+    return;
+  }
+  r->resolving = NULL;
+  if (res->addr[0]) connect_now(r, now, res->addr);
+  else mark_down(r, res->error, now);
+  let_go(res);
+}
+
 /* ------------------------------------------------------------- the API */
 
 fly_redis *fly_redis_new(const char *url, double timeout, double retry, char *err, size_t errlen) {
@@ -497,6 +610,10 @@ fly_redis *fly_redis_new(const char *url, double timeout, double retry, char *er
     fly_redis_free(r);
     return NULL;
   }
+  if (r->host) {
+    unsigned char ip[sizeof(struct in6_addr)];
+    r->numeric = inet_pton(AF_INET, r->host, ip) == 1 || inet_pton(AF_INET6, r->host, ip) == 1;
+  }
   r->timeout = timeout > 0 ? timeout : 0.1;
   r->retry = retry > 0 ? retry : 5;
   unsigned char md[SHA_DIGEST_LENGTH];
@@ -506,13 +623,18 @@ fly_redis *fly_redis_new(const char *url, double timeout, double retry, char *er
 }
 
 void fly_redis_connect(fly_redis *r, double now) {
-  if (!r->ac && now >= r->retry_at) connect_now(r, now);
+  if (r->ac || r->resolving || now < r->retry_at) return;
+  char addr[INET6_ADDRSTRLEN], why[160];
+  if (r->path || r->numeric) connect_now(r, now, r->host);
+  else if (resolve(r->host, addr, why, sizeof why)) connect_now(r, now, addr);
+  else mark_down(r, why, now);
 }
 
 void fly_redis_free(fly_redis *r) {
   if (!r) return;
   for (pending *p = r->head; p; p = p->next) p->cancelled = 1;
   if (r->ac) redisAsyncFree(r->ac); /* the callbacks free the pendings */
+  if (r->resolving) let_go(r->resolving); /* its thread frees it if still running */
   free(r->host);
   free(r->path);
   free(r->user);
@@ -538,6 +660,7 @@ static void handle_write(redisAsyncContext *ac) { redisAsyncHandleWrite(ac); }
 
 void fly_redis_io(fly_redis *r, short revents, double now) {
   r->io_now = now;
+  check_resolution(r, now);
   if (r->ac && (revents & POLLOUT)) with_sigpipe_blocked(r, handle_write);
   if (r->ac && (revents & (POLLIN | POLLERR | POLLHUP))) with_sigpipe_blocked(r, handle_read);
   if (r->drop) disconnect(r, r->reason, now);
@@ -558,7 +681,8 @@ double fly_redis_next_timeout(fly_redis *r, double now) {
 
 int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, void *cookie,
                     double now) {
-  if ((r->down || !r->ac) && (now < r->retry_at || (!r->ac && !connect_now(r, now)))) {
+  check_resolution(r, now);
+  if ((r->down || !r->ac) && (now < r->retry_at || (!r->ac && !reconnect(r, now)))) {
     r->stats.local++;
     return FLY_REDIS_LOCAL;
   }

@@ -22,11 +22,14 @@
  *
  * One connection per fly_redis, hence per client: clients may live on
  * different threads, and a connection shared between them would need a lock
- * on the hot path and a loop to own it. Connecting to a host name resolves it
- * with getaddrinfo, which blocks (hiredis has no asynchronous resolver): at
- * fly_redis_connect and at each reconnection, at most every `retry` seconds; an
- * IP address or a Unix socket never blocks. A single Redis (or a primary) is
- * expected: Redis Cluster's redirections count as wrong answers.
+ * on the hot path and a loop to own it. A host name is resolved (getaddrinfo)
+ * before hiredis connects to the address: fly_redis_connect waits for the
+ * resolver; a reconnection from the loop (an admission) resolves on a thread
+ * of its own and sends admissions to the local bucket meanwhile, so no call
+ * of the loop waits for the resolver (one that takes longer than `timeout`
+ * marks the limiter down, as an unanswered admission does). An IP address or
+ * a Unix socket is never resolved. A single Redis (or a primary) is expected:
+ * Redis Cluster's redirections count as wrong answers.
  *
  * Wiring into a loop (what the client's loop does):
  *   - at admission, instead of fly_rate_reserve: fly_redis_admit(key, limit,

@@ -205,6 +205,14 @@ describe("rate_limit.redis", function()
     c:close()
   end)
 
+  it("takes a host name, resolved when the client is made", function()
+    local c = H.client { rate_limit = { redis = "redis://localhost:" .. server.port,
+      Machines_start = { rate = 0.1, burst = 1 } } }
+    assert(c.machines:start(app, machines[5]))
+    c:close()
+    assert.matches("Machines_start:" .. machines[5], cli("--scan --pattern 'fly:rl:*'"))
+  end)
+
   it("lets a host event loop drive admissions through timeout() and sockets()", function()
     -- which of this process's descriptors is the connection to Redis: /proc/net/tcp names the
     -- peer of each socket inode

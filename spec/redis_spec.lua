@@ -54,12 +54,13 @@ local function run(args)
   return r
 end
 
--- Starts the driver in the background; returns a handle to wait on.
-local function spawn(args)
+-- Starts the driver in the background (`env`: variables for it, "NAME=value ..."); returns
+-- a handle to wait on.
+local function spawn(args, env)
   local file = os.tmpname()
   -- nothing of the background job may hold busted's output open
-  os.execute(("(%s %s > %s 2>&1; echo \"exit $?\" >> %s) </dev/null >/dev/null 2>&1 &"):format(
-    DRIVER, args, file, file))
+  os.execute(("(env %s %s %s > %s 2>&1; echo \"exit $?\" >> %s) </dev/null >/dev/null 2>&1 &"):format(
+    env or "", DRIVER, args, file, file))
   return { file = file }
 end
 
@@ -388,6 +389,36 @@ describe("the shared rate limiter (Redis)", function()
       assert.equals(0, r.stats.down)
     end
     os.remove(go)
+  end)
+
+  it("resolves a host name on a thread of its own when it reconnects: no admission waits for it", function()
+    local go = os.tmpname()
+    os.remove(go)
+    -- the driver's resolver takes 1 s for this name (and answers 127.0.0.1)
+    local h = spawn(("--retry 0.3 --pause 2 %s redis://slow.fly.test:%d %s 20 3 120"):format(go, server.port,
+      fresh("slow")), "FLY_SPEC_SLOW_HOST=slow.fly.test FLY_SPEC_SLOW_SECONDS=1")
+    wait_for(h, "paused")
+    stop(true)
+    touch(go)
+    wait_for(h, "grant 6 ")
+    start(server.port, server.dir)
+    local r = finish(h)
+    os.remove(go)
+    assert.equals(0, r.code, r.out)
+    assert.equals(120, #r.grants)
+    -- connecting at the start may wait for the resolver; reconnecting from the loop never does
+    assert.matches("^resolve slow%.fly%.test main\n", r.out)
+    assert.matches("\nresolve slow%.fly%.test thread\n", r.out)
+    assert.is_nil(r.out:find("\nresolve slow%.fly%.test main\n"), r.out)
+    for _, g in ipairs(r.grants) do
+      assert.is_true(g.latency < 300000, ("grant %d waited %d us for its answer"):format(g.n, g.latency))
+    end
+    assert.equals("local", r.grants[6].source)
+    assert.equals("redis", r.grants[120].source, r.out)
+    -- a resolution slower than an admission may wait counts as Redis unavailable, until it ends
+    assert.equals(2, #r.warnings, r.out)
+    assert.matches("unavailable %(resolving slow%.fly%.test takes longer than 100 ms%)", r.warnings[1])
+    assert.matches("available again", r.warnings[2])
   end)
 
   it("rejects bad URLs with a message that never shows the password", function()
