@@ -37,9 +37,10 @@ local function write_stats()
   assert(os.rename(tmp, opts.stats))
 end
 
+-- Milliseconds, to the nanosecond: uv.now() counts whole milliseconds, which would let a chunk
+-- go up to 1 ms before its due time in each direction.
 local function now()
-  uv.update_time()
-  return uv.now()
+  return uv.hrtime() / 1e6
 end
 
 -- One direction: chunks read from `from` are written to `to` at their due time (FIFO: with a
