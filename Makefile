@@ -202,7 +202,12 @@ build/spec/redis-driver: spec/redis/driver.c csrc/redis.c csrc/redis.h csrc/rate
 	@mkdir -p build/spec
 	$(CC) $(CFLAGS) $(WARN) $< csrc/redis.c csrc/ratelimit.c -o $@ $(LIBS) -Wl,--wrap=getaddrinfo
 
-test check-asan check-valgrind: build/spec/redis-driver
+# an LD_PRELOAD resolver that is slow for one name (spec/redis_client_spec.lua)
+build/spec/slow-resolver.so: spec/redis/slow-resolver.c
+	@mkdir -p build/spec
+	$(CC) $(CFLAGS) $(WARN) -fPIC -shared $< -o $@ -ldl
+
+test test-tls check-asan check-valgrind: build/spec/redis-driver build/spec/slow-resolver.so
 
 # The Redis limiter's specs with the driver under ASan/UBSan (spec/redis/start
 # runs their redis-server; the helper starts an emulator for the one that needs it).

@@ -416,10 +416,9 @@ static int value(decoder *d) {
 int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, size_t max_values) {
   int top = lua_gettop(L);
   array_mt = fly_absindex(L, array_mt);
-  luaL_checkstack(L, 2, "decoding JSON");
-  name_slot *names = push_names(L);
-  decoder d = {L, s, s, s + len, names, top + 1, NULL, 0, array_mt, 0, max_values};
-  if (lua_checkstack(L, RESERVE(0) + 2) && value(&d)) {
+  decoder d = {L, s, s, s + len, NULL, top + 1, NULL, 0, array_mt, 0, max_values};
+  /* push_names takes up to 4 slots; the decoding, RESERVE(0) + 2 above its table */
+  if (lua_checkstack(L, RESERVE(0) + 4) && (d.names = push_names(L)) && value(&d)) {
     skip_ws(&d);
     if (d.p == d.end) {
       lua_remove(L, top + 1);

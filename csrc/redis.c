@@ -8,10 +8,11 @@
  * its queue of results. No state is shared between fly_redis objects; a
  * host name being resolved for a reconnection is shared with the thread
  * resolving it, and freed by whichever of the two lets go of it last. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* dladdr */
 #include "redis.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <math.h>
@@ -70,10 +71,13 @@ typedef struct pending {
  * the loop never waits for the resolver. The limiter and the thread hold it
  * (refs); whichever lets go last frees it. The thread writes addr or error,
  * then sets done; the limiter reads them only once it sees done. */
+/* Room for a numeric address: IPv6, '%' and an interface name. */
+#define RESOLVED_MAX (INET6_ADDRSTRLEN + 1 + 64)
+
 typedef struct resolution {
   atomic_int refs;
   atomic_int done;
-  char addr[INET6_ADDRSTRLEN]; /* the address to connect to, or "" */
+  char addr[RESOLVED_MAX];     /* the address to connect to, or "" */
   char error[160];             /* why there is none */
   char host[];                 /* the name, NUL-terminated */
 } resolution;
@@ -86,6 +90,7 @@ struct fly_redis {
   int numeric;       /* host is an IP address: connecting never resolves */
   resolution *resolving; /* shared with its thread; NULL when none runs */
   double resolve_started;
+  int slow_resolve;  /* the limiter went down because the resolution was slow */
   int port;
   char *path;        /* owned; NULL for TCP */
   char *user, *password; /* owned or NULL */
@@ -508,9 +513,9 @@ static int connect_now(fly_redis *r, double now, const char *addr) {
 
 /* Resolves `host` to one address, IPv4 first as hiredis does (a Redis
  * client cannot afford to find out whether IPv6 works); 1 with the address
- * in addr, else 0 with the reason in error. Blocks for as long as the
- * system's resolver takes. */
-static int resolve(const char *host, char addr[INET6_ADDRSTRLEN], char *error, size_t errlen) {
+ * in addr (numeric, an IPv6 scope kept), else 0 with the reason in error.
+ * Blocks for as long as the system's resolver takes. */
+static int resolve(const char *host, char addr[RESOLVED_MAX], char *error, size_t errlen) {
   static const int families[] = {AF_INET, AF_INET6};
   int rc = EAI_NONAME;
   for (int i = 0; i < 2; i++) {
@@ -520,14 +525,23 @@ static int resolve(const char *host, char addr[INET6_ADDRSTRLEN], char *error, s
     hints.ai_socktype = SOCK_STREAM;
     rc = getaddrinfo(host, NULL, &hints, &ai);
     if (rc != 0 || !ai) continue;
-    const void *a = ai->ai_family == AF_INET ? (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr
-                                             : (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
-    int ok = inet_ntop(ai->ai_family, a, addr, INET6_ADDRSTRLEN) != NULL;
+    rc = getnameinfo(ai->ai_addr, ai->ai_addrlen, addr, RESOLVED_MAX, NULL, 0, NI_NUMERICHOST);
     freeaddrinfo(ai);
-    if (ok) return 1;
+    if (rc == 0) return 1;
   }
   snprintf(error, errlen, "cannot resolve %s: %s", host, rc ? gai_strerror(rc) : "no address");
   return 0;
+}
+
+/* Keeps this library loaded for the rest of the process, once a thread may
+ * run its code: a host that closes its Lua state unloads C modules, and a
+ * resolver thread still inside getaddrinfo would return into unmapped code.
+ * (Built into a program rather than a library, there is nothing to keep.)
+ * The handle is never closed: that is the point. */
+static void keep_loaded(void) {
+  Dl_info info;
+  if (dladdr((void *)&keep_loaded, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
 static void let_go(resolution *res) {
@@ -558,6 +572,11 @@ static int reconnect(fly_redis *r, double now) {
   memcpy(res->host, r->host, n + 1);
   atomic_init(&res->refs, 2);
   atomic_init(&res->done, 0);
+  keep_loaded();
+  /* the thread takes no signal meant for the process: it starts with all blocked */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   pthread_attr_t attr;
   pthread_t thread;
   int started = pthread_attr_init(&attr) == 0;
@@ -566,6 +585,7 @@ static int reconnect(fly_redis *r, double now) {
               pthread_create(&thread, &attr, resolver_thread, res) == 0;
     pthread_attr_destroy(&attr);
   }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (!started) {
     free(res);
     mark_down(r, "cannot start a thread to resolve the host name", now);
@@ -576,10 +596,11 @@ static int reconnect(fly_redis *r, double now) {
   return 0;
 }
 
-/* When the host name's resolution has finished: connects to its address, or
- * marks the limiter down with the resolver's reason. A resolution that takes
- * longer than an admission may wait marks it down meanwhile, as an
- * unanswered admission does (the connection still opens when it ends). */
+/* When the host name's resolution has finished: connects to its address
+ * (admissions use it at once), or marks the limiter down with the resolver's
+ * reason. A resolution that takes longer than an admission may wait marks
+ * the limiter down meanwhile, as an unanswered admission does; the reason
+ * is told again if it then fails. */
 static void check_resolution(fly_redis *r, double now) {
   resolution *res = r->resolving;
   if (!res) return;
@@ -588,12 +609,18 @@ static void check_resolution(fly_redis *r, double now) {
       char why[160];
       snprintf(why, sizeof why, "resolving %.80s takes longer than %g ms", r->host, r->timeout * 1000);
       mark_down(r, why, now);
+      r->slow_resolve = 1;
     }
     return;
   }
   r->resolving = NULL;
-  if (res->addr[0]) connect_now(r, now, res->addr);
-  else mark_down(r, res->error, now);
+  if (res->addr[0]) {
+    if (connect_now(r, now, res->addr)) r->retry_at = now;
+  } else {
+    if (r->slow_resolve) r->down = 0; /* so that mark_down tells the resolver's reason */
+    mark_down(r, res->error, now);
+  }
+  r->slow_resolve = 0;
   let_go(res);
 }
 
@@ -624,7 +651,7 @@ fly_redis *fly_redis_new(const char *url, double timeout, double retry, char *er
 
 void fly_redis_connect(fly_redis *r, double now) {
   if (r->ac || r->resolving || now < r->retry_at) return;
-  char addr[INET6_ADDRSTRLEN], why[160];
+  char addr[RESOLVED_MAX], why[160];
   if (r->path || r->numeric) connect_now(r, now, r->host);
   else if (resolve(r->host, addr, why, sizeof why)) connect_now(r, now, addr);
   else mark_down(r, why, now);

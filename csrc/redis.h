@@ -8,8 +8,10 @@
  * once (requests queued behind it get later times), `rate` tokens a second,
  * at most `burst` in a row.
  *
- * Non-blocking and single-threaded: a fly_redis belongs to one client (one
- * thread at a time) and never blocks. The owner's loop watches the socket
+ * Non-blocking: a fly_redis belongs to one client (one thread at a time),
+ * and none of its calls made from the loop blocks (fly_redis_connect, made
+ * when the client is created, may wait for the resolver; see below). The
+ * owner's loop watches the socket
  * (fly_redis_fd), calls fly_redis_io when it is ready or when
  * fly_redis_next_timeout has elapsed, and drains the answers with
  * fly_redis_next. No callback ever runs outside fly_redis_* calls.

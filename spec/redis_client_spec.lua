@@ -213,6 +213,32 @@ describe("rate_limit.redis", function()
     assert.matches("Machines_start:" .. machines[5], cli("--scan --pattern 'fly:rl:*'"))
   end)
 
+  it("survives its Lua state being closed while a reconnection's resolution runs", function()
+    -- a host (spec/threads.c) runs the script in a state of its own, closes it (which unloads
+    -- the core) and goes on for 3 s; the resolver (an LD_PRELOAD) takes 2 s for the name
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      local fly = require "fly"
+      local c = assert(fly.new { token = %q, base_url = %q,
+        rate_limit = { redis = "redis://slow.fly.test:%d", redis_retry = 0.1 } })
+      assert(c.apps:get(%q))
+      os.execute("redis-cli -h 127.0.0.1 -p %d CLIENT KILL TYPE normal >/dev/null")
+      assert(c.apps:get(%q)) -- finds the connection gone: Redis is down for 0.1 s
+      os.execute("sleep 0.3")
+      assert(c.apps:get(%q)) -- reconnects: the name is resolved on a thread
+      c:close()
+    ]]):format(H.TOKEN, H.plain_url(), server.port, app, server.port, app, app))
+    f:close()
+    local bin = os.getenv("FLY_SPEC_THREADS") or (H.ROOT .. "/build/spec/threads")
+    local out = sh(("env LD_PRELOAD=%s/build/spec/slow-resolver.so FLY_SPEC_SLOW_HOST=slow.fly.test "
+      .. "FLY_SPEC_SLOW_MS=2000 ASAN_OPTIONS=\"$ASAN_OPTIONS:verify_asan_link_order=0\" %s 1 %s 3 2>&1; "
+      .. "echo \"exit $?\""):format(H.ROOT, bin, script))
+    os.remove(script)
+    assert.matches("exit 0\n$", out)
+    assert.matches("is unavailable", out)
+  end)
+
   it("lets a host event loop drive admissions through timeout() and sockets()", function()
     -- which of this process's descriptors is the connection to Redis: /proc/net/tcp names the
     -- peer of each socket inode

@@ -394,14 +394,14 @@ describe("the shared rate limiter (Redis)", function()
   it("resolves a host name on a thread of its own when it reconnects: no admission waits for it", function()
     local go = os.tmpname()
     os.remove(go)
-    -- the driver's resolver takes 1 s for this name (and answers 127.0.0.1)
-    local h = spawn(("--retry 0.3 --pause 2 %s redis://slow.fly.test:%d %s 20 3 120"):format(go, server.port,
+    -- the driver's resolver takes 1 s for this name (and answers 127.0.0.1); a restart of
+    -- Redis while the driver is paused closes its connection
+    local h = spawn(("--retry 10 --pause 2 %s redis://slow.fly.test:%d %s 20 3 120"):format(go, server.port,
       fresh("slow")), "FLY_SPEC_SLOW_HOST=slow.fly.test FLY_SPEC_SLOW_SECONDS=1")
     wait_for(h, "paused")
     stop(true)
-    touch(go)
-    wait_for(h, "grant 6 ")
     start(server.port, server.dir)
+    touch(go)
     local r = finish(h)
     os.remove(go)
     assert.equals(0, r.code, r.out)
@@ -414,11 +414,31 @@ describe("the shared rate limiter (Redis)", function()
       assert.is_true(g.latency < 300000, ("grant %d waited %d us for its answer"):format(g.n, g.latency))
     end
     assert.equals("local", r.grants[6].source)
+    -- a resolution slower than an admission may wait counts as Redis unavailable until it ends
+    -- (not until the next retry, 10 s later)
     assert.equals("redis", r.grants[120].source, r.out)
-    -- a resolution slower than an admission may wait counts as Redis unavailable, until it ends
     assert.equals(2, #r.warnings, r.out)
     assert.matches("unavailable %(resolving slow%.fly%.test takes longer than 100 ms%)", r.warnings[1])
     assert.matches("available again", r.warnings[2])
+  end)
+
+  it("tells why when a slow resolution then fails", function()
+    local go = os.tmpname()
+    os.remove(go)
+    local h = spawn(("--retry 0.2 --pause 2 %s redis://slow.fly.test:%d %s 20 3 30"):format(go, server.port,
+      fresh("unresolved")), "FLY_SPEC_SLOW_HOST=slow.fly.test FLY_SPEC_SLOW_SECONDS=0.3 FLY_SPEC_SLOW_FAIL_FROM=2")
+    wait_for(h, "paused")
+    stop(true)
+    start(server.port, server.dir)
+    touch(go)
+    local r = finish(h)
+    os.remove(go)
+    assert.equals(0, r.code, r.out)
+    assert.equals(30, #r.grants)
+    assert.equals("local", r.grants[30].source)
+    assert.equals(2, #r.warnings, r.out)
+    assert.matches("unavailable %(resolving slow%.fly%.test takes longer than 100 ms%)", r.warnings[1])
+    assert.matches("unavailable %(cannot resolve slow%.fly%.test: ", r.warnings[2])
   end)
 
   it("rejects bad URLs with a message that never shows the password", function()

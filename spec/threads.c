@@ -3,14 +3,17 @@
  * to show that rate-limit buckets are shared process-wide and that nothing
  * else leaks between states.
  *
- * Usage: threads N SCRIPT   (the script gets the thread's index as `...`)
- * Exits 0 when every state ran the script without error. */
+ * Usage: threads N SCRIPT [LINGER]   (the script gets the thread's index as `...`)
+ * With LINGER, the process stays LINGER seconds after every state is closed
+ * (closing a state unloads the C modules it loaded), as a host that goes on
+ * running does. Exits 0 when every state ran the script without error. */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 typedef struct {
   const char *script;
@@ -33,8 +36,8 @@ static void *run(void *ud) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3 || atoi(argv[1]) < 1) {
-    fprintf(stderr, "usage: %s N SCRIPT\n", argv[0]);
+  if ((argc != 3 && argc != 4) || atoi(argv[1]) < 1) {
+    fprintf(stderr, "usage: %s N SCRIPT [LINGER]\n", argv[0]);
     return 2;
   }
   int n = atoi(argv[1]), failed = 0;
@@ -51,5 +54,6 @@ int main(int argc, char **argv) {
   }
   free(t);
   free(jobs);
+  if (argc == 4) sleep((unsigned)atoi(argv[3]));
   return failed ? 1 : 0;
 }

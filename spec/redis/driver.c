@@ -26,8 +26,9 @@
  *                      the key is printed as "key <name>"
  *
  * Environment: FLY_SPEC_SLOW_HOST names a host whose resolution takes
- * FLY_SPEC_SLOW_SECONDS (default 1) and answers 127.0.0.1 (the driver is
- * linked with --wrap=getaddrinfo; each such resolution prints
+ * FLY_SPEC_SLOW_SECONDS (default 1) and answers 127.0.0.1, or from its
+ * FLY_SPEC_SLOW_FAIL_FROM-th resolution on, fails (EAI_NONAME) (the driver
+ * is linked with --wrap=getaddrinfo; each such resolution prints
  * "resolve <name> <main|thread>": which thread asked).
  *
  * Output, one line each:
@@ -75,14 +76,17 @@ int __wrap_getaddrinfo(const char *node, const char *service, const struct addri
                        struct addrinfo **res);
 int __wrap_getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
                        struct addrinfo **res) {
+  static _Atomic int calls; /* resolutions of the slow name so far */
   const char *slow = getenv("FLY_SPEC_SLOW_HOST");
   if (slow && node && strcmp(node, slow) == 0) {
-    const char *s = getenv("FLY_SPEC_SLOW_SECONDS");
+    const char *s = getenv("FLY_SPEC_SLOW_SECONDS"), *f = getenv("FLY_SPEC_SLOW_FAIL_FROM");
     double seconds = s ? atof(s) : 1;
+    int nth = ++calls;
     printf("resolve %s %s\n", node, pthread_equal(pthread_self(), main_thread) ? "main" : "thread");
     fflush(stdout);
     struct timespec ts = {(time_t)seconds, (long)((seconds - floor(seconds)) * 1e9)};
     nanosleep(&ts, NULL);
+    if (f && nth >= atoi(f)) return EAI_NONAME;
     node = "127.0.0.1";
   }
   return __real_getaddrinfo(node, service, hints, res);
