@@ -238,8 +238,8 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
     delay = rng_unit(p) * cap; /* full jitter */
     if (p->deadline > 0 && now + delay >= p->deadline) return -1;
     if (p->rate_key) { /* a retry is another request: it takes its place in the bucket */
-      double at = fly_rate_reserve(p->rate_key, p->limit, now);
-      if (at > now && at + p->margin - now > delay) delay = at + p->margin - now;
+      double at = fly_rate_admit(p->rate_key, p->limit, now, p->margin);
+      if (at - now > delay) delay = at - now;
     }
   }
   if (p->deadline > 0 && now + delay >= p->deadline) return -1;

@@ -488,7 +488,7 @@ static void shared_io(lua_State *L, fly_client *c, short revents, int *finished)
     fly_request *r = a.cookie;
     r->admitting = 0;
     if (a.status == FLY_REDIS_GRANTED) {
-      double at = a.ready_at > now ? a.ready_at + c->rate_margin : a.ready_at;
+      double at = a.ready_at + c->rate_margin; /* r->ready_at: the local bucket's, never past */
       if (at > r->ready_at) r->ready_at = at;
     }
     if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline) {

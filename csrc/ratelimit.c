@@ -14,6 +14,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "ratelimit.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ typedef struct bucket {
   struct bucket *next;
   double tokens;
   double last;    /* when tokens was last brought up to date */
+  double full_at; /* when the bucket last became full; -inf: full since it was made */
   double rate;    /* the limit in force when last touched */
   double burst;
   char key[];     /* owned, NUL-terminated */
@@ -53,8 +55,12 @@ static void refill(bucket *b, fly_limit limit, double now) {
   b->rate = limit.rate;
   b->burst = limit.burst;
   if (now > b->last) {
-    b->tokens += (now - b->last) * limit.rate;
-    if (b->tokens > limit.burst) b->tokens = limit.burst;
+    double tokens = b->tokens + (now - b->last) * limit.rate;
+    if (tokens >= limit.burst) {
+      if (b->tokens < limit.burst) b->full_at = b->last + (limit.burst - b->tokens) / limit.rate;
+      tokens = limit.burst;
+    }
+    b->tokens = tokens;
     b->last = now;
   }
 }
@@ -93,6 +99,7 @@ static bucket *lookup(const char *key, fly_limit limit, double now) {
   memcpy(b->key, key, len + 1);
   b->tokens = limit.burst;
   b->last = now;
+  b->full_at = -INFINITY;
   b->rate = limit.rate;
   b->burst = limit.burst;
   b->next = slots[slot];
@@ -107,8 +114,12 @@ double fly_rate_reserve(const char *key, fly_limit limit, double now) {
   bucket *b = lookup(key, limit, now);
   if (b) {
     refill(b, limit, now);
+    /* when the bucket came to hold the token taken: for a full bucket, its
+       oldest token's time (long ago for one full since it was made); else the
+       refill's (later than now when the request has to wait) */
+    if (b->tokens >= limit.burst) ready = b->full_at - (limit.burst - 1) / limit.rate;
+    else ready = b->last - (b->tokens - 1) / limit.rate;
     b->tokens -= 1;
-    if (b->tokens < 0) ready = b->last + (-b->tokens) / limit.rate;
   }
   pthread_mutex_unlock(&lock);
   return ready;
@@ -162,6 +173,6 @@ fly_limit fly_rate_limit_for(fly_limit dflt, const char *action, const fly_overr
 }
 
 double fly_rate_admit(const char *key, fly_limit limit, double now, double margin) {
-  double at = fly_rate_reserve(key, limit, now);
-  return at > now ? at + margin : at;
+  double at = fly_rate_reserve(key, limit, now) + margin;
+  return at > now ? at : now;
 }

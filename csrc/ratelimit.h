@@ -21,17 +21,25 @@ typedef struct fly_override {
 fly_limit fly_rate_limit_for(fly_limit dflt, const char *action, const fly_override *ov, int nov, double scale);
 
 /* admit: reserves a token for one request and returns when it may be sent
- * ("ready at"); a wait gets `margin` seconds more, which absorbs latency
- * jitter so a paced request does not reach the server a hair early. */
+ * ("ready at"): `margin` seconds after its token came (its reservation's
+ * time), or now when that is past. The margin absorbs latency jitter, so that
+ * a request reaches the server after the server's bucket refilled too: a
+ * wait gets it in full, and a request whose token came less than `margin`
+ * ago waits out the rest (the server's bucket may be a hair behind). */
 double fly_rate_admit(const char *key, fly_limit limit, double now, double margin);
 
 /* Seconds on a monotonic clock. */
 double fly_now(void);
 
 /* Takes one token from the bucket `key` (created full on first use) and
- * returns the time at which the request may be sent: `now` when a token was
- * there, later when the request has to wait for the refill. The reservation
- * is made at once, so requests queued behind it get later times. */
+ * returns the reservation's time: when the bucket came to hold that token.
+ * Later than `now` when the request has to wait for the refill; earlier when
+ * a token was there: the oldest token of a full bucket came when the bucket
+ * filled (-inf for a bucket full since it was made), the others one refill
+ * interval apart. The same time as the Redis script's (GCRA: the theoretical
+ * arrival time before the reservation, plus one interval, less the burst's
+ * worth). The reservation is made at once, so requests queued behind it get
+ * later times. */
 double fly_rate_reserve(const char *key, fly_limit limit, double now);
 
 /* The server answered 429 for `key`: empty the bucket so that the next

@@ -35,8 +35,12 @@
  * to empty the bucket first. A bucket holds `burst - (TAT - now) / interval`
  * tokens, so taking one moves TAT by one interval, and the request may go
  * once `burst` intervals remain before TAT. The key expires when the bucket
- * would be full again: a missing key is a full bucket. Answers the delay in
- * microseconds. TIME is the server's: the hosts' clocks may differ. */
+ * would be full again: a missing key is a bucket full for long. Answers the
+ * delay in microseconds from now to when the bucket came to hold the token
+ * taken: TAT before the reservation, plus one interval, less `burst` of them
+ * (negative when that is past; a million seconds ago for a missing key), as
+ * ratelimit.c's fly_rate_reserve; the caller adds its margin. TIME is the
+ * server's: the hosts' clocks may differ. */
 static const char SCRIPT[] =
     "if redis.replicate_commands then pcall(redis.replicate_commands) end\n"
     "local t = redis.call('TIME')\n"
@@ -46,12 +50,13 @@ static const char SCRIPT[] =
     "if not interval or not burst or interval <= 0 or burst < 1 then\n"
     "  return redis.error_reply('fly: bad limit')\n"
     "end\n"
-    "local tat = tonumber(redis.call('GET', KEYS[1])) or now\n"
+    "local prev = tonumber(redis.call('GET', KEYS[1]))\n"
+    "if ARGV[3] == '1' and (prev or 0) < now + burst * interval then prev = now + burst * interval end\n"
+    "local delay = -1e12\n"
+    "if prev then delay = prev + interval - burst * interval - now end\n"
+    "local tat = prev or now\n"
     "if tat < now then tat = now end\n"
-    "if ARGV[3] == '1' and tat < now + burst * interval then tat = now + burst * interval end\n"
     "tat = tat + interval\n"
-    "local delay = tat - burst * interval - now\n"
-    "if delay < 0 then delay = 0 end\n"
     "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)\n"
     "return math.floor(delay)\n";
 
@@ -394,7 +399,7 @@ static void on_admit(redisAsyncContext *ac, void *reply, void *privdata) {
     return;
   }
   if (!p->answered) {
-    if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
+    if (rep->type == REDIS_REPLY_INTEGER) {
       answer(r, p, FLY_REDIS_GRANTED, (double)rep->integer / 1e6, r->io_now);
     } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 && !p->retried &&
                !r->drop) {

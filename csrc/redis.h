@@ -41,10 +41,10 @@
  *   - every turn: fd = fly_redis_fd(&events) as one more curl_waitfd for
  *     curl_multi_poll; the poll's timeout no later than
  *     fly_redis_next_timeout; then fly_redis_io(revents or 0, now) and drain
- *     fly_redis_next: GRANTED -> ready_at = max(answer.ready_at,
- *     fly_rate_reserve(key, limit, now)) (+ margin when it waits): the local
- *     bucket keeps counting this process's requests, so a fallback goes on
- *     from where this process stood); LOCAL -> fly_rate_reserve; then queued;
+ *     fly_redis_next: GRANTED -> ready_at = max(now, max(answer.ready_at,
+ *     fly_rate_reserve(key, limit, now)) + margin) (the local bucket keeps
+ *     counting this process's requests, so a fallback goes on from where this
+ *     process stood); LOCAL -> fly_rate_admit; then queued;
  *   - a 429: fly_redis_admit(..., penalize = 1, ...) (after fly_rate_penalize);
  *   - a request cancelled or finished while admitting: fly_redis_cancel;
  *   - fly_redis_warning after fly_redis_io/admit, to the trace hook or stderr. */
@@ -62,16 +62,19 @@ typedef struct fly_redis fly_redis;
 
 /* Which answer an admission got. */
 enum {
-  FLY_REDIS_GRANTED = 1, /* Redis reserved a place: wait until ready_at */
+  FLY_REDIS_GRANTED = 1, /* Redis reserved a place: its time is ready_at */
   FLY_REDIS_LOCAL = 2    /* Redis did not answer in time or is down: use the local bucket */
 };
 
 typedef struct fly_redis_answer {
   void *cookie;     /* as given to fly_redis_admit */
   int status;       /* FLY_REDIS_GRANTED or FLY_REDIS_LOCAL */
-  double ready_at;  /* GRANTED: when the request may go (the `now` of the fly_redis_io
-                       call that read the answer, plus the delay Redis computed) */
-  double delay;     /* GRANTED: the delay Redis computed, in seconds */
+  double ready_at;  /* GRANTED: the reservation's time, as fly_rate_reserve's (the
+                       `now` of the fly_redis_io call that read the answer, plus the
+                       delay Redis computed); the request goes `margin` after it, or
+                       at once when that is past */
+  double delay;     /* GRANTED: the delay Redis computed, in seconds (negative when the
+                       token was there already) */
 } fly_redis_answer;
 
 /* Counters, for tests and traces. */

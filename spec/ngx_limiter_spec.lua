@@ -87,13 +87,18 @@ describe("fly.ngx.limiter #nginx", function()
       for i = 1, 5 do waits[i] = lim:reserve("k", 2, 3) end
       t = t + 1 -- two tokens back: the bucket is at -2 + 2 = 0
       local after = { lim:penalize("k", 2, 3) and lim:reserve("k", 2, 3) }
+      -- with a margin: a request keeps it from the moment its token came (long ago for a
+      -- bucket full since made, 1 s ago for the next, now for the third)
+      for i = 6, 9 do waits[i] = lim:reserve("edge", 1, 3, 0.05) end
       local real = require("fly.ngx.limiter").new()
       real:reserve("idle", 100, 1)
       local stored = ngx.shared.fly_limits:get("idle") ~= nil
       ngx.sleep(0.1)
       return waits, after, stored and ngx.shared.fly_limits:get("idle") == nil
     ]]
-    assert.same({ 0, 0, 0, 0.5, 1 }, waits)
+    for i, want in ipairs { 0, 0, 0, 0.5, 1, 0, 0, 0.05, 1.05 } do
+      assert.is_true(math.abs(waits[i] - want) < 1e-9, ("wait %d: %.17g, not %g"):format(i, waits[i], want))
+    end
     -- penalized at 0 tokens: empty (the burst's worth behind), so the next waits burst / rate
     assert.same({ 0.5 }, after_penalty)
     assert.is_true(gone)

@@ -115,6 +115,44 @@ describe("rate limiting", function()
     assert.equals(0, H.stats().rate_limited)
   end)
 
+  it("keeps each request a margin behind its token: the edge of the bucket waits, a full bucket does not",
+    function()
+      -- admission only (nothing is sent): how long after now each request may go, to within the
+      -- microseconds an admission takes; `since`: the time since the previous admission, which
+      -- the bucket refilled meanwhile (what a busy machine's pauses add)
+      local last
+      local function ready(c, app)
+        local t0 = core.now()
+        local since = last and t0 - last or 0
+        last = t0
+        return c:_build("Apps_show", { app_name = app }):_ready_at() - t0, since
+      end
+      local AT_ONCE = 0.002
+      local function near(want, d) assert.is_true(math.abs(d - want) < AT_ONCE, ("%f, not %f"):format(d, want)) end
+      local c = H.client { rate_limit = { margin = 0.05, Apps_show = { rate = 1, burst = 3 } } }
+      local app = "edge-" .. core.now()
+      -- a bucket full since it was made: its tokens came long ago
+      assert.is_true(ready(c, app) < AT_ONCE)
+      -- the next token came 1 s ago
+      assert.is_true(ready(c, app) < AT_ONCE)
+      -- the last one comes now (as the previous request went): the request keeps the margin
+      local d, since = ready(c, app)
+      near(math.max(0, 0.05 - since), d)
+      -- an empty bucket: the next token in 1 s, the margin after it
+      d, since = ready(c, app)
+      near(1.05 - since, d)
+      -- a bucket that has been full for longer than the margin: a whole burst at once
+      local fast = H.client { rate_limit = { margin = 0.005, Apps_show = { rate = 100, burst = 3 } } }
+      app = "refilled-" .. core.now()
+      for _ = 1, 3 do ready(fast, app) end
+      local t = core.now() + 0.1                        -- refilled after 30 ms, full since
+      while core.now() < t do end
+      assert.is_true(ready(fast, app) < AT_ONCE)
+      assert.is_true(ready(fast, app) < AT_ONCE)        -- its token came 10 ms ago
+      d, since = ready(fast, app)                        -- its token comes now
+      near(math.max(0, 0.005 - since), d)
+    end)
+
   it("raises on bad rate_limit options", function()
     assert.has_error(function() H.client { rate_limit = { Machines_strat = { rate = 1, burst = 1 } } } end)
     assert.has_error(function() H.client { rate_limit = { Machines_start = 5 } } end)

@@ -158,16 +158,17 @@ static void pump(fly_redis *r, double max_wait, slot *slots, const char *local_k
          bucket; it never holds a request longer than Redis does unless
          Redis lost its state (a restart) */
       double local = fly_rate_reserve(local_key, limit, now);
-      s->ready = a.ready_at > local ? a.ready_at : local;
-      if (s->ready > now) s->ready += margin;
+      s->ready = (a.ready_at > local ? a.ready_at : local) + margin;
+      if (s->ready < now) s->ready = now;
       s->redis = 1;
       if (compare_key) {
         if (s->penalize) fly_rate_penalize(compare_key, limit, now);
-        s->compare = a.ready_at - fly_rate_reserve(compare_key, limit, now);
+        /* when each lets the request go (a reservation's time may be long past) */
+        double local_at = fly_rate_reserve(compare_key, limit, now);
+        s->compare = (a.ready_at > now ? a.ready_at : now) - (local_at > now ? local_at : now);
       }
     } else {
-      s->ready = fly_rate_reserve(local_key, limit, now);
-      if (s->ready > now) s->ready += margin;
+      s->ready = fly_rate_admit(local_key, limit, now, margin);
     }
   }
   warnings(r);
@@ -181,9 +182,7 @@ static void admit(fly_redis *r, slot *s, const char *key, const char *local_key,
     s->asked = 1;
   } else {
     s->done = 1;
-    double now = fly_now();
-    s->ready = fly_rate_reserve(local_key, limit, now);
-    if (s->ready > now) s->ready += margin;
+    s->ready = fly_rate_admit(local_key, limit, fly_now(), margin);
   }
 }
 

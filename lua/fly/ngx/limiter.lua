@@ -28,7 +28,7 @@
 local M = {}
 
 local ngx = rawget(_G, "ngx")
-local max = math.max
+local max, huge = math.max, math.huge
 
 --- The shared dict's name.
 M.DICT = "fly_limits"
@@ -102,12 +102,13 @@ end
 --- Whether the buckets are shared by every worker.
 function Limiter:shared() return getmetatable(self.dict) ~= Local end
 
--- Runs f(tat) -> new tat under the bucket's lock; returns f's second result.
+-- Runs f(tat or nil, now) -> new tat under the bucket's lock (nil: no key, a bucket full for
+-- long); returns f's second result.
 function Limiter:_update(key, f)
   local dict = self.dict
   if getmetatable(dict) == Local then
     local now = self.now()
-    local tat, result = f(dict:get(key) or now, now)
+    local tat, result = f(dict:get(key), now)
     dict:set(key, tat, now)
     return result
   end
@@ -122,7 +123,7 @@ function Limiter:_update(key, f)
     if spins % 16 == 0 then ngx.sleep(0.001) end
   end
   local now = self.now()
-  local tat, result = f(dict:get(key) or now, now)
+  local tat, result = f(dict:get(key), now)
   local ttl = tat - now
   local ok, err
   if ttl > 0 then
@@ -137,16 +138,21 @@ function Limiter:_update(key, f)
 end
 
 --- Takes one token from the bucket `key` (created full) and returns how long the request
--- must wait before it is sent: 0 when a token was there. The reservation is made at once,
--- so requests queued behind it wait longer.
+-- must wait before it is sent: until `margin` seconds after its token came, 0 when that is
+-- past (so 0 when a token was there, without a margin). The reservation is made at once, so
+-- requests queued behind it wait longer.
 -- @tparam string key the bucket (the core's "identity|action|scope")
 -- @tparam number rate tokens per second
 -- @tparam number burst bucket size
+-- @tparam[opt=0] number margin seconds a request keeps from the moment its token came
 -- @treturn number seconds to wait (or nil, message when the dict fails)
-function Limiter:reserve(key, rate, burst)
-  return self:_update(key, function(tat, now)
-    tat = max(tat, now) + 1 / rate
-    return tat, max(0, tat - burst / rate - now)
+function Limiter:reserve(key, rate, burst, margin)
+  return self:_update(key, function(prev, now)
+    local interval = 1 / rate
+    -- when the bucket came to hold the token taken (long ago when full for long), as the core's
+    -- buckets and the Redis script have it
+    local at = prev and prev + interval - burst * interval or -huge
+    return max(prev or now, now) + interval, max(0, at + (margin or 0) - now)
   end)
 end
 
@@ -154,7 +160,7 @@ end
 -- refill.
 function Limiter:penalize(key, rate, burst)
   return self:_update(key, function(tat, now)
-    return max(tat, now + burst / rate), true
+    return max(tat or now, now + burst / rate), true
   end)
 end
 

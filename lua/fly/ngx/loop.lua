@@ -132,13 +132,12 @@ local function bucket_wait(client, key, rate, burst, margin, penalize)
     limiters[url] = buckets
   end
   if penalize then buckets:penalize(key, rate, burst) end
-  local wait, err = buckets:reserve(key, rate, burst)
+  local wait, err = buckets:reserve(key, rate, burst, margin)
   if not wait then
     -- the dict failed (it is full of locks?): pace by the core's published limit instead
     ngx.log(ngx.ERR, err)
     return 1 / rate + margin
   end
-  if wait > 0 then wait = wait + margin end
   return wait
 end
 

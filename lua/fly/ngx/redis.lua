@@ -30,12 +30,13 @@ M.SCRIPT = table.concat {
   "if not interval or not burst or interval <= 0 or burst < 1 then\n",
   "  return redis.error_reply('fly: bad limit')\n",
   "end\n",
-  "local tat = tonumber(redis.call('GET', KEYS[1])) or now\n",
+  "local prev = tonumber(redis.call('GET', KEYS[1]))\n",
+  "if ARGV[3] == '1' and (prev or 0) < now + burst * interval then prev = now + burst * interval end\n",
+  "local delay = -1e12\n",
+  "if prev then delay = prev + interval - burst * interval - now end\n",
+  "local tat = prev or now\n",
   "if tat < now then tat = now end\n",
-  "if ARGV[3] == '1' and tat < now + burst * interval then tat = now + burst * interval end\n",
   "tat = tat + interval\n",
-  "local delay = tat - burst * interval - now\n",
-  "if delay < 0 then delay = 0 end\n",
   "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)\n",
   "return math.floor(delay)\n",
 }
@@ -198,7 +199,8 @@ function Limiter:_connect()
   return red
 end
 
--- One admission through Redis: the delay in seconds, or nil, why.
+-- One admission through Redis: the delay in seconds to when the bucket held the token taken
+-- (negative when that is past), or nil, why.
 function Limiter:_admit(key, rate, burst, penalize)
   local red, err = self:_connect()
   if not red then return nil, err end
@@ -216,7 +218,7 @@ function Limiter:_admit(key, rate, burst, penalize)
     -- the script cache was flushed: send it whole, which loads it; the reservation did not happen
     res, err = red:eval(M.SCRIPT, 1, key, interval, b, penalize)
   end
-  if type(res) ~= "number" or res < 0 then
+  if type(res) ~= "number" then
     red:close()
     return nil, (res == nil or res == false) and ("EVALSHA: " .. tostring(err)) or "EVALSHA: unexpected answer"
   end
@@ -249,22 +251,24 @@ function Limiter:_shared(key, rate, burst, penalize)
 end
 
 --- Takes one token from the bucket `key` (created full) in Redis, or in the fallback while
--- Redis is away, and returns how long the request must wait before it is sent.
+-- Redis is away, and returns how long the request must wait before it is sent: until
+-- `margin` seconds after its token came, 0 when that is past.
 -- @tparam string key the bucket (the core's "owner|action|scope")
 -- @tparam number rate tokens per second
 -- @tparam number burst bucket size
+-- @tparam[opt=0] number margin seconds a request keeps from the moment its token came
 -- @treturn number seconds to wait (or nil, message when the fallback fails)
-function Limiter:reserve(key, rate, burst)
+function Limiter:reserve(key, rate, burst, margin)
   local shared
   local retry_at = self.retries[key]
   if retry_at then -- the retry after a 429: penalize took its token in Redis already
     self.retries[key] = nil
-    shared = max(0, retry_at - self.now())
+    shared = retry_at - self.now()
   else
     shared = self:_shared(key, rate, burst, "0")
   end
-  if shared then return shared end
-  return self.fallback:reserve(key, rate, burst)
+  if shared then return max(0, shared + (margin or 0)) end
+  return self.fallback:reserve(key, rate, burst, margin)
 end
 
 --- The server answered 429 for `key`: empty the bucket (in Redis, or in the fallback while
