@@ -114,6 +114,7 @@ struct fly_redis {
   size_t inflight;
   char warning[320];
   int has_warning;
+  int warning_up;    /* the warning says the limiter is available (again) */
   char warned[320];  /* the copy handed out by fly_redis_warning */
   fly_redis_stats stats;
   double io_now;     /* the `now` of the fly_redis_io (or _free) call running the
@@ -171,12 +172,13 @@ static long number(const char *s, size_t n, long lo, long hi) {
   return v < lo || v > hi ? -1 : v;
 }
 
-static void set_warning(fly_redis *r, const char *fmt, ...) {
+static void set_warning(fly_redis *r, int up, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(r->warning, sizeof r->warning, fmt, ap);
   va_end(ap);
   r->has_warning = 1;
+  r->warning_up = up;
 }
 
 /* ---------------------------------------------------------- URL parsing */
@@ -320,7 +322,7 @@ static void answer(fly_redis *r, pending *p, int status, double delay, double no
     r->stats.granted++;
     if (r->down) {
       r->down = 0;
-      set_warning(r, "fly: the shared rate limiter at %s is available again", r->shown);
+      set_warning(r, 1, "fly: the shared rate limiter at %s is available again", r->shown);
     }
   } else {
     r->stats.local++;
@@ -351,7 +353,7 @@ static void ev_cleanup(void *d) {
 
 static void mark_down(fly_redis *r, const char *why, double now) {
   if (!r->down)
-    set_warning(r, "fly: the shared rate limiter at %s is unavailable (%s): using local rate limits, "
+    set_warning(r, 0, "fly: the shared rate limiter at %s is unavailable (%s): using local rate limits, "
                    "retrying every %g s", r->shown, why, r->retry);
   r->down = 1;
   r->retry_at = now + r->retry;
@@ -764,9 +766,10 @@ int fly_redis_next(fly_redis *r, fly_redis_answer *out) {
   return 0;
 }
 
-const char *fly_redis_warning(fly_redis *r) {
+const char *fly_redis_warning(fly_redis *r, int *available) {
   if (!r->has_warning) return NULL;
   r->has_warning = 0;
+  if (available) *available = r->warning_up;
   memcpy(r->warned, r->warning, sizeof r->warned);
   return r->warned;
 }

@@ -134,9 +134,9 @@ void fly_redis_cancel(fly_redis *r, void *cookie);
 int fly_redis_next(fly_redis *r, fly_redis_answer *out);
 
 /* A message for the trace hook or stderr, once per change (Redis became
- * unavailable, or available again), or NULL. Valid until the next fly_redis_*
- * call. Never contains the password. */
-const char *fly_redis_warning(fly_redis *r);
+ * unavailable, or available again: *available, unless NULL, says which), or
+ * NULL. Valid until the next fly_redis_* call. Never contains the password. */
+const char *fly_redis_warning(fly_redis *r, int *available);
 
 void fly_redis_get_stats(const fly_redis *r, fly_redis_stats *out);
 

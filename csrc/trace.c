@@ -13,7 +13,7 @@
 
 enum { TRACE_OPEN = 1, TRACE_ENDED = 2 };
 
-static const char *const KINDS[] = {"wait", "start", "finish", "retry", "giveup"};
+static const char *const KINDS[] = {"wait", "start", "finish", "retry", "giveup", "limiter"};
 
 fly_trace *fly_trace_new(int bodies) {
   fly_trace *t = calloc(1, sizeof *t);
@@ -26,6 +26,7 @@ fly_trace *fly_trace_new(int bodies) {
 static void event_free(fly_event *e) {
   free(e->path), e->path = NULL;
   free(e->body), e->body = NULL;
+  free(e->message), e->message = NULL;
   fly_strlist_free(&e->headers);
 }
 
@@ -36,11 +37,9 @@ void fly_trace_release(fly_trace *t) {
   free(t);
 }
 
-/* A new event at the tail of the queue, zeroed but for what every event of
- * `r` carries; NULL when the queue is full (the event is counted as dropped)
- * or out of memory. */
-static fly_event *push(fly_request *r, int kind, double now) {
-  fly_trace *t = r->trace;
+/* A new zeroed event of `kind` at the tail of the queue; NULL when the queue
+ * is full (the event is counted as dropped) or out of memory. */
+static fly_event *push_to(fly_trace *t, int kind, double now) {
   if (t->n == t->cap) {
     size_t cap = t->cap ? t->cap * 2 : 16;
     fly_event *ev = cap <= FLY_TRACE_MAX ? malloc(cap * sizeof *ev) : NULL;
@@ -56,8 +55,16 @@ static fly_event *push(fly_request *r, int kind, double now) {
   memset(e, 0, sizeof *e);
   t->n++;
   e->kind = kind;
-  e->call = r->call;
   e->time = now;
+  return e;
+}
+
+/* A new event of `r` at the tail of its queue, zeroed but for what every
+ * event of a call carries; NULL as push_to. */
+static fly_event *push(fly_request *r, int kind, double now) {
+  fly_event *e = push_to(r->trace, kind, now);
+  if (!e) return NULL;
+  e->call = r->call;
   e->operation = r->op->id;
   e->method = r->op->method;
   e->path = r->wire.path ? dupn(r->wire.path, strlen(r->wire.path)) : NULL; /* NULL on OOM: left out */
@@ -65,6 +72,13 @@ static fly_event *push(fly_request *r, int kind, double now) {
   e->seconds = -1;
   e->wait = r->trace_wait;
   return e;
+}
+
+void fly_trace_limiter(fly_trace *t, const char *message, int available, double now) {
+  fly_event *e = push_to(t, FLY_EV_LIMITER, now);
+  if (!e) return;
+  e->message = dupn(message, strlen(message)); /* NULL on OOM: left out */
+  e->available = available;
 }
 
 void fly_trace_admit(fly_request *r, fly_trace *t, double now) {
@@ -178,6 +192,13 @@ static void set_integer(lua_State *L, const char *k, long long v) {
 static void push_event(lua_State *L, const fly_event *e) {
   lua_createtable(L, 0, 12);
   set_string(L, "kind", KINDS[e->kind]);
+  if (e->kind == FLY_EV_LIMITER) { /* of no call */
+    set_number(L, "time", e->time);
+    if (e->message) set_string(L, "message", e->message);
+    lua_pushboolean(L, e->available);
+    lua_setfield(L, -2, "available");
+    return;
+  }
   set_string(L, "operation", e->operation);
   set_string(L, "method", e->method);
   if (e->path) set_string(L, "path", e->path);

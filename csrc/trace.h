@@ -4,7 +4,8 @@
  * events. The shared steps of a call record into it, whichever transport
  * carries the call: admission (a rate-limit wait), the start of an attempt,
  * its end (status or transport failure, time taken) and the retry decision
- * that follows (retry after a wait, or give up). No Lua runs while
+ * that follows (retry after a wait, or give up); and, of no call, the shared
+ * rate limiter going away or coming back. No Lua runs while
  * recording (libcurl callbacks never record); the Lua layer takes the queued
  * events with client:_trace() after each step and hands them to the hook, in
  * order.
@@ -30,7 +31,7 @@
  * counted as dropped. */
 #define FLY_TRACE_MAX 4096
 
-enum fly_event_kind { FLY_EV_WAIT, FLY_EV_START, FLY_EV_FINISH, FLY_EV_RETRY, FLY_EV_GIVEUP };
+enum fly_event_kind { FLY_EV_WAIT, FLY_EV_START, FLY_EV_FINISH, FLY_EV_RETRY, FLY_EV_GIVEUP, FLY_EV_LIMITER };
 
 typedef struct fly_event {
   int kind;
@@ -48,6 +49,8 @@ typedef struct fly_event {
   char *body;                  /* owned, with bodies only: sent (start) or received (finish) */
   size_t body_len;
   fly_strlist headers;         /* owned, with bodies only (start): sent, without Authorization */
+  char *message;               /* owned: limiter, what it says */
+  int available;               /* limiter: the shared limiter is available (again) */
 } fly_event;
 
 typedef struct fly_trace {
@@ -82,6 +85,11 @@ void fly_trace_attempt(struct fly_request *r, int verdict, double now, double re
 /* A request ends outside classify (cancelled, deadline passed while
  * waiting): closes an open attempt, or records the give-up. */
 void fly_trace_end(struct fly_request *r);
+
+/* The client's shared rate limiter (Redis) became unavailable, or available
+ * again (`available`): an event of no call, with the message that would
+ * otherwise go to stderr. */
+void fly_trace_limiter(fly_trace *t, const char *message, int available, double now);
 
 /* client:_trace() -> the events queued since the last call, as tables, or
  * nothing when there are none (or the client has no hook). */

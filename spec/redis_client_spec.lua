@@ -205,6 +205,27 @@ describe("rate_limit.redis", function()
     c:close()
   end)
 
+  it("tells its trace hook, instead of stderr, when Redis goes away and when it is back", function()
+    local events = {}
+    local c = H.client { rate_limit = { scale = 20, redis = url(), redis_retry = 0.2 },
+      trace = function(e) if e.kind == "limiter" then events[#events + 1] = e end end }
+    assert(c.apps:get(app))
+    stop(true)
+    assert(c.apps:get(app)) -- finds the connection gone: the local bucket admits it
+    assert.equals(1, #events)
+    start(server.port, server.dir)
+    c:sleep(0.3)
+    assert(c.apps:get(app)) -- through Redis again
+    c:close()
+    assert.equals(2, #events)
+    assert.is_false(events[1].available)
+    assert.matches("^fly: the shared rate limiter at redis://127%.0%.0%.1:%d+/0 is unavailable %(", events[1].message)
+    assert.is_true(events[2].available)
+    assert.matches("is available again$", events[2].message)
+    assert.is_number(events[2].time)
+    assert.is_nil(events[2].operation) -- an event of no call
+  end)
+
   it("takes a host name, resolved when the client is made", function()
     local c = H.client { rate_limit = { redis = "redis://localhost:" .. server.port,
       Machines_start = { rate = 0.1, burst = 1 } } }

@@ -14,9 +14,13 @@ local client_state = core.Client._state
 
 local trace = {}
 
---- The FLY_DEBUG printer: one line per attempt on stderr.
--- @tparam table event a `finish` event (others are ignored)
+--- The FLY_DEBUG printer: one line per attempt on stderr, and the shared rate limiter's news.
+-- @tparam table event a `finish` or `limiter` event (others are ignored)
 function trace.debug_line(event)
+  if event.kind == "limiter" then
+    if event.message then io.stderr:write(event.message, "\n") end
+    return
+  end
   if event.kind ~= "finish" then return end
   local outcome = event.status and tostring(event.status) or event.code or "?"
   io.stderr:write(("fly: %s %s %s %.1fms attempt %d wait %.1fms%s\n"):format(

@@ -100,7 +100,7 @@ static double wall(void) {
 
 static void warnings(fly_redis *r) {
   const char *w;
-  while ((w = fly_redis_warning(r))) printf("warning %s\n", w);
+  while ((w = fly_redis_warning(r, NULL))) printf("warning %s\n", w);
   fflush(stdout);
 }
 
