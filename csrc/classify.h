@@ -45,7 +45,7 @@ typedef struct fly_retry {
   int attempts, max_attempts;
   double deadline;             /* monotonic seconds; 0: none */
   double base, cap;            /* backoff: full jitter in [0, min(cap, base * 2^(n-1))) */
-  double margin;               /* added to every rate-limit wait */
+  double margin;               /* a request goes at least this long after its token came */
   double max_wait;             /* the longest Retry-After honoured; longer: the 429 is final */
   const char *rate_key;        /* the bucket (owned by the request), NULL: not limited */
   fly_limit limit;

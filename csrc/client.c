@@ -255,7 +255,8 @@ int fly_l_new(lua_State *L) {
     int t = lua_gettop(L);
     c->rate_scale = opt_number_field(L, t, "scale", 1);
     c->rate_margin = opt_number_field(L, t, "margin", 0.02);
-    if (!(c->rate_margin >= 0)) return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.margin must be >= 0");
+    if (!(c->rate_margin >= 0 && c->rate_margin <= 1))
+      return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.margin must be between 0 and 1 (seconds)");
     if (!(c->rate_scale > 0)) return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.scale must be > 0");
     lua_pushnil(L);
     while (lua_next(L, t)) {

@@ -32,7 +32,8 @@ struct fly_client {
   long timeout_ms, connect_timeout_ms;
   int rate_limit;
   double rate_scale;
-  double rate_margin;          /* added to every rate wait: absorbs latency jitter */
+  double rate_margin;          /* requests go at least this long after their token came:
+                                  absorbs latency jitter (0..1 s) */
   fly_override overrides[OVERRIDES_MAX];
   int noverrides;
   int max_attempts;

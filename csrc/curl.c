@@ -453,16 +453,13 @@ static void deliver(lua_State *L, fly_request *r, int *finished) {
  * stands (redis.h). The Redis socket is one more descriptor in the step's
  * poll and in sockets(), its timeout one more deadline in timeout(). */
 
-/* The one place the limiter's warnings go: stderr, a line each. */
 /* The limiter's news (unavailable, available again): to the trace hook when
- * the client has one, else a line on stderr. */
+ * the client has one (and its queue has room), else a line on stderr. */
 static void shared_warn(fly_client *c) {
   const char *w;
   int available;
-  while ((w = fly_redis_warning(c->redis, &available))) {
-    if (c->trace) fly_trace_limiter(c->trace, w, available, fly_now());
-    else fprintf(stderr, "%s\n", w);
-  }
+  while ((w = fly_redis_warning(c->redis, &available)))
+    if (!c->trace || !fly_trace_limiter(c->trace, w, available, fly_now())) fprintf(stderr, "%s\n", w);
 }
 
 /* Asks Redis for a place for r (penalize: after a 429); r waits "admitting"

@@ -3,9 +3,9 @@
  * The table is process-wide on purpose: Fly's limits belong to the machine or
  * app, not to a Lua object, so every client in the process must draw from the
  * same bucket. One mutex guards it; callers hold it only for a lookup and a
- * few arithmetic operations. A bucket that has refilled completely carries no
- * information (a new one would start full), so such buckets are dropped once
- * the table grows, which keeps memory bounded by the number of recently used
+ * few arithmetic operations. A bucket that has been full for a second (KEEP)
+ * carries no information (a new one would give the same times), so such
+ * buckets are dropped once the table grows, which keeps memory bounded by the number of recently used
  * keys. A sweep walks the whole table, so the next one waits until the table
  * has doubled from what the last one left: with a new key per request (a
  * new machine each call) sweeping costs O(1) per new bucket, not O(buckets),
@@ -65,9 +65,17 @@ static void refill(bucket *b, fly_limit limit, double now) {
   }
 }
 
-static int is_full(const bucket *b, double now) {
-  double t = b->tokens + (now > b->last ? (now - b->last) * b->rate : 0);
-  return t >= b->burst;
+/* Seconds a full bucket is kept: a request within them still sees when its
+ * token came (the margin, at most 1 s, counts from there), as the Redis
+ * script keeps its keys. */
+#define KEEP 1.0
+
+/* Whether the bucket has been full for KEEP seconds by `now` (a new one
+ * would then give the same times). */
+static int is_idle(const bucket *b, double now) {
+  if (b->tokens >= b->burst) return b->full_at + KEEP <= now;
+  double full_at = b->last + (b->burst - b->tokens) / b->rate;
+  return full_at + KEEP <= now;
 }
 
 static void sweep_locked(double now) {
@@ -75,7 +83,7 @@ static void sweep_locked(double now) {
     bucket **p = &slots[i];
     while (*p) {
       bucket *b = *p;
-      if (is_full(b, now)) {
+      if (is_idle(b, now)) {
         *p = b->next;
         free(b);
         count--;

@@ -34,8 +34,10 @@
  * ARGV[1]: microseconds per token (1e6 / rate); ARGV[2]: burst; ARGV[3]: "1"
  * to empty the bucket first. A bucket holds `burst - (TAT - now) / interval`
  * tokens, so taking one moves TAT by one interval, and the request may go
- * once `burst` intervals remain before TAT. The key expires when the bucket
- * would be full again: a missing key is a bucket full for long. Answers the
+ * once `burst` intervals remain before TAT. The key expires a second after
+ * the bucket is full again (so that a request within that second still sees
+ * when its token came: the margin, at most 1 s, counts from there); a
+ * missing key is a bucket full for longer than that. Answers the
  * delay in microseconds from now to when the bucket came to hold the token
  * taken: TAT before the reservation, plus one interval, less `burst` of them
  * (negative when that is past; a million seconds ago for a missing key), as
@@ -57,7 +59,7 @@ static const char SCRIPT[] =
     "local tat = prev or now\n"
     "if tat < now then tat = now end\n"
     "tat = tat + interval\n"
-    "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)\n"
+    "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)\n"
     "return math.floor(delay)\n";
 
 typedef struct pending {

@@ -74,11 +74,12 @@ static fly_event *push(fly_request *r, int kind, double now) {
   return e;
 }
 
-void fly_trace_limiter(fly_trace *t, const char *message, int available, double now) {
+int fly_trace_limiter(fly_trace *t, const char *message, int available, double now) {
   fly_event *e = push_to(t, FLY_EV_LIMITER, now);
-  if (!e) return;
+  if (!e) return 0;
   e->message = dupn(message, strlen(message)); /* NULL on OOM: left out */
   e->available = available;
+  return 1;
 }
 
 void fly_trace_admit(fly_request *r, fly_trace *t, double now) {

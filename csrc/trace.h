@@ -88,8 +88,9 @@ void fly_trace_end(struct fly_request *r);
 
 /* The client's shared rate limiter (Redis) became unavailable, or available
  * again (`available`): an event of no call, with the message that would
- * otherwise go to stderr. */
-void fly_trace_limiter(fly_trace *t, const char *message, int available, double now);
+ * otherwise go to stderr. 0 when the queue had no room (counted as dropped):
+ * the caller tells it elsewhere. */
+int fly_trace_limiter(fly_trace *t, const char *message, int available, double now);
 
 /* client:_trace() -> the events queued since the last call, as tables, or
  * nothing when there are none (or the client has no hook). */

@@ -25,7 +25,7 @@ end
 
 -- The hook: called for every event of every call (see README, "Seeing what it does").
 local function record(e)
-  if e.kind == "dropped" then return end
+  if not e.operation then return end -- dropped, limiter: events of no call
   local m = of(e.operation)
   if e.kind == "finish" then
     m.count = m.count + 1

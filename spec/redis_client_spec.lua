@@ -135,9 +135,9 @@ describe("rate_limit.redis", function()
     assert.matches("fly:rl:%x+:Machines_start:" .. machines[3], keys)
     assert.equals(32, #keys:match("fly:rl:(%x+):Machines_start:" .. machines[3]))
     assert.is_nil(keys:find(H.TOKEN, 1, true))
-    -- the key holds the bucket only until it would be full again: 1 / 0.01 s
+    -- the key holds the bucket until it would be full again (1 / 0.01 s) and a second more
     local ttl = tonumber(cli("pttl " .. keys:match("(fly:rl:%x+:Machines_start:" .. machines[3] .. ")")))
-    assert.is_true(ttl > 50000 and ttl <= 100000, "ttl " .. tostring(ttl))
+    assert.is_true(ttl > 50000 and ttl <= 101000, "ttl " .. tostring(ttl))
   end)
 
   it("never fails a call when Redis stops mid-run, says so once, and uses Redis again after a restart",

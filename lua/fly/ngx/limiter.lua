@@ -8,12 +8,14 @@
 -- will be full again (TAT, the "theoretical arrival time" of GCRA):
 --
 --   tokens(now) = burst - rate * max(0, TAT - now)
---   reserve:  TAT := max(TAT, now) + 1/rate;  ready at = max(now, TAT - burst/rate)
+--   reserve:  ready at = max(now, TAT + 1/rate - burst/rate + margin);  TAT := max(TAT, now) + 1/rate
 --   penalize: TAT := max(TAT, now + burst/rate)         (tokens := min(tokens, 0))
 --
 -- which is the core's arithmetic rewritten (tokens' = tokens(now) - 1 and ready = now +
--- -tokens'/rate give the same ready time). A missing key is a full bucket, so a key expires
--- when its bucket is full again: idle keys go away on their own.
+-- -tokens'/rate give the same ready time). A request goes `margin` after the moment its
+-- bucket came to hold its token, TAT (before the reservation) + 1/rate - burst/rate, or at
+-- once when that is past. A key expires a second after its bucket is full again, and a
+-- missing key is a bucket full for longer than that: idle keys go away on their own.
 --
 -- Admission must be atomic across workers, and a shared dict has get/set/add/incr but no
 -- compare-and-set. `incr` alone cannot do it: `max(TAT, now)` is not an addition (an idle
@@ -29,6 +31,9 @@ local M = {}
 
 local ngx = rawget(_G, "ngx")
 local max, huge = math.max, math.huge
+
+-- Seconds a bucket's key outlives the time its bucket is full again.
+local KEEP = 1
 
 --- The shared dict's name.
 M.DICT = "fly_limits"
@@ -124,14 +129,10 @@ function Limiter:_update(key, f)
   end
   local now = self.now()
   local tat, result = f(dict:get(key), now)
-  local ttl = tat - now
-  local ok, err
-  if ttl > 0 then
-    ok, err = dict:set(key, tat, max(ttl, 0.001)) -- an expiry of 0 would mean never
-  else
-    ok = true
-    dict:delete(key)
-  end
+  -- kept a second past the time the bucket is full again (TAT), as the core keeps its buckets
+  -- and the Redis script its keys: a request within that second still sees when its token
+  -- came (the margin, at most 1 s, counts from there)
+  local ok, err = dict:set(key, tat, max(tat - now, 0) + KEEP)
   dict:delete(lock)
   if not ok then return nil, "fly: cannot store the rate-limit bucket: " .. tostring(err) end
   return result

@@ -37,7 +37,7 @@ M.SCRIPT = table.concat {
   "local tat = prev or now\n",
   "if tat < now then tat = now end\n",
   "tat = tat + interval\n",
-  "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)\n",
+  "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)\n",
   "return math.floor(delay)\n",
 }
 
