@@ -5,12 +5,12 @@
  * same bucket. One mutex guards it; callers hold it only for a lookup and a
  * few arithmetic operations. A bucket that has been full for a second (KEEP)
  * carries no information (a new one would give the same times), so such
- * buckets are dropped once the table grows, which keeps memory bounded by the number of recently used
- * keys. A sweep walks the whole table, so the next one waits until the table
- * has doubled from what the last one left: with a new key per request (a
- * new machine each call) sweeping costs O(1) per new bucket, not O(buckets),
- * and the table holds at most twice the buckets still refilling (or
- * SWEEP_ABOVE). */
+ * buckets are dropped once the table grows, which keeps memory bounded by
+ * the number of recently used keys. A sweep walks the whole table, so the
+ * next one waits until the table has doubled from what the last one left:
+ * with a new key per request (a new machine each call) sweeping costs O(1)
+ * per new bucket, not O(buckets), and the table holds at most twice the
+ * buckets still refilling or kept (or SWEEP_ABOVE). */
 #define _POSIX_C_SOURCE 200809L
 #include "ratelimit.h"
 
