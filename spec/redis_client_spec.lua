@@ -236,7 +236,7 @@ describe("rate_limit.redis", function()
 
   it("survives its Lua state being closed while a reconnection's resolution runs", function()
     -- a host (spec/threads.c) runs the script in a state of its own, closes it (which unloads
-    -- the core) and goes on for 3 s; the resolver (an LD_PRELOAD) takes 2 s for the name
+    -- the core) and goes on for 2 s; the resolver (an LD_PRELOAD) takes 1 s for the name
     local script = os.tmpname()
     local f = assert(io.open(script, "w"))
     f:write(([[
@@ -253,7 +253,7 @@ describe("rate_limit.redis", function()
     f:close()
     local bin = os.getenv("FLY_SPEC_THREADS") or (H.ROOT .. "/build/spec/threads")
     local out = sh(("env LD_PRELOAD=%s/build/spec/slow-resolver.so FLY_SPEC_SLOW_HOST=slow.fly.test "
-      .. "FLY_SPEC_SLOW_MS=2000 ASAN_OPTIONS=\"$ASAN_OPTIONS:verify_asan_link_order=0\" %s 1 %s 3 2>&1; "
+      .. "FLY_SPEC_SLOW_MS=1000 ASAN_OPTIONS=\"$ASAN_OPTIONS:verify_asan_link_order=0\" %s 1 %s 2 2>&1; "
       .. "echo \"exit $?\""):format(H.ROOT, bin, script))
     os.remove(script)
     assert.matches("exit 0\n$", out)
