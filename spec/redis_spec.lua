@@ -391,19 +391,28 @@ describe("the shared rate limiter (Redis)", function()
     os.remove(go)
   end)
 
-  it("resolves a host name on a thread of its own when it reconnects: no admission waits for it", function()
+  -- Runs the driver (`retry`, `count` grants at 20/s, burst 3) against Redis by a name the
+  -- resolver it is given (spec/redis/slow-resolver.c, `env`: its settings) makes slow, and
+  -- restarts Redis while the driver is paused after 2 grants, which closes its connection.
+  local function reconnect_slowly(retry, count, env)
     local go = os.tmpname()
     os.remove(go)
-    -- the driver's resolver takes 1 s for this name (and answers 127.0.0.1); a restart of
-    -- Redis while the driver is paused closes its connection
-    local h = spawn(("--retry 10 --pause 2 %s redis://slow.fly.test:%d %s 20 3 60"):format(go, server.port,
-      fresh("slow")), "FLY_SPEC_SLOW_HOST=slow.fly.test FLY_SPEC_SLOW_SECONDS=1")
+    local h = spawn(("--retry %s --pause 2 %s redis://slow.fly.test:%d %s 20 3 %d"):format(retry, go,
+      server.port, fresh("slow"), count), ("LD_PRELOAD=%s/build/spec/slow-resolver.so "
+      .. "FLY_SPEC_SLOW_HOST=slow.fly.test ASAN_OPTIONS=\"$ASAN_OPTIONS:verify_asan_link_order=0\" %s")
+      :format(H.ROOT, env))
     wait_for(h, "paused")
     stop(true)
     start(server.port, server.dir)
     touch(go)
     local r = finish(h)
     os.remove(go)
+    return r
+  end
+
+  it("resolves a host name on a thread of its own when it reconnects: no admission waits for it", function()
+    -- the resolution takes 1 s (and answers 127.0.0.1)
+    local r = reconnect_slowly(10, 60, "FLY_SPEC_SLOW_MS=1000")
     assert.equals(0, r.code, r.out)
     assert.equals(60, #r.grants)
     -- connecting at the start may wait for the resolver; reconnecting from the loop never does
@@ -423,16 +432,7 @@ describe("the shared rate limiter (Redis)", function()
   end)
 
   it("tells why when a slow resolution then fails", function()
-    local go = os.tmpname()
-    os.remove(go)
-    local h = spawn(("--retry 0.2 --pause 2 %s redis://slow.fly.test:%d %s 20 3 30"):format(go, server.port,
-      fresh("unresolved")), "FLY_SPEC_SLOW_HOST=slow.fly.test FLY_SPEC_SLOW_SECONDS=0.3 FLY_SPEC_SLOW_FAIL_FROM=2")
-    wait_for(h, "paused")
-    stop(true)
-    start(server.port, server.dir)
-    touch(go)
-    local r = finish(h)
-    os.remove(go)
+    local r = reconnect_slowly(0.2, 30, "FLY_SPEC_SLOW_MS=300 FLY_SPEC_SLOW_FAIL_FROM=2")
     assert.equals(0, r.code, r.out)
     assert.equals(30, #r.grants)
     assert.equals("local", r.grants[30].source)

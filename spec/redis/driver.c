@@ -25,12 +25,6 @@
  *                      "machine_start", scope KEY (fly_redis_identity/_key);
  *                      the key is printed as "key <name>"
  *
- * Environment: FLY_SPEC_SLOW_HOST names a host whose resolution takes
- * FLY_SPEC_SLOW_SECONDS (default 1) and answers 127.0.0.1, or from its
- * FLY_SPEC_SLOW_FAIL_FROM-th resolution on, fails (EAI_NONAME) (the driver
- * is linked with --wrap=getaddrinfo; each such resolution prints
- * "resolve <name> <main|thread>": which thread asked).
- *
  * Output, one line each:
  *   grant <n> <wall-clock seconds> <redis|local> <answer latency in microseconds>
  *   warning <text>
@@ -39,9 +33,7 @@
  * message on stderr. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
-#include <netdb.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,32 +57,6 @@ typedef struct {
   double compare; /* Redis's ready time minus the comparison bucket's */
   double latency; /* seconds from admission to answer */
 } slot;
-
-static pthread_t main_thread;
-
-/* The resolver the limiter's code calls (--wrap=getaddrinfo): a slow one for
- * FLY_SPEC_SLOW_HOST, the system's for every other name. */
-int __real_getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
-                       struct addrinfo **res);
-int __wrap_getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
-                       struct addrinfo **res);
-int __wrap_getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
-                       struct addrinfo **res) {
-  static _Atomic int calls; /* resolutions of the slow name so far */
-  const char *slow = getenv("FLY_SPEC_SLOW_HOST");
-  if (slow && node && strcmp(node, slow) == 0) {
-    const char *s = getenv("FLY_SPEC_SLOW_SECONDS"), *f = getenv("FLY_SPEC_SLOW_FAIL_FROM");
-    double seconds = s ? atof(s) : 1;
-    int nth = ++calls;
-    printf("resolve %s %s\n", node, pthread_equal(pthread_self(), main_thread) ? "main" : "thread");
-    fflush(stdout);
-    struct timespec ts = {(time_t)seconds, (long)((seconds - floor(seconds)) * 1e9)};
-    nanosleep(&ts, NULL);
-    if (f && nth >= atoi(f)) return EAI_NONAME;
-    node = "127.0.0.1";
-  }
-  return __real_getaddrinfo(node, service, hints, res);
-}
 
 static double wall(void) {
   struct timespec ts;
@@ -215,7 +181,6 @@ int main(int argc, char **argv) {
   double timeout = 0.1, retry = 5, jitter = 0;
   int compare = 0, abandon = 0;
   int i = 1;
-  main_thread = pthread_self();
   for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
     if (strcmp(argv[i], "--batch") == 0) batch = 1;
     else if (strcmp(argv[i], "--penalize") == 0 && i + 1 < argc) penalize = atoi(argv[++i]);
