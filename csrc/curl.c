@@ -570,13 +570,39 @@ static void run_timer(struct fly_curl *t) {
   if (t->timer_at <= fly_now()) curl_multi_socket_action(t->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 }
 
+/* The parts of a step whose work a budget holds back (the stages). */
+enum { STAGE_SOCKETS = 1, STAGE_HARVEST, STAGE_LAUNCH };
+
+/* A step's time budget. A unit of work (a ready socket, a finished attempt,
+ * a start) begins only while the clock is before `end`, except the first
+ * unit of the whole poll (so that every poll makes progress) and the first
+ * unit of the stage whose turn it is (`free`, which the caller rotates, so
+ * that no stage waits for ever behind the others). A poll therefore ends at
+ * most two units past its budget. */
+typedef struct {
+  double end; /* INFINITY: no limit */
+  int free;   /* the stage (STAGE_*) whose first unit may begin past `end`; 0: none, or used */
+  int did;    /* a unit of this poll has begun (here or before the step, in the Lua loop) */
+} budget;
+
+/* Whether a unit of `stage` may begin now. */
+static int may_begin(const budget *b, int stage) {
+  return b->end == INFINITY || !b->did || b->free == stage || fly_now() < b->end;
+}
+
+/* Counts a unit of `stage` as begun. */
+static void begin(budget *b, int stage) {
+  if (b->free == stage) b->free = 0;
+  b->did = 1;
+}
+
 /* Starts the queued requests whose time has come, oldest first, and ends
- * timers and requests whose deadline passed; after the first, only while
- * the clock is before `end` (the rest waits for the next step). */
-static void launch_ready(lua_State *L, fly_client *c, int *finished, double end) {
+ * timers and requests whose deadline passed, while the budget lets them
+ * (the rest waits for the next step). */
+static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) {
   struct fly_curl *t = c->curl;
   double now = fly_now();
-  int limited = end < INFINITY, done = 0;
+  int limited = b->end < INFINITY;
   fly_request *r = c->live;
   while (r && r->next) r = r->next; /* the live list is newest first */
   for (fly_request *pv; r; r = pv) {
@@ -584,10 +610,11 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, double end)
     if (r->state != REQ_QUEUED || r->admitting) continue;
     int expired = r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline;
     if (!expired && r->ready_at > now) continue;
-    if (done++ && limited && fly_now() >= end) {
+    if (!may_begin(b, STAGE_LAUNCH)) {
       t->backlog = 1;
       break;
     }
+    begin(b, STAGE_LAUNCH);
     if (expired) {
       r->reply.status = 0;
       fly_request_set_failure(r, "timeout", "deadline exceeded", 1);
@@ -617,33 +644,36 @@ static double earliest(fly_client *c) {
   return next;
 }
 
-/* Hands finished attempts to attempt_done, oldest first; after the first,
- * only while the clock is before `end` (libcurl keeps the rest). */
-static void harvest(lua_State *L, fly_client *c, int *finished, double end) {
+/* Hands finished attempts to attempt_done, oldest first, while the budget
+ * lets them (libcurl keeps the rest). */
+static void harvest(lua_State *L, fly_client *c, int *finished, budget *b) {
   CURLMsg *msg;
-  int left = 0;
-  for (int n = 0;; n++) {
-    if (n && end < INFINITY && fly_now() >= end) {
-      if (left > 0) c->curl->backlog = 1;
+  int left = -1; /* unknown until the first read */
+  for (;;) {
+    if (!may_begin(b, STAGE_HARVEST)) {
+      if (left != 0) c->curl->backlog = 1; /* unknown counts: libcurl cannot be asked without reading */
       return;
     }
     if (!(msg = curl_multi_info_read(c->curl->multi, &left))) return;
     if (msg->msg != CURLMSG_DONE) continue;
+    begin(b, STAGE_HARVEST);
     fly_request *r = NULL;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
     if (r) attempt_done(L, c, r, msg->data.result, finished);
   }
 }
 
-/* The end of a budget that starts now. */
-static double budget_end(double budget) { return budget < INFINITY ? fly_now() + budget : INFINITY; }
+/* The end of a budget of `seconds` that starts now. */
+static double budget_end(double seconds) { return seconds < INFINITY ? fly_now() + seconds : INFINITY; }
 
 /* Waits at most wait_ms on the sockets (and `extra`, the shared limiter's
  * socket, whose revents it fills), then lets libcurl act on those that are
- * ready: from where the last step stopped, the first one, then more within
- * `budget` seconds from the end of the wait. Returns when that budget ends. */
-static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget, struct pollfd *extra) {
-  int n;
+ * ready, from where the last step stopped, while the budget lets it. The
+ * budget's `seconds` (b->end) start at the end of the wait, or now when
+ * there is none: asking the kernel which sockets are ready counts. */
+static void act_on_sockets(struct fly_curl *t, int wait_ms, double seconds, budget *b, struct pollfd *extra) {
+  int n, waits = wait_ms > 0;
+  if (!waits) b->end = budget_end(seconds);
   if (extra && t->nsocks < t->socks_cap) { /* the extra socket rides in the spare slot */
     t->socks[t->nsocks] = *extra;
     n = poll(t->socks, (nfds_t)t->nsocks + 1, wait_ms);
@@ -654,16 +684,16 @@ static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget, str
     if (n > 0) wait_ms = 0; /* something to do already */
     n = t->nsocks ? poll(t->socks, (nfds_t)t->nsocks, wait_ms) : 0;
   } else if (t->nsocks == 0) {
-    if (wait_ms > 0) poll(NULL, 0, wait_ms);
-    return budget_end(budget);
+    if (waits) poll(NULL, 0, wait_ms), b->end = budget_end(seconds);
+    return;
   } else {
     n = poll(t->socks, (nfds_t)t->nsocks, wait_ms);
   }
-  double end = budget_end(budget);
-  if (n <= 0) return end;
+  if (waits) b->end = budget_end(seconds);
+  if (n <= 0) return;
   if (t->ready_cap < t->nsocks) { /* on_socket may grow socks meanwhile, never ready */
     struct pollfd *n = realloc(t->ready, (size_t)t->socks_cap * sizeof *n);
-    if (!n) return end; /* the timer still drives the transfers */
+    if (!n) return; /* the timer still drives the transfers */
     t->ready = n;
     t->ready_cap = t->socks_cap;
   }
@@ -674,12 +704,13 @@ static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget, str
   }
   int running;
   for (int k = 0; k < nready; k++) {
-    if (k && end < INFINITY && fly_now() >= end) {
+    if (!may_begin(b, STAGE_SOCKETS)) {
       t->backlog = 1;
       /* roughly: on_socket may have moved some, or removed them all */
       t->cursor = t->nsocks ? (first + k) % t->nsocks : 0;
-      return end;
+      return;
     }
+    begin(b, STAGE_SOCKETS);
     short re = t->ready[k].revents;
     int ev = (re & (POLLIN | POLLERR | POLLHUP) ? CURL_CSELECT_IN : 0) |
              (re & (POLLOUT | ((t->ready[k].events & POLLOUT) ? POLLERR | POLLHUP : 0)) ? CURL_CSELECT_OUT : 0) |
@@ -687,35 +718,32 @@ static double act_on_sockets(struct fly_curl *t, int wait_ms, double budget, str
     curl_multi_socket_action(t->multi, t->ready[k].fd, ev, &running);
   }
   t->cursor = 0;
-  return end;
 }
 
 /* One round of work: sockets (waiting at most wait_ms for one), libcurl's
  * timer, finished attempts, starts, and the attempts that finished while
- * starting (a reused connection and a quick server can answer at once). Each
- * part does at least one thing it has to do, and more within `budget`
- * seconds from the end of the wait. Returns when that budget ends. */
-static double work(lua_State *L, fly_client *c, int *finished, int wait_ms, double budget) {
+ * starting (a reused connection and a quick server can answer at once),
+ * within `seconds` from the end of the wait as the budget `b` lets them. */
+static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double seconds, budget *b) {
   struct pollfd extra = {-1, 0, 0}; /* the shared limiter's socket (Redis), if it has one */
   if (c->redis) extra.fd = fly_redis_fd(c->redis, &extra.events);
   int has_extra = extra.fd >= 0 && extra.events;
-  double end = act_on_sockets(c->curl, wait_ms, budget, has_extra ? &extra : NULL);
+  act_on_sockets(c->curl, wait_ms, seconds, b, has_extra ? &extra : NULL);
   if (c->redis) shared_io(L, c, has_extra ? extra.revents : 0, finished);
   run_timer(c->curl);
-  harvest(L, c, finished, end); /* may queue retries: the earliest time is taken after */
-  launch_ready(L, c, finished, end);
-  harvest(L, c, finished, end);
-  return end;
+  harvest(L, c, finished, b); /* may queue retries: the earliest time is taken after */
+  launch_ready(L, c, finished, b);
+  harvest(L, c, finished, b);
 }
 
-/* One turn: work within `budget` seconds (INFINITY: no limit); if nothing
- * finished and no work was left over, wait at most max_wait seconds on the
- * sockets and the nearest deadline, then work within a new budget. Returns
- * the time the last budget ends. */
-static double step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double budget) {
+/* One turn: work within `seconds` (INFINITY: no limit) as the budget `b`
+ * lets it; if nothing finished and no work was left over, wait at most
+ * max_wait seconds on the sockets and the nearest deadline, then work within
+ * a new `seconds`. b->end is when the last of them ends. */
+static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double seconds, budget *b) {
   struct fly_curl *t = c->curl;
   t->backlog = 0;
-  double end = work(L, c, finished, 0, budget);
+  work(L, c, finished, 0, seconds, b);
   if (*finished == 0 && !t->backlog && max_wait > 0 && c->live) {
     double now = fly_now();
     double wait = max_wait;
@@ -724,9 +752,14 @@ static double step_once(lua_State *L, fly_client *c, int *finished, double max_w
     if (t->timer_at - now < wait) wait = t->timer_at - now;
     if (shared_timeout(c) < wait) wait = shared_timeout(c);
     if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
-    end = work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, budget);
+    work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, seconds, b);
   }
-  return end;
+}
+
+/* A step with no budget. */
+static void step_free(lua_State *L, fly_client *c, int *finished, double max_wait) {
+  budget b = {INFINITY, 0, 0};
+  step_once(L, c, finished, max_wait, INFINITY, &b);
 }
 
 /* client:_submit(operation_id, params, opts, level) -> Request, queued on
@@ -759,25 +792,31 @@ int fly_l_timer(lua_State *L) {
   return 1;
 }
 
-/* client:_step(max_wait[, budget]) -> the requests that finished (as
- * results). Waits at most max_wait seconds for something to happen. Given a
- * budget (seconds), works at most about that long before the wait and again
- * after it, leaves what does not fit for the next step, oldest first, and
- * returns first the time (fly.now) its last budget ends, for the caller's
- * own share of the work. */
+/* client:_step(max_wait[, budget, free, did]) -> the requests that
+ * finished (as results). Waits at most max_wait seconds for something to
+ * happen. Given a budget (seconds), works about that long at most before the
+ * wait and again after it, and leaves what does not fit for the next step,
+ * oldest first; `free` is the stage (1 sockets, 2 finished attempts, 3
+ * starts; 0 none) whose first unit may begin past the budget, `did` whether
+ * the caller's poll has already done a unit of work. Then returns first the
+ * time (fly.now) its last budget ends and whether a unit of the poll has
+ * begun, for the caller's own share of the work. */
 int fly_l_step(lua_State *L) {
   fly_client *c = fly_check_client(L, 1);
   double max_wait = luaL_optnumber(L, 2, 0);
   int budgeted = !lua_isnoneornil(L, 3);
-  double budget = budgeted ? luaL_checknumber(L, 3) : INFINITY;
-  lua_settop(L, 3);
+  double seconds = budgeted ? luaL_checknumber(L, 3) : INFINITY;
+  budget b = {INFINITY, (int)luaL_optinteger(L, 4, 0), lua_toboolean(L, 5)};
+  lua_settop(L, 5);
   int finished = 0;
-  double end = step_once(L, c, &finished, max_wait, budget);
+  step_once(L, c, &finished, max_wait, seconds, &b);
   if (!budgeted) return finished;
-  luaL_checkstack(L, 1, "fly: too many finished requests");
-  lua_pushnumber(L, end);
-  lua_insert(L, 4);
-  return finished + 1;
+  luaL_checkstack(L, 2, "fly: too many finished requests");
+  lua_pushnumber(L, b.end);
+  lua_insert(L, 6);
+  lua_pushboolean(L, b.did);
+  lua_insert(L, 7);
+  return finished + 2;
 }
 
 /* client:_step_until(request) -> the requests that finished (as results).
@@ -788,7 +827,7 @@ int fly_l_step_until(lua_State *L) {
   fly_request *r = fly_check_request(L, 2);
   lua_settop(L, 2);
   int finished = 0;
-  while (r->state != REQ_DONE && finished == 0 && c->live) step_once(L, c, &finished, 1.0, INFINITY);
+  while (r->state != REQ_DONE && finished == 0 && c->live) step_free(L, c, &finished, 1.0);
   return finished;
 }
 
@@ -801,7 +840,7 @@ int fly_l_wait(lua_State *L) {
   lua_settop(L, 2);
   while (r->state != REQ_DONE && c->live) {
     int finished = 0;
-    step_once(L, c, &finished, 1.0, INFINITY);
+    step_free(L, c, &finished, 1.0);
     lua_settop(L, 2);
   }
   return 0;

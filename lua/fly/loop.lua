@@ -51,7 +51,8 @@ local function state(client)
   local cs = client_state(client)
   local st = cs.loop
   if not st then
-    st = { waiting = {}, ready = {}, tasks = {}, count = 0, woken = {}, woken_at = 1, woken_end = 0 }
+    st = { waiting = {}, ready = {}, tasks = {}, count = 0, woken = {}, woken_at = 1, woken_end = 0,
+      turn = 0, free = 0, did = false }
     cs.loop = st
   end
   return st
@@ -115,17 +116,26 @@ local function wake_one(st, finished)
   end
 end
 
--- Whether the clock has passed `t_end` (nil: no limit) after `done` resumes.
-local function over(t_end, done)
-  return t_end ~= nil and done > 0 and now_fn() >= t_end
+-- The stages of a budgeted turn (see loop.drive): the Lua loop's two, then
+-- the C step's three (sockets, finished attempts, starts).
+local WOKEN, READY, STAGES = 1, 2, 5
+
+-- Whether a unit of work of `stage` (a task to resume) may begin: always
+-- without a budget (`t_end` nil); with one, while the clock is before
+-- `t_end`, and past it for the first unit of the turn and the first unit of
+-- the stage whose turn it is (st.free). If it may, it counts as begun.
+local function may_begin(st, t_end, stage)
+  if t_end ~= nil and st.did and st.free ~= stage and now_fn() >= t_end then return false end
+  if st.free == stage then st.free = 0 end
+  st.did = true
+  return true
 end
 
 -- Resumes the tasks waiting on finished requests in st.woken, oldest first,
--- until the clock passes `t_end`; the rest stay queued for the next turn.
+-- while the budget lets it; the rest stay queued for the next turn.
 local function wake_woken(st, t_end)
   local q, i, last = st.woken, st.woken_at, st.woken_end
-  local first = i
-  while i <= last and not over(t_end, i - first) do
+  while i <= last and may_begin(st, t_end, WOKEN) do
     local finished = q[i]
     q[i] = nil
     i = i + 1
@@ -155,14 +165,14 @@ local function wake(st, t_end, ...)
   wake_woken(st, t_end)
 end
 
--- Resumes the tasks that are ready, in order, until the clock passes `t_end`;
--- the rest stay first in line.
+-- Resumes the tasks that are ready, in order, while the budget lets it; the
+-- rest stay first in line.
 local function run_ready(st, t_end)
   local ready = st.ready
   if #ready == 0 then return end
   st.ready = {}
   for i = 1, #ready do
-    if over(t_end, i - 1) then
+    if not may_begin(st, t_end, READY) then
       local rest = {}
       for j = i, #ready do rest[#rest + 1] = ready[j] end
       for _, task in ipairs(st.ready) do rest[#rest + 1] = task end
@@ -174,8 +184,10 @@ local function run_ready(st, t_end)
 end
 
 -- After a budgeted step: resumes the tasks of the requests it finished within
--- the budget it gave (it ends `t_end`, after the step's wait if it waited).
-local function wake_budgeted(st, t_end, ...)
+-- the budget it gave (it ends `t_end`, after the step's wait if it waited;
+-- `did`: whether a unit of the turn has begun).
+local function wake_budgeted(st, t_end, did, ...)
+  st.did = did
   wake(st, t_end, ...)
   return t_end
 end
@@ -189,11 +201,20 @@ end
 -- for at most `wait` seconds (or, given `req`, until `req` or another
 -- request finishes) and resume the tasks whose requests finished. Given a
 -- `budget` (seconds), the turn starts, finishes and resumes only what fits
--- in it, and leaves the rest, oldest first, for the next turn.
+-- in it, and leaves the rest, oldest first, for the next turn: a unit of
+-- work (a task to resume, a ready socket, a finished attempt, a start)
+-- begins only while the budget lasts, except the turn's first unit, so that
+-- every turn makes progress, and the first unit of one stage, a different
+-- one each turn, so that none waits for ever behind the others. A turn thus
+-- ends at most two units past its budget.
 -- @return the number of unfinished tasks
 function loop.drive(client, wait, req, budget)
   local st = state(client)
   local t_end = budget and now_fn() + budget
+  if t_end then
+    local turn = st.turn % STAGES + 1
+    st.turn, st.free, st.did = turn, turn, false
+  end
   if pending(st) then
     wake_woken(st, t_end)
     run_ready(st, t_end)
@@ -203,7 +224,8 @@ function loop.drive(client, wait, req, budget)
     wake(st, nil, step_until(client, req))
   elseif t_end then
     local left = t_end - now_fn()
-    t_end = wake_budgeted(st, step(client, wait, left > 0 and left or 0))
+    local free = st.free > READY and st.free - READY or 0 -- the C step's stages count from 1
+    t_end = wake_budgeted(st, step(client, wait, left > 0 and left or 0, free, st.did))
   else
     wake(st, nil, step(client, wait))
   end
