@@ -80,6 +80,8 @@ typedef struct pending {
  * then sets done; the limiter reads them only once it sees done. */
 /* Room for a numeric address: IPv6, '%' and an interface name. */
 #define RESOLVED_MAX (INET6_ADDRSTRLEN + 1 + 64)
+/* News (warnings) kept until the loop hands them out: more than it can meet between two drains. */
+#define WARNINGS_MAX 4
 
 typedef struct resolution {
   atomic_int refs;
@@ -114,9 +116,13 @@ struct fly_redis {
   fly_redis_answer *results; /* owned: a ring of cap slots */
   size_t cap, first, count;
   size_t inflight;
-  char warning[320];
-  int has_warning;
-  int warning_up;    /* the warning says the limiter is available (again) */
+  /* news not yet handed out by fly_redis_warning, oldest first (a ring); when
+     it is full the newest replaces the last, so the current state is told */
+  struct {
+    char text[320];
+    int up; /* it says the limiter is available (again) */
+  } warnings[WARNINGS_MAX];
+  int warnings_first, warnings_count;
   char warned[320];  /* the copy handed out by fly_redis_warning */
   fly_redis_stats stats;
   double io_now;     /* the `now` of the fly_redis_io (or _free) call running the
@@ -175,12 +181,13 @@ static long number(const char *s, size_t n, long lo, long hi) {
 }
 
 static void set_warning(fly_redis *r, int up, const char *fmt, ...) {
+  if (r->warnings_count < WARNINGS_MAX) r->warnings_count++;
+  int i = (r->warnings_first + r->warnings_count - 1) % WARNINGS_MAX;
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(r->warning, sizeof r->warning, fmt, ap);
+  vsnprintf(r->warnings[i].text, sizeof r->warnings[i].text, fmt, ap);
   va_end(ap);
-  r->has_warning = 1;
-  r->warning_up = up;
+  r->warnings[i].up = up;
 }
 
 /* ---------------------------------------------------------- URL parsing */
@@ -769,10 +776,12 @@ int fly_redis_next(fly_redis *r, fly_redis_answer *out) {
 }
 
 const char *fly_redis_warning(fly_redis *r, int *available) {
-  if (!r->has_warning) return NULL;
-  r->has_warning = 0;
-  if (available) *available = r->warning_up;
-  memcpy(r->warned, r->warning, sizeof r->warned);
+  if (r->warnings_count == 0) return NULL;
+  int i = r->warnings_first;
+  r->warnings_first = (i + 1) % WARNINGS_MAX;
+  r->warnings_count--;
+  if (available) *available = r->warnings[i].up;
+  memcpy(r->warned, r->warnings[i].text, sizeof r->warned);
   return r->warned;
 }
 
