@@ -110,7 +110,7 @@ check-asan: setup
 	  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=66" \
 	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0:use_tls=0" \
 	  UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
-	  FLY_SPEC_EXCLUDE=nginx spec/run
+	  FLY_SPEC_EXCLUDE=nginx,driver spec/run
 
 # ThreadSanitizer on the process-wide state: several Lua states on several
 # threads share the rate-limit buckets (spec/threads.c runs spec/tsan-smoke.lua).
@@ -143,7 +143,7 @@ clean:
 .PHONY: test-tls test-reuse
 test-tls: build $(OUT)/spec/threads
 	@[ "$(LUA)" = luajit ] || $(MAKE) --no-print-directory build LUA=luajit
-	@FLY_SPEC_TLS=1 FLY_SPEC_EXCLUDE=nginx spec/run
+	@FLY_SPEC_TLS=1 FLY_SPEC_EXCLUDE=nginx,driver spec/run
 
 # Only the #reuse specs (spec/connections_reuse_spec.lua; both test and test-tls run them too).
 test-reuse: build
@@ -158,7 +158,7 @@ PKGS += clang valgrind
 # #nginx (nginx's LuaJIT loads its own core) and #timing (real-time pacing across
 # processes, which valgrind's slowdown breaks, not memory checks).
 check-valgrind: build build/spec/threads
-	@FLY_SPEC_EXCLUDE=nginx,timing FLY_SPEC_LUA="$(CURDIR)/spec/valgrind-lua" spec/run && echo "check-valgrind: clean"
+	@FLY_SPEC_EXCLUDE=nginx,timing,driver FLY_SPEC_LUA="$(CURDIR)/spec/valgrind-lua" spec/run && echo "check-valgrind: clean"
 
 # libFuzzer targets (fuzz/<name>_fuzz.c), built with clang under ASan and
 # UBSan and run one after the other for FUZZ_SECONDS each, from the seeds in

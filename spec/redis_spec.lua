@@ -116,7 +116,10 @@ local function excess(grants, rate, burst)
   return worst
 end
 
-describe("the shared rate limiter (Redis)", function()
+-- #driver: what runs here is the driver, a C program built apart from the core (plain, or
+-- under ASan by `make check-redis-asan`); the TLS, sanitizer and valgrind runs of the
+-- suite, whose build of the core it never loads, leave it out.
+describe("the shared rate limiter (Redis) #driver", function()
   setup(function() start() end)
   teardown(function() stop() end)
 
