@@ -2,7 +2,10 @@
 -- BENCH_RTT ms), a fresh client (default settings) per measurement. 20 sequential machine
 -- gets, 20 sequential machine starts, 100 starts at once with client:map (concurrency 100),
 -- each on distinct machines: seconds, round trips per call and connections opened, with the
--- targets next to them.
+-- targets next to them. Then, with the emulator enforcing Fly's limits, 13 gets of one
+-- machine at once from a fresh client (a burst of 10, then one every 0.2 s): the burst waits
+-- for the handshakes, and the requests after it must still reach the server after its bucket
+-- refilled (target: no 429).
 --
 -- Environment (set by bench/run): FLY_API_HOSTNAME (the emulator's plain listener, for setup
 -- and control), FLY_API_TOKEN, BENCH_PROXY_URL, BENCH_CA_FILE, BENCH_PROXY_STATS, BENCH_RTT.
@@ -25,6 +28,7 @@ end
 E.control("POST", "reset")
 E.control("POST", "config", { rate_limits = { enabled = false }, delays = { transition = 0 } })
 local setup = E.setup_client()
+local burst_id = E.machines(setup, "net-burst", 1)[1]
 local get_ids = E.machines(setup, "net-get", 20)
 local seq_ids = E.machines(setup, "net-seq", 20)
 local map_ids = E.machines(setup, "net-map", 100)
@@ -72,6 +76,20 @@ measure("100 starts, map(100)", 100, true, function(c)
 end, function(_, rt, conns)
   return ("<= 4 RT on <= 2 conns: %s"):format((rt <= 4 and conns <= 2) and "met" or "MISSED")
 end)
+
+E.control("POST", "config", { rate_limits = { enabled = true } })
+local limited_before = E.control("GET", "stats").rate_limited or 0
+local burst_429s
+measure("13 gets of 1 machine", 13, true, function(c)
+  local list = {}
+  for i = 1, 13 do list[i] = i end
+  local _, errs = c:map(list, function() return c.machines:get("net-burst", burst_id) end, { concurrency = 13 })
+  for i = 1, 13 do assert(errs[i] == nil, tostring(errs[i])) end
+  burst_429s = (E.control("GET", "stats").rate_limited or 0) - limited_before
+end, function()
+  return ("limits on, 429s: %d (target 0): %s"):format(burst_429s, burst_429s == 0 and "met" or "MISSED")
+end)
+E.control("POST", "config", { rate_limits = { enabled = false } })
 
 print(("  round trip %.0f ms (bench/latency-proxy.lua), TLS emulator, fresh client per row"):format(RTT * 1000))
 print(("  %-22s %9s %14s %6s %6s  %s"):format("work", "seconds", "round trips", "conns", "proto", "target"))

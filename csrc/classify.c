@@ -225,7 +225,7 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
        else one token's worth of the published limit */
     if (p->rate_key) {
       fly_rate_penalize(p->rate_key, p->limit, now);
-      delay = fly_rate_reserve(p->rate_key, p->limit, now) + p->margin - now;
+      delay = fly_rate_reserve_marked(p->rate_key, p->limit, now, &p->mark) + p->margin - now;
     } else {
       delay = 1.0 / p->limit.rate;
     }
@@ -238,7 +238,7 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
     delay = rng_unit(p) * cap; /* full jitter */
     if (p->deadline > 0 && now + delay >= p->deadline) return -1;
     if (p->rate_key) { /* a retry is another request: it takes its place in the bucket */
-      double at = fly_rate_admit(p->rate_key, p->limit, now, p->margin);
+      double at = fly_rate_admit_marked(p->rate_key, p->limit, now, p->margin, &p->mark);
       if (at - now > delay) delay = at - now;
     }
   }

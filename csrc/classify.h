@@ -49,6 +49,7 @@ typedef struct fly_retry {
   double max_wait;             /* the longest Retry-After honoured; longer: the 429 is final */
   const char *rate_key;        /* the bucket (owned by the request), NULL: not limited */
   fly_limit limit;
+  fly_rate_mark mark;          /* the last reservation's, for fly_rate_sent and fly_rate_catch_up */
   uint64_t rng;                /* xorshift64* state; never 0 */
 } fly_retry;
 

@@ -51,7 +51,9 @@ struct fly_curl;
 typedef struct fly_easy {
   CURL *curl;
   struct fly_curl *t;          /* the client's transport, for its sockets */
-  int watched;                 /* on_prereq is set on the handle */
+  int watched;                 /* a call not safe to repeat: on_prereq guards its sends */
+  struct fly_request *paced;   /* a rate-limited request: on_prereq tells its bucket when it goes */
+  int hooked;                  /* on_prereq is set on the handle (watched or paced) */
   int sends;                   /* times libcurl was about to send it */
   long connects;               /* connections it made, at the last send */
   int h2;                      /* the last send went over HTTP/2 */
@@ -309,8 +311,14 @@ static int on_h2(CURL *e) {
 /* Runs before libcurl sends the request on a connection: the first send,
  * and again for every resend libcurl makes on its own (Curl_retry_request:
  * a reused connection that failed before any response byte, a refused
- * HTTP/2 stream). Set only for calls not safe to repeat (the others go on
- * unchecked, libcurl's resend included):
+ * HTTP/2 stream). Set for calls not safe to repeat and for rate-limited ones.
+ *
+ * A rate-limited request's first send tells its bucket when it went
+ * (fly_rate_sent): one that waited for a new connection's handshakes goes
+ * later than its bucket planned, and so reaches the server later.
+ *
+ * Calls not safe to repeat are guarded (the others go on unchecked,
+ * libcurl's resend included):
  *
  * - A resend is vetoed (STOP_RESEND: the attempt is ambiguous) unless the
  *   previous send went over HTTP/2 and libcurl recorded no failure for it:
@@ -324,23 +332,29 @@ static int on_h2(CURL *e) {
 static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port, int local_port) {
   fly_easy *fe = ud;
   (void)remote_ip, (void)local_ip;
-  if (fe->sends > 0 && !(fe->h2 && fe->errbuf[0] == '\0')) {
+  if (fe->watched && fe->sends > 0 && !(fe->h2 && fe->errbuf[0] == '\0')) {
     fe->stop = STOP_RESEND;
     return CURL_PREREQFUNC_ABORT;
   }
-  long connects = 0;
-  curl_easy_getinfo(fe->curl, CURLINFO_NUM_CONNECTS, &connects);
-  int reused = connects == fe->connects;
-  fe->connects = connects;
-  fe->h2 = on_h2(fe->curl);
-  if (reused && !fe->h2) {
-    int fd = find_socket(fe->t, local_port, remote_port);
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (fd >= 0 && poll(&p, 1, 0) != 0) {
-      fe->stop = STOP_STALE;
-      curl_easy_setopt(fe->curl, CURLOPT_FORBID_REUSE, 1L); /* it is closed when this attempt ends */
-      return CURL_PREREQFUNC_ABORT;
+  if (fe->watched) {
+    long connects = 0;
+    curl_easy_getinfo(fe->curl, CURLINFO_NUM_CONNECTS, &connects);
+    int reused = connects == fe->connects;
+    fe->connects = connects;
+    fe->h2 = on_h2(fe->curl);
+    if (reused && !fe->h2) {
+      int fd = find_socket(fe->t, local_port, remote_port);
+      struct pollfd p = {.fd = fd, .events = POLLIN};
+      if (fd >= 0 && poll(&p, 1, 0) != 0) {
+        fe->stop = STOP_STALE;
+        curl_easy_setopt(fe->curl, CURLOPT_FORBID_REUSE, 1L); /* it is closed when this attempt ends */
+        return CURL_PREREQFUNC_ABORT;
+      }
     }
+  }
+  if (fe->paced && fe->sends == 0) { /* its first send: the server counts it from now */
+    fly_request *r = fe->paced;
+    fly_rate_sent(r->retry.rate_key, r->retry.limit, r->ready_at, &r->retry.mark, fly_now());
   }
   fe->sends++;
   return CURL_PREREQFUNC_OK;
@@ -358,9 +372,11 @@ static int start_transfer(fly_client *c, fly_request *r) {
   CURL *e = fe->curl;
   r->easy = fe;
   fe->errbuf[0] = '\0';
-  if (fe->watched != !r->wire.safe) { /* only calls not safe to repeat are watched */
-    fe->watched = !r->wire.safe;
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, fe->watched ? on_prereq : NULL);
+  fe->watched = !r->wire.safe; /* only calls not safe to repeat are watched */
+  fe->paced = r->retry.rate_key ? r : NULL;
+  if (fe->hooked != (fe->watched || fe->paced)) {
+    fe->hooked = fe->watched || fe->paced;
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, fe->hooked ? on_prereq : NULL);
   }
   fe->sends = fe->h2 = 0;
   fe->connects = 0;
@@ -610,6 +626,19 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
     if (r->state != REQ_QUEUED || r->admitting) continue;
     int expired = r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline;
     if (!expired && r->ready_at > now) continue;
+    if (!expired && r->retry.rate_key) { /* its bucket was pushed back since it was admitted */
+      double later = fly_rate_catch_up(r->retry.rate_key, &r->retry.mark);
+      if (later > 0) {
+        r->ready_at += later;
+        if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline) {
+          r->reply.status = 0;
+          fly_request_set_failure(r, "timeout", "the rate limit delays this request past its deadline", 1);
+          deliver(L, r, finished);
+          continue;
+        }
+        if (r->ready_at > now) continue;
+      }
+    }
     if (!may_begin(b, STAGE_LAUNCH)) {
       t->backlog = 1;
       break;

@@ -16,6 +16,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,10 +32,14 @@ typedef struct bucket {
   double full_at; /* when the bucket last became full; -inf: full since it was made */
   double rate;    /* the limit in force when last touched */
   double burst;
+  double shift;   /* seconds it was pushed back in all (fly_rate_sent) */
   char key[];     /* owned, NUL-terminated */
 } bucket;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+/* Shifts of any bucket so far: a queued request whose mark holds the same
+ * count has nothing to catch up (read without the lock). */
+static atomic_ulong shifts;
 static bucket *slots[SLOTS];
 static size_t count;
 static size_t sweep_at = SWEEP_ABOVE; /* the count that triggers the next sweep */
@@ -110,14 +115,16 @@ static bucket *lookup(const char *key, fly_limit limit, double now) {
   b->full_at = -INFINITY;
   b->rate = limit.rate;
   b->burst = limit.burst;
+  b->shift = 0;
   b->next = slots[slot];
   slots[slot] = b;
   count++;
   return b;
 }
 
-double fly_rate_reserve(const char *key, fly_limit limit, double now) {
+double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, fly_rate_mark *m) {
   double ready = now;
+  if (m) *m = (fly_rate_mark){-INFINITY, 0, atomic_load(&shifts)};
   pthread_mutex_lock(&lock);
   bucket *b = lookup(key, limit, now);
   if (b) {
@@ -128,9 +135,50 @@ double fly_rate_reserve(const char *key, fly_limit limit, double now) {
     if (b->tokens >= limit.burst) ready = b->full_at - (limit.burst - 1) / limit.rate;
     else ready = b->last - (b->tokens - 1) / limit.rate;
     b->tokens -= 1;
+    if (m) { /* without this token the bucket is full (burst - 1) intervals after it came */
+      m->full = ready + (limit.burst - 1) / limit.rate;
+      m->shift = b->shift;
+    }
   }
   pthread_mutex_unlock(&lock);
   return ready;
+}
+
+double fly_rate_reserve(const char *key, fly_limit limit, double now) {
+  return fly_rate_reserve_marked(key, limit, now, NULL);
+}
+
+int fly_rate_sent(const char *key, fly_limit limit, double ready_at, const fly_rate_mark *m, double now) {
+  double late = now - (ready_at > m->full ? ready_at : m->full);
+  if (!(late > FLY_RATE_SLACK)) return 0;
+  int pushed = 0;
+  pthread_mutex_lock(&lock);
+  bucket *b = lookup(key, limit, now);
+  if (b) {
+    refill(b, limit, now);
+    b->tokens -= late * limit.rate; /* its refill starts that much later */
+    b->shift += late;
+    atomic_fetch_add(&shifts, 1);
+    pushed = 1;
+  }
+  pthread_mutex_unlock(&lock);
+  return pushed;
+}
+
+double fly_rate_catch_up(const char *key, fly_rate_mark *m) {
+  unsigned long gen = atomic_load(&shifts);
+  if (gen == m->gen) return 0;
+  double extra = 0;
+  pthread_mutex_lock(&lock);
+  for (bucket *b = slots[hash(key) % SLOTS]; b; b = b->next) {
+    if (strcmp(b->key, key) != 0) continue;
+    if (b->shift > m->shift) extra = b->shift - m->shift;
+    m->shift = b->shift;
+    break;
+  }
+  pthread_mutex_unlock(&lock);
+  m->gen = gen;
+  return extra;
 }
 
 void fly_rate_penalize(const char *key, fly_limit limit, double now) {
@@ -180,7 +228,11 @@ fly_limit fly_rate_limit_for(fly_limit dflt, const char *action, const fly_overr
   return l;
 }
 
-double fly_rate_admit(const char *key, fly_limit limit, double now, double margin) {
-  double at = fly_rate_reserve(key, limit, now) + margin;
+double fly_rate_admit_marked(const char *key, fly_limit limit, double now, double margin, fly_rate_mark *m) {
+  double at = fly_rate_reserve_marked(key, limit, now, m) + margin;
   return at > now ? at : now;
+}
+
+double fly_rate_admit(const char *key, fly_limit limit, double now, double margin) {
+  return fly_rate_admit_marked(key, limit, now, margin, NULL);
 }

@@ -42,6 +42,39 @@ double fly_now(void);
  * later times. */
 double fly_rate_reserve(const char *key, fly_limit limit, double now);
 
+/* What a reservation leaves for fly_rate_sent and fly_rate_catch_up.
+ *
+ * The server counts a request when it arrives, the bucket here when the
+ * request is ready to go. A request that goes out later than that (it waited
+ * for a new connection's handshakes, or for the loop) reaches the server
+ * later too, and if the server's bucket was full then, every request after
+ * it in the bucket is counted that much later there: the server is behind
+ * the bucket here by that much, and the next request that goes at its time
+ * gets a 429. fly_rate_sent tells the bucket when a request actually went,
+ * and pushes it back by the difference ("shift"); requests already queued on
+ * it ask fly_rate_catch_up how much later they must go. */
+typedef struct fly_rate_mark {
+  double full;        /* when the bucket would be full again without this request (-inf: full) */
+  double shift;       /* the bucket's shift (seconds) when reserved */
+  unsigned long gen;  /* the count of shifts of every bucket when reserved */
+} fly_rate_mark;
+
+/* fly_rate_reserve and fly_rate_admit that also fill *m. */
+double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, fly_rate_mark *m);
+double fly_rate_admit_marked(const char *key, fly_limit limit, double now, double margin, fly_rate_mark *m);
+
+/* The request reserved with *m, ready at `ready_at`, goes out at `now`: when
+ * that is later than both its ready time and the moment its bucket would have
+ * been full without it, by more than FLY_RATE_SLACK, the bucket is pushed back
+ * by the difference. Returns 1 when it was. */
+int fly_rate_sent(const char *key, fly_limit limit, double ready_at, const fly_rate_mark *m, double now);
+#define FLY_RATE_SLACK 0.001
+
+/* Seconds a request still queued (reserved with *m) must add to its ready
+ * time for the shifts of its bucket since; updates *m. 0 in the common case
+ * without taking the lock. */
+double fly_rate_catch_up(const char *key, fly_rate_mark *m);
+
 /* The server answered 429 for `key`: empty the bucket so that the next
  * reservation waits for a refill. */
 void fly_rate_penalize(const char *key, fly_limit limit, double now);

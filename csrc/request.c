@@ -255,7 +255,7 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
     if (external) r->external = 1; /* the transport admits it: _rate, _admit */
     else {
       p->rate_key = r->rate_key;
-      r->ready_at = fly_rate_admit(r->rate_key, p->limit, now, c->rate_margin);
+      r->ready_at = fly_rate_admit_marked(r->rate_key, p->limit, now, c->rate_margin, &p->mark);
       if (c->redis) { /* the same bucket in Redis: the libcurl loop admits there too (curl.c) */
         size_t n = fly_redis_key(NULL, 0, c->identity, op->action, scope) + 1;
         if (!(r->shared_key = malloc(n))) luaL_error(L, "fly: out of memory");
