@@ -155,6 +155,14 @@ function H.child(code, env)
   return out
 end
 
+--- A port number in 20000-59999 from /dev/urandom: unlike math.random, the same in no two runs.
+function H.random_port()
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local a, b = f:read(2):byte(1, 2)
+  f:close()
+  return 20000 + (a * 256 + b) % 40000
+end
+
 --- Runs a shell command: true when it exited with status 0 (what
 -- os.execute returns for that differs between Lua versions).
 function H.sh(cmd)

@@ -44,7 +44,7 @@ describe("examples/openresty/nginx.conf #nginx", function()
     local user = io.popen("id -u"):read("*l") == "0"
       and ("user %s %s;"):format(io.popen("id -un"):read("*l"), io.popen("id -gn"):read("*l")) or ""
     for _ = 1, 20 do
-      local port = math.random(20000, 60000)
+      local port = H.random_port() -- not math.random: another spec may have seeded it with a constant
       prefix = ("%s/fly-ngxexample-%d"):format(os.getenv("TMPDIR") or "/tmp", port)
       sh("rm -rf " .. prefix .. " && mkdir -p " .. prefix)
       local f = assert(io.open(prefix .. "/nginx.conf", "wb"))

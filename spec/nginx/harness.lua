@@ -10,6 +10,7 @@
 --
 -- Configuration snippets may use @PREFIX@, @PORT@ (the main server), @TLS_PORT@, @CERT@ and
 -- @KEY@ (a self-signed certificate for localhost and 127.0.0.1, made when `tls` is set).
+local H = require "helper"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
@@ -57,13 +58,6 @@ local function cjson_dir()
   return (f:gsub("/cjson%.so$", ""))
 end
 
-local function random_port()
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local a, b = f:read(2):byte(1, 2)
-  f:close()
-  return 20000 + (a * 256 + b) % 40000
-end
-
 local function fill(template, vars)
   return (template:gsub("@([%u_]+)@", function(k) return vars[k] end))
 end
@@ -89,7 +83,7 @@ function harness.start(opts)
   end
   local last_log
   for _ = 1, 20 do
-    local port, tls_port = random_port(), random_port()
+    local port, tls_port = H.random_port(), H.random_port()
     local prefix = (os.getenv("TMPDIR") or "/tmp") .. "/fly-ngxspec-" .. port
     sh("rm -rf " .. prefix)
     assert(sh("mkdir -p " .. prefix .. "/tmp"), "cannot make " .. prefix)
