@@ -80,6 +80,7 @@ struct fly_curl {
   int cursor;           /* where the next step starts among ready sockets (round robin) */
   double timer_at;      /* when libcurl wants CURL_SOCKET_TIMEOUT (on_timer); INFINITY: never */
   int backlog;          /* the last step ran out of budget with work left */
+  int unread;           /* libcurl acted since its queue of finished transfers was last found empty */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -313,9 +314,10 @@ static int on_h2(CURL *e) {
  * a reused connection that failed before any response byte, a refused
  * HTTP/2 stream). Set for calls not safe to repeat and for rate-limited ones.
  *
- * A rate-limited request's first send tells its bucket when it went
+ * A rate-limited request's send tells its bucket when it went
  * (fly_rate_sent): one that waited for a new connection's handshakes goes
- * later than its bucket planned, and so reaches the server later.
+ * later than its bucket planned, and so reaches the server later (the
+ * requests behind it wait for that: see launch_ready).
  *
  * Calls not safe to repeat are guarded (the others go on unchecked,
  * libcurl's resend included):
@@ -352,9 +354,9 @@ static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
       }
     }
   }
-  if (fe->paced && fe->sends == 0) { /* its first send: the server counts it from now */
-    fly_request *r = fe->paced;
-    fly_rate_sent(r->retry.rate_key, r->retry.limit, r->ready_at, &r->retry.mark, fly_now());
+  if (fe->paced) { /* the server counts it from now */
+    fly_retry *p = &fe->paced->retry;
+    fly_rate_sent(p->rate_key, p->limit, &fe->paced->ready_at, &p->mark, fly_now());
   }
   fe->sends++;
   return CURL_PREREQFUNC_OK;
@@ -583,7 +585,10 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
 /* Lets libcurl do what its timer asked for, if the time has come. */
 static void run_timer(struct fly_curl *t) {
   int running;
-  if (t->timer_at <= fly_now()) curl_multi_socket_action(t->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  if (t->timer_at <= fly_now()) {
+    curl_multi_socket_action(t->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    t->unread = 1;
+  }
 }
 
 /* The parts of a step whose work a budget holds back (the stages). */
@@ -612,9 +617,30 @@ static void begin(budget *b, int stage) {
   b->did = 1;
 }
 
+/* Whether r, which had to wait for its token, is behind another request on
+ * its bucket that has started and not gone out yet: one that waits for a
+ * name, a connection or a stream, as the requests of a fresh client's burst
+ * do. Its send may push the bucket back (fly_rate_sent), so r waits until it
+ * has gone: started now, r would wait for the same name or connection and go
+ * out with it, early. Requests ready as early as it (the rest of its burst)
+ * go along with it. Only this client's requests count. */
+static int behind_unsent(fly_client *c, const fly_request *r) {
+  for (const fly_request *q = c->live; q; q = q->next)
+    if (q != r && q->state == REQ_ACTIVE && q->easy && q->easy->paced == q && q->easy->sends == 0 &&
+        r->ready_at > q->ready_at + FLY_RATE_SLACK && strcmp(q->retry.rate_key, r->retry.rate_key) == 0)
+      return 1;
+  return 0;
+}
+
+/* How often a request held behind an unsent one looks again (the sends
+ * themselves happen in the same steps, so this only bounds a missed one). */
+#define HOLD_RECHECK 0.005
+
 /* Starts the queued requests whose time has come, oldest first, and ends
  * timers and requests whose deadline passed, while the budget lets them
- * (the rest waits for the next step). */
+ * (the rest waits for the next step). A rate-limited request waits while
+ * another on its bucket has started and not gone out, then for the time its
+ * bucket was pushed back meanwhile. */
 static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) {
   struct fly_curl *t = c->curl;
   double now = fly_now();
@@ -626,22 +652,22 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
     if (r->state != REQ_QUEUED || r->admitting) continue;
     int expired = r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline;
     if (!expired && r->ready_at > now) continue;
-    if (!expired && r->retry.rate_key) { /* its bucket was pushed back since it was admitted */
-      double later = fly_rate_catch_up(r->retry.rate_key, &r->retry.mark);
-      if (later > 0) {
-        r->ready_at += later;
-        if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline) {
-          r->reply.status = 0;
-          fly_request_set_failure(r, "timeout", "the rate limit delays this request past its deadline", 1);
-          deliver(L, r, finished);
-          continue;
-        }
-        if (r->ready_at > now) continue;
-      }
-    }
+    r->held = !expired && r->retry.rate_key && behind_unsent(c, r);
+    if (r->held) continue;
     if (!may_begin(b, STAGE_LAUNCH)) {
       t->backlog = 1;
       break;
+    }
+    /* its bucket was pushed back since it was admitted: later, or past its deadline */
+    if (!expired && r->retry.rate_key && fly_rate_catch_up(r->retry.rate_key, &r->retry.mark, &r->ready_at) > 0) {
+      if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline) {
+        begin(b, STAGE_LAUNCH);
+        r->reply.status = 0;
+        fly_request_set_failure(r, "timeout", "the rate limit delays this request past its deadline", 1);
+        deliver(L, r, finished);
+        continue;
+      }
+      if (r->ready_at > now) continue;
     }
     begin(b, STAGE_LAUNCH);
     if (expired) {
@@ -663,10 +689,10 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
 /* The earliest time a queued request needs attention (ready, or its
  * deadline), or +inf. */
 static double earliest(fly_client *c) {
-  double next = INFINITY;
+  double next = INFINITY, now = fly_now();
   for (fly_request *r = c->live; r; r = r->next) {
     if (r->state != REQ_QUEUED || r->admitting) continue;
-    double t = r->ready_at;
+    double t = r->held && r->ready_at <= now ? now + HOLD_RECHECK : r->ready_at;
     if (r->kind == KIND_HTTP && r->retry.deadline > 0 && r->retry.deadline < t) t = r->retry.deadline;
     if (t < next) next = t;
   }
@@ -677,13 +703,16 @@ static double earliest(fly_client *c) {
  * lets them (libcurl keeps the rest). */
 static void harvest(lua_State *L, fly_client *c, int *finished, budget *b) {
   CURLMsg *msg;
-  int left = -1; /* unknown until the first read */
+  struct fly_curl *t = c->curl;
+  int left = -1; /* unknown until the first read (libcurl cannot be asked without reading) */
   for (;;) {
     if (!may_begin(b, STAGE_HARVEST)) {
-      if (left != 0) c->curl->backlog = 1; /* unknown counts: libcurl cannot be asked without reading */
+      if (left > 0 || (left < 0 && t->unread)) t->backlog = 1;
       return;
     }
-    if (!(msg = curl_multi_info_read(c->curl->multi, &left))) return;
+    msg = curl_multi_info_read(t->multi, &left);
+    if (!msg || left == 0) t->unread = 0;
+    if (!msg) return;
     if (msg->msg != CURLMSG_DONE) continue;
     begin(b, STAGE_HARVEST);
     fly_request *r = NULL;
@@ -697,12 +726,11 @@ static double budget_end(double seconds) { return seconds < INFINITY ? fly_now()
 
 /* Waits at most wait_ms on the sockets (and `extra`, the shared limiter's
  * socket, whose revents it fills), then lets libcurl act on those that are
- * ready, from where the last step stopped, while the budget lets it. The
- * budget's `seconds` (b->end) start at the end of the wait, or now when
- * there is none: asking the kernel which sockets are ready counts. */
+ * ready, from where the last step stopped, while the budget lets it. After a
+ * wait the budget's `seconds` start again (b->end); without one they run on
+ * from the step's start (asking the kernel which sockets are ready counts). */
 static void act_on_sockets(struct fly_curl *t, int wait_ms, double seconds, budget *b, struct pollfd *extra) {
   int n, waits = wait_ms > 0;
-  if (!waits) b->end = budget_end(seconds);
   if (extra && t->nsocks < t->socks_cap) { /* the extra socket rides in the spare slot */
     t->socks[t->nsocks] = *extra;
     n = poll(t->socks, (nfds_t)t->nsocks + 1, wait_ms);
@@ -745,6 +773,7 @@ static void act_on_sockets(struct fly_curl *t, int wait_ms, double seconds, budg
              (re & (POLLOUT | ((t->ready[k].events & POLLOUT) ? POLLERR | POLLHUP : 0)) ? CURL_CSELECT_OUT : 0) |
              (re & POLLNVAL ? CURL_CSELECT_ERR : 0);
     curl_multi_socket_action(t->multi, t->ready[k].fd, ev, &running);
+    t->unread = 1;
   }
   t->cursor = 0;
 }
@@ -768,10 +797,12 @@ static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double
 /* One turn: work within `seconds` (INFINITY: no limit) as the budget `b`
  * lets it; if nothing finished and no work was left over, wait at most
  * max_wait seconds on the sockets and the nearest deadline, then work within
- * a new `seconds`. b->end is when the last of them ends. */
+ * a new `seconds` if it waited, else within what is left of the first. b->end
+ * is when the last of them ends. */
 static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double seconds, budget *b) {
   struct fly_curl *t = c->curl;
   t->backlog = 0;
+  b->end = budget_end(seconds);
   work(L, c, finished, 0, seconds, b);
   if (*finished == 0 && !t->backlog && max_wait > 0 && c->live) {
     double now = fly_now();

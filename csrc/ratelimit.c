@@ -124,7 +124,7 @@ static bucket *lookup(const char *key, fly_limit limit, double now) {
 
 double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, fly_rate_mark *m) {
   double ready = now;
-  if (m) *m = (fly_rate_mark){-INFINITY, 0, atomic_load(&shifts)};
+  if (m) *m = (fly_rate_mark){-INFINITY, 0, 0, atomic_load(&shifts)};
   pthread_mutex_lock(&lock);
   bucket *b = lookup(key, limit, now);
   if (b) {
@@ -148,36 +148,59 @@ double fly_rate_reserve(const char *key, fly_limit limit, double now) {
   return fly_rate_reserve_marked(key, limit, now, NULL);
 }
 
-int fly_rate_sent(const char *key, fly_limit limit, double ready_at, const fly_rate_mark *m, double now) {
-  double late = now - (ready_at > m->full ? ready_at : m->full);
-  if (!(late > FLY_RATE_SLACK)) return 0;
+/* How late a request goes at `now`: past its ready time and past the moment
+ * its bucket would have been full without it, less what it pushed already. */
+static double lateness(double ready_at, const fly_rate_mark *m, double now) {
+  return now - (ready_at > m->full ? ready_at : m->full) - m->pushed;
+}
+
+/* Brings a mark up to date with its bucket's shift (the lock held):
+ * returns the pushes since, which also move the request's times. */
+static double absorb(const bucket *b, fly_rate_mark *m) {
+  double extra = b->shift > m->shift ? b->shift - m->shift : 0;
+  m->shift = b->shift;
+  m->full += extra;
+  return extra;
+}
+
+int fly_rate_sent(const char *key, fly_limit limit, double *ready_at, fly_rate_mark *m, double now) {
+  unsigned long gen = atomic_load(&shifts);
+  if (gen == m->gen && !(lateness(*ready_at, m, now) > FLY_RATE_SLACK)) return 0;
   int pushed = 0;
   pthread_mutex_lock(&lock);
   bucket *b = lookup(key, limit, now);
   if (b) {
-    refill(b, limit, now);
-    b->tokens -= late * limit.rate; /* its refill starts that much later */
-    b->shift += late;
-    atomic_fetch_add(&shifts, 1);
-    pushed = 1;
+    *ready_at += absorb(b, m);
+    double late = lateness(*ready_at, m, now);
+    if (late > FLY_RATE_SLACK) {
+      refill(b, limit, now);
+      b->tokens -= late * limit.rate; /* its refill starts that much later */
+      b->shift += late;
+      m->shift = b->shift; /* its own push is not one to catch up with */
+      m->pushed += late;
+      gen = atomic_fetch_add(&shifts, 1) + 1;
+      pushed = 1;
+    }
   }
   pthread_mutex_unlock(&lock);
+  m->gen = gen;
   return pushed;
 }
 
-double fly_rate_catch_up(const char *key, fly_rate_mark *m) {
+double fly_rate_catch_up(const char *key, fly_rate_mark *m, double *ready_at) {
   unsigned long gen = atomic_load(&shifts);
   if (gen == m->gen) return 0;
   double extra = 0;
   pthread_mutex_lock(&lock);
   for (bucket *b = slots[hash(key) % SLOTS]; b; b = b->next) {
-    if (strcmp(b->key, key) != 0) continue;
-    if (b->shift > m->shift) extra = b->shift - m->shift;
-    m->shift = b->shift;
-    break;
+    if (strcmp(b->key, key) == 0) {
+      extra = absorb(b, m);
+      break;
+    }
   }
   pthread_mutex_unlock(&lock);
   m->gen = gen;
+  *ready_at += extra;
   return extra;
 }
 

@@ -54,26 +54,30 @@ double fly_rate_reserve(const char *key, fly_limit limit, double now);
  * and pushes it back by the difference ("shift"); requests already queued on
  * it ask fly_rate_catch_up how much later they must go. */
 typedef struct fly_rate_mark {
-  double full;        /* when the bucket would be full again without this request (-inf: full) */
-  double shift;       /* the bucket's shift (seconds) when reserved */
-  unsigned long gen;  /* the count of shifts of every bucket when reserved */
+  double full;        /* when the bucket would be full again without this request (-inf: full),
+                         as pushed back since */
+  double pushed;      /* seconds this request pushed its bucket back (a resend pushes the rest) */
+  double shift;       /* the bucket's shift (seconds) as of the last look */
+  unsigned long gen;  /* the count of shifts of every bucket as of the last look */
 } fly_rate_mark;
 
 /* fly_rate_reserve and fly_rate_admit that also fill *m. */
 double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, fly_rate_mark *m);
 double fly_rate_admit_marked(const char *key, fly_limit limit, double now, double margin, fly_rate_mark *m);
 
-/* The request reserved with *m, ready at `ready_at`, goes out at `now`: when
+/* The request reserved with *m, ready at *ready_at, goes out at `now`: when
  * that is later than both its ready time and the moment its bucket would have
- * been full without it, by more than FLY_RATE_SLACK, the bucket is pushed back
- * by the difference. Returns 1 when it was. */
-int fly_rate_sent(const char *key, fly_limit limit, double ready_at, const fly_rate_mark *m, double now);
+ * been full without it (both as pushed back since), by more than
+ * FLY_RATE_SLACK, the bucket is pushed back by the difference, less what this
+ * request pushed already (a resend). Brings *ready_at and *m up to date.
+ * Returns 1 when it pushed. Without the lock when no bucket was pushed since. */
+int fly_rate_sent(const char *key, fly_limit limit, double *ready_at, fly_rate_mark *m, double now);
 #define FLY_RATE_SLACK 0.001
 
-/* Seconds a request still queued (reserved with *m) must add to its ready
- * time for the shifts of its bucket since; updates *m. 0 in the common case
- * without taking the lock. */
-double fly_rate_catch_up(const char *key, fly_rate_mark *m);
+/* Seconds the request reserved with *m must add to its ready time for the
+ * pushes of its bucket since (added to *ready_at; *m brought up to date). 0
+ * in the common case, without taking the lock. */
+double fly_rate_catch_up(const char *key, fly_rate_mark *m, double *ready_at);
 
 /* The server answered 429 for `key`: empty the bucket so that the next
  * reservation waits for a refill. */

@@ -81,7 +81,7 @@ typedef struct pending {
 /* Room for a numeric address: IPv6, '%' and an interface name. */
 #define RESOLVED_MAX (INET6_ADDRSTRLEN + 1 + 64)
 /* News (warnings) kept until the loop hands them out: more than it can meet between two drains. */
-#define WARNINGS_MAX 4
+#define WARNINGS_MAX 4 /* even: the oldest pair goes when it is full */
 
 typedef struct resolution {
   atomic_int refs;
@@ -116,8 +116,9 @@ struct fly_redis {
   fly_redis_answer *results; /* owned: a ring of cap slots */
   size_t cap, first, count;
   size_t inflight;
-  /* news not yet handed out by fly_redis_warning, oldest first (a ring); when
-     it is full the newest replaces the last, so the current state is told */
+  /* news not yet handed out by fly_redis_warning, oldest first (a ring; they
+     alternate, unavailable and available again: when it is full the oldest
+     pair goes, so what is told still alternates and ends in the current state) */
   struct {
     char text[320];
     int up; /* it says the limiter is available (again) */
@@ -181,7 +182,11 @@ static long number(const char *s, size_t n, long lo, long hi) {
 }
 
 static void set_warning(fly_redis *r, int up, const char *fmt, ...) {
-  if (r->warnings_count < WARNINGS_MAX) r->warnings_count++;
+  if (r->warnings_count == WARNINGS_MAX) { /* full: the oldest outage and its recovery go */
+    r->warnings_first = (r->warnings_first + 2) % WARNINGS_MAX;
+    r->warnings_count -= 2;
+  }
+  r->warnings_count++;
   int i = (r->warnings_first + r->warnings_count - 1) % WARNINGS_MAX;
   va_list ap;
   va_start(ap, fmt);

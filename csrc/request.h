@@ -43,6 +43,7 @@ struct fly_request {
   char *rate_key;              /* owned; NULL when not rate limited (retry.rate_key points here) */
   char *shared_key;            /* owned: the bucket's key in Redis; NULL without rate_limit.redis */
   int admitting;               /* libcurl: queued, waiting for Redis's answer (ready_at not final) */
+  int held;                    /* libcurl: ready, but behind an unsent request on its bucket */
   fly_retry retry;
   fly_reply reply;             /* the last attempt */
   double ready_at;             /* monotonic seconds: when to send the next attempt */

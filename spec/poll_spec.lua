@@ -58,7 +58,7 @@ describe("poll", function()
     assert.is_true(polls[1] >= n / 4)
   end)
 
-  it("begins at most two units of work past its budget, and every kind still progresses", function()
+  it("resumes at most two tasks in a poll with a zero budget, and every kind of work still progresses", function()
     -- three kinds of work at once: tasks that yield on their own (ready again at every
     -- poll), answers to resume, and requests to start; each resume is a unit
     local n, stop, resumes = 12, false, 0

@@ -125,21 +125,24 @@ local WOKEN, READY, STAGES = 1, 2, 5
 -- `t_end`, and past it for the first unit of the turn and the first unit of
 -- the stage whose turn it is (st.free). If it may, it counts as begun.
 local function may_begin(st, t_end, stage)
-  if t_end ~= nil and st.did and st.free ~= stage and now_fn() >= t_end then return false end
+  if t_end == nil then return true end
+  if st.did and st.free ~= stage and now_fn() >= t_end then return false end
   if st.free == stage then st.free = 0 end
   st.did = true
   return true
 end
 
 -- Resumes the tasks waiting on finished requests in st.woken, oldest first,
--- while the budget lets it; the rest stay queued for the next turn.
+-- while the budget lets it; the rest stay queued for the next turn. A finished
+-- request nobody waits for (any more) costs no unit.
 local function wake_woken(st, t_end)
-  local q, i, last = st.woken, st.woken_at, st.woken_end
-  while i <= last and may_begin(st, t_end, WOKEN) do
+  local q, i, last, waiting = st.woken, st.woken_at, st.woken_end, st.waiting
+  while i <= last do
     local finished = q[i]
+    if finished ~= nil and waiting[finished] and not may_begin(st, t_end, WOKEN) then break end
     q[i] = nil
     i = i + 1
-    wake_one(st, finished)
+    if finished ~= nil then wake_one(st, finished) end
   end
   if i > last then
     if last > 0 then st.woken, st.woken_at, st.woken_end = {}, 1, 0 end
@@ -172,7 +175,7 @@ local function run_ready(st, t_end)
   if #ready == 0 then return end
   st.ready = {}
   for i = 1, #ready do
-    if not may_begin(st, t_end, READY) then
+    if ready[i]._status == "running" and not may_begin(st, t_end, READY) then
       local rest = {}
       for j = i, #ready do rest[#rest + 1] = ready[j] end
       for _, task in ipairs(st.ready) do rest[#rest + 1] = task end
