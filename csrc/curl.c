@@ -189,6 +189,7 @@ void fly_curl_request_free(fly_request *r) {
  * set once, when a handle is made; start_transfer sets the rest. */
 static void pool_put(fly_client *c, fly_easy *e) {
   struct fly_curl *t = c->curl;
+  e->paced = NULL; /* the request it carried may go now */
   if (t->npool < POOL_MAX) t->pool[t->npool++] = e;
   else easy_free(e);
 }
