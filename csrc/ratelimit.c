@@ -100,11 +100,18 @@ static void sweep_locked(double now) {
   sweep_at = count * 2 > SWEEP_ABOVE ? count * 2 : SWEEP_ABOVE;
 }
 
+/* The bucket for key, or NULL (the lock held). */
+static bucket *find(const char *key, uint32_t slot) {
+  for (bucket *b = slots[slot]; b; b = b->next)
+    if (strcmp(b->key, key) == 0) return b;
+  return NULL;
+}
+
 /* Returns the bucket for key, creating it full; NULL only when out of memory. */
 static bucket *lookup(const char *key, fly_limit limit, double now) {
   uint32_t slot = hash(key) % SLOTS;
-  for (bucket *b = slots[slot]; b; b = b->next)
-    if (strcmp(b->key, key) == 0) return b;
+  bucket *found = find(key, slot);
+  if (found) return found;
   if (count >= sweep_at) sweep_locked(now);
   size_t len = strlen(key);
   bucket *b = malloc(sizeof *b + len + 1);
@@ -192,12 +199,8 @@ double fly_rate_catch_up(const char *key, fly_rate_mark *m, double *ready_at) {
   if (gen == m->gen) return 0;
   double extra = 0;
   pthread_mutex_lock(&lock);
-  for (bucket *b = slots[hash(key) % SLOTS]; b; b = b->next) {
-    if (strcmp(b->key, key) == 0) {
-      extra = absorb(b, m);
-      break;
-    }
-  }
+  bucket *b = find(key, hash(key) % SLOTS);
+  if (b) extra = absorb(b, m);
   pthread_mutex_unlock(&lock);
   m->gen = gen;
   *ready_at += extra;
