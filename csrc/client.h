@@ -42,6 +42,9 @@ struct fly_client {
   size_t max_body;             /* the cap on a response body, decoded bytes */
   uint64_t rng;                /* seeds each request's backoff jitter */
   fly_request *live;           /* requests queued or running on the libcurl transport */
+  fly_request *queue, *queue_tail; /* the live requests in state REQ_QUEUED, oldest first: what
+                                  the loop may start looks at these only (request.c) */
+  unsigned long long pinned;   /* requests pinned so far (their seq) */
   struct fly_trace *trace;     /* a reference to the trace queue (trace.h), kept until __gc; NULL: no hook */
   struct fly_redis *redis;     /* owned or NULL: rate_limit.redis, the buckets shared through Redis */
 };

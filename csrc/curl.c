@@ -419,7 +419,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
     r->easy = NULL;
     return 0;
   }
-  r->state = REQ_ACTIVE;
+  fly_request_set_state(r, REQ_ACTIVE);
   if (r->trace) fly_trace_start(r, fly_wire_headers(&r->wire, &c->base), fly_now());
   return 1;
 }
@@ -566,7 +566,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   r->easy = NULL;
   if (stop == STOP_STALE) { /* nothing was sent: again at once, on another connection */
     r->reply.code = NULL;
-    r->state = REQ_QUEUED;
+    fly_request_set_state(r, REQ_QUEUED);
     r->ready_at = fly_now();
     return;
   }
@@ -575,7 +575,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   int verdict = fly_classify(&r->retry, &r->reply, now, &at);
   if (r->trace) fly_trace_attempt(r, verdict, now, at);
   if (verdict == FLY_RETRY) {
-    r->state = REQ_QUEUED;
+    fly_request_set_state(r, REQ_QUEUED);
     r->ready_at = at;
     if (r->shared_key) shared_admit(c, r, r->reply.status == 429); /* a retry is another request */
     return;
@@ -646,11 +646,9 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
   struct fly_curl *t = c->curl;
   double now = fly_now();
   int limited = b->end < INFINITY;
-  fly_request *r = c->live;
-  while (r && r->next) r = r->next; /* the live list is newest first */
-  for (fly_request *pv; r; r = pv) {
-    pv = r->prev;
-    if (r->state != REQ_QUEUED || r->admitting) continue;
+  for (fly_request *r = c->queue, *next; r; r = next) {
+    next = r->qnext; /* r may leave the queue, and no other request does meanwhile */
+    if (r->admitting) continue;
     int expired = r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline;
     if (!expired && r->ready_at > now) continue;
     r->held = !expired && r->retry.rate_key && behind_unsent(c, r);
@@ -691,8 +689,8 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
  * deadline), or +inf. */
 static double earliest(fly_client *c) {
   double next = INFINITY, now = fly_now();
-  for (fly_request *r = c->live; r; r = r->next) {
-    if (r->state != REQ_QUEUED || r->admitting) continue;
+  for (fly_request *r = c->queue; r; r = r->qnext) {
+    if (r->admitting) continue;
     double t = r->held && r->ready_at <= now ? now + HOLD_RECHECK : r->ready_at;
     if (r->kind == KIND_HTTP && r->retry.deadline > 0 && r->retry.deadline < t) t = r->retry.deadline;
     if (t < next) next = t;

@@ -67,12 +67,42 @@ void fly_request_pin(lua_State *L, fly_client *c, fly_request *r, int idx) {
   r->next = c->live;
   if (c->live) c->live->prev = r;
   c->live = r;
-  r->state = REQ_QUEUED;
+  r->seq = ++c->pinned;
+  fly_request_set_state(r, REQ_QUEUED);
+}
+
+/* Puts r in its client's queue after the last request pinned before it: at
+ * the end when it is new, further in when a retry or a resend comes back. */
+static void queue_insert(fly_client *c, fly_request *r) {
+  fly_request *after = c->queue_tail;
+  while (after && after->seq > r->seq) after = after->qprev;
+  r->qprev = after;
+  r->qnext = after ? after->qnext : c->queue;
+  if (r->qnext) r->qnext->qprev = r;
+  else c->queue_tail = r;
+  if (after) after->qnext = r;
+  else c->queue = r;
+}
+
+static void queue_remove(fly_client *c, fly_request *r) {
+  if (r->qprev) r->qprev->qnext = r->qnext;
+  else c->queue = r->qnext;
+  if (r->qnext) r->qnext->qprev = r->qprev;
+  else c->queue_tail = r->qprev;
+  r->qprev = r->qnext = NULL;
+}
+
+void fly_request_set_state(fly_request *r, int state) {
+  fly_client *c = r->client;
+  if (c && r->state == REQ_QUEUED && state != REQ_QUEUED) queue_remove(c, r);
+  if (c && r->state != REQ_QUEUED && state == REQ_QUEUED) queue_insert(c, r);
+  r->state = state;
 }
 
 static void request_unlink(fly_request *r) {
   fly_client *c = r->client;
   if (!c) return;
+  if (r->state == REQ_QUEUED) queue_remove(c, r);
   if (r->prev) r->prev->next = r->next;
   else c->live = r->next;
   if (r->next) r->next->prev = r->prev;

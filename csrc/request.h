@@ -35,6 +35,8 @@ struct curl_slist;
 struct fly_request {
   fly_client *client;          /* set while on the libcurl loop */
   fly_request *prev, *next;    /* the client's list of live requests */
+  fly_request *qprev, *qnext;  /* the client's queue (state QUEUED), oldest first */
+  unsigned long long seq;      /* the order of pinning, which the queue keeps */
   const fly_operation *op;     /* NULL for timers */
   int kind, state, ref;        /* ref: registry pin while live */
   struct fly_easy *easy;       /* libcurl: borrowed from the pool while active */
@@ -78,6 +80,10 @@ fly_request *fly_request_call(lua_State *L, fly_client *c, int level);
 
 /* Links a request into the client's live list and pins the value at idx. */
 void fly_request_pin(lua_State *L, fly_client *c, fly_request *r, int idx);
+
+/* Moves a pinned request to `state`, in the client's queue while it is
+ * REQ_QUEUED (at its place by pinning order) and out of it otherwise. */
+void fly_request_set_state(fly_request *r, int state);
 
 /* Ends a request: stops its transfer, unlinks and unpins it. */
 void fly_request_finish(lua_State *L, fly_request *r);
