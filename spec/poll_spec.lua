@@ -96,6 +96,34 @@ describe("poll", function()
     for i = 1, n do assert.equals("done", tasks[i]:status()) end
   end)
 
+  it("starts what is ready oldest first, a retried call at its first place", function()
+    local starts, retried = {}, false
+    local traced = H.client { trace = function(e)
+      if e.kind == "start" then starts[#starts + 1] = e.call end
+      if e.kind == "retry" then retried = true end
+    end }
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 429, retry_after = 1, count = 1 }
+    local first = traced:_submit("Apps_show", { app_name = name })
+    local timers = {}
+    for i = 1, 3 do timers[i] = traced:_timer(0.5) end -- made after the call: younger
+    local deadline = fly.now() + 10
+    while not retried do -- the call's first attempt got a 429: its retry waits a second
+      traced:poll(0.01, math.huge)
+      assert(fly.now() < deadline, "the call was not retried")
+    end
+    assert.same({ 1 }, starts)
+    socket.sleep(first:_ready_at() - fly.now() + 0.05) -- the retry and the three timers are all due
+    traced:poll(0, 0) -- a zero budget: one or two units, the oldest first
+    assert.same({ 1, 1 }, starts)
+    while not (first:done() and timers[3]:done()) do
+      traced:poll(0.01, 0)
+      assert(fly.now() < deadline, "the calls did not finish")
+    end
+    assert.equals(name, first:success().name)
+    for i = 1, 3 do assert.is_true(timers[i]:done()) end
+    traced:close()
+  end)
+
   it("starves nothing: requests finish while other tasks keep the loop busy", function()
     local stop = false
     for _ = 1, 5 do
