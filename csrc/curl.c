@@ -81,6 +81,7 @@ struct fly_curl {
   double timer_at;      /* when libcurl wants CURL_SOCKET_TIMEOUT (on_timer); INFINITY: never */
   int backlog;          /* the last step ran out of budget with work left */
   int unread;           /* libcurl acted since its queue of finished transfers was last found empty */
+  int unsent;           /* rate-limited transfers started and not sent yet (see behind_unsent) */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -189,6 +190,7 @@ void fly_curl_request_free(fly_request *r) {
  * set once, when a handle is made; start_transfer sets the rest. */
 static void pool_put(fly_client *c, fly_easy *e) {
   struct fly_curl *t = c->curl;
+  if (e->paced && e->sends == 0) t->unsent--;
   e->paced = NULL; /* the request it carried may go now */
   if (t->npool < POOL_MAX) t->pool[t->npool++] = e;
   else easy_free(e);
@@ -357,6 +359,7 @@ static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
   }
   if (fe->paced) { /* the server counts it from now */
     fly_retry *p = &fe->paced->retry;
+    if (fe->sends == 0) fe->t->unsent--;
     fly_rate_sent(p->rate_key, p->limit, &fe->paced->ready_at, &p->mark, fly_now());
   }
   fe->sends++;
@@ -382,6 +385,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, fe->hooked ? on_prereq : NULL);
   }
   fe->sends = fe->h2 = 0;
+  if (fe->paced) t->unsent++;
   fe->connects = 0;
   if (fe->stop == STOP_STALE) curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 0L);
   fe->stop = STOP_NONE;
@@ -626,6 +630,7 @@ static void begin(budget *b, int stage) {
  * out with it, early. Requests ready as early as it (the rest of its burst)
  * go along with it. Only this client's requests count. */
 static int behind_unsent(fly_client *c, const fly_request *r) {
+  if (c->curl->unsent == 0) return 0; /* the common case: no walk */
   for (const fly_request *q = c->live; q; q = q->next)
     if (q != r && q->state == REQ_ACTIVE && q->easy && q->easy->paced == q && q->easy->sends == 0 &&
         r->ready_at > q->ready_at + FLY_RATE_SLACK && strcmp(q->retry.rate_key, r->retry.rate_key) == 0)
