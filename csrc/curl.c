@@ -58,6 +58,11 @@ typedef struct fly_easy {
   long connects;               /* connections it made, at the last send */
   int h2;                      /* the last send went over HTTP/2 */
   int stop;                    /* STOP_*: why on_prereq stopped it */
+  /* while `paced` has started and not gone out: in the transport's list of
+     such handles (see behind_unsent), with a hash of its bucket's key */
+  struct fly_easy *uprev, *unext;
+  int in_unsent;
+  uint64_t key_hash;
   char errbuf[CURL_ERROR_SIZE];
 } fly_easy;
 
@@ -81,8 +86,33 @@ struct fly_curl {
   double timer_at;      /* when libcurl wants CURL_SOCKET_TIMEOUT (on_timer); INFINITY: never */
   int backlog;          /* the last step ran out of budget with work left */
   int unread;           /* libcurl acted since its queue of finished transfers was last found empty */
-  int unsent;           /* rate-limited transfers started and not sent yet (see behind_unsent) */
+  fly_easy *unsent;     /* the rate-limited transfers started and not sent yet (see behind_unsent) */
 };
+
+/* A hash of a bucket's key, to tell most keys apart without comparing them. */
+static uint64_t key_hash(const char *key) { return fnv64(14695981039346656037ull, key, strlen(key)); }
+
+/* Links a handle whose rate-limited request has started into the list of
+ * those not sent yet. */
+static void unsent_link(struct fly_curl *t, fly_easy *e) {
+  e->key_hash = key_hash(e->paced->retry.rate_key);
+  e->uprev = NULL;
+  e->unext = t->unsent;
+  if (t->unsent) t->unsent->uprev = e;
+  t->unsent = e;
+  e->in_unsent = 1;
+}
+
+/* Takes a handle out of that list: its request went out, or its attempt
+ * ended without sending. */
+static void unsent_unlink(struct fly_curl *t, fly_easy *e) {
+  if (!e->in_unsent) return;
+  if (e->uprev) e->uprev->unext = e->unext;
+  else t->unsent = e->unext;
+  if (e->unext) e->unext->uprev = e->uprev;
+  e->uprev = e->unext = NULL;
+  e->in_unsent = 0;
+}
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
@@ -190,7 +220,7 @@ void fly_curl_request_free(fly_request *r) {
  * set once, when a handle is made; start_transfer sets the rest. */
 static void pool_put(fly_client *c, fly_easy *e) {
   struct fly_curl *t = c->curl;
-  if (e->paced && e->sends == 0) t->unsent--;
+  unsent_unlink(t, e);
   e->paced = NULL; /* the request it carried may go now */
   if (t->npool < POOL_MAX) t->pool[t->npool++] = e;
   else easy_free(e);
@@ -359,7 +389,7 @@ static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
   }
   if (fe->paced) { /* the server counts it from now */
     fly_retry *p = &fe->paced->retry;
-    if (fe->sends == 0) fe->t->unsent--;
+    unsent_unlink(fe->t, fe);
     fly_rate_sent(p->rate_key, p->limit, &fe->paced->ready_at, &p->mark, fly_now());
   }
   fe->sends++;
@@ -385,7 +415,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, fe->hooked ? on_prereq : NULL);
   }
   fe->sends = fe->h2 = 0;
-  if (fe->paced) t->unsent++;
+  if (fe->paced) unsent_link(t, fe);
   fe->connects = 0;
   if (fe->stop == STOP_STALE) curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 0L);
   fe->stop = STOP_NONE;
@@ -630,11 +660,15 @@ static void begin(budget *b, int stage) {
  * out with it, early. Requests ready as early as it (the rest of its burst)
  * go along with it. Only this client's requests count. */
 static int behind_unsent(fly_client *c, const fly_request *r) {
-  if (c->curl->unsent == 0) return 0; /* the common case: no walk */
-  for (const fly_request *q = c->live; q; q = q->next)
-    if (q != r && q->state == REQ_ACTIVE && q->easy && q->easy->paced == q && q->easy->sends == 0 &&
-        r->ready_at > q->ready_at + FLY_RATE_SLACK && strcmp(q->retry.rate_key, r->retry.rate_key) == 0)
+  fly_easy *e = c->curl->unsent;
+  if (!e) return 0; /* the common case */
+  uint64_t h = key_hash(r->retry.rate_key);
+  for (; e; e = e->unext) {
+    const fly_request *q = e->paced;
+    if (e->key_hash == h && q != r && r->ready_at > q->ready_at + FLY_RATE_SLACK &&
+        strcmp(q->retry.rate_key, r->retry.rate_key) == 0)
       return 1;
+  }
   return 0;
 }
 
