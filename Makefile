@@ -11,7 +11,7 @@
 #   make smoke LUA=…  a few spec files (calls, tasks, map, json, a whole workflow) under that Lua
 #   make luajit       the core for LuaJIT (make build LUA=luajit)
 #   make check-valgrind the whole spec suite with the core under valgrind memcheck
-#   make fuzz         libFuzzer targets, each for FUZZ_SECONDS (default 60)
+#   make fuzz         libFuzzer targets, side by side for FUZZ_SECONDS (default 60)
 #   make lint         luacheck
 #   make bench        benchmarks (not tests)
 #   make emulator     run the emulator in the foreground, for exploring with curl
@@ -161,7 +161,7 @@ check-valgrind: build build/spec/threads
 	@FLY_SPEC_EXCLUDE=nginx,timing,driver FLY_SPEC_LUA="$(CURDIR)/spec/valgrind-lua" spec/run && echo "check-valgrind: clean"
 
 # libFuzzer targets (fuzz/<name>_fuzz.c), built with clang under ASan and
-# UBSan and run one after the other for FUZZ_SECONDS each, from the seeds in
+# UBSan and run side by side (one process each) for FUZZ_SECONDS, from the seeds in
 # fuzz/corpus/<name> (read only) into build/fuzz/corpus/<name>. A crash
 # leaves its input in build/fuzz/ and fails the target.
 FUZZ_SECONDS ?= 60
@@ -185,10 +185,17 @@ fuzz: setup $(FUZZ_TARGETS:%=build/fuzz/%)
 	  mkdir -p build/fuzz/corpus/$$t; \
 	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
-	  build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build/fuzz/$$t- \
-	    $$dict build/fuzz/corpus/$$t fuzz/corpus/$$t 2>build/fuzz/$$t.log || { tail -n 60 build/fuzz/$$t.log; exit 1; }; \
-	  grep -E "stat::number_of_executed_units|Done" build/fuzz/$$t.log; \
-	done
+	  { build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build/fuzz/$$t- \
+	      $$dict build/fuzz/corpus/$$t fuzz/corpus/$$t 2>build/fuzz/$$t.log; \
+	    echo $$? >build/fuzz/$$t.status; } & \
+	done; wait; \
+	failed=0; for t in $(FUZZ_TARGETS); do \
+	  if [ "$$(cat build/fuzz/$$t.status)" = 0 ]; then \
+	    echo "fuzz: $$t"; grep -E "stat::number_of_executed_units|Done" build/fuzz/$$t.log; \
+	  else \
+	    echo "fuzz: $$t FAILED"; tail -n 60 build/fuzz/$$t.log; failed=1; \
+	  fi; \
+	done; exit $$failed
 
 # ---------------------------------------------------------------- Redis
 # The shared rate limiter (csrc/redis.c) talks to Redis through Debian's
