@@ -65,8 +65,9 @@ local function bomb_file()
   local path = workdir .. "/bomb-1g.gz"
   local f = io.open(path, "rb")
   if not f then
-    assert(os.execute("mkdir -p '" .. workdir .. "' && head -c 1073741824 /dev/zero | gzip -9 > '"
-      .. path .. ".tmp' && mv '" .. path .. ".tmp' '" .. path .. "'"))
+    -- a temporary file of its own: another suite's server may be making the same file
+    assert(os.execute("mkdir -p '" .. workdir .. "' && t=$(mktemp '" .. path .. ".XXXXXX') && "
+      .. "head -c 1073741824 /dev/zero | gzip -9 > \"$t\" && mv \"$t\" '" .. path .. "'"))
     f = assert(io.open(path, "rb"))
   end
   local data = f:read("*a")
