@@ -16,6 +16,7 @@ void fly_reply_reset(fly_reply *a) {
   a->status = 0;
   a->code = NULL;
   a->sent = 0;
+  a->resends = 0;
   a->retryable = 0;
   a->keep_status = 0;
   a->body_seen = 0;

@@ -53,7 +53,7 @@ typedef struct fly_easy {
   struct fly_curl *t;          /* the client's transport, for its sockets */
   int watched;                 /* a call not safe to repeat: on_prereq guards its sends */
   struct fly_request *paced;   /* a rate-limited request: on_prereq tells its bucket when it goes */
-  int hooked;                  /* on_prereq is set on the handle (watched or paced) */
+  int hooked;                  /* on_prereq is set on the handle (watched, paced or traced) */
   int sends;                   /* times libcurl was about to send it */
   long connects;               /* connections it made, at the last send */
   int h2;                      /* the last send went over HTTP/2 */
@@ -345,7 +345,8 @@ static int on_h2(CURL *e) {
 /* Runs before libcurl sends the request on a connection: the first send,
  * and again for every resend libcurl makes on its own (Curl_retry_request:
  * a reused connection that failed before any response byte, a refused
- * HTTP/2 stream). Set for calls not safe to repeat and for rate-limited ones.
+ * HTTP/2 stream). Set for calls not safe to repeat, for rate-limited ones and
+ * for traced ones (the trace's `finish` tells how many resends an attempt had).
  *
  * A rate-limited request's send tells its bucket when it went
  * (fly_rate_sent): one that waited for a new connection's handshakes goes
@@ -410,8 +411,9 @@ static int start_transfer(fly_client *c, fly_request *r) {
   fe->errbuf[0] = '\0';
   fe->watched = !r->wire.safe; /* only calls not safe to repeat are watched */
   fe->paced = r->retry.rate_key ? r : NULL;
-  if (fe->hooked != (fe->watched || fe->paced)) {
-    fe->hooked = fe->watched || fe->paced;
+  int hook = fe->watched || fe->paced || r->trace; /* traced: its resends are counted */
+  if (fe->hooked != hook) {
+    fe->hooked = hook;
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, fe->hooked ? on_prereq : NULL);
   }
   fe->sends = fe->h2 = 0;
@@ -584,6 +586,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->reply.status);
   curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &sent);
   r->reply.sent = sent > 0;
+  r->reply.resends = fe->sends > 1 ? fe->sends - 1 : 0; /* counted when on_prereq is set */
   if (stop == STOP_RESEND) {
     /* it went out once and the connection failed before any answer */
     r->reply.sent = 1;

@@ -122,6 +122,7 @@ static void finish_event(fly_request *r, double now, int attempt) {
   e->code = a->code;
   e->retryable = a->retryable;
   e->seconds = now - r->attempt_start;
+  e->resends = a->resends;
   memcpy(e->request_id, a->request_id, sizeof e->request_id);
   if (r->trace->bodies && r->resp && r->resp_len) {
     e->body = dupn(r->resp, r->resp_len);
@@ -214,6 +215,7 @@ static void push_event(lua_State *L, const fly_event *e) {
   }
   if (e->request_id[0]) set_string(L, "request_id", e->request_id);
   if (e->seconds >= 0) set_number(L, "seconds", e->seconds);
+  if (e->resends) set_integer(L, "resends", e->resends);
   set_number(L, "wait", e->wait);
   if (e->body) {
     lua_pushlstring(L, e->body, e->body_len);

@@ -44,6 +44,9 @@ typedef struct fly_event {
   const char *code;            /* static: a failure code, or NULL */
   int retryable;               /* finish/giveup: the failure was retryable */
   double seconds;              /* finish: the attempt's time; < 0: unknown */
+  int resends;                 /* finish: times libcurl sent the attempt again by itself, on a new
+                                  connection after a reused one failed before any answer (or a
+                                  stream the server refused) */
   double wait;                 /* wait, retry: the delay ahead; start, finish: the one before */
   char request_id[64];
   char *body;                  /* owned, with bodies only: sent (start) or received (finish) */

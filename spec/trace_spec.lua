@@ -76,6 +76,24 @@ describe("the trace hook", function()
     assert.equals(s.call + 1, events[3].call)
   end)
 
+  it("counts libcurl's own resend of a safe call whose reused connection dropped", function()
+    -- over HTTP/1.1: there libcurl sends the request again on a new connection
+    local h1, ev = traced { base_url = H.listener("FLY_EMULATOR_H1_URL") or H.plain_url() }
+    assert(h1.apps:get(name)) -- the connection is now warm
+    local before = H.stats().requests.Apps_show
+    H.fault { op = "Apps_show", kind = "close" }
+    for i = #ev, 1, -1 do ev[i] = nil end
+    assert(h1.apps:get(name))
+    assert.equals("start finish", kinds(ev)) -- one attempt, no retry
+    assert.equals(200, ev[2].status)
+    assert.equals(1, ev[2].attempt)
+    assert.equals(1, ev[2].resends)
+    assert.equals(before + 2, H.stats().requests.Apps_show) -- the server got it twice
+    assert(h1.apps:get(name))
+    assert.is_nil(ev[4].resends) -- sent once
+    h1:close()
+  end)
+
   it("delivers a call's events before the call returns, also inside tasks", function()
     local seen = {}
     local t = c:spawn(function()
@@ -279,7 +297,8 @@ describe("a hook that raises", function()
 end)
 
 describe("FLY_DEBUG=1", function()
-  it("prints one line per attempt on stderr: method, path, status, time, attempt, wait, request id", function()
+  it("prints one line per attempt on stderr: method, path, status, time, attempt, wait, resends, request id",
+    function()
     H.reset()
     local code = ([[
       local fly = require "fly"
@@ -290,6 +309,8 @@ describe("FLY_DEBUG=1", function()
       io.stdout:write("result ", ok.name, "\n")
     ]]):format(H.TOKEN, H.plain_url())
     H.fault { method = "GET", path = "/v1/apps/dbg", kind = "status", status = 503, count = 1 }
+    -- then the retry's connection (the same, kept alive) drops: libcurl sends it again
+    H.fault { method = "GET", path = "/v1/apps/dbg", kind = "close", count = 1 }
     local out = H.child(code, { FLY_DEBUG = "1" })
     local lines = {}
     for l in out:gmatch("[^\n]+") do
@@ -298,7 +319,7 @@ describe("FLY_DEBUG=1", function()
     assert.equals(3, #lines, out)
     assert.matches("^fly: POST /v1/apps 201 [%d.]+ms attempt 1 wait 0%.0ms request_id %S+$", lines[1])
     assert.matches("^fly: GET /v1/apps/dbg 503 [%d.]+ms attempt 1 wait 0%.0ms request_id %S+$", lines[2])
-    assert.matches("^fly: GET /v1/apps/dbg 200 [%d.]+ms attempt 2 wait [%d.]+ms request_id %S+$", lines[3])
+    assert.matches("^fly: GET /v1/apps/dbg 200 [%d.]+ms attempt 2 wait [%d.]+ms resent 1 request_id %S+$", lines[3])
     assert.matches("result dbg", out)
     assert.is_nil(out:find(H.TOKEN, 1, true))
     -- unset, empty or 0: silent

@@ -23,9 +23,10 @@ function trace.debug_line(event)
   end
   if event.kind ~= "finish" then return end
   local outcome = event.status and tostring(event.status) or event.code or "?"
-  io.stderr:write(("fly: %s %s %s %.1fms attempt %d wait %.1fms%s\n"):format(
+  io.stderr:write(("fly: %s %s %s %.1fms attempt %d wait %.1fms%s%s\n"):format(
     event.method, event.path or "?", outcome, (event.seconds or 0) * 1000, event.attempt,
-    (event.wait or 0) * 1000, event.request_id and (" request_id " .. event.request_id) or ""))
+    (event.wait or 0) * 1000, event.resends and (" resent " .. event.resends) or "",
+    event.request_id and (" request_id " .. event.request_id) or ""))
 end
 
 --- Whether FLY_DEBUG asks for the debug lines (set, and neither empty nor "0").

@@ -55,9 +55,17 @@ handlers["GET faults"] = function()
   return 200, util.array(util.copy(faults.all()))
 end
 
-handlers["POST faults"] = function()
+handlers["POST faults"] = function(router)
   local b = body()
   if not b then return bad("fault must be a JSON object") end
+  if b.op ~= nil then -- a fault for an operation that does not exist would never fire
+    local known = {}
+    for _, r in ipairs(router.routes()) do known[r.op] = true end
+    if not known[b.op] then
+      return bad(("unknown operation %s: GET /__emulator/routes lists them (in Lua, "
+        .. "client.machines.operations.<method> names a method's)"):format(util.json_encode(b.op)))
+    end
+  end
   local n, err = faults.add(b)
   if not n then return bad(err) end
   return 200, { ok = true, faults = n }
@@ -90,7 +98,7 @@ function control.handle(method, segs, router)
   end
   local h = handlers[method .. " " .. segs[2]]
   if not h then return 404, { error = "unknown control endpoint", status = "unknown" } end
-  return h()
+  return h(router)
 end
 
 return control

@@ -1,0 +1,28 @@
+-- The emulator's fault endpoint refuses what would never fire, so a test suite
+-- that injects a fault knows it is in place.
+local H = require "helper"
+
+describe("the emulator's faults", function()
+  before_each(H.reset)
+
+  it("refuses an operation it does not serve, naming it and where the names are", function()
+    local answer, status = H.control("POST", "faults", { op = "Machines_get_metadata", status = 429 })
+    assert.equals(400, status)
+    assert.equals("invalid_argument", answer.status)
+    assert.matches('unknown operation "Machines_get_metadata"', answer.error, 1, true)
+    assert.matches("/__emulator/routes", answer.error, 1, true)
+    assert.same({}, (H.control("GET", "faults")))
+  end)
+
+  it("takes an operation of a Lua method, and the fault fires", function()
+    local client = H.client()
+    local op = client.machines.operations.get_metadata
+    local answer, status = H.control("POST", "faults", { op = op, status = 503 })
+    assert.equals(200, status, answer)
+    assert.equals(1, answer.faults)
+    local _, err = client:call(op, { app_name = "nope", machine_id = "nope" }, { attempts = 1 })
+    assert.equals(503, err.status)
+    assert.same({}, (H.control("GET", "faults")))
+    client:close()
+  end)
+end)
