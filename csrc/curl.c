@@ -488,9 +488,21 @@ static const char *transport_code(CURLcode cc, long http_version) {
   }
 }
 
+/* Whether the stack has room for one more finished request, and for the two
+ * values a budgeted step returns before them. When it has not (Lua 5.1 and
+ * LuaJIT let a C function hold about 8000 values), the rest of the work waits
+ * for the next step (backlog), which starts with an empty stack: each place
+ * that may end a request asks before it takes the work in hand, so that no
+ * request is left half done. */
+static int room(lua_State *L, struct fly_curl *t) {
+  if (lua_checkstack(L, 3)) return 1;
+  t->backlog = 1;
+  return 0;
+}
+
 /* Ends a request and pushes it on the stack: a step returns the requests it
- * finished as its results. The stack space is made sure of first, so nothing
- * can fail once the request is ended. */
+ * finished as its results. The caller made sure of the stack space (room),
+ * so nothing fails once the request is ended. */
 static void deliver(lua_State *L, fly_request *r, int *finished) {
   luaL_checkstack(L, 1, "fly: too many finished requests");
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
@@ -542,7 +554,7 @@ static void shared_io(lua_State *L, fly_client *c, short revents, int *finished)
   double now = fly_now();
   fly_redis_io(c->redis, revents, now);
   fly_redis_answer a;
-  while (fly_redis_next(c->redis, &a)) {
+  while (room(L, c->curl) && fly_redis_next(c->redis, &a)) { /* the rest wait in the limiter */
     fly_request *r = a.cookie;
     r->admitting = 0;
     if (a.status == FLY_REDIS_GRANTED) {
@@ -655,13 +667,14 @@ static void begin(budget *b, int stage) {
   b->did = 1;
 }
 
-/* Whether r, which had to wait for its token, is behind another request on
- * its bucket that has started and not gone out yet: one that waits for a
- * name, a connection or a stream, as the requests of a fresh client's burst
- * do. Its send may push the bucket back (fly_rate_sent), so r waits until it
- * has gone: started now, r would wait for the same name or connection and go
- * out with it, early. Requests ready as early as it (the rest of its burst)
- * go along with it. Only this client's requests count. */
+/* Whether r is behind another request on its bucket that has started and
+ * not gone out yet, and was ready more than FLY_RATE_SLACK before r (r had to
+ * wait for its token, or came later): one that waits for a name, a
+ * connection or a stream, as the requests of a fresh client's burst do. Its
+ * send may push the bucket back (fly_rate_sent), so r waits until it has
+ * gone: started now, r would wait for the same name or connection and go out
+ * with it, early. Requests ready as early as it (the rest of its burst) go
+ * along with it. Only this client's requests count. */
 static int behind_unsent(fly_client *c, const fly_request *r) {
   fly_easy *e = c->curl->unsent;
   if (!e) return 0; /* the common case */
@@ -695,6 +708,7 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
     if (!expired && r->ready_at > now) continue;
     r->held = !expired && r->retry.rate_key && behind_unsent(c, r);
     if (r->held) continue;
+    if (!room(L, t)) break;
     if (!may_begin(b, STAGE_LAUNCH)) {
       t->backlog = 1;
       break;
@@ -751,6 +765,7 @@ static void harvest(lua_State *L, fly_client *c, int *finished, budget *b) {
       if (left > 0 || (left < 0 && t->unread)) t->backlog = 1;
       return;
     }
+    if (!room(L, t)) return; /* libcurl keeps the message */
     msg = curl_multi_info_read(t->multi, &left);
     if (!msg || left == 0) t->unread = 0;
     if (!msg) return;

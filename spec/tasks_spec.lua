@@ -128,6 +128,19 @@ describe("tasks", function()
     assert.same({ "caller", "sleeper" }, order)
   end)
 
+  it("all wake when more finish at once than one step can hand back (Lua 5.1 and LuaJIT: about 8000)",
+    function()
+    local N, woke = 9000, 0
+    for _ = 1, N do
+      c:spawn(function() c:sleep(0.05); woke = woke + 1 end)
+    end
+    c:poll(0, math.huge) -- every task starts and sleeps
+    local t0 = fly.now()
+    repeat until fly.now() - t0 > 0.2 -- without the loop: then their timers are all due in one step
+    assert.is_true(c:run(30))
+    assert.equals(N, woke)
+  end)
+
   it("wait for a rate limit without blocking other tasks", function()
     local rl = H.client { rate_limit = { Apps_show = { rate = 2, burst = 1 } } }
     local order = {}
