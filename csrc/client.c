@@ -198,6 +198,8 @@ int fly_l_new(lua_State *L) {
 
   c->timeout_ms = seconds_to_ms(opt_number_field(L, 1, "timeout", 60));
   c->connect_timeout_ms = seconds_to_ms(opt_number_field(L, 1, "connect_timeout", 10));
+  c->deadline = opt_number_field(L, 1, "deadline", 0);
+  if (!(c->deadline > 0) || c->deadline > 1e8) c->deadline = 0;
   rawfield(L, 1, "insecure");
   c->insecure = lua_toboolean(L, -1);
   lua_pop(L, 1);

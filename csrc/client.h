@@ -30,6 +30,7 @@ struct fly_client {
   char *ca_file;               /* owned or NULL */
   int insecure;
   long timeout_ms, connect_timeout_ms;
+  double deadline;             /* seconds a call may take in all, unless it says; 0: no limit */
   int rate_limit;
   double rate_scale;
   double rate_margin;          /* requests go at least this long after their token came:

@@ -227,7 +227,7 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
   r->timeout_ms = c->timeout_ms;
   r->max_body = c->max_body;
   r->retry.max_attempts = c->max_attempts;
-  double deadline = 0;
+  double deadline = c->deadline; /* the client's, unless the call gives its own */
   if (has_opts) {
     lua_pushnil(L);
     while (lua_next(L, 4)) {
@@ -240,13 +240,13 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
       lua_pop(L, 1);
     }
     double timeout = opt_number_field(L, 4, "timeout", 1);
-    deadline = opt_number_field(L, 4, "deadline", 1);
+    double own = opt_number_field(L, 4, "deadline", 1);
     double attempts = opt_number_field(L, 4, "attempts", 1);
-    if (!(timeout > 0) || !(deadline > 0) || !(attempts >= 1))
+    if (!(timeout > 0) || !(own > 0) || !(attempts >= 1))
       raise_at(L, level, "fly: %s: options timeout and deadline must be > 0, attempts >= 1", op->id);
     if (rawfield(L, 4, "timeout") != LUA_TNIL) r->timeout_ms = seconds_to_ms(timeout);
     if (rawfield(L, 4, "attempts") != LUA_TNIL) r->retry.max_attempts = attempts > 1000 ? 1000 : (int)attempts;
-    if (rawfield(L, 4, "deadline") == LUA_TNIL || deadline > 1e8) deadline = 0;
+    if (rawfield(L, 4, "deadline") != LUA_TNIL) deadline = own > 1e8 ? 0 : own; /* math.huge: none */
     lua_pop(L, 3);
   }
 

@@ -399,10 +399,21 @@ describe("the client inside nginx #nginx", function()
         local a, b = both(case[1], case[2], case[3], case[4], base)
         assert.same(a, b, "case " .. i .. " (" .. case[2] .. ")")
       end
+      -- a client's deadline bounds every call that gives none, retries and their waits included
+      local bounded = { deadline = 0.5 }
+      for k, v in pairs(base) do bounded[k] = v end
+      local a, b = both(function() H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "delay", delay = 2,
+        count = 0 } end, "Apps_show", { app_name = app }, nil, bounded)
+      H.control("DELETE", "faults")
+      -- (how many attempts fit depends on the clocks: libcurl's may squeeze a short one in at the end)
+      assert.is_true(a.attempts >= 1 and b.attempts >= 1)
+      a.attempts, b.attempts = nil, nil
+      assert.same(a, b)
+      assert.equals("timeout", b.code)
       -- nothing listens: connect fails, retried, the same way
       local closed = { token = H.TOKEN, base_url = "http://127.0.0.1:9", rate_limit = false,
         retry = { attempts = 2, base = 0.01, cap = 0.02 } }
-      local a, b = both(none, "Apps_show", { app_name = app }, nil, closed)
+      a, b = both(none, "Apps_show", { app_name = app }, nil, closed)
       a.message, b.message = nil, nil
       assert.same(a, b)
       assert.equals("connect", b.code)

@@ -154,6 +154,32 @@ describe("transport failures", function()
     assert.is_true(fly.now() - t0 < 5)
   end)
 
+  it("bound every call of a client made with a deadline, unless the call gives its own", function()
+    local d = H.client { deadline = 1 }
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "stall", delay = 30, count = 0 }
+    local t0 = fly.now()
+    local res, err = d.apps:get(name) -- a namespace method: the client's deadline
+    assert.is_nil(res)
+    assert.equals("timeout", err.code)
+    assert.is_true(fly.now() - t0 < 10)
+    -- a machine wait keeps its own overall timeout past the client's deadline: every poll of
+    -- this one takes 1.5 s (cut at 1 s, none would ever answer)
+    local m = assert(d.machines:create(name, { config = { image = "nginx" } }))
+    assert(m:wait("started", { timeout = 30 }))
+    H.fault { method = "GET", path = "/v1/apps/" .. name:gsub("%p", "%%%0") .. "/machines/[^/]+/wait",
+      kind = "delay", delay = 1.5, count = 0 }
+    local before = H.stats().requests.Machines_wait
+    assert.equals("started", (m:wait("started", { timeout = 5 })))
+    assert.equals(before + 1, H.stats().requests.Machines_wait) -- one poll, answered after 1.5 s
+    -- the call's own deadline wins: math.huge lifts the client's
+    H.reset()
+    H.app(c, name)
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "delay", delay = 1.5, count = 1 }
+    assert(d:call("Apps_show", { app_name = name }, { deadline = math.huge }))
+    assert.has_error(function() H.client { deadline = 0 } end, "fly.new: option 'deadline' must be > 0")
+    d:close()
+  end)
+
   it("report a closed connection as reset", function()
     H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "close", count = 0 }
     local _, err = c.apps:get(name)

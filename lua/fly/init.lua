@@ -74,7 +74,7 @@ client_mt.__index = function(self, key)
 end
 
 local OPTIONS = {
-  token = "string", base_url = "string", timeout = "number", connect_timeout = "number",
+  token = "string", base_url = "string", timeout = "number", connect_timeout = "number", deadline = "number",
   user_agent = "string", ca_file = "string", insecure = "boolean", headers = "table",
   rate_limit = "boolean|table", retry = "boolean|table", trace = "function", trace_bodies = "boolean",
   max_body = "number",
@@ -88,7 +88,9 @@ end
 --- Makes a client.
 -- @tparam[opt] table opts `token` (default: FLY_API_TOKEN, then FLY_ACCESS_TOKEN),
 -- `base_url` (with its scheme; default: FLY_API_HOSTNAME, then https://api.machines.dev), `timeout`
--- (seconds per attempt, default 60), `connect_timeout` (default 10), `user_agent`,
+-- (seconds per attempt, default 60), `connect_timeout` (default 10), `deadline` (seconds each
+-- call may take in all, rate-limit wait and retries included, unless the call gives its own;
+-- default none), `user_agent`,
 -- `ca_file`, `insecure` (true turns TLS verification off), `headers` (extra headers),
 -- `rate_limit` (false, or `{ scale = n, [action] = { rate = r, burst = b }, redis = url,
 -- redis_timeout = s, redis_retry = s }`: `redis` shares the buckets with every process using it),
@@ -108,7 +110,7 @@ function fly.new(opts)
       error(("fly.new: option '%s' must be a %s (got %s)"):format(k, want:gsub("|", " or "), type(v)), 2)
     end
   end
-  for _, k in ipairs { "timeout", "connect_timeout", "max_body" } do
+  for _, k in ipairs { "timeout", "connect_timeout", "deadline", "max_body" } do
     local v = opts[k]
     if v and (v <= 0 or v ~= v) then error(("fly.new: option '%s' must be > 0"):format(k), 2) end
   end
@@ -139,6 +141,7 @@ function fly.new(opts)
   if trace.debug_wanted() then hooks[#hooks + 1] = { fn = trace.debug_line, name = "FLY_DEBUG printer" } end
   local ok, client = pcall(core.new, {
     token = token, base_url = base, timeout = opts.timeout, connect_timeout = opts.connect_timeout,
+    deadline = opts.deadline,
     user_agent = opts.user_agent or ("fly-machines/%s (libcurl/%s; %s)"):format(
       fly._VERSION, core.curl_version, _VERSION),
     ca_file = opts.ca_file, insecure = opts.insecure, headers = opts.headers,
