@@ -301,13 +301,23 @@ int fly_l_new(lua_State *L) {
   rawfield(L, 1, "retry");
   if (lua_istable(L, -1)) {
     int t = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+      const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+      if (!key || (strcmp(key, "attempts") != 0 && strcmp(key, "base") != 0 && strcmp(key, "cap") != 0 &&
+                   strcmp(key, "max_wait") != 0))
+        return fly_client_close(L, c), luaL_error(L, "fly: retry: unknown option '%s' (options are attempts, "
+                                                     "base, cap, max_wait)", key ? key : luaL_typename(L, -2));
+      lua_pop(L, 1);
+    }
     double attempts = opt_number_field(L, t, "attempts", 4);
-    c->max_attempts = attempts > 1000 ? 1000 : attempts >= 1 ? (int)attempts : 1;
+    if (!(attempts >= 1)) return fly_client_close(L, c), luaL_error(L, "fly: retry.attempts must be >= 1");
+    c->max_attempts = attempts > 1000 ? 1000 : (int)attempts;
     c->retry_base = opt_number_field(L, t, "base", 0.1);
     c->retry_cap = opt_number_field(L, t, "cap", 5);
     c->retry_max_wait = opt_number_field(L, t, "max_wait", 60);
-    if (!(c->retry_max_wait >= 0))
-      return fly_client_close(L, c), luaL_error(L, "fly: retry.max_wait must be >= 0");
+    if (!(c->retry_base >= 0) || !(c->retry_cap >= 0) || !(c->retry_max_wait >= 0))
+      return fly_client_close(L, c), luaL_error(L, "fly: retry.base, retry.cap and retry.max_wait must be >= 0");
   } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
     c->max_attempts = 1;
   }

@@ -57,6 +57,14 @@ describe("fly.new", function()
       .. '%(got "127%.0%.0%.1:4280"%)$', function() fly.new { token = "t", base_url = "127.0.0.1:4280" } end)
     H.raises("needs a scheme", function() fly.new { token = "t", base_url = "api.machines.dev" } end)
     assert.has_error(function() fly.new { token = "t", headers = { ["X-A"] = "1\r\nX-B: 2" } } end)
+    -- the retry table: a misspelt key is an error, not a silent default
+    assert.has_error(function() fly.new { token = "t", retry = { attmpts = 2 } } end,
+      "fly: retry: unknown option 'attmpts' (options are attempts, base, cap, max_wait)")
+    assert.has_error(function() fly.new { token = "t", retry = { attempts = 0 } } end,
+      "fly: retry.attempts must be >= 1")
+    assert.has_error(function() fly.new { token = "t", retry = { base = -1 } } end,
+      "fly: retry.base, retry.cap and retry.max_wait must be >= 0")
+    assert.has_error(function() fly.new { token = "t", retry = { cap = {} } } end)
   end)
 end)
 

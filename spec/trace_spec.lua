@@ -297,6 +297,20 @@ describe("a hook that raises", function()
 end)
 
 describe("FLY_DEBUG=1", function()
+  it("prints the status and the failure code together for an answer that was refused", function()
+    local setup = H.client()
+    local name = H.app(setup)
+    setup:close()
+    local c = H.client { max_body = 64, trace = trace.debug_line } -- the printer FLY_DEBUG installs
+    local lines, saved = {}, io.stderr
+    io.stderr = { write = function(_, ...) lines[#lines + 1] = table.concat { ... } end }
+    local ok, err = pcall(c.apps.get, c.apps, name) -- the App is longer than 64 bytes
+    io.stderr = saved
+    c:close()
+    assert(ok, err)
+    assert.matches("^fly: GET /v1/apps/%S+ 200 too_large [%d.]+ms attempt 1 ", lines[1])
+  end)
+
   it("prints one line per attempt on stderr: method, path, status, time, attempt, wait, resends, request id",
     function()
     H.reset()

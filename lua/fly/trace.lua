@@ -22,7 +22,8 @@ function trace.debug_line(event)
     return
   end
   if event.kind ~= "finish" then return end
-  local outcome = event.status and tostring(event.status) or event.code or "?"
+  local outcome = event.status and (event.code and (event.status .. " " .. event.code) or tostring(event.status))
+    or event.code or "?"
   io.stderr:write(("fly: %s %s %s %.1fms attempt %d wait %.1fms%s%s\n"):format(
     event.method, event.path or "?", outcome, (event.seconds or 0) * 1000, event.attempt,
     (event.wait or 0) * 1000, event.resends and (" resent " .. event.resends) or "",
