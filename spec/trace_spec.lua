@@ -303,9 +303,9 @@ describe("FLY_DEBUG=1", function()
     setup:close()
     local c = H.client { max_body = 64, trace = trace.debug_line } -- the printer FLY_DEBUG installs
     local lines, saved = {}, io.stderr
-    io.stderr = { write = function(_, ...) lines[#lines + 1] = table.concat { ... } end }
+    rawset(io, "stderr", { write = function(_, ...) lines[#lines + 1] = table.concat { ... } end })
     local ok, err = pcall(c.apps.get, c.apps, name) -- the App is longer than 64 bytes
-    io.stderr = saved
+    rawset(io, "stderr", saved)
     c:close()
     assert(ok, err)
     assert.matches("^fly: GET /v1/apps/%S+ 200 too_large [%d.]+ms attempt 1 ", lines[1])
