@@ -52,7 +52,7 @@ fly_request *fly_request_new(lua_State *L, int kind) {
   fly_request *r = fly_newuserdata(L, sizeof *r);
   memset(r, 0, sizeof *r);
   r->kind = kind;
-  r->ref = r->value_ref = LUA_NOREF;
+  r->ref = LUA_NOREF;
   r->reply.retry_after = -1;
   fly_setmetatable(L, REQUEST_MT);
   return r;
@@ -163,22 +163,7 @@ void fly_request_clear_body(fly_request *r) {
   if (r->resp) r->resp[0] = '\0';
 }
 
-static int decode_body(lua_State *L, fly_request *r);
-static int answer_is_json(const fly_request *r);
-static void too_many_values(fly_request *r);
-
-/* Decodes the body of request r (a light userdata at 1) into the registry
- * (value_ref); returns nothing, or nil and the decoder's message. Called
- * protected: the Lua API raises on memory errors. */
-static int decode_now(lua_State *L) {
-  fly_request *r = lua_touserdata(L, 1);
-  int n = decode_body(L, r);
-  if (n == 2) return 2;
-  r->value_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  return 0;
-}
-
-void fly_request_accept(lua_State *L, fly_request *r, const fly_strlist *headers) {
+void fly_request_accept(fly_request *r, const fly_strlist *headers) {
   fly_reply *a = &r->reply;
   const char *why = fly_reply_settle(a, r->op->returns, r->resp, r->resp_len, r->too_large);
   if (why && r->too_large) {
@@ -187,28 +172,6 @@ void fly_request_accept(lua_State *L, fly_request *r, const fly_strlist *headers
     fly_request_set_message(r, msg);
   } else if (why) {
     fly_request_set_message(r, why);
-  }
-  if (!a->code && a->status >= 200 && a->status <= 299 && answer_is_json(r) && r->value_ref == LUA_NOREF &&
-      lua_checkstack(L, 3)) {
-    lua_pushcfunction(L, decode_now);
-    lua_pushlightuserdata(L, r);
-    if (lua_pcall(L, 1, 2, 0) != 0) { /* out of memory: success() decodes (and raises) later */
-      lua_pop(L, 1);
-    } else if (lua_isnil(L, -2) && lua_isstring(L, -1)) {
-      const char *msg = lua_tostring(L, -1);
-      if (strncmp(msg, FLY_JSON_TOO_MANY, strlen(FLY_JSON_TOO_MANY)) == 0) {
-        too_many_values(r);
-      } else {
-        char text[160];
-        snprintf(text, sizeof text, "the response is not valid JSON: %s", msg);
-        a->code = "protocol";
-        a->keep_status = 1;
-        fly_request_set_message(r, text);
-      }
-      lua_pop(L, 2);
-    } else {
-      lua_pop(L, 2);
-    }
   }
   if (!a->code && a->status >= 200 && a->status <= 299) return;
   for (size_t i = 0; headers && i < headers->n; i++) {
@@ -226,7 +189,6 @@ int fly_l_request_gc(lua_State *L) {
   fly_request *r = fly_check_request(L, 1);
   fly_trace_release(r->trace), r->trace = NULL; /* nothing to record while collected */
   fly_request_finish(L, r);
-  if (r->value_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, r->value_ref), r->value_ref = LUA_NOREF;
   fly_curl_request_free(r);
   fly_wire_free(&r->wire);
   free(r->rate_key), r->rate_key = NULL;
@@ -551,7 +513,7 @@ static int l_req_complete(lua_State *L) {
     return lua_pushliteral(L, "done"), 1;
   }
   r->reply.body_seen = bn > 0;
-  fly_request_accept(L, r, &r->wire.headers);
+  fly_request_accept(r, &r->wire.headers);
   return report(L, r);
 }
 
@@ -569,7 +531,7 @@ static int l_req_failed(lua_State *L) {
   r->reply.code = code;
   r->reply.sent = sent;
   fly_request_set_message(r, msg);
-  fly_request_accept(L, r, &r->wire.headers);
+  fly_request_accept(r, &r->wire.headers);
   return report(L, r);
 }
 
@@ -635,28 +597,6 @@ static char body_start(const fly_request *r) {
   return 0;
 }
 
-/* Whether a success's answer is JSON to decode: always for an operation
- * that returns JSON; for one that returns nothing, a JSON object or array
- * labelled JSON. */
-static int answer_is_json(const fly_request *r) {
-  int returns = r->op->returns;
-  if (returns == FLY_RETURNS_JSON) return 1;
-  if (returns != FLY_RETURNS_NONE || r->reply.media != FLY_MEDIA_JSON || !r->resp) return 0;
-  char c = body_start(r);
-  return c == '{' || c == '[';
-}
-
-/* The request fails as too_large: its body holds more JSON values than the cap allows. */
-static void too_many_values(fly_request *r) {
-  char msg[128];
-  snprintf(msg, sizeof msg, "the response body holds more than %zu JSON values (one per %d bytes of max_body)",
-           r->max_body / FLY_BYTES_PER_VALUE + 1, FLY_BYTES_PER_VALUE);
-  r->reply.code = "too_large";
-  r->reply.keep_status = 1;
-  r->reply.retryable = 0;
-  fly_request_set_message(r, msg);
-}
-
 /* request:success() -> the result of a successful call, by what the
  * operation returns: JSON -> the decoded object or array; text -> the text;
  * nothing declared -> a JSON object or array labelled JSON, decoded, else
@@ -669,18 +609,21 @@ static int l_req_success(lua_State *L) {
   fly_request *r = fly_check_request(L, 1);
   fly_reply *a = &r->reply;
   if (r->state != REQ_DONE || r->kind != KIND_HTTP || a->code || a->status < 200 || a->status > 299) return 0;
-  if (r->value_ref != LUA_NOREF) { /* decoded as the attempt ended: the first call takes it */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->value_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, r->value_ref);
-    r->value_ref = LUA_NOREF;
-    return 1;
-  }
   int returns = r->op->returns;
   if (returns == FLY_RETURNS_TEXT) return lua_pushlstring(L, r->resp ? r->resp : "", r->resp_len), 1;
-  if (!answer_is_json(r)) return lua_pushboolean(L, 1), 1;
+  if (returns == FLY_RETURNS_NONE) {
+    char c = r->resp ? body_start(r) : 0;
+    if (a->media != FLY_MEDIA_JSON || (c != '{' && c != '[')) return lua_pushboolean(L, 1), 1;
+  }
   int n = decode_body(L, r);
   if (n == 2 && strncmp(lua_tostring(L, -1), FLY_JSON_TOO_MANY, strlen(FLY_JSON_TOO_MANY)) == 0) {
-    too_many_values(r);
+    char msg[128];
+    snprintf(msg, sizeof msg, "the response body holds more than %zu JSON values (one per %d bytes of max_body)",
+             r->max_body / FLY_BYTES_PER_VALUE + 1, FLY_BYTES_PER_VALUE);
+    a->code = "too_large";
+    a->keep_status = 1;
+    a->retryable = 0;
+    fly_request_set_message(r, msg);
     lua_pop(L, 2);
     return 0;
   }

@@ -39,7 +39,6 @@ struct fly_request {
   unsigned long long seq;      /* the order of pinning, which the queue keeps */
   const fly_operation *op;     /* NULL for timers */
   int kind, state, ref;        /* ref: registry pin while live */
-  int value_ref;               /* registry: the decoded answer of a success, until success() takes it */
   struct fly_easy *easy;       /* libcurl: borrowed from the pool while active */
   struct curl_slist *curl_headers; /* libcurl: owned copy of wire.headers, made at the first start */
   fly_wire wire;               /* owned: what build made */
@@ -103,14 +102,11 @@ void fly_request_clear_body(fly_request *r);
 
 /* An attempt's bytes are all in (before classify): a body past max_body
  * becomes code too_large, a 2xx the operation does not return (see
- * fly_reply_accept) code protocol, both keeping the status. A 2xx JSON
- * answer is decoded now and kept for request:success(): one that does not
- * parse is code protocol, one with more values than max_body allows
- * too_large, so the attempt fails while it can still be retried. In a reply
- * that is not a success, the credentials of the Authorization line in
- * `headers` (the list the request was sent with) are masked in the body, the
- * message and the header fields kept, so they never reach an error. */
-void fly_request_accept(lua_State *L, fly_request *r, const fly_strlist *headers);
+ * fly_reply_accept) code protocol, both keeping the status; in a reply that
+ * is not a success, the credentials of the Authorization line in `headers`
+ * (the list the request was sent with) are masked in the body, the message
+ * and the header fields kept, so they never reach an error. */
+void fly_request_accept(fly_request *r, const fly_strlist *headers);
 
 int fly_l_decode(lua_State *L);
 int fly_l_build(lua_State *L);

@@ -161,9 +161,7 @@ describe("client:call", function()
   end)
 
   it("turns a response that is not the JSON it claims into a protocol error, retried when safe", function()
-    local finished = {}
-    local r = H.client { retry = { attempts = 3, base = 0.01, cap = 0.02 },
-      trace = function(e) if e.kind == "finish" then finished[#finished + 1] = e end end }
+    local r = H.client { retry = { attempts = 3, base = 0.01, cap = 0.02 } }
     H.fault { method = "GET", path = "/v1/apps/garbage", kind = "malformed", count = 10 }
     local res, err = r.apps:get("garbage")
     assert.is_nil(res)
@@ -174,13 +172,7 @@ describe("client:call", function()
     -- once: the next attempt gets the answer
     local name = H.app(r)
     H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "malformed", count = 1 }
-    for i = #finished, 1, -1 do finished[i] = nil end
     assert.equals(name, assert(r.apps:get(name)).name)
-    assert.equals(2, #finished) -- the trace sees the first attempt fail
-    assert.equals(200, finished[1].status)
-    assert.equals("protocol", finished[1].code)
-    assert.is_true(finished[1].retryable)
-    assert.is_nil(finished[2].code)
     -- a create is not safe to repeat: its broken answer is the call's, not retried
     local before = H.stats().requests.Apps_create
     H.fault { method = "POST", path = "/v1/apps", kind = "malformed", count = 1 }
