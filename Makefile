@@ -170,15 +170,14 @@ FUZZ_CC      ?= clang
 FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 LUA_LIBS      = $(shell pkg-config --libs lua5.4)
 
-build/fuzz/json: fuzz/json_fuzz.c csrc/json.c csrc/json.h csrc/jsonvalid.c csrc/jsonvalid.h csrc/compat.h
+build/fuzz/json: fuzz/json_fuzz.c csrc/json.c csrc/json.h csrc/compat.h
 	@mkdir -p build/fuzz
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) $(DEPCFLAGS) -Icsrc fuzz/json_fuzz.c csrc/json.c csrc/jsonvalid.c -o $@ $(LUA_LIBS) -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) $(DEPCFLAGS) -Icsrc fuzz/json_fuzz.c csrc/json.c -o $@ $(LUA_LIBS) -lm
 
 build/fuzz/classify: fuzz/classify_fuzz.c csrc/classify.c csrc/classify.h csrc/operations.c csrc/operations.h \
-                     csrc/ratelimit.c csrc/ratelimit.h csrc/jsonvalid.c csrc/jsonvalid.h
+                     csrc/ratelimit.c csrc/ratelimit.h
 	@mkdir -p build/fuzz
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -Icsrc fuzz/classify_fuzz.c csrc/classify.c csrc/operations.c csrc/ratelimit.c \
-	  csrc/jsonvalid.c \
 	  -o $@ -lpthread -lm
 
 fuzz: setup $(FUZZ_TARGETS:%=build/fuzz/%)

@@ -57,7 +57,7 @@ build = {
     ["fly.core"] = {
       sources = { "csrc/module.c", "csrc/util.c", "csrc/ops.c", "csrc/operations.c", "csrc/build.c",
         "csrc/ratelimit.c", "csrc/classify.c", "csrc/request.c", "csrc/trace.c", "csrc/client.c", "csrc/curl.c",
-        "csrc/json.c", "csrc/jsonvalid.c", "csrc/redis.c" },
+        "csrc/json.c", "csrc/redis.c" },
       incdirs = { "csrc", "$(CURL_INCDIR)", "$(HIREDIS_INCDIR)", "$(CRYPTO_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(HIREDIS_LIBDIR)", "$(CRYPTO_LIBDIR)" },
       -- ssl: which protocol a TLS connection chose (ALPN), see csrc/curl.c; hiredis and crypto:
