@@ -559,6 +559,7 @@ static int l_req_result(lua_State *L) {
   if (r->wire.path) lua_pushstring(L, r->wire.path), lua_setfield(L, -2, "path");
   lua_pushinteger(L, r->retry.attempts), lua_setfield(L, -2, "attempts");
   lua_pushboolean(L, a->retryable), lua_setfield(L, -2, "retryable");
+  lua_pushboolean(L, r->wire.safe), lua_setfield(L, -2, "safe");
   if (a->status) lua_pushinteger(L, a->status), lua_setfield(L, -2, "status");
   if (a->code) {
     lua_pushstring(L, a->code), lua_setfield(L, -2, "code");

@@ -166,6 +166,13 @@ describe("client:call", function()
     assert.is_nil(res)
     assert.equals("protocol", err.code)
     assert.equals(200, err.status)
+    assert.equals(1, err.attempts) -- found when decoded, after the call
+    assert.is_true(err.retryable) -- a get: calling again may fix it
+    -- a create is not safe to repeat: the same answer says so
+    H.fault { method = "POST", path = "/v1/apps", kind = "malformed", count = 1 }
+    res, err = c.apps:create { app_name = H.name("garbled"), org_slug = "personal" }
+    assert.is_nil(res)
+    assert.equals("protocol", err.code)
     assert.is_false(err.retryable)
   end)
 

@@ -16,9 +16,10 @@ local resource = {}
 -- The error (or protocol failure) of a finished request that did not succeed.
 local function failure(req, why)
   local res = result(req)
-  if why then -- a success whose body is not the JSON it claims
+  if why then -- a success whose body is not the JSON it claims, found as the call returns:
+    -- not retried, but calling again may fix it when the call is safe to repeat
     local err = Error.from_result(res)
-    err.code, err.message, err.retryable = "protocol", "the response is not valid JSON: " .. why, false
+    err.code, err.message, err.retryable = "protocol", "the response is not valid JSON: " .. why, res.safe == true
     return nil, err
   end
   if res.code then return nil, Error.from_result(res) end
