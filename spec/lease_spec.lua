@@ -33,6 +33,16 @@ describe("machine leases", function()
     assert.equals(404, err.status)
   end)
 
+  it("releases the lease even when the rate limit holds the release past the client's deadline", function()
+    -- releases go one per 2 s here; the client gives every call 0.5 s
+    local d = H.client { deadline = 0.5, rate_limit = { Machines_release_lease = { rate = 0.5, burst = 1 } } }
+    for _ = 1, 2 do
+      assert.equals("ran", (d.machines:with_lease(app, m.id, { ttl = 30 }, function() return "ran" end)))
+      assert.is_nil((c.machines:get_lease(app, m.id))) -- released, not left to its TTL
+    end
+    d:close()
+  end)
+
   it("works through Machine objects", function()
     local lease = assert(m:acquire_lease { ttl = 5 })
     assert.is_string(assert(m:get_lease()).owner)

@@ -112,7 +112,8 @@ local function exec_build(p, _, cmd)
     body = { command = cmd }
   end
   p.body = body
-  if type(body.timeout) == "number" then return { timeout = body.timeout + 10 } end
+  -- the command's own time bounds the call, not the client's deadline
+  if type(body.timeout) == "number" then return { timeout = body.timeout + 10, deadline = body.timeout + 10 } end
 end
 
 local NONCE = { lease_nonce = "string" }
@@ -427,8 +428,12 @@ end
 
 local LEASE_OPTIONS = { ttl = "number", description = "string", wait = "number" }
 
+-- Not bounded by the client's deadline: a lease left held blocks everyone until its TTL ends.
+local RELEASE_OPTS = { deadline = math.huge }
+
 local function release(c, app, id, nonce, d)
-  return call(c, "Machines_release_lease", { app_name = app, machine_id = id, lease_nonce = nonce }, nil, d + 1)
+  return call(c, "Machines_release_lease", { app_name = app, machine_id = id, lease_nonce = nonce }, RELEASE_OPTS,
+    d + 1)
 end
 
 -- Asks for the lease. Inside a task (`holder`) the request is made by a task of its own, so
@@ -492,10 +497,11 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   local leased = resource.bind(Machine, fields, c, { app = app, nonce = nonce, lease = lease, view = base })
   local interval = math.max((math.ceil(ttl) - 1) / 3, 0.2)
   local refresh = { app_name = app, machine_id = id, lease_nonce = nonce, body = { ttl = math.ceil(ttl) } }
+  local refresh_opts = { deadline = interval } -- the next refresh comes then: not the client's deadline
   refresher = c:spawn(function()
     while true do
       c:sleep(interval)
-      local fresh = parse_lease((call(c, "Machines_create_lease", refresh, nil, 1)))
+      local fresh = parse_lease((call(c, "Machines_create_lease", refresh, refresh_opts, 1)))
       if type(fresh) == "table" and fresh.expires_at then lease.expires_at = fresh.expires_at end
     end
   end)
