@@ -265,6 +265,10 @@ static fly_easy *pool_get(fly_client *c) {
   return fe;
 }
 
+void fly_curl_note(fly_request *r) {
+  if (r->easy && r->easy->sends > 1) r->reply.resends = r->easy->sends - 1;
+}
+
 void fly_curl_stop(fly_request *r) {
   if (r->admitting && r->client && r->client->redis) fly_redis_cancel(r->client->redis, r);
   r->admitting = 0;

@@ -13,6 +13,9 @@ int fly_curl_open(fly_client *c);
 void fly_curl_close(fly_client *c);
 /* Stops the request's transfer if one runs and gives its handle back. */
 void fly_curl_stop(fly_request *r);
+/* Copies what the transport knows of the request's open attempt into its
+ * reply (how many times libcurl resent it), for an attempt cut short. */
+void fly_curl_note(fly_request *r);
 /* Frees what the transport keeps per request (from its __gc). */
 void fly_curl_request_free(fly_request *r);
 /* curl_global_init, once per process. */

@@ -111,7 +111,10 @@ static void request_unlink(fly_request *r) {
 }
 
 void fly_request_finish(lua_State *L, fly_request *r) {
-  if (r->trace && r->state != REQ_DONE) fly_trace_end(r);
+  if (r->trace && r->state != REQ_DONE) {
+    fly_curl_note(r);
+    fly_trace_end(r);
+  }
   fly_curl_stop(r);
   request_unlink(r);
   r->state = REQ_DONE;

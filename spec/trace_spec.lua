@@ -91,6 +91,19 @@ describe("the trace hook", function()
     assert.equals(before + 2, H.stats().requests.Apps_show) -- the server got it twice
     assert(h1.apps:get(name))
     assert.is_nil(ev[4].resends) -- sent once
+    -- an attempt cut short after libcurl resent it says so too
+    H.fault { op = "Apps_show", kind = "close" }
+    H.fault { op = "Apps_show", kind = "stall", delay = 5 } -- what the resend meets
+    for i = #ev, 1, -1 do ev[i] = nil end
+    before = H.stats().requests.Apps_show
+    local t = h1:spawn(function() return h1.apps:get(name) end)
+    local deadline = fly.now() + 5
+    while H.stats().requests.Apps_show < before + 2 and fly.now() < deadline do h1:poll(0.05) end
+    t:cancel()
+    h1:poll(0)
+    assert.equals("start finish", kinds(ev))
+    assert.equals("cancelled", ev[2].code)
+    assert.equals(1, ev[2].resends)
     h1:close()
   end)
 
