@@ -171,6 +171,11 @@ describe("transport failures", function()
     local before = H.stats().requests.Machines_wait
     assert.equals("started", (m:wait("started", { timeout = 5 })))
     assert.equals(before + 1, H.stats().requests.Machines_wait) -- one poll, answered after 1.5 s
+    -- an exec given a timeout runs as long as that, not as the client's deadline
+    H.fault { op = "Machines_exec", kind = "delay", delay = 1.5, count = 2 }
+    assert.equals(0, assert(m:exec { command = { "true" }, timeout = 5 }).exit_code)
+    local _, late = m:exec { command = { "true" } }
+    assert.equals("timeout", late.code)
     -- the call's own deadline wins: math.huge lifts the client's
     H.reset()
     H.app(c, name)

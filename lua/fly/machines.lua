@@ -112,8 +112,8 @@ local function exec_build(p, _, cmd)
     body = { command = cmd }
   end
   p.body = body
-  -- the command's own time bounds the call, not the client's deadline
-  if type(body.timeout) == "number" then return { timeout = body.timeout + 10, deadline = body.timeout + 10 } end
+  -- the command's own time bounds each attempt, and the client's deadline does not cut it short
+  if type(body.timeout) == "number" then return { timeout = body.timeout + 10, deadline = math.huge } end
 end
 
 local NONCE = { lease_nonce = "string" }
