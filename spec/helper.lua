@@ -180,4 +180,20 @@ function H.capture(cmd)
   return text or out, status == "0"
 end
 
+--- Installs the rock into `tree` for Lua `version` ("5.1" … "5.4") with `luarocks make`;
+-- returns what luarocks printed and whether it succeeded. It builds from a copy of the
+-- checkout: luarocks compiles in the directory it builds in, and suites running side by side
+-- (CI's lanes) may be building the rock at the same time.
+function H.make_rock(version, tree)
+  local src = os.tmpname()
+  os.remove(src)
+  local q = function(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+  local cmd = ("mkdir -p %s/spec && cd %s && cp -R lua csrc bin rockspec %s/ && cp -R spec/emulator %s/spec/"
+    .. " && cd %s && luarocks --lua-version=%s --tree=%s make --deps-mode=none rockspec/fly-machines-scm-1.rockspec")
+    :format(q(src), q(H.ROOT), q(src), q(src), q(src), version, q(tree))
+  local log, ok = H.capture(cmd .. " 2>&1")
+  os.execute("rm -rf " .. q(src))
+  return log, ok
+end
+
 return H

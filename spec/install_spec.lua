@@ -14,17 +14,9 @@ end
 describe("the rock", function()
   it("installs with luarocks and loads from another directory", function()
     local lua, version = target()
-    local tree, src = os.tmpname(), os.tmpname()
+    local tree = os.tmpname()
     os.remove(tree)
-    os.remove(src)
-    -- built from a copy: luarocks compiles in the directory it builds, and suites under other
-    -- Luas may be building the rock at the same time
-    local copy = ("mkdir -p %s/spec && cd %s && cp -R lua csrc bin rockspec %s/ && cp -R spec/emulator %s/spec/")
-      :format(src, H.ROOT, src, src)
-    local cmd = ("cd %s && luarocks --lua-version=%s --tree=%s make --deps-mode=none %s 2>&1")
-      :format(src, version, tree, "rockspec/fly-machines-scm-1.rockspec")
-    local log, ok = H.capture(copy .. " 2>&1 && " .. cmd)
-    os.execute("rm -rf " .. src)
+    local log, ok = H.make_rock(version, tree)
     assert(ok, log)
     local check = ([[cd /tmp && env -u LD_PRELOAD ]]
       .. [[LUA_PATH='%s/share/lua/%s/?.lua;%s/share/lua/%s/?/init.lua;/usr/share/lua/%s/?.lua' ]]
