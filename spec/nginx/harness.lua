@@ -11,6 +11,7 @@
 -- Configuration snippets may use @PREFIX@, @PORT@ (the main server), @TLS_PORT@, @CERT@ and
 -- @KEY@ (a self-signed certificate for localhost and 127.0.0.1, made when `tls` is set).
 local H = require "helper"
+local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
@@ -62,6 +63,16 @@ local function fill(template, vars)
   return (template:gsub("@([%u_]+)@", function(k) return vars[k] end))
 end
 
+-- Whether nothing listens on the port. The spec servers listen with reuseport, which lets a
+-- second nginx bind a port another one holds and share its connections (suites run side by
+-- side in CI): a plain bind, which fails on a port in use, is tried first.
+local function free(port)
+  local s = socket.tcp()
+  local ok = s:bind("127.0.0.1", port)
+  s:close()
+  return ok ~= nil
+end
+
 -- A process is alive when it exists and is not a zombie (a daemon's zombie lingers until
 -- the container's init reaps it).
 local function alive(pid)
@@ -84,6 +95,9 @@ function harness.start(opts)
   local last_log
   for _ = 1, 20 do
     local port, tls_port = H.random_port(), H.random_port()
+    while port == tls_port or not free(port) or not free(tls_port) do
+      port, tls_port = H.random_port(), H.random_port()
+    end
     local prefix = (os.getenv("TMPDIR") or "/tmp") .. "/fly-ngxspec-" .. port
     sh("rm -rf " .. prefix)
     assert(sh("mkdir -p " .. prefix .. "/tmp"), "cannot make " .. prefix)
