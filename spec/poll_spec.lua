@@ -157,7 +157,7 @@ describe("poll", function()
   end)
 
   it("keeps its default budget small and run() unlimited", function()
-    assert.equals(0.001, fly.POLL_BUDGET)
+    assert.equals(0.0005, fly.POLL_BUDGET)
     local resumed_in, polls = {}, { 0 }
     local tasks = getters(20, resumed_in, polls)
     assert.is_true(c:run(20))
