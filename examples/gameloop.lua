@@ -29,23 +29,30 @@ local task = client:spawn(function()
 end)
 
 -- Each frame: update and draw, then give the client the rest of the frame.
--- poll(t) returns as soon as something happens or t seconds pass, and then
--- works at most its budget (fly.POLL_BUDGET, 0.5 ms, by default): when many
--- requests start or finish at once, the rest waits for the next frames, so
--- the loop keeps its frame rate (it waits a budget less than the frame's
--- rest). An engine with its own frame pacing calls client:poll(0) instead,
--- which never blocks; one with time to spare passes a larger budget.
+-- poll(t) works at most its budget (fly.POLL_BUDGET, 0.5 ms, by default) and,
+-- when that found nothing to do, waits at most t seconds for an answer: it
+-- returns as soon as one comes, so the loop polls again until the frame's time
+-- is up (it waits a budget less than the frame's rest). When many requests
+-- start or finish at once, the rest waits for the next polls, so the loop
+-- keeps its frame rate. An engine with its own frame pacing calls
+-- client:poll(0) once a frame instead, which never blocks; one with time to
+-- spare passes a larger budget.
 local last
 local next_frame = fly.now()
+local late = 0 -- frames that began more than 2 ms after their time
 while task:status() == "running" do
+  if fly.now() - next_frame > 0.002 then late = late + 1 end
   world.frames = world.frames + 1
   if world.status ~= last then
     print(("frame %4d: %s"):format(world.frames, world.status))
     last = world.status
   end
   next_frame = next_frame + FRAME
-  client:poll(math.max(0, next_frame - fly.now() - fly.POLL_BUDGET))
+  repeat
+    local rest = next_frame - fly.now() - fly.POLL_BUDGET
+    client:poll(math.max(0, rest))
+  until rest <= 0
 end
 local _, err = task:result()
 if err then error(tostring(err), 0) end
-print(("%d frames rendered while the API calls ran"):format(world.frames))
+print(("%d frames rendered while the API calls ran, %d of them late"):format(world.frames, late))

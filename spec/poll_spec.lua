@@ -211,6 +211,15 @@ describe("poll", function()
     H.raises("budget must be >= 0", function() c:poll(0, -1) end)
     H.raises("budget must be >= 0", function() c:poll(0, 0 / 0) end)
     assert.equals(0, c:poll(0, math.huge))
+    local default = fly.POLL_BUDGET
+    for _, bad in ipairs { -1, "abc", 0 / 0 } do
+      fly.POLL_BUDGET = bad
+      local ok, err = pcall(c.poll, c, 0)
+      fly.POLL_BUDGET = default
+      assert.is_false(ok)
+      assert.matches("fly: poll: fly.POLL_BUDGET must be a number >= 0", err, 1, true)
+    end
+    assert.equals(0, c:poll(0))
   end)
 end)
 

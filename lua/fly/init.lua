@@ -249,11 +249,12 @@ end
 -- step, a poll still fits in 2 ms; a program may set another).
 fly.POLL_BUDGET = 0.0005
 
---- One step of the loop, waiting at most `timeout` seconds (default 0: never
--- blocks) for something to happen, then working at most about `budget`
--- seconds (default `fly.POLL_BUDGET`, 0.5 ms; `math.huge`: no limit): it starts,
--- finishes and resumes only what fits, and leaves the rest, oldest first, for
--- the next call. For game loops: call it once per frame.
+--- One step of the loop: works at most about `budget` seconds (default
+-- `fly.POLL_BUDGET`, 0.5 ms; `math.huge`: no limit), starting, finishing and
+-- resuming only what fits and leaving the rest, oldest first, for the next
+-- call; when that resumed no task, finished nothing and left nothing over, it
+-- waits at most `timeout` seconds (default 0: never blocks) for a socket or
+-- the loop's next deadline, then works again. For game loops: once per frame.
 -- @treturn integer the number of unfinished tasks
 function methods:poll(timeout, budget)
   open(self, 3)
@@ -261,7 +262,12 @@ function methods:poll(timeout, budget)
   optional_number(timeout, "poll", "timeout", 3)
   optional_number(budget, "poll", "budget", 3)
   if budget ~= nil and (budget ~= budget or budget < 0) then error("fly: poll: budget must be >= 0", 2) end
-  if budget == nil then budget = fly.POLL_BUDGET end
+  if budget == nil then
+    budget = fly.POLL_BUDGET
+    if type(budget) ~= "number" or budget ~= budget or budget < 0 then
+      error("fly: poll: fly.POLL_BUDGET must be a number >= 0 (got " .. tostring(budget) .. ")", 2)
+    end
+  end
   return loop.drive(self, timeout or 0, nil, budget ~= math.huge and budget or nil)
 end
 
