@@ -602,7 +602,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->reply.status);
   curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &sent);
   r->reply.sent = sent > 0;
-  r->reply.resends = fe->sends > 1 ? fe->sends - 1 : 0; /* counted when on_prereq is set */
+  fly_curl_note(r); /* the resends, counted when on_prereq is set */
   if (stop == STOP_RESEND) {
     /* it went out once and the connection failed before any answer */
     r->reply.sent = 1;
