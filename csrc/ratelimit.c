@@ -10,7 +10,10 @@
  * next one waits until the table has doubled from what the last one left:
  * with a new key per request (a new machine each call) sweeping costs O(1)
  * per new bucket, not O(buckets), and the table holds at most twice the
- * buckets still refilling or kept (or SWEEP_ABOVE). */
+ * buckets still refilling or kept (or SWEEP_ABOVE). The slots double when the
+ * buckets outnumber them (a new machine per call at thousands of calls a
+ * second keeps tens of thousands of buckets refilling), and each bucket keeps
+ * its key's hash, so a lookup compares a key's bytes about once. */
 #define _POSIX_C_SOURCE 200809L
 #include "ratelimit.h"
 
@@ -22,11 +25,12 @@
 #include <string.h>
 #include <time.h>
 
-#define SLOTS 1024
+#define SLOTS_MIN 1024 /* a power of two, as every slot count */
 #define SWEEP_ABOVE 512
 
 typedef struct bucket {
   struct bucket *next;
+  uint32_t hash;  /* of key */
   double tokens;
   double last;    /* when tokens was last brought up to date */
   double full_at; /* when the bucket last became full; -inf: full since it was made */
@@ -40,7 +44,8 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 /* Shifts of any bucket so far: a queued request whose mark holds the same
  * count has nothing to catch up (read without the lock). */
 static atomic_ulong shifts;
-static bucket *slots[SLOTS];
+static bucket **slots; /* nslots chains (owned), made on first use; NULL before */
+static size_t nslots;
 static size_t count;
 static size_t sweep_at = SWEEP_ABOVE; /* the count that triggers the next sweep */
 
@@ -84,7 +89,7 @@ static int is_idle(const bucket *b, double now) {
 }
 
 static void sweep_locked(double now) {
-  for (size_t i = 0; i < SLOTS; i++) {
+  for (size_t i = 0; i < nslots; i++) {
     bucket **p = &slots[i];
     while (*p) {
       bucket *b = *p;
@@ -100,22 +105,45 @@ static void sweep_locked(double now) {
   sweep_at = count * 2 > SWEEP_ABOVE ? count * 2 : SWEEP_ABOVE;
 }
 
-/* The bucket for key, or NULL (the lock held). */
-static bucket *find(const char *key, uint32_t slot) {
-  for (bucket *b = slots[slot]; b; b = b->next)
-    if (strcmp(b->key, key) == 0) return b;
+/* The bucket for key, whose hash is h, or NULL (the lock held). */
+static bucket *find(const char *key, uint32_t h) {
+  if (!slots) return NULL;
+  for (bucket *b = slots[h & (nslots - 1)]; b; b = b->next)
+    if (b->hash == h && strcmp(b->key, key) == 0) return b;
   return NULL;
+}
+
+/* Gives the table twice its slots (SLOTS_MIN at first); 0 when out of
+ * memory, the table as it was. */
+static int grow_locked(void) {
+  size_t n = nslots ? nslots * 2 : SLOTS_MIN;
+  bucket **fresh = calloc(n, sizeof *fresh);
+  if (!fresh) return 0;
+  for (size_t i = 0; i < nslots; i++) {
+    while (slots[i]) {
+      bucket *b = slots[i];
+      slots[i] = b->next;
+      b->next = fresh[b->hash & (n - 1)];
+      fresh[b->hash & (n - 1)] = b;
+    }
+  }
+  free(slots);
+  slots = fresh;
+  nslots = n;
+  return 1;
 }
 
 /* Returns the bucket for key, creating it full; NULL only when out of memory. */
 static bucket *lookup(const char *key, fly_limit limit, double now) {
-  uint32_t slot = hash(key) % SLOTS;
-  bucket *found = find(key, slot);
+  uint32_t h = hash(key);
+  bucket *found = find(key, h);
   if (found) return found;
   if (count >= sweep_at) sweep_locked(now);
+  if (count >= nslots && !grow_locked() && !slots) return NULL; /* a full table still takes more */
   size_t len = strlen(key);
   bucket *b = malloc(sizeof *b + len + 1);
   if (!b) return NULL;
+  b->hash = h;
   memcpy(b->key, key, len + 1);
   b->tokens = limit.burst;
   b->last = now;
@@ -123,8 +151,8 @@ static bucket *lookup(const char *key, fly_limit limit, double now) {
   b->rate = limit.rate;
   b->burst = limit.burst;
   b->shift = 0;
-  b->next = slots[slot];
-  slots[slot] = b;
+  b->next = slots[h & (nslots - 1)];
+  slots[h & (nslots - 1)] = b;
   count++;
   return b;
 }
@@ -199,7 +227,7 @@ double fly_rate_catch_up(const char *key, fly_rate_mark *m, double *ready_at) {
   if (gen == m->gen) return 0;
   double extra = 0;
   pthread_mutex_lock(&lock);
-  bucket *b = find(key, hash(key) % SLOTS);
+  bucket *b = find(key, hash(key));
   if (b) extra = absorb(b, m);
   pthread_mutex_unlock(&lock);
   m->gen = gen;
@@ -221,13 +249,16 @@ void fly_rate_penalize(const char *key, fly_limit limit, double now) {
  * loaded the core unloads it, the buckets go with it. */
 __attribute__((destructor)) static void drop_all(void) {
   pthread_mutex_lock(&lock);
-  for (size_t i = 0; i < SLOTS; i++) {
+  for (size_t i = 0; i < nslots; i++) {
     while (slots[i]) {
       bucket *b = slots[i];
       slots[i] = b->next;
       free(b);
     }
   }
+  free(slots);
+  slots = NULL;
+  nslots = 0;
   count = 0;
   sweep_at = SWEEP_ABOVE;
   pthread_mutex_unlock(&lock);

@@ -208,4 +208,24 @@ describe("rate limiting", function()
     c:sleep(1.1)
     assert.is_true(core.bucket_count() < 100, core.bucket_count())
   end)
+
+  it("keeps every bucket apart while thousands refill at once (the table grows)", function()
+    -- one token per app, back in 5 s: each app's first call takes it, and its bucket is still
+    -- refilling when its second call comes, so that one must find the same bucket among
+    -- thousands (the table starts with 1,024 slots)
+    local c = H.client { rate_limit = { Apps_show = { rate = 0.2, burst = 1 } } }
+    H.config { rate_limits = { enabled = false } }
+    local n = 3000
+    for i = 1, n do
+      local _, err = c:call("Apps_show", { app_name = "grow-" .. i })
+      assert.equals("not_found", err.code) -- no such app: the call went out all the same
+    end
+    assert.is_true(core.bucket_count() >= n, core.bucket_count())
+    for i = 1, n do
+      local res, err = c:call("Apps_show", { app_name = "grow-" .. i }, { deadline = 1 })
+      assert.is_nil(res)
+      assert.equals("timeout", err.code) -- refused at once: the wait would pass the deadline
+    end
+    assert.equals(n, H.stats().executed.Apps_show)
+  end)
 end)
