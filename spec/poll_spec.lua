@@ -186,6 +186,37 @@ describe("poll", function()
     assert.equals("done", t:status())
   end)
 
+  it("tell a host loop to come back at once only when work is left over", function()
+    -- a task that sleeps 0.2 s at a time, next to a call answered 30 s late: a poll that
+    -- resumes the task uses up a zero budget, but leaves nothing over (libcurl has
+    -- nothing to hand out until the answer), so the host's next wake-up is the task's
+    -- timer, not at once
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "delay", delay = 30, count = 1 }
+    local slow = c:spawn(function() return assert(c.apps:get(name)).name end)
+    local naps = 0
+    local sleeper = c:spawn(function()
+      for _ = 1, 3 do
+        c:sleep(0.2)
+        naps = naps + 1
+      end
+    end)
+    local deadline = fly.now() + 10
+    while naps < 3 do
+      local before = naps
+      c:poll(0, 0)
+      if naps > before then -- this poll resumed the sleeper
+        local t = c:timeout()
+        if naps < 3 then assert.is_true(t > 0.1, t) end -- its next nap, about 0.2 s away
+      else
+        socket.sleep(0.01)
+      end
+      assert(fly.now() < deadline, "the sleeper did not wake three times in time")
+    end
+    assert.equals("done", sleeper:status())
+    assert.equals("running", slow:status()) -- its answer has not come: nothing was left over
+    slow:cancel()
+  end)
+
   it("count the budget from the end of the wait #timing", function()
     -- twenty tasks wait for one that sleeps 0.3 s: they are all ready at the
     -- same moment, the end of the poll's wait
