@@ -394,6 +394,33 @@ describe("the shared rate limiter (Redis) #driver", function()
     os.remove(go)
   end)
 
+  it("keeps the latest news whole when more come between two looks at it", function()
+    -- Redis stops answering three times while the driver runs (CLIENT PAUSE), the third time
+    -- until after the driver's end, and the driver looks at the limiter's news only then:
+    -- five messages, of which the limiter keeps what fits without splitting an outage from
+    -- its recovery, so what is told still begins with an outage and ends in the current state
+    local h = spawn(("--retry 0.05 --hold-warnings %s %s 20 3 80"):format(url(), fresh("outages")))
+    for _, p in ipairs { { 5, 400 }, { 25, 400 }, { 60, 2500 } } do
+      wait_for(h, ("grant %d "):format(p[1]))
+      assert.equals("OK", cli(("client pause %d all"):format(p[2])):match("%u+"))
+    end
+    local r = finish(h)
+    assert.equals("OK", cli("client unpause"):match("%u+"))
+    assert.equals(0, r.code, r.out)
+    assert.equals(80, #r.grants)
+    local outages, source = 0, "redis" -- stretches of grants from the local buckets
+    for _, g in ipairs(r.grants) do
+      if g.source == "local" and source == "redis" then outages = outages + 1 end
+      source = g.source
+    end
+    assert.equals(3, outages, r.out)
+    assert.equals(1, r.stats.down)
+    assert.equals(3, #r.warnings, r.out) -- the first outage and its recovery made room
+    assert.matches("unavailable", r.warnings[1])
+    assert.matches("available again", r.warnings[2])
+    assert.matches("unavailable", r.warnings[3])
+  end)
+
   -- Runs the driver (`retry`, `count` grants at 20/s, burst 3) against Redis by a name the
   -- resolver it is given (spec/redis/slow-resolver.c, `env`: its settings) makes slow, and
   -- restarts Redis while the driver is paused after 2 grants, which closes its connection.

@@ -24,6 +24,8 @@
  *     --owner BASE TOKEN  the bucket is the client's for (BASE, TOKEN), action
  *                      "machine_start", scope KEY (fly_redis_identity/_key);
  *                      the key is printed as "key <name>"
+ *     --hold-warnings  take the limiter's warnings only at the end (they pile
+ *                      up in it meanwhile), instead of after every answer
  *
  * Output, one line each:
  *   grant <n> <wall-clock seconds> <redis|local> <answer latency in microseconds>
@@ -58,6 +60,8 @@ typedef struct {
   double latency; /* seconds from admission to answer */
 } slot;
 
+static int hold_warnings; /* the driver is one thread: plain statics */
+
 static double wall(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -66,6 +70,7 @@ static double wall(void) {
 
 static void warnings(fly_redis *r) {
   const char *w;
+  if (hold_warnings) return;
   while ((w = fly_redis_warning(r, NULL))) printf("warning %s\n", w);
   fflush(stdout);
 }
@@ -192,6 +197,7 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) timeout = atof(argv[++i]);
     else if (strcmp(argv[i], "--retry") == 0 && i + 1 < argc) retry = atof(argv[++i]);
     else if (strcmp(argv[i], "--owner") == 0 && i + 2 < argc) base = argv[++i], token = argv[++i];
+    else if (strcmp(argv[i], "--hold-warnings") == 0) hold_warnings = 1;
     else break;
   }
   if (argc - i != 5) {
@@ -265,6 +271,7 @@ int main(int argc, char **argv) {
       if (granted == pause_after && !wait_for_go(r, go_file, slots, local_key, limit)) return 3;
     }
   }
+  hold_warnings = 0; /* the end: whatever is left is told now */
   warnings(r);
   fly_redis_stats st;
   fly_redis_get_stats(r, &st);
