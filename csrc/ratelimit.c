@@ -10,10 +10,14 @@
  * next one waits until the table has doubled from what the last one left:
  * with a new key per request (a new machine each call) sweeping costs O(1)
  * per new bucket, not O(buckets), and the table holds at most twice the
- * buckets still refilling or kept (or SWEEP_ABOVE). The slots double when the
- * buckets outnumber them (a new machine per call at thousands of calls a
- * second keeps tens of thousands of buckets refilling), and each bucket keeps
- * its key's hash, so a lookup compares a key's bytes about once. */
+ * buckets still refilling or kept (or SWEEP_ABOVE).
+ *
+ * The slots double when the buckets outnumber them (a new machine per call at
+ * thousands of calls a second keeps tens of thousands of buckets refilling)
+ * and halve, after a sweep, while the buckets fill less than a quarter of
+ * them (down to SLOTS_MIN), so both a sweep's walk and the slots' memory
+ * follow the buckets there are, not the most there ever were. Each bucket
+ * keeps its key's hash, so a lookup compares a key's bytes about once. */
 #define _POSIX_C_SOURCE 200809L
 #include "ratelimit.h"
 
@@ -88,35 +92,9 @@ static int is_idle(const bucket *b, double now) {
   return full_at + KEEP <= now;
 }
 
-static void sweep_locked(double now) {
-  for (size_t i = 0; i < nslots; i++) {
-    bucket **p = &slots[i];
-    while (*p) {
-      bucket *b = *p;
-      if (is_idle(b, now)) {
-        *p = b->next;
-        free(b);
-        count--;
-      } else {
-        p = &b->next;
-      }
-    }
-  }
-  sweep_at = count * 2 > SWEEP_ABOVE ? count * 2 : SWEEP_ABOVE;
-}
-
-/* The bucket for key, whose hash is h, or NULL (the lock held). */
-static bucket *find(const char *key, uint32_t h) {
-  if (!slots) return NULL;
-  for (bucket *b = slots[h & (nslots - 1)]; b; b = b->next)
-    if (b->hash == h && strcmp(b->key, key) == 0) return b;
-  return NULL;
-}
-
-/* Gives the table twice its slots (SLOTS_MIN at first); 0 when out of
+/* Moves every bucket into n new slots (a power of two); 0 when out of
  * memory, the table as it was. */
-static int grow_locked(void) {
-  size_t n = nslots ? nslots * 2 : SLOTS_MIN;
+static int rehash_locked(size_t n) {
   bucket **fresh = calloc(n, sizeof *fresh);
   if (!fresh) return 0;
   for (size_t i = 0; i < nslots; i++) {
@@ -133,13 +111,42 @@ static int grow_locked(void) {
   return 1;
 }
 
+static void sweep_locked(double now) {
+  for (size_t i = 0; i < nslots; i++) {
+    bucket **p = &slots[i];
+    while (*p) {
+      bucket *b = *p;
+      if (is_idle(b, now)) {
+        *p = b->next;
+        free(b);
+        count--;
+      } else {
+        p = &b->next;
+      }
+    }
+  }
+  sweep_at = count * 2 > SWEEP_ABOVE ? count * 2 : SWEEP_ABOVE;
+  size_t n = nslots;
+  while (n > SLOTS_MIN && count * 4 < n) n /= 2;
+  if (n < nslots) rehash_locked(n); /* out of memory: the table stays as large */
+}
+
+/* The bucket for key, whose hash is h, or NULL (the lock held). */
+static bucket *find(const char *key, uint32_t h) {
+  if (!slots) return NULL;
+  for (bucket *b = slots[h & (nslots - 1)]; b; b = b->next)
+    if (b->hash == h && strcmp(b->key, key) == 0) return b;
+  return NULL;
+}
+
 /* Returns the bucket for key, creating it full; NULL only when out of memory. */
 static bucket *lookup(const char *key, fly_limit limit, double now) {
   uint32_t h = hash(key);
   bucket *found = find(key, h);
   if (found) return found;
   if (count >= sweep_at) sweep_locked(now);
-  if (count >= nslots && !grow_locked() && !slots) return NULL; /* a full table still takes more */
+  if (count >= nslots && !rehash_locked(nslots ? nslots * 2 : SLOTS_MIN) && !slots)
+    return NULL; /* a full table still takes more */
   size_t len = strlen(key);
   bucket *b = malloc(sizeof *b + len + 1);
   if (!b) return NULL;
