@@ -11,7 +11,7 @@ local function sh(cmd)
   return text, tonumber(status)
 end
 
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local q = H.quote
 
 describe("fly-emulator", function()
   local tree, bin, install_out, install_status, env

@@ -180,6 +180,9 @@ function H.capture(cmd)
   return text or out, status == "0"
 end
 
+--- `s` quoted for the shell, whatever it holds.
+function H.quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
 --- Installs the rock into `tree` for Lua `version` ("5.1" … "5.4") with `luarocks make`;
 -- returns what luarocks printed and whether it succeeded. It builds from a copy of the
 -- checkout: luarocks compiles in the directory it builds in, and suites running side by side
@@ -187,7 +190,7 @@ end
 function H.make_rock(version, tree)
   local src = os.tmpname()
   os.remove(src)
-  local q = function(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+  local q = H.quote
   local cmd = ("mkdir -p %s/spec && cd %s && cp -R lua csrc bin rockspec %s/ && cp -R spec/emulator %s/spec/"
     .. " && cd %s && luarocks --lua-version=%s --tree=%s make --deps-mode=none rockspec/fly-machines-scm-1.rockspec")
     :format(q(src), q(H.ROOT), q(src), q(src), q(src), version, q(tree))

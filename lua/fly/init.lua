@@ -261,12 +261,11 @@ function methods:poll(timeout, budget)
   outside_tasks(self, "poll", 3)
   optional_number(timeout, "poll", "timeout", 3)
   optional_number(budget, "poll", "budget", 3)
-  if budget ~= nil and (budget ~= budget or budget < 0) then error("fly: poll: budget must be >= 0", 2) end
-  if budget == nil then
-    budget = fly.POLL_BUDGET
-    if type(budget) ~= "number" or budget ~= budget or budget < 0 then
-      error("fly: poll: fly.POLL_BUDGET must be a number >= 0 (got " .. tostring(budget) .. ")", 2)
-    end
+  local given = budget ~= nil
+  if not given then budget = fly.POLL_BUDGET end
+  if type(budget) ~= "number" or budget ~= budget or budget < 0 then
+    error(given and "fly: poll: budget must be >= 0"
+      or "fly: poll: fly.POLL_BUDGET must be a number >= 0 (got " .. tostring(budget) .. ")", 2)
   end
   return loop.drive(self, timeout or 0, nil, budget ~= math.huge and budget or nil)
 end
