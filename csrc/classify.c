@@ -237,18 +237,23 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
     double cap = p->base * pow(2.0, p->attempts - 1);
     if (cap > p->cap) cap = p->cap;
     delay = rng_unit(p) * cap; /* full jitter */
-    if (p->deadline > 0 && now + delay >= p->deadline) return -1;
+    if (!fly_retry_fits(p, now + delay)) return -1; /* before its token is taken */
     if (p->rate_key) { /* a retry is another request: it takes its place in the bucket */
       double at = fly_rate_admit_marked(p->rate_key, p->limit, now, p->margin, &p->mark);
       if (at - now > delay) delay = at - now;
     }
   }
-  if (p->deadline > 0 && now + delay >= p->deadline) return -1;
+  if (!fly_retry_fits(p, now + delay)) return -1;
   return delay;
+}
+
+int fly_retry_fits(const fly_retry *p, double at) {
+  return p->deadline <= 0 || at + p->took < p->deadline;
 }
 
 int fly_classify(fly_retry *p, fly_reply *a, double now, double *retry_at) {
   p->attempts++;
+  p->took = p->started > 0 && now > p->started ? now - p->started : 0;
   a->retryable = 0;
   if (a->code && !a->keep_status) a->status = 0;
   double delay = retry_delay(p, a, now);

@@ -45,6 +45,8 @@ typedef struct fly_retry {
   int is_wait;                 /* a long poll: 408 means "not yet", not a timeout */
   int attempts, max_attempts;
   double deadline;             /* monotonic seconds; 0: none */
+  double started;              /* when the last attempt started (set by the transport); 0: none yet */
+  double took;                 /* seconds the last attempt took, start to outcome (fly_classify) */
   double base, cap;            /* backoff: full jitter in [0, min(cap, base * 2^(n-1))) */
   double margin;               /* a request goes at least this long after its token came */
   double max_wait;             /* the longest Retry-After honoured; longer: the 429 is final */
@@ -98,7 +100,15 @@ void fly_scrub(char *buf, size_t n, const char *auth);
  * FLY_RETRY, *retry_at is when to send it again (monotonic seconds); the
  * bucket token for that attempt is already taken. Sets a->retryable.
  * too_large is never retried; a 429 whose Retry-After is over max_wait (or
- * past the deadline) is final at once, retry_after kept. */
+ * past the deadline) is final at once, retry_after kept. A retry that would
+ * not fit before the deadline (fly_retry_fits) is not made: the attempt's
+ * outcome is final. */
 int fly_classify(fly_retry *p, fly_reply *a, double now, double *retry_at);
+
+/* Whether a retry starting at `at` fits before the deadline: as long as the
+ * attempt before it took must be left. A shorter one would likely be cut off
+ * by the deadline, and one cut off after it went out leaves a call that is
+ * not safe to repeat with an unknown outcome (and takes a token for nothing). */
+int fly_retry_fits(const fly_retry *p, double at);
 
 #endif

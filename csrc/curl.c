@@ -454,6 +454,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
     if (timeout <= 0 || left < timeout) timeout = left;
   }
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+  r->retry.started = fly_now();
   if (curl_multi_add_handle(t->multi, e) != CURLM_OK) {
     pool_put(c, fe);
     r->easy = NULL;
@@ -565,9 +566,8 @@ static void shared_io(lua_State *L, fly_client *c, short revents, int *finished)
       double at = a.ready_at + c->rate_margin; /* r->ready_at: the local bucket's, never past */
       if (at > r->ready_at) r->ready_at = at;
     }
-    if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline) {
-      r->reply.status = 0;
-      fly_request_set_failure(r, "timeout", "the rate limit delays this request past its deadline", 1);
+    if (!fly_request_fits(r, r->ready_at)) {
+      fly_request_out_of_time(r, "the rate limit delays this request past its deadline");
       deliver(L, r, finished);
     }
   }
@@ -708,7 +708,8 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
   for (fly_request *r = c->queue, *next; r; r = next) {
     next = r->qnext; /* r may leave the queue, and no other request does meanwhile */
     if (r->admitting) continue;
-    int expired = r->kind == KIND_HTTP && r->retry.deadline > 0 && now >= r->retry.deadline;
+    /* past its deadline, or a retry due with less time left than its last attempt took */
+    int expired = r->kind == KIND_HTTP && !fly_request_fits(r, r->ready_at > now ? r->ready_at : now);
     if (!expired && r->ready_at > now) continue;
     r->held = !expired && r->retry.rate_key && behind_unsent(c, r);
     if (r->held) continue;
@@ -719,10 +720,9 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
     }
     /* its bucket was pushed back since it was admitted: later, or past its deadline */
     if (!expired && r->retry.rate_key && fly_rate_catch_up(r->retry.rate_key, &r->retry.mark, &r->ready_at) > 0) {
-      if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline) {
+      if (!fly_request_fits(r, r->ready_at)) {
         begin(b, STAGE_LAUNCH);
-        r->reply.status = 0;
-        fly_request_set_failure(r, "timeout", "the rate limit delays this request past its deadline", 1);
+        fly_request_out_of_time(r, "the rate limit delays this request past its deadline");
         deliver(L, r, finished);
         continue;
       }
@@ -730,8 +730,7 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
     }
     begin(b, STAGE_LAUNCH);
     if (expired) {
-      r->reply.status = 0;
-      fly_request_set_failure(r, "timeout", "deadline exceeded", 1);
+      fly_request_out_of_time(r, "deadline exceeded");
       deliver(L, r, finished);
     } else if (r->kind == KIND_TIMER) {
       deliver(L, r, finished);

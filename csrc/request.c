@@ -140,6 +140,18 @@ void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char
   fly_request_finish(L, r);
 }
 
+int fly_request_fits(const fly_request *r, double at) {
+  if (r->retry.deadline <= 0) return 1;
+  return r->retry.attempts == 0 ? at < r->retry.deadline : fly_retry_fits(&r->retry, at);
+}
+
+void fly_request_out_of_time(fly_request *r, const char *why) {
+  /* a retry's last outcome stays, unless a restart that sent nothing cleared it */
+  if (r->retry.attempts > 0 && (r->reply.status || r->reply.code)) return;
+  r->reply.status = 0;
+  fly_request_set_failure(r, "timeout", why, 1);
+}
+
 int fly_request_add_body(fly_request *r, const char *data, size_t len) {
   if (r->max_body && len > r->max_body - r->resp_len) {
     r->too_large = 1;
@@ -366,11 +378,9 @@ static int l_req_admit(lua_State *L) {
   double wait = luaL_checknumber(L, 2);
   if (r->state == REQ_DONE) return lua_pushliteral(L, "done"), 1;
   double at = fly_now() + (wait > 0 ? wait : 0);
-  if (r->retry.deadline > 0 && at > r->retry.deadline) {
-    if (r->retry.attempts == 0)
-      fly_request_fail(L, r, "timeout", "the rate limit delays this request past its deadline", 1);
-    else
-      fly_request_finish(L, r);
+  if (!fly_request_fits(r, at)) {
+    fly_request_out_of_time(r, "the rate limit delays this request past its deadline");
+    fly_request_finish(L, r);
     return lua_pushliteral(L, "done"), 1;
   }
   if (r->trace && wait > 0 && at > r->ready_at) { /* the trace sees the transport's bucket wait as the core's */
@@ -404,7 +414,9 @@ static int transport_header(const char *line) {
 static int l_req_wire(lua_State *L) {
   fly_request *r = check_carried(L);
   fly_wire *w = &r->wire;
-  if (r->trace) fly_trace_start(r, &w->headers, fly_now()); /* asking what to send starts an attempt */
+  double now = fly_now(); /* asking what to send starts an attempt */
+  r->retry.started = now;
+  if (r->trace) fly_trace_start(r, &w->headers, now);
   lua_createtable(L, 0, 12);
   lua_pushstring(L, r->op->method), lua_setfield(L, -2, "method");
   lua_pushlstring(L, w->url.p, w->url.n), lua_setfield(L, -2, "url");

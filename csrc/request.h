@@ -94,6 +94,16 @@ void fly_request_set_failure(fly_request *r, const char *code, const char *msg, 
 /* Sets the failure and ends the request. */
 void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable);
 
+/* Whether the request's next attempt, starting at `at`, fits before its
+ * deadline: a first attempt before it, a retry with as long left as the
+ * attempt before it took (fly_retry_fits). */
+int fly_request_fits(const fly_request *r, double at);
+
+/* Ends a request whose next attempt does not fit (the caller finishes or
+ * delivers it): a retry keeps the outcome of the attempt before it, which is
+ * what happened; a request with no outcome yet becomes a timeout (`why`). */
+void fly_request_out_of_time(fly_request *r, const char *why);
+
 /* Appends response body bytes; 0 on out of memory, or past max_body (then
  * too_large is set and nothing is added). */
 int fly_request_add_body(fly_request *r, const char *data, size_t len);

@@ -167,8 +167,8 @@ void fly_trace_end(fly_request *r) {
   double now = fly_now();
   if (r->trace_flags & TRACE_OPEN) {
     finish_event(r, now, r->retry.attempts + 1); /* cut short: cancelled, or the client closed */
-  } else if (r->reply.code && r->reply.retryable) {
-    giveup_event(r, now); /* the deadline passed while it waited */
+  } else if ((r->reply.code || r->reply.status) && r->reply.retryable) {
+    giveup_event(r, now); /* no time left for the attempt it waited to make */
   }
   r->trace_flags |= TRACE_ENDED;
 }

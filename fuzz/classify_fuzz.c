@@ -2,7 +2,8 @@
  * responses, fed as the libcurl transport feeds it.
  *
  * Input: byte 0 picks the operation (from the operation table), byte 1 the
- * retry settings (safe or not, attempts, a deadline, the body cap); the
+ * retry settings (safe or not, attempts, a deadline, the body cap, and how
+ * long the attempt took: up to 28 s of the deadline's 30); the
  * rest is a response as on the wire: a status line, header lines up to an
  * empty line, then the body up to the first NUL byte, then trailer lines.
  * Lines end in "\n" ("\r\n" works too). Status lines inside the head start a
@@ -12,7 +13,8 @@
  * only for a 2xx with no failure code, whose body is what the operation
  * returns; an error for every other status; too_large past the cap, never
  * retried; a 429 retried only when its Retry-After is within max_wait and
- * not before it; no control character in any error text; and the token of
+ * not before it; a retry only with as long left before the deadline as the
+ * attempt took; no control character in any error text; and the token of
  * the Authorization line never left in what a failure keeps. */
 #define _GNU_SOURCE /* memmem */
 #include <stdint.h>
@@ -135,8 +137,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   p.limit.burst = 3;
   p.rng = 88172645463325252ull;
   double now = 1000.0, retry_at = 0;
+  p.started = now - ((flags & 128) ? 4.0 * ((flags >> 4) & 7) : 0);
   long status = a.status;
   int verdict = fly_classify(&p, &a, now, &retry_at);
+  check(p.took == now - p.started, "the attempt's time is not what it took");
   check(verdict == FLY_SUCCESS || verdict == FLY_FAILURE || verdict == FLY_RETRY, "no single verdict");
   check(p.attempts == 1, "the attempt was not counted");
   if (verdict == FLY_SUCCESS) {
@@ -150,7 +154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
   } else if (verdict == FLY_RETRY) {
     check(retry_at >= now, "a retry in the past");
-    check(!p.deadline || retry_at < p.deadline, "a retry past the deadline");
+    check(!p.deadline || retry_at + p.took < p.deadline, "a retry that does not fit before the deadline");
     check(!a.code || strcmp(a.code, "too_large") != 0, "too_large retried");
     if (!a.code && a.status == 429 && a.retry_after >= 0) {
       check(a.retry_after <= p.max_wait, "a Retry-After over max_wait honoured");

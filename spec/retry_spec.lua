@@ -107,6 +107,30 @@ describe("retries", function()
     assert.is_true(fly.now() - t0 >= 0.95)
   end)
 
+  it("does not send a retry with less time before the deadline than the attempt before it took", function()
+    -- the 429 comes after 1 s and asks for 1 s more: a retry at 2.0-2.1 s would have 0.4-0.5 s
+    -- of the 2.5 s deadline. Sent, it would be cut off after the server took it (this create is
+    -- handled 1 s after it arrives): a machine made, and the call's outcome unknown.
+    H.fault { op = "Machines_create", kind = "status", status = 429, retry_after = 1, delay = 1, count = 1 }
+    H.fault { op = "Machines_create", kind = "delay", delay = 1, count = 1 }
+    local before = H.stats().requests.Machines_create or 0
+    local res, err = c:call("Machines_create", { app_name = name, body = { config = { image = "nginx" } } },
+      { deadline = 2.5 })
+    assert.is_nil(res)
+    assert.equals(429, err.status) -- the attempt's own outcome: nothing was executed
+    assert.is_true(err.retryable)
+    assert.equals(1, err.attempts)
+    assert.equals(before + 1, H.stats().requests.Machines_create)
+    assert.is_nil(H.stats().executed.Machines_create)
+    -- with the time, the same retry goes (and succeeds)
+    H.control("DELETE", "faults")
+    H.fault { op = "Machines_create", kind = "status", status = 429, retry_after = 1, delay = 1, count = 1 }
+    local m = assert(c:call("Machines_create", { app_name = name, body = { config = { image = "nginx" } } },
+      { deadline = 10 }))
+    assert.is_string(m.id)
+    assert.equals(before + 3, H.stats().requests.Machines_create)
+  end)
+
   it("does not retry the wait long-poll's 408 (it means: not yet)", function()
     local m = assert(c:call("Machines_create", { app_name = name, body = { config = { image = "nginx" } } }))
     H.fault { method = "GET", path = path("/machines/" .. m.id .. "/wait"), kind = "status", status = 408,

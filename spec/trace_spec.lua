@@ -155,6 +155,17 @@ describe("the trace hook", function()
     assert.is_true(g.retryable)
   end)
 
+  it("gives up with the attempt's own answer when a retry would not fit before the deadline", function()
+    -- each 503 takes 0.3 s: after the first, 0.2 s of the 0.5 s deadline are left
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 503, delay = 0.3, count = 0 }
+    local _, err = c:call("Apps_show", { app_name = name }, { deadline = 0.5 })
+    assert.equals(503, err.status)
+    assert.equals("start finish giveup", kinds(events))
+    assert.equals(503, events[3].status)
+    assert.equals(1, events[3].attempt)
+    assert.is_true(events[2].seconds >= 0.3)
+  end)
+
   it("does not give up on a failure that is never retried: the finish says it all", function()
     H.fault { method = "POST", path = "/v1/apps", kind = "status_after", status = 503, count = 1 }
     local _, err = c.apps:create { app_name = H.name(), org_slug = "personal" }

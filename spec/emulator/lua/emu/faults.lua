@@ -8,7 +8,8 @@
 --   op      matches the operationId (any when absent)
 -- kinds (applied by the router):
 --   status        answer `status` (default 500) with Fly's error body, or `body` (table -> JSON,
---                 string -> text/plain); Retry-After: retry_after when given. Handler not run.
+--                 string -> text/plain); Retry-After: retry_after when given; after `delay`
+--                 seconds when given. Handler not run.
 --   delay         sleep `delay` seconds, then handle normally
 --   close         drop the TCP connection without an answer: shutdown of the socket (FIN both
 --                 ways, no TLS close_notify), under HTTP/1.1 and HTTP/2 alike (there every

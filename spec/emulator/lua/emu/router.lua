@@ -239,6 +239,7 @@ local function pre_fault(f, reqid)
     ngx.sleep(tonumber(f.delay) or 1)
     return false
   elseif kind == "status" then
+    if f.delay then ngx.sleep(tonumber(f.delay) or 0) end
     fault_status(f, reqid); return true
   elseif kind == "close" then
     close_connection(); return true
