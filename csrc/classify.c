@@ -226,6 +226,8 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
        else one token's worth of the published limit */
     if (p->rate_key) {
       fly_rate_penalize(p->rate_key, p->limit, now);
+      /* no token for a retry that cannot fit even at its Retry-After */
+      if (!fly_retry_fits(p, now + (a->retry_after > 0 ? a->retry_after : 0))) return -1;
       delay = fly_rate_reserve_marked(p->rate_key, p->limit, now, &p->mark) + p->margin - now;
     } else {
       delay = 1.0 / p->limit.rate;

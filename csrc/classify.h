@@ -105,8 +105,8 @@ void fly_scrub(char *buf, size_t n, const char *auth);
  * outcome is final. */
 int fly_classify(fly_retry *p, fly_reply *a, double now, double *retry_at);
 
-/* Whether a retry starting at `at` fits before the deadline: as long as the
- * attempt before it took must be left. A shorter one would likely be cut off
+/* Whether a retry starting at `at` fits before the deadline: more time than
+ * the attempt before it took must be left. A shorter one would likely be cut off
  * by the deadline, and one cut off after it went out leaves a call that is
  * not safe to repeat with an unknown outcome (and takes a token for nothing). */
 int fly_retry_fits(const fly_retry *p, double at);

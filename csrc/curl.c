@@ -619,6 +619,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   r->easy = NULL;
   if (stop == STOP_STALE) { /* nothing was sent: again at once, on another connection */
     r->reply.code = NULL;
+    r->retry.took = 0; /* the same attempt, started within the time it had: only the deadline bounds it */
     fly_request_set_state(r, REQ_QUEUED);
     r->ready_at = fly_now();
     return;

@@ -370,16 +370,18 @@ static int l_req_rate(lua_State *L) {
 }
 
 /* req:_admit(wait) -> "ready", at | "done": an externally admitted request
- * (or retry) may be sent `wait` seconds from now. A wait that runs past the
- * deadline ends it: as a timeout before its first attempt, else with the
- * last attempt's outcome (as classify ends a retry it cannot wait for). */
+ * (or retry) may be sent `wait` seconds from now. When it would not fit
+ * before the deadline then (fly_request_fits) it ends: as a timeout before
+ * its first attempt, else with the last attempt's outcome (as classify ends
+ * a retry it cannot wait for). `_admit(0)` right before sending checks that
+ * a late wake-up still leaves the time. */
 static int l_req_admit(lua_State *L) {
   fly_request *r = check_carried(L);
   double wait = luaL_checknumber(L, 2);
   if (r->state == REQ_DONE) return lua_pushliteral(L, "done"), 1;
   double at = fly_now() + (wait > 0 ? wait : 0);
   if (!fly_request_fits(r, at)) {
-    fly_request_out_of_time(r, "the rate limit delays this request past its deadline");
+    fly_request_out_of_time(r, wait > 0 ? "the rate limit delays this request past its deadline" : "deadline exceeded");
     fly_request_finish(L, r);
     return lua_pushliteral(L, "done"), 1;
   }

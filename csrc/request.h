@@ -95,7 +95,7 @@ void fly_request_set_failure(fly_request *r, const char *code, const char *msg, 
 void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable);
 
 /* Whether the request's next attempt, starting at `at`, fits before its
- * deadline: a first attempt before it, a retry with as long left as the
+ * deadline: a first attempt before it, a retry with more time left than the
  * attempt before it took (fly_retry_fits). */
 int fly_request_fits(const fly_request *r, double at);
 

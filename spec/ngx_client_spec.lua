@@ -213,6 +213,30 @@ describe("the client inside nginx #nginx", function()
     assert.equals("nil", status) -- no HTTP status: the body was cut off
   end)
 
+  it("does not send a retry that wakes with less time left than the attempt before it took", function()
+    local app = H.app(c)
+    -- each 503 takes 0.3 s; the hook holds the worker 0.6 s at the retry, so the retry, due at
+    -- about 0.3 s of the 1 s deadline, wakes at about 0.9 s: 0.1 s left, too little
+    H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "status", status = 503, delay = 0.3, count = 0 }
+    local status, attempts, kinds = n:run(([[
+      local fly = require "fly"
+      local events = {}
+      local c = assert(fly.new { retry = { base = 0.01, cap = 0.02 }, trace = function(e)
+        events[#events + 1] = e.kind
+        if e.kind == "retry" then
+          local t = ngx.now() + 0.6
+          repeat ngx.update_time() until ngx.now() >= t
+        end
+      end })
+      local _, err = c:call("Apps_show", { app_name = %q }, { deadline = 1 })
+      return tostring(err.status), tostring(err.attempts), table.concat(events, " ")
+    ]]):format(app))
+    H.control("DELETE", "faults")
+    assert.equals("503", status)
+    assert.equals("1", attempts)
+    assert.equals("start finish retry giveup", kinds)
+  end)
+
   it("holds a lease while fn runs: refreshes it, releases it, also when fn raises", function()
     local app = H.app(c)
     local code = ([[

@@ -156,14 +156,14 @@ describe("the trace hook", function()
   end)
 
   it("gives up with the attempt's own answer when a retry would not fit before the deadline", function()
-    -- each 503 takes 0.3 s: after the first, 0.2 s of the 0.5 s deadline are left
-    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 503, delay = 0.3, count = 0 }
-    local _, err = c:call("Apps_show", { app_name = name }, { deadline = 0.5 })
+    -- each 503 takes 0.6 s: after the first, 0.4 s of the 1 s deadline are left
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 503, delay = 0.6, count = 0 }
+    local _, err = c:call("Apps_show", { app_name = name }, { deadline = 1 })
     assert.equals(503, err.status)
     assert.equals("start finish giveup", kinds(events))
     assert.equals(503, events[3].status)
     assert.equals(1, events[3].attempt)
-    assert.is_true(events[2].seconds >= 0.3)
+    assert.is_true(events[2].seconds >= 0.6)
   end)
 
   it("does not give up on a failure that is never retried: the finish says it all", function()

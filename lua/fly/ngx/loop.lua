@@ -166,6 +166,9 @@ local function carry(client, req)
   while not done_fn(req) do
     sleep(req:_ready_at() - now())
     if done_fn(req) then break end -- cancelled while it waited
+    -- woken late (or a slow trace hook): past the deadline, or a retry with less time left than
+    -- the attempt before it took, ends here instead of going out
+    if req:_admit(0) == "done" then break end
     local w = req:_wire()
     local res, err = http.send(w, http_options(w)) -- the phase was checked by loop.submit
     local _, bucket
@@ -178,6 +181,7 @@ local function carry(client, req)
     drain(client)
     check_cancelled()
   end
+  drain(client) -- what ended it while it waited (a giveup)
   return req
 end
 
