@@ -130,7 +130,8 @@ static void finish_event(fly_request *r, double now, int attempt) {
   }
 }
 
-/* The request failed for good although the failure was retryable. */
+/* The call ends without another attempt: its failure was retryable but no
+ * attempt or time is left, or it ended while it waited (cancelled). */
 static void giveup_event(fly_request *r, double now) {
   fly_event *e = push(r, FLY_EV_GIVEUP, now);
   if (!e) return;
@@ -138,7 +139,7 @@ static void giveup_event(fly_request *r, double now) {
   e->attempt = r->retry.attempts;
   e->status = a->status;
   e->code = a->code;
-  e->retryable = 1;
+  e->retryable = a->retryable;
   e->wait = 0;
   memcpy(e->request_id, a->request_id, sizeof e->request_id);
 }
@@ -167,8 +168,8 @@ void fly_trace_end(fly_request *r) {
   double now = fly_now();
   if (r->trace_flags & TRACE_OPEN) {
     finish_event(r, now, r->retry.attempts + 1); /* cut short: cancelled, or the client closed */
-  } else if ((r->reply.code || r->reply.status) && r->reply.retryable) {
-    giveup_event(r, now); /* no time left for the attempt it waited to make */
+  } else if (r->reply.code || r->reply.status) {
+    giveup_event(r, now); /* it ended while it waited: no time left, cancelled, the client closed */
   }
   r->trace_flags |= TRACE_ENDED;
 }

@@ -216,6 +216,20 @@ describe("the trace hook", function()
     assert.equals("cancelled", events[4].code)
   end)
 
+  it("gives up when a call waiting for its retry is cancelled", function()
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 429, retry_after = 30,
+      count = 1 }
+    local t = c:spawn(function() return c.apps:get(name) end)
+    local deadline = fly.now() + 5
+    while kinds(events) ~= "start finish retry" and fly.now() < deadline do c:poll(0.05) end
+    t:cancel()
+    c:poll(0)
+    assert.equals("start finish retry giveup", kinds(events))
+    assert.equals("cancelled", events[4].code)
+    assert.is_false(events[4].retryable)
+    assert.equals(1, events[4].attempt)
+  end)
+
   it("never shows the token; bodies and headers only with trace_bodies, never Authorization", function()
     H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 503, count = 1 }
     assert(c.apps:get(name))
