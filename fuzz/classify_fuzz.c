@@ -13,8 +13,8 @@
  * only for a 2xx with no failure code, whose body is what the operation
  * returns; an error for every other status; too_large past the cap, never
  * retried; a 429 retried only when its Retry-After is within max_wait and
- * not before it; a retry only with as long left before the deadline as the
- * attempt took; no control character in any error text; and the token of
+ * not before it; a retry only with more time left before the deadline than
+ * the attempt took; no control character in any error text; and the token of
  * the Authorization line never left in what a failure keeps. */
 #define _GNU_SOURCE /* memmem */
 #include <stdint.h>
