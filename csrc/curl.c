@@ -39,6 +39,8 @@
 #define POOL_MAX 32
 #define SOCKETS_MAX 64
 #define STREAMS_MAX 100L /* HTTP/2 streams per connection */
+#define KEEPALIVE_IDLE 30     /* seconds idle before the first TCP keep-alive probe */
+#define KEEPALIVE_INTERVAL 15 /* seconds between probes */
 
 /* Why the pre-request callback stopped an attempt (see on_prereq). */
 enum { STOP_NONE, STOP_STALE, STOP_RESEND };
@@ -259,6 +261,15 @@ static fly_easy *pool_get(fly_client *c) {
 #endif
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
+  /* TCP keep-alive probes on the client's connections once idle for
+     KEEPALIVE_IDLE seconds, then every KEEPALIVE_INTERVAL: they keep a
+     middlebox's mapping of a warm connection alive, and a peer that has
+     forgotten the connection answers one with a reset, which libcurl's check
+     before reuse then sees, so the next call opens a new connection instead
+     of sending into a dead one. */
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, (long)KEEPALIVE_IDLE);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, (long)KEEPALIVE_INTERVAL);
   if (c->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, c->insecure ? 0L : 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, c->insecure ? 0L : 2L);

@@ -28,6 +28,31 @@ local function instance(env)
   return E
 end
 
+-- The keep-alive timers of this process's established TCP connections to `port`, read from
+-- /proc (Linux): `{ timer = "tr" (2: the keep-alive timer runs, 0: none), left = seconds }`.
+local function tcp_timers(port)
+  local mine = {}
+  local p = assert(io.popen("readlink /proc/$PPID/fd/* 2>/dev/null")) -- $PPID: this process
+  for l in p:lines() do
+    local inode = l:match("^socket:%[(%d+)%]$")
+    if inode then mine[inode] = true end
+  end
+  p:close()
+  local out = {}
+  for _, f in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
+    local h = io.open(f)
+    for l in h and h:lines() or function() end do
+      local rport, st, tr, when, inode =
+        l:match("^%s*%d+: %x+:%x+ %x+:(%x+) (%x+) %x+:%x+ (%x+):(%x+) %x+%s+%d+%s+%d+ (%d+)")
+      if rport and tonumber(rport, 16) == port and st == "01" and mine[inode] then
+        out[#out + 1] = { timer = tonumber(tr, 16), left = tonumber(when, 16) / 100 } -- USER_HZ ticks
+      end
+    end
+    if h then h:close() end
+  end
+  return out
+end
+
 local function suite_instance()
   local env = {}
   for _, k in ipairs { "FLY_EMULATOR_URL", "FLY_EMULATOR_CA", "FLY_EMULATOR_PLAIN_URL", "FLY_EMULATOR_H1_URL",
@@ -212,6 +237,19 @@ describe("connections", function()
       assert.equals(1, s.executed.Apps_create)
       assert.equals(5, s.executed.Apps_show)
       assert.is_true(s.connections >= 1 and s.connections <= 2, "connections: " .. s.connections)
+      c:close()
+    end)
+
+    it("probes its idle connections with TCP keep-alive (the first probe within 30 s)", function()
+      local E = suite_instance()
+      local c = E.client(E.env.FLY_EMULATOR_PLAIN_URL)
+      assert(c.apps:get(H.app(c)))
+      local timers = tcp_timers(tonumber(E.env.FLY_EMULATOR_PLAIN_URL:match(":(%d+)/?$")))
+      assert.is_true(#timers >= 1, "no connection to the emulator")
+      for _, t in ipairs(timers) do -- this client's, and any other one's of this process
+        assert.equals(2, t.timer, "the keep-alive timer runs on an idle connection")
+        assert.is_true(t.left > 0 and t.left <= 30, "first probe within 30 s: " .. t.left)
+      end
       c:close()
     end)
   end)
