@@ -1,5 +1,6 @@
 # fly-machines: build, test, demo and benchmark on Debian 12.
 #
+#   make build        the core only, for $(LUA) (installs, when missing, only what compiling needs)
 #   make test         install what is missing, build (also for LuaJIT: the nginx specs), run every
 #                     spec against the emulator
 #   make test LUA=luajit   the same under another Lua: lua5.1, lua5.2, lua5.3, lua5.4 (default), luajit
@@ -53,13 +54,21 @@ export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;
 export FLY_SPEC_LUA := $(LUA)
 export FLY_SPEC_THREADS := $(CURDIR)/$(OUT)/spec/threads
 
-.PHONY: all setup build test smoke demo check-asan check-tsan check-valgrind fuzz luajit lint bench emulator install clean
+.PHONY: all setup build-deps build test smoke demo check-asan check-tsan check-valgrind fuzz luajit lint bench emulator install clean
 
 all: build
 
-# Installs the Debian packages that are missing (needs root, as on a fresh machine).
-setup:
-	@missing=""; for p in $(PKGS); do \
+# What compiling the core for $(LUA) needs: `make build` installs only these (when missing).
+LUADEV_lua5.1 := liblua5.1-0-dev
+LUADEV_lua5.2 := liblua5.2-dev
+LUADEV_lua5.3 := liblua5.3-dev
+LUADEV_lua5.4 := liblua5.4-dev
+LUADEV_luajit := libluajit2-5.1-dev
+BUILD_PKGS := gcc make pkg-config libcurl4-openssl-dev libssl-dev libhiredis-dev $(LUADEV_$(LUA))
+
+# Installs the Debian packages of $(1) that are missing (needs root, as on a fresh machine).
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -67,8 +76,16 @@ setup:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
 
-build: setup $(OUT)/fly/core.so
+# everything the specs, the demo, the benchmarks and the quality gates use
+setup:
+	$(call install_missing,$(PKGS))
+
+build-deps:
+	$(call install_missing,$(BUILD_PKGS))
+
+build: build-deps $(OUT)/fly/core.so
 
 # each Lua has a directory of its own, so a change of LUA never reuses another Lua's core
 $(OUT)/fly/core.so: $(SRC) $(HDR)
@@ -79,11 +96,11 @@ $(OUT)/spec/threads: spec/threads.c
 	@mkdir -p $(OUT)/spec
 	$(CC) $(CFLAGS) $(WARN) $(DEPCFLAGS) $< -o $@ $(shell pkg-config --libs $(LUA)) -lpthread
 
-test: build $(OUT)/spec/threads
+test: setup build $(OUT)/spec/threads
 	@[ "$(LUA)" = luajit ] || $(MAKE) --no-print-directory build LUA=luajit
 	@spec/run
 
-smoke: build
+smoke: setup build
 	@spec/run $(SMOKE)
 
 # the LuaJIT core, into build/luajit/fly/core.so, where nginx's Lua module (OpenResty) loads it
@@ -91,7 +108,7 @@ smoke: build
 luajit:
 	@$(MAKE) --no-print-directory build LUA=luajit
 
-demo: build
+demo: setup build
 	@spec/emulator/with-emulator $(LUA) examples/quickstart.lua
 
 # The same suite, with the core built under AddressSanitizer and
@@ -126,13 +143,13 @@ check-tsan: setup
 lint: setup
 	luacheck lua spec examples bench
 
-bench: build
+bench: setup build
 	@bench/run
 
 emulator: setup
 	@spec/emulator/run --foreground
 
-install: build
+install: setup build
 	luarocks --lua-version=$(ROCKLUA) make --deps-mode=none rockspec/fly-machines-scm-1.rockspec
 
 clean:
@@ -141,12 +158,12 @@ clean:
 # The whole suite against the emulator over TLS + HTTP/2 (spec/emulator/run --tls); clients
 # made by spec/helper.lua trust its CA.
 .PHONY: test-tls test-reuse
-test-tls: build $(OUT)/spec/threads
+test-tls: setup build $(OUT)/spec/threads
 	@[ "$(LUA)" = luajit ] || $(MAKE) --no-print-directory build LUA=luajit
 	@FLY_SPEC_TLS=1 FLY_SPEC_EXCLUDE=nginx,driver spec/run
 
 # Only the #reuse specs (spec/connections_reuse_spec.lua; both test and test-tls run them too).
-test-reuse: build
+test-reuse: setup build
 	@spec/run --tags=reuse spec/connections_reuse_spec.lua
 
 # --- fuzzing and valgrind
@@ -157,7 +174,7 @@ PKGS += clang valgrind
 # suppressions in spec/valgrind.supp). About 3-4 minutes on 2 cores. Left out:
 # #nginx (nginx's LuaJIT loads its own core) and #timing (real-time pacing across
 # processes, which valgrind's slowdown breaks, not memory checks).
-check-valgrind: build build/spec/threads
+check-valgrind: setup build build/spec/threads
 	@FLY_SPEC_EXCLUDE=nginx,timing,driver FLY_SPEC_LUA="$(CURDIR)/spec/valgrind-lua" spec/run && echo "check-valgrind: clean"
 
 # libFuzzer targets (fuzz/<name>_fuzz.c), built with clang under ASan and

@@ -178,6 +178,32 @@ describe("the client inside nginx #nginx", function()
     return n:run("local fly = require 'fly'; local c = assert(fly.new()); " .. code)
   end
 
+  it("writes FLY_DEBUG's lines and a broken hook's error to the error log, the error once per worker", function()
+    local dbg = harness.start {
+      workers = 1,
+      main = ("env FLY_API_TOKEN=%s; env FLY_API_HOSTNAME=%s; env FLY_DEBUG=1;"):format(H.TOKEN, emulator()),
+    }
+    local ok, err = pcall(function()
+      local app = H.app(c)
+      dbg:run(([[
+        local fly = require "fly"
+        local function hook() error("hook boom") end
+        for _ = 1, 2 do -- a client per request, with the same hook
+          local c = assert(fly.new { trace = hook })
+          assert(c.apps:get(%q))
+          c:close()
+        end
+      ]]):format(app))
+      local log = dbg:error_log()
+      local _, lines = log:gsub("%[warn%][^\n]*fly: GET /v1/apps/" .. app:gsub("%p", "%%%0") .. " 200 ", "")
+      assert.equals(2, lines, log)
+      local _, reports = log:gsub("%[error%][^\n]*fly: the trace hook %([^)]+%) raised an error[^\n]*hook boom", "")
+      assert.equals(1, reports, log)
+    end)
+    dbg:stop()
+    assert(ok, err)
+  end)
+
   it("waits for a state, and maps over machines with tasks", function()
     local app = H.app(c)
     local ids = {}

@@ -315,18 +315,21 @@ describe("the trace hook", function()
 end)
 
 describe("a hook that raises", function()
-  it("does not break the call, is reported once naming the hook, and keeps being called", function()
+  it("does not break the call, is reported once per process naming the hook, and keeps being called", function()
     H.reset()
     local out = H.child(([[
       local fly = require "fly"
       local n = 0
-      local c = assert(fly.new { token = %q, base_url = %q, rate_limit = false,
-        trace = function(e) n = n + 1; error("boom " .. n) end })
+      local function hook() n = n + 1; error("boom " .. n) end
+      local c = assert(fly.new { token = %q, base_url = %q, rate_limit = false, trace = hook })
       assert(c.apps:create { app_name = "hooked", org_slug = "personal" })
       assert(c.apps:get("hooked"))
+      c:close()
+      c = assert(fly.new { token = %q, base_url = %q, rate_limit = false, trace = hook }) -- the same hook
+      assert(c.apps:get("hooked"))
       print("calls ok, hook called " .. n .. " times")
-    ]]):format(H.TOKEN, H.plain_url()))
-    assert.matches("calls ok, hook called 4 times", out)
+    ]]):format(H.TOKEN, H.plain_url(), H.TOKEN, H.plain_url()))
+    assert.matches("calls ok, hook called 6 times", out)
     local _, reports = out:gsub("the trace hook %([^)]+:%d+%) raised an error", "")
     assert.equals(1, reports, out)
     assert.matches("boom 1", out)

@@ -14,17 +14,29 @@ local client_state = core.Client._state
 
 local trace = {}
 
---- The FLY_DEBUG printer: one line per attempt on stderr, and the shared rate limiter's news.
+-- Writes one line of the library's own: inside nginx to its error log at `level` ("WARN",
+-- "ERR": nginx adds the time, the worker and the request), elsewhere to stderr.
+local function emit(level, line)
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) == "table" and type(ngx.log) == "function" and ngx[level] then
+    ngx.log(ngx[level], line)
+  else
+    io.stderr:write(line, "\n")
+  end
+end
+
+--- The FLY_DEBUG printer: one line per attempt on stderr (inside nginx: its error log, at level
+-- warn), and the shared rate limiter's news.
 -- @tparam table event a `finish` or `limiter` event (others are ignored)
 function trace.debug_line(event)
   if event.kind == "limiter" then
-    if event.message then io.stderr:write(event.message, "\n") end
+    if event.message then emit("WARN", event.message) end
     return
   end
   if event.kind ~= "finish" then return end
   local outcome = event.status and (event.code and (event.status .. " " .. event.code) or tostring(event.status))
     or event.code or "?"
-  io.stderr:write(("fly: %s %s %s %.1fms attempt %d wait %.1fms%s%s\n"):format(
+  emit("WARN", ("fly: %s %s %s %.1fms attempt %d wait %.1fms%s%s"):format(
     event.method, event.path or "?", outcome, (event.seconds or 0) * 1000, event.attempt,
     (event.wait or 0) * 1000, event.resends and (" resent " .. event.resends) or "",
     event.request_id and (" request_id " .. event.request_id) or ""))
@@ -43,15 +55,19 @@ function trace.install(client, hooks)
   client_state(client).trace = { hooks = hooks, queue = {}, busy = false }
 end
 
--- Calls every hook with one event; a hook that raises is reported once on
--- stderr (naming it) and keeps being called.
+-- The hook functions whose error was reported, in this Lua state (an nginx worker making a
+-- client per request reports a broken hook once, not once per request).
+local reported = setmetatable({}, { __mode = "k" })
+
+-- Calls every hook with one event; a hook that raises is reported once (naming it) on
+-- stderr, or nginx's error log, and keeps being called.
 local function call_hooks(hooks, event)
   for i = 1, #hooks do
     local h = hooks[i]
     local ok, err = pcall(h.fn, event)
-    if not ok and not h.reported then
-      h.reported = true
-      io.stderr:write(("fly: the %s raised an error (reported once; it is still called): %s\n"):format(
+    if not ok and not reported[h.fn] then
+      reported[h.fn] = true
+      emit("ERR", ("fly: the %s raised an error (reported once; it is still called): %s"):format(
         h.name, tostring(err)))
     end
   end
