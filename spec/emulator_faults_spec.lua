@@ -25,4 +25,22 @@ describe("the emulator's faults", function()
     assert.same({}, (H.control("GET", "faults")))
     client:close()
   end)
+
+  it("lasts `seconds` when given: every matching request meanwhile, none after", function()
+    local client = H.client { rate_limit = false }
+    local app = H.app(client)
+    local answer, status = H.control("POST", "faults", { op = "Apps_show", status = 503, seconds = 0.5 })
+    assert.equals(200, status, answer)
+    for _ = 1, 3 do
+      local _, err = client:call("Apps_show", { app_name = app }, { attempts = 1 })
+      assert.equals(503, err and err.status)
+    end
+    require("socket").sleep(0.6)
+    assert(client:call("Apps_show", { app_name = app }, { attempts = 1 }))
+    assert.same({}, (H.control("GET", "faults")))
+    answer, status = H.control("POST", "faults", { op = "Apps_show", status = 503, seconds = 0 })
+    assert.equals(400, status)
+    assert.matches("seconds must be a positive number", answer.error, 1, true)
+    client:close()
+  end)
 end)

@@ -1,8 +1,10 @@
 -- emu.faults: injected failures (POST /__emulator/faults), kept in state.table("__faults").
 --
 -- A fault: { method = "POST"?, path = "/v1/apps/x/machines"?, op = "Machines_create"?,
---            count = 1 (0 or negative = forever), kind = "status", status =, delay =, body =,
---            retry_after = }
+--            count = 1 (0 or negative = forever), seconds =, kind = "status", status =,
+--            delay =, body =, retry_after = }
+--   seconds the fault lasts this long after it is added, then is gone (count, when given,
+--           may end it sooner; without count it hits every matching request meanwhile)
 --   method  matches the request method (any when absent)
 --   path    matches the percent-decoded request path: equal, or as an anchored Lua pattern
 --   op      matches the operationId (any when absent)
@@ -41,7 +43,12 @@ function faults.add(f)
   if f.path and not pcall(string.find, "", "^" .. f.path .. "$") then
     return nil, "path is not a valid Lua pattern"
   end
-  f.count = tonumber(f.count) or 1
+  if f.seconds ~= nil then
+    local s = tonumber(f.seconds)
+    if not s or s <= 0 then return nil, "seconds must be a positive number" end
+    f.expires = ngx.now() + s
+  end
+  f.count = tonumber(f.count) or (f.expires and 0 or 1)
   if f.method then f.method = tostring(f.method):upper() end
   local l = list()
   l[#l + 1] = f
@@ -66,6 +73,10 @@ end
 -- The fault to apply to this request (consumed), or nil.
 function faults.take(method, path, op)
   local l = list()
+  local now = ngx.now()
+  for i = #l, 1, -1 do -- the faults whose time is over are gone
+    if l[i].expires and l[i].expires <= now then table.remove(l, i) end
+  end
   for i, f in ipairs(l) do
     if (not f.method or f.method == method) and (not f.op or f.op == op)
        and path_matches(f.path, path) then
