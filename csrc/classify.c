@@ -1,6 +1,6 @@
 /* classify: what one attempt got -> success | final failure | retry at.
  * See classify.h. Pure C: a fuzz target or any transport can drive it. */
-#define _GNU_SOURCE /* memmem */
+#define _POSIX_C_SOURCE 200809L
 #include "classify.h"
 
 #include <math.h>
@@ -12,7 +12,7 @@
 
 #include "operations.h"
 
-void fly_reply_reset(fly_reply *a) {
+void fly_reply_reset(fly_reply *a) { /* auth stays: it belongs to the request */
   a->status = 0;
   a->code = NULL;
   a->sent = 0;
@@ -100,11 +100,29 @@ static double retry_after_of(const char *v, size_t n) {
   return left < 0 ? 0 : left > 1e9 ? 1e9 : left;
 }
 
+/* Keeps a header value the reply shows (cut to cap - 1 bytes), with the
+ * request's credentials masked in the whole value before it is cut, so that
+ * no head of a long token survives the cut. A value too long to scrub
+ * (FIELD_SCRUB_MAX) is not kept. */
+#define FIELD_SCRUB_MAX 1024
+static void keep_field(const fly_reply *a, char *dst, size_t cap, const char *v, size_t n) {
+  char tmp[FIELD_SCRUB_MAX];
+  if (!a->auth) {
+    copy_value(dst, cap, v, n);
+  } else if (n >= sizeof tmp) {
+    dst[0] = '\0';
+  } else {
+    memcpy(tmp, v, n);
+    fly_scrub(tmp, n, a->auth);
+    copy_value(dst, cap, tmp, n);
+  }
+}
+
 void fly_reply_field(fly_reply *a, const char *name, size_t nn, const char *v, size_t vn) {
   if (name_is(name, nn, "fly-request-id")) {
-    copy_value(a->request_id, sizeof a->request_id, v, vn);
+    keep_field(a, a->request_id, sizeof a->request_id, v, vn);
   } else if (name_is(name, nn, "content-type")) {
-    copy_value(a->content_type, sizeof a->content_type, v, vn);
+    keep_field(a, a->content_type, sizeof a->content_type, v, vn);
     a->media = media_of(v, vn);
   } else if (name_is(name, nn, "retry-after")) {
     a->retry_after = retry_after_of(v, vn);
@@ -165,9 +183,58 @@ const char *fly_reply_settle(fly_reply *a, int returns, const char *body, size_t
   return why;
 }
 
+static int hex_digit(char c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* How many bytes at p (before end) spell the byte c: 1 when it is c itself,
+ * the length of a JSON escape of c (`\/`, `\u002f`, ...), 0 when neither. */
+static size_t spells(const char *p, const char *end, unsigned char c) {
+  if ((unsigned char)*p == c) return 1;
+  if (*p != '\\' || end - p < 2) return 0;
+  switch (p[1]) {
+  case '/': case '\\': case '"': return (unsigned char)p[1] == c ? 2 : 0;
+  case 'b': return c == '\b' ? 2 : 0;
+  case 'f': return c == '\f' ? 2 : 0;
+  case 'n': return c == '\n' ? 2 : 0;
+  case 'r': return c == '\r' ? 2 : 0;
+  case 't': return c == '\t' ? 2 : 0;
+  case 'u': {
+    if (end - p < 6) return 0;
+    int v = 0;
+    for (int i = 2; i < 6; i++) {
+      int d = hex_digit(p[i]);
+      if (d < 0) return 0;
+      v = v * 16 + d;
+    }
+    return v == c ? 6 : 0;
+  }
+  default: return 0;
+  }
+}
+
+/* Masks every occurrence of s in buf, written plainly or with any of its
+ * bytes as JSON escapes (a server that echoes the token inside JSON may
+ * write `/` as `\/`, or any byte as `\u00XX`): the whole spelling becomes
+ * '*', so JSON stays JSON and decodes to stars. */
 static void mask(char *buf, size_t n, const char *s, size_t sn) {
   if (sn == 0) return;
-  for (char *p = buf, *end = buf + n; (p = memmem(p, (size_t)(end - p), s, sn)); p += sn) memset(p, '*', sn);
+  char *end = buf + n;
+  for (char *p = buf; p < end;) {
+    if (*p != *s && *p != '\\') { /* the common case: cannot start a spelling */
+      p++;
+      continue;
+    }
+    char *q = p;
+    size_t k = 0;
+    for (size_t m; k < sn && q < end && (m = spells(q, end, (unsigned char)s[k])); k++) q += m;
+    if (k == sn) {
+      memset(p, '*', (size_t)(q - p));
+      p = q;
+    } else {
+      p++;
+    }
+  }
 }
 
 void fly_scrub(char *buf, size_t n, const char *auth) {

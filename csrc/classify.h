@@ -37,6 +37,8 @@ typedef struct fly_reply {
   int media;                   /* enum fly_media */
   double retry_after;          /* seconds; < 0 when absent */
   char request_id[64], content_type[64]; /* cut to 63 bytes: media holds the type's meaning */
+  const char *auth;            /* the request's "Authorization: ..." line (not owned; kept by
+                                  fly_reply_reset), or NULL: masked in request_id and content_type */
 } fly_reply;
 
 /* The retry policy of one request and its state. */
@@ -93,7 +95,8 @@ const char *fly_reply_settle(fly_reply *a, int returns, const char *body, size_t
 
 /* Masks with '*', in buf[0..n), every occurrence of the credentials of the
  * header line `auth` ("Authorization: <scheme> <token>"): the token, and
- * each of its comma-separated parts of 8 bytes or more. */
+ * each of its comma-separated parts of 8 bytes or more, written plainly or
+ * with JSON escapes. */
 void fly_scrub(char *buf, size_t n, const char *auth);
 
 /* Counts the attempt that ended in `a` (status, or code) and decides. For

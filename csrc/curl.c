@@ -635,7 +635,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
     r->ready_at = fly_now();
     return;
   }
-  fly_request_accept(r, fly_wire_headers(&r->wire, &c->base));
+  fly_request_accept(r);
   double at = 0, now = fly_now();
   int verdict = fly_classify(&r->retry, &r->reply, now, &at);
   if (r->trace) fly_trace_attempt(r, verdict, now, at);

@@ -153,9 +153,11 @@ void fly_request_out_of_time(fly_request *r, const char *why) {
 }
 
 int fly_request_add_body(fly_request *r, const char *data, size_t len) {
-  if (r->max_body && len > r->max_body - r->resp_len) {
+  int over = r->max_body && len > r->max_body - r->resp_len;
+  if (over) { /* what fits is kept: an error shows the head of what came */
+    len = r->max_body - r->resp_len;
     r->too_large = 1;
-    return 0;
+    if (len == 0) return 0;
   }
   if (r->resp_len + len + 1 > r->resp_cap) {
     size_t cap = r->resp_cap ? r->resp_cap : 1024;
@@ -169,7 +171,7 @@ int fly_request_add_body(fly_request *r, const char *data, size_t len) {
   memcpy(r->resp + r->resp_len, data, len);
   r->resp_len += len;
   r->resp[r->resp_len] = '\0'; /* the JSON decoder may rely on it */
-  return 1;
+  return !over;
 }
 
 void fly_request_clear_body(fly_request *r) {
@@ -178,7 +180,7 @@ void fly_request_clear_body(fly_request *r) {
   if (r->resp) r->resp[0] = '\0';
 }
 
-void fly_request_accept(fly_request *r, const fly_strlist *headers) {
+void fly_request_accept(fly_request *r) {
   fly_reply *a = &r->reply;
   const char *why = fly_reply_settle(a, r->op->returns, r->resp, r->resp_len, r->too_large);
   if (why && r->too_large) {
@@ -189,14 +191,13 @@ void fly_request_accept(fly_request *r, const fly_strlist *headers) {
     fly_request_set_message(r, why);
   }
   if (!a->code && a->status >= 200 && a->status <= 299) return;
-  for (size_t i = 0; headers && i < headers->n; i++) {
-    const char *h = headers->v[i];
-    if (strncasecmp(h, "Authorization:", 14) != 0) continue;
-    fly_scrub(r->resp, r->resp_len, h);
-    if (r->message) fly_scrub(r->message, strlen(r->message), h);
-    fly_scrub(a->request_id, strlen(a->request_id), h);
-    fly_scrub(a->content_type, strlen(a->content_type), h);
-  }
+  fly_request_scrub(r);
+}
+
+void fly_request_scrub(fly_request *r) {
+  if (!r->auth) return;
+  fly_scrub(r->resp, r->resp_len, r->auth);
+  if (r->message) fly_scrub(r->message, strlen(r->message), r->auth);
 }
 
 /* Frees what the request owns: only the collector calls this. */
@@ -212,6 +213,8 @@ int fly_l_request_gc(lua_State *L) {
   free(r->resp), r->resp = NULL;
   r->resp_len = r->resp_cap = 0;
   free(r->message), r->message = NULL;
+  if (r->auth) explicit_bzero(r->auth, strlen(r->auth)), free(r->auth), r->auth = NULL;
+  r->reply.auth = NULL;
   return 0;
 }
 
@@ -266,6 +269,15 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
   }
 
   fly_build(L, &c->base, op, 3, level, &r->wire);
+  /* the credentials to mask in what the server sends back, kept by the
+     request: it may be read after its client is gone */
+  const fly_strlist *sent = fly_wire_headers(&r->wire, &c->base);
+  for (size_t i = 0; i < sent->n; i++) {
+    if (strncasecmp(sent->v[i], "Authorization:", 14) != 0) continue;
+    if (!(r->auth = dupn(sent->v[i], strlen(sent->v[i])))) luaL_error(L, "fly: out of memory");
+    r->reply.auth = r->auth;
+    break;
+  }
 
   fly_retry *p = &r->retry;
   p->safe = r->wire.safe;
@@ -530,7 +542,7 @@ static int l_req_complete(lua_State *L) {
     return lua_pushliteral(L, "done"), 1;
   }
   r->reply.body_seen = bn > 0;
-  fly_request_accept(r, &r->wire.headers);
+  fly_request_accept(r);
   return report(L, r);
 }
 
@@ -548,7 +560,7 @@ static int l_req_failed(lua_State *L) {
   r->reply.code = code;
   r->reply.sent = sent;
   fly_request_set_message(r, msg);
-  fly_request_accept(r, &r->wire.headers);
+  fly_request_accept(r);
   return report(L, r);
 }
 
@@ -586,7 +598,7 @@ static int l_req_result(lua_State *L) {
      to recognise what came); the whole body is json()'s */
   size_t keep = r->resp_len < FLY_ERROR_BODY_MAX ? r->resp_len : FLY_ERROR_BODY_MAX;
   lua_pushlstring(L, r->resp ? r->resp : "", r->resp ? keep : 0), lua_setfield(L, -2, "body");
-  if (keep < r->resp_len) {
+  if (keep < r->resp_len || (a->code && strcmp(a->code, "too_large") == 0)) {
     lua_pushinteger(L, (lua_Integer)r->resp_len), lua_setfield(L, -2, "body_size");
   }
   if (a->content_type[0]) lua_pushstring(L, a->content_type), lua_setfield(L, -2, "content_type");
@@ -634,6 +646,7 @@ static int l_req_success(lua_State *L) {
     if (a->media != FLY_MEDIA_JSON || (c != '{' && c != '[')) return lua_pushboolean(L, 1), 1;
   }
   int n = decode_body(L, r);
+  if (n == 2) fly_request_scrub(r); /* the body becomes an error's */
   if (n == 2 && strncmp(lua_tostring(L, -1), FLY_JSON_TOO_MANY, strlen(FLY_JSON_TOO_MANY)) == 0) {
     char msg[128];
     snprintf(msg, sizeof msg, "the response body holds more than %zu JSON values (one per %d bytes of max_body)",

@@ -54,6 +54,8 @@ struct fly_request {
   long connect_timeout_ms;
   long timeout_ms;             /* per attempt */
   char *message;               /* owned: what went wrong, or NULL */
+  char *auth;                  /* owned copy of its "Authorization: ..." line (reply.auth points
+                                  here), wiped before it is freed; NULL when it has none */
   char *resp;                  /* owned response body, NUL-terminated */
   size_t resp_len, resp_cap;
   /* the trace (trace.h); all zero when the client has no hook */
@@ -105,7 +107,7 @@ int fly_request_fits(const fly_request *r, double at);
 void fly_request_out_of_time(fly_request *r, const char *why);
 
 /* Appends response body bytes; 0 on out of memory, or past max_body (then
- * too_large is set and nothing is added). */
+ * too_large is set and what fits below max_body is kept). */
 int fly_request_add_body(fly_request *r, const char *data, size_t len);
 /* Drops the response body received so far (and its too_large mark). */
 void fly_request_clear_body(fly_request *r);
@@ -113,10 +115,13 @@ void fly_request_clear_body(fly_request *r);
 /* An attempt's bytes are all in (before classify): a body past max_body
  * becomes code too_large, a 2xx the operation does not return (see
  * fly_reply_accept) code protocol, both keeping the status; in a reply that
- * is not a success, the credentials of the Authorization line in `headers`
- * (the list the request was sent with) are masked in the body, the message
- * and the header fields kept, so they never reach an error. */
-void fly_request_accept(fly_request *r, const fly_strlist *headers);
+ * is not a success, the request's credentials are masked (fly_request_scrub),
+ * so they never reach an error. (The header fields a reply keeps are masked
+ * as they come: fly_reply_field.) */
+void fly_request_accept(fly_request *r);
+/* Masks the credentials of the request's Authorization line in its body and
+ * message: for a reply that becomes an error. */
+void fly_request_scrub(fly_request *r);
 
 int fly_l_decode(lua_State *L);
 int fly_l_build(lua_State *L);

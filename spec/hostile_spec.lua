@@ -188,6 +188,72 @@ describe("a hostile server", function()
       assert.matches("bad credentials", err.message)
     end)
 
+    describe("credentials echoed back in other forms", function()
+      -- a token with slashes (JSON may escape them), longer than a request id is kept (63 bytes)
+      local token = "FlyV1 fm2_lJPE/SECRET/aaaaaaaaaaaaaaaaaaaaaaaaaaaa,fm2_bbbb/SECRET/bbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+      local parts = { "fm2_lJPE/SECRET/aaaa", "fm2_bbbb/SECRET/bbbb", "SECRET" }
+      local function clean(texts)
+        for _, text in ipairs(texts) do
+          for _, part in ipairs(parts) do assert.is_nil(text:find(part, 1, true), text) end
+          assert.is_nil(text:find("SECRET", 1, true), text)
+        end
+      end
+      local function traced(case)
+        local events = {}
+        local c = client { token = token, retry = { attempts = 1 }, trace_bodies = true,
+          trace = function(e) events[#events + 1] = e end }
+        local v, err = c.apps:get(case)
+        c:close()
+        local texts = {}
+        for _, e in ipairs(events) do
+          texts[#texts + 1] = e.request_id or ""
+          texts[#texts + 1] = e.body or ""
+        end
+        return v, err, texts
+      end
+
+      it("JSON-escaped in an error body: masked in its text, message and body", function()
+        local v, err, texts = traced("echo-token-escaped")
+        assert.is_nil(v)
+        assert.equals(401, err.status)
+        clean { tostring(err), err.message or "", err.body or "" }
+        clean(texts)
+        assert.matches("bad credentials", err.message)
+      end)
+
+      it("in a 2xx whose JSON does not parse: masked in the error's body and the trace", function()
+        local v, err, texts = traced("echo-token-broken")
+        assert.is_nil(v)
+        assert.equals("protocol", err.code)
+        clean { tostring(err), err.message or "", err.body or "" }
+        clean(texts)
+      end)
+
+      it("in the request id of a success: masked in the trace and FLY_DEBUG's line", function()
+        local v, _, texts = traced("echo-token-id")
+        assert.equals("x", v.name)
+        clean(texts)
+        local lines = {}
+        local c = client { token = token, trace = require("fly.trace").debug_line }
+        local saved = io.stderr
+        rawset(io, "stderr", { write = function(_, ...) lines[#lines + 1] = table.concat { ... } end })
+        local ok, e = pcall(c.apps.get, c.apps, "echo-token-id")
+        rawset(io, "stderr", saved)
+        c:close()
+        assert(ok, e)
+        assert.matches("^fly: GET /v1/apps/echo%-token%-id 200 ", lines[1])
+        clean(lines)
+      end)
+
+      it("in a request id longer than it is kept: no head of the token survives the cut", function()
+        local v, err, texts = traced("echo-token-id-503")
+        assert.is_nil(v)
+        assert.equals(503, err.status)
+        clean { err.request_id or "", tostring(err) }
+        clean(texts)
+      end)
+    end)
+
     it("a 10 MB error body is kept to a few KiB in err.body", function()
       local out = in_child("big-error")
       assert.is_true(out.is_error)

@@ -167,6 +167,7 @@ end
 -- @return the decoded result (`true` for an empty success, a string for text), or nil, fly.Error
 -- @raise on an unknown operation, a missing or unknown parameter, or a wrong type
 function methods:call(operation, params, opts)
+  if type(self) ~= "userdata" then resource.dot_call("client:call", 2) end
   if type(operation) ~= "string" then
     error("fly: call: operation must be a string (got " .. type(operation) .. ")", 2)
   end
@@ -176,8 +177,9 @@ end
 
 local core_close = methods.close
 
--- Raises (at `level`) when the client is closed.
-local function open(client, level)
+-- Raises (at `level`) when the client is closed, or the method `name` was called with '.'.
+local function open(client, level, name)
+  if type(client) ~= "userdata" then resource.dot_call("client:" .. name, level) end
   if client:is_closed() then error("fly: client is closed", level) end
 end
 
@@ -204,6 +206,7 @@ fly.CLOSE_CLEANUP_TIMEOUT = 5
 -- called from one of the client's own tasks, which cannot drive the loop).
 -- Closing again does nothing; any other call on a closed client raises.
 function methods:close()
+  if type(self) ~= "userdata" then resource.dot_call("client:close", 2) end
   if self:is_closed() then return end
   loop.cancel_all(self)
   if loop.count(self) > 0 and not loop.current(self) then
@@ -222,14 +225,14 @@ client_mt.__close = methods.close
 -- @treturn fly.Task
 function methods:spawn(fn, ...)
   if type(fn) ~= "function" then error("fly: spawn: expected a function (got " .. type(fn) .. ")", 2) end
-  open(self, 3)
+  open(self, 3, "spawn")
   return loop.spawn(self, fn, ...)
 end
 
 --- Drives the loop until every task has finished, or `timeout` seconds pass.
 -- @treturn boolean true when all tasks finished
 function methods:run(timeout)
-  open(self, 3)
+  open(self, 3, "run")
   outside_tasks(self, "run", 3)
   optional_number(timeout, "run", "timeout", 3)
   local deadline = timeout and core.now() + timeout
@@ -257,7 +260,7 @@ fly.POLL_BUDGET = 0.0005
 -- the loop's next deadline, then works again. For game loops: once per frame.
 -- @treturn integer the number of unfinished tasks
 function methods:poll(timeout, budget)
-  open(self, 3)
+  open(self, 3, "poll")
   outside_tasks(self, "poll", 3)
   optional_number(timeout, "poll", "timeout", 3)
   optional_number(budget, "poll", "budget", 3)
@@ -273,20 +276,20 @@ end
 --- Seconds until the loop next needs a step (for host event loops), or nil
 -- when nothing is pending.
 function methods:timeout()
-  open(self, 3)
+  open(self, 3, "timeout")
   if loop.has_ready(self) then return 0 end
   return self:_timeout()
 end
 
 --- The sockets the loop waits on: `{ [fd] = "r" | "w" | "rw" }`.
 function methods:sockets()
-  open(self, 3)
+  open(self, 3, "sockets")
   return self:_sockets()
 end
 
 --- Sleeps `seconds` without blocking other tasks.
 function methods:sleep(seconds)
-  open(self, 3)
+  open(self, 3, "sleep")
   if type(seconds) ~= "number" then error("fly: sleep: seconds must be a number", 2) end
   loop.sleep(self, seconds)
 end
@@ -296,7 +299,7 @@ end
 -- @treturn table results in input order (the first value each call returned)
 -- @treturn table errors by index (the second value, or the raised error)
 function methods:map(list, fn, opts)
-  open(self, 3)
+  open(self, 3, "map")
   if type(list) ~= "table" then error("fly: map: list must be a table", 2) end
   if type(fn) ~= "function" then error("fly: map: fn must be a function", 2) end
   local n = #list

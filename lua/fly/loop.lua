@@ -306,6 +306,7 @@ end
 --- Waits for the task to finish (at most `timeout` seconds), from outside any
 -- task or from another task, and returns its result (see Task:result).
 function Task:join(timeout)
+  task_base.check_self(self, "join")
   local client = self.client
   local me = loop.current(client)
   task_base.check_join(self, timeout, me)
@@ -338,6 +339,7 @@ end
 
 --- Cancels the task: its request is abandoned and it never runs again.
 function Task:cancel()
+  task_base.check_self(self, "cancel")
   if self._status ~= "running" then return false end
   local st = state(self.client)
   if self._req then

@@ -140,7 +140,7 @@ resource.declare(Machines, {
   { "create", "Machines_create", path = { "app" }, args = { "body:table" },
     build = function(p, _, body) p.body = body end, result = bind_created },
   --- `get(app, id, params)`: one machine (`include_leases`) -> Machine
-  { "get", "Machines_show", params = { include_leases = true }, result = bind_machine, object = false },
+  { "get", "Machines_show", params = { include_leases = "boolean" }, result = bind_machine, object = false },
   --- `update(app, id, body, opts)`: a new config (a bare config is sent as `{ config = … }`);
   -- `opts.lease_nonce` -> Machine; `m:update(config_or_request)` updates `m` in place
   { "update", "Machines_update", args = { "body:table" }, opts = NONCE, result = bind_machine, inplace = true,
@@ -149,7 +149,7 @@ resource.declare(Machines, {
       p.body = body
     end },
   --- `destroy(app, id, opts)`: `force`, `lease_nonce` -> true
-  { "destroy", "Machines_delete", opts = { force = true, lease_nonce = "string" },
+  { "destroy", "Machines_delete", opts = { force = "boolean", lease_nonce = "string" },
     build = function(p, o) p.force = o.force end },
   --- `start(app, id, opts)`: `lease_nonce` -> true
   { "start", "Machines_start", opts = NONCE },
@@ -170,9 +170,9 @@ resource.declare(Machines, {
   --- `uncordon(app, id, opts)`: `lease_nonce` -> true
   { "uncordon", "Machines_uncordon", opts = NONCE },
   --- `list_events(app, id, params)`: `limit` -> the events, newest first
-  { "list_events", "Machines_list_events", params = { limit = true } },
+  { "list_events", "Machines_list_events", params = { limit = "number" } },
   --- `list_processes(app, id, params)`: `sort_by`, `order` -> the processes
-  { "list_processes", "Machines_list_processes", params = { sort_by = true, order = true } },
+  { "list_processes", "Machines_list_processes", params = { sort_by = "string", order = "string" } },
   --- `list_versions(app, id)` -> `{ { version, user_config }, … }`, newest first
   { "list_versions", "Machines_list_versions" },
   --- `exec(app, id, command, opts)`: a string (run by `sh -c`), an array of arguments, or the
@@ -208,10 +208,10 @@ resource.declare(Machines, {
   --- `update_metadata(app, id, metadata, opts)`: many keys at once (PUT; `fly.null` or ""
   -- removes one); `machine_version` (412 when the machine has another), `lease_nonce` -> true
   { "update_metadata", "Machines_update_metadata", args = { "metadata:table" },
-    opts = { machine_version = true, lease_nonce = "string" }, build = metadata_body },
+    opts = { machine_version = "string", lease_nonce = "string" }, build = metadata_body },
   --- `patch_metadata(app, id, metadata, opts)`: the same, sent as PATCH -> true
   { "patch_metadata", "Machines_patch_metadata", args = { "metadata:table" },
-    opts = { machine_version = true, lease_nonce = "string" }, build = metadata_body },
+    opts = { machine_version = "string", lease_nonce = "string" }, build = metadata_body },
   --- `delete_metadata(app, id, key, opts)`: `lease_nonce` -> true
   { "delete_metadata", "Machines_delete_metadata", args = { "key:string" }, opts = NONCE, build = key_param },
   --- `get_memory(app, id)` -> `{ limit_mb, available_mb }`
@@ -391,6 +391,7 @@ end
 -- @return or nil, fly.Error (`code = "timeout"` with `err.state`, the last state seen;
 -- `code = "superseded"` when the machine runs a newer version than `opts.version`)
 function Machines:wait(app, id, opts)
+  if type(self) ~= "table" then resource.dot_call("machines:wait", 2) end
   local s, v = wait(self.client, app, id, opts, "machines:wait", 2)
   return s, v
 end
@@ -403,7 +404,7 @@ end
 -- @treturn string the version
 -- @return or nil, fly.Error
 function Machine:wait(state, opts)
-  local c, ctx = owner(self)
+  local c, ctx = owner(self, "machine:wait")
   if type(state) == "table" and state[1] == nil and opts == nil then state, opts = nil, state end
   check(opts, "?table", "opts", "machine:wait", 2)
   local o = merge(opts)
@@ -523,6 +524,7 @@ end
 -- @return what fn returns, or nil, fly.Error (`code = "lease_held"` when the lease stayed taken)
 -- @raise what fn raises (after the release)
 function Machines:with_lease(app, id, opts, fn)
+  if type(self) ~= "table" then resource.dot_call("machines:with_lease", 2) end
   local res = pack(with_lease(self.client, app, id, opts, fn, nil, "machines:with_lease", 2))
   return unpack(res, 1, res.n)
 end
@@ -533,7 +535,7 @@ end
 -- @tparam[opt] table opts `ttl`, `description`, `wait`
 -- @tparam function fn
 function Machine:with_lease(opts, fn)
-  local c, ctx = owner(self)
+  local c, ctx = owner(self, "machine:with_lease")
   if type(opts) == "function" and fn == nil then opts, fn = nil, opts end
   local res = pack(with_lease(c, ctx.app, self.id, opts, fn, ctx.view or self, "machine:with_lease", 2))
   return unpack(res, 1, res.n)
@@ -543,8 +545,9 @@ end
 
 --- Reloads this machine from the API, in place.
 -- @treturn Machine this machine, or nil, fly.Error
-function Machine:refresh()
-  local c, ctx = owner(self)
+function Machine:refresh(extra)
+  if extra ~= nil then resource.no_arguments("machine:refresh", extra) end
+  local c, ctx = owner(self, "machine:refresh")
   check(self.id, "string", "id", "machine:refresh", 2)
   local fresh, err = call(c, "Machines_show", { app_name = ctx.app, machine_id = self.id }, nil, 2)
   if type(fresh) ~= "table" then return nil, err end
@@ -554,14 +557,14 @@ end
 --- The app this machine belongs to (from the binding, not a JSON field).
 -- @treturn string
 function Machine:app()
-  local _, ctx = owner(self)
+  local _, ctx = owner(self, "machine:app")
   return ctx.app
 end
 
 --- The lease nonce this object's calls carry (inside with_lease), or nil.
 -- @treturn string
 function Machine:lease_nonce()
-  local _, ctx = owner(self)
+  local _, ctx = owner(self, "machine:lease_nonce")
   return ctx.nonce
 end
 

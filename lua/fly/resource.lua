@@ -128,11 +128,26 @@ function resource.bind_app(class, value, client, app)
   return setmetatable(value, mt)
 end
 
+--- Raises the error of a method called with '.' instead of ':' (its object missing).
+-- @tparam string label `"client:poll"`
+-- @tparam integer level as for `error`, counted from the function calling dot_call
+function resource.dot_call(label, level)
+  error(("fly: %s: call it with ':' (%s(...)), not '.'"):format(label, label), level + 1)
+end
+
+--- Raises the error of a method that takes no arguments and was given some.
+-- @tparam string label `"machine:refresh"`
+function resource.no_arguments(label, v)
+  error(("fly: %s: takes no arguments (got %s)"):format(label, type(v) == "table" and "a table" or type(v)), 3)
+end
+
 --- The client and context an object was bound with; raises (at the line that
--- called the method that called this) when the object is not bound.
-function resource.owner(obj)
+-- called the method that called this) when the object is not bound, or the
+-- method (`label`) was called with '.'.
+function resource.owner(obj, label)
   local mt = getmetatable(obj)
   if type(mt) ~= "table" or mt.client == nil then
+    if type(obj) ~= "table" then resource.dot_call(label or "method", 3) end
     error("fly: this object is not bound to a client", 3)
   end
   return mt.client, mt.context
@@ -297,10 +312,28 @@ function resource.declare(ns, desc, list)
       resource.check(v, types[i], names[i], label, d + 1)
     end
 
+    -- What the method takes, for the message about one argument too many: `shown` counts the
+    -- path values an object supplies itself (the object form shows none of them).
+    local last = nargs + (tail_spec ~= nil and 1 or 0) -- the position of the last argument taken
+    local function too_many(v, label, shown, d)
+      local taken = {}
+      for i = shown + 1, nargs do taken[#taken + 1] = names[i] end
+      if tail_spec ~= nil then taken[#taken + 1] = (merge_params and "params" or "opts") end
+      error(("fly: %s: one argument too many (argument %d, %s: it takes %s)"):format(label, last - shown + 1,
+        type(v) == "table" and "a table" or type(v), #taken > 0 and table.concat(taken, ", ") or "none"), d + 1)
+    end
+
     -- The call itself: `label` names the method in messages; the user's line is `d` levels
     -- above run; a1… are the path values, the arguments and the tail table, in order (fixed
     -- parameters, not varargs: this is every call's path).
-    local function run(label, d, client, ctx, a1, a2, a3, a4, a5, a6)
+    local function run(label, d, client, ctx, a1, a2, a3, a4, a5, a6, a7)
+      if last < 7 then -- nothing may come after the last argument taken
+        local extra
+        if last == 0 then extra = a1 elseif last == 1 then extra = a2 elseif last == 2 then extra = a3
+        elseif last == 3 then extra = a4 elseif last == 4 then extra = a5 elseif last == 5 then extra = a6
+        else extra = a7 end
+        if extra ~= nil then too_many(extra, label, ctx == false and 0 or npath, d + 1) end
+      end
       if nargs > 0 then
         if type(a1) ~= t1 then bad(1, a1, label, d + 1) end
         if nargs > 1 then
@@ -369,8 +402,9 @@ function resource.declare(ns, desc, list)
     end
 
     local ns_label = desc.name .. ":" .. name
-    ns[name] = function(self, a, b, c, d, f, g)
-      local res, err = run(ns_label, 2, self.client, nil, a, b, c, d, f, g)
+    ns[name] = function(self, a, b, c, d, f, g, h)
+      if type(self) ~= "table" then resource.dot_call(ns_label, 2) end
+      local res, err = run(ns_label, 2, self.client, false, a, b, c, d, f, g, h)
       return res, err
     end
 
@@ -380,17 +414,17 @@ function resource.declare(ns, desc, list)
       local owner = resource.owner
       local fn
       if npath == 1 then
-        fn = function(self, a, b, c, d)
-          local client, ctx = owner(self)
-          local res, err = run(obj_label, 2, client, ctx, identity(self, ctx), a, b, c, d)
+        fn = function(self, a, b, c, d, f, g)
+          local client, ctx = owner(self, obj_label)
+          local res, err = run(obj_label, 2, client, ctx, identity(self, ctx), a, b, c, d, f, g)
           if inplace and type(res) == "table" then res = settle(self, res) end
           return res, err
         end
       else
-        fn = function(self, a, b, c, d)
-          local client, ctx = owner(self)
+        fn = function(self, a, b, c, d, f)
+          local client, ctx = owner(self, obj_label)
           local x, y = identity(self, ctx)
-          local res, err = run(obj_label, 2, client, ctx, x, y, a, b, c, d)
+          local res, err = run(obj_label, 2, client, ctx, x, y, a, b, c, d, f)
           if inplace and type(res) == "table" then res = settle(self, res) end
           return res, err
         end

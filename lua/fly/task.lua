@@ -19,6 +19,7 @@ function task.class()
 
   --- "running", "done", "failed" or "cancelled".
   function Task:status()
+    task.check_self(self, "status")
     return self._status
   end
 
@@ -26,6 +27,7 @@ function task.class()
   -- raised, `nil, err` (code "task_failed", the raised value in `err.cause`); for a cancelled
   -- one `nil, err` (code "cancelled"); for one still running `nil, err` (code "running").
   function Task:result()
+    task.check_self(self, "result")
     if self._status == "running" then
       return nil, Error.new { code = "running", message = "the task has not finished" }
     end
@@ -33,6 +35,13 @@ function task.class()
   end
 
   return Task
+end
+
+--- Raises (at the caller of the Task method `name`) when it was called with '.' instead of ':'.
+function task.check_self(t, name)
+  if type(t) ~= "table" then
+    error(("fly: task:%s: call it with ':' (task:%s(...)), not '.'"):format(name, name), 3)
+  end
 end
 
 --- Raises (at the caller of `join`) on a timeout that is not a number, or when the task

@@ -56,8 +56,9 @@ resource.declare(Volumes, {
 
 --- Reloads this volume from the API, in place.
 -- @treturn Volume this volume, or nil, fly.Error
-function Volume:refresh()
-  local client, ctx = resource.owner(self)
+function Volume:refresh(extra)
+  if extra ~= nil then resource.no_arguments("volume:refresh", extra) end
+  local client, ctx = resource.owner(self, "volume:refresh")
   resource.check(self.id, "string", "id", "volume:refresh", 2)
   local res, err = resource.call(client, "Volumes_get_by_id", { app_name = ctx.app, volume_id = self.id }, nil, 2)
   if type(res) ~= "table" then return nil, err end

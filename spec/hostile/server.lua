@@ -167,10 +167,24 @@ while true do
     if length > 0 then c:receive(length) end
     local name = path and path:match("([^/?]*)%f[?\0]")
     local case = cases[name]
-    if name == "echo-token" then
-      -- the request's own credentials, sent back in the error text
-      local text = auth:gsub('[%c"\\]', "")
+    local text = auth:gsub('[%c"\\]', "") -- the request's own credentials, to send back
+    if name == "echo-token" then -- in the error text
       answer("401 Unauthorized", "application/json", ('{"error":"bad credentials: %s"}'):format(text))(c)
+    elseif name == "echo-token-escaped" then -- JSON-escaped: `/` as `\/`, every third byte as \u00XX
+      local i = 0
+      local escaped = text:gsub(".", function(ch)
+        i = i + 1
+        if ch == "/" then return "\\/" end
+        if i % 3 == 0 then return ("\\u%04x"):format(ch:byte()) end
+      end)
+      answer("401 Unauthorized", "application/json", ('{"error":"bad credentials: %s"}'):format(escaped))(c)
+    elseif name == "echo-token-broken" then -- in a 200 whose JSON does not parse
+      answer("200 OK", "application/json", ('{"name":"x","token":"%s",'):format(text))(c)
+    elseif name == "echo-token-id" then -- in the request id of a success
+      answer("200 OK", "application/json", '{"name":"x"}', { "fly-request-id: " .. text })(c)
+    elseif name == "echo-token-id-503" then -- in the request id of a failure, longer than it is kept
+      answer("503 Service Unavailable", "application/json", '{"error":"later"}',
+        { "fly-request-id: " .. text:gsub("^%S+%s+", "") })(c)
     elseif case then
       case(c)
     elseif path then

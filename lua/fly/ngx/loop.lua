@@ -251,6 +251,7 @@ end
 
 --- Waits for the task to finish (at most `timeout` seconds) and returns its result.
 function Task:join(timeout)
+  task_base.check_self(self, "join")
   task_base.check_join(self, timeout, running_task())
   if self._status == "running" then phase.check(user_level()) end
   local deadline = timeout and (now() + timeout)
@@ -273,6 +274,7 @@ end
 
 --- Cancels the task: its request is abandoned and it never runs again.
 function Task:cancel()
+  task_base.check_self(self, "cancel")
   if self._status ~= "running" then return false end
   local req = self._req
   finish(self, "cancelled", nil, Error.new { code = "cancelled", message = "the task was cancelled" })
