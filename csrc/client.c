@@ -5,6 +5,7 @@
 #include "client.h"
 
 #include <lauxlib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,8 +126,8 @@ static int append_top(lua_State *L, fly_strlist *l) {
 static int open_redis(lua_State *L, fly_client *c, int t) {
   int type = rawfield(L, t, "redis");
   const char *url = type == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-  double timeout = opt_number_field(L, t, "redis_timeout", 0.1);
-  double retry = opt_number_field(L, t, "redis_retry", 5);
+  double timeout = opt_number_in(L, t, "rate_limit", "redis_timeout", 0.1);
+  double retry = opt_number_in(L, t, "rate_limit", "redis_retry", 5);
   char err[256];
   if (type != LUA_TNIL && type != LUA_TSTRING) {
     snprintf(err, sizeof err, "rate_limit.redis must be a string (a redis:// or unix:// URL), got %s",
@@ -255,8 +256,8 @@ int fly_l_new(lua_State *L) {
     c->rate_limit = lua_toboolean(L, -1);
   } else if (lua_istable(L, -1)) {
     int t = lua_gettop(L);
-    c->rate_scale = opt_number_field(L, t, "scale", 1);
-    c->rate_margin = opt_number_field(L, t, "margin", 0.02);
+    c->rate_scale = opt_number_in(L, t, "rate_limit", "scale", 1);
+    c->rate_margin = opt_number_in(L, t, "rate_limit", "margin", 0.02);
     if (!(c->rate_margin >= 0 && c->rate_margin <= 1))
       return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.margin must be between 0 and 1 (seconds)");
     if (!(c->rate_scale > 0)) return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.scale must be > 0");
@@ -278,8 +279,20 @@ int fly_l_new(lua_State *L) {
           return fly_client_close(L, c), luaL_error(L, "fly: too many rate_limit overrides");
         fly_override *o = &c->overrides[c->noverrides++];
         snprintf(o->action, sizeof o->action, "%s", action);
-        o->limit.rate = opt_number_field(L, lua_gettop(L), "rate", 1);
-        o->limit.burst = opt_number_field(L, lua_gettop(L), "burst", 1);
+        int ot = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, ot)) {
+          const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+          if (!k || (strcmp(k, "rate") != 0 && strcmp(k, "burst") != 0))
+            return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.%s: unknown option '%s' (options are "
+                                                         "rate, burst)", action, k ? k : luaL_typename(L, -2));
+          if (lua_type(L, -1) != LUA_TNUMBER)
+            return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.%s.%s must be a number (got %s)", action,
+                                                      k, luaL_typename(L, -1));
+          lua_pop(L, 1);
+        }
+        o->limit.rate = opt_number_field(L, ot, "rate", 1);
+        o->limit.burst = opt_number_field(L, ot, "burst", 1);
         if (!(o->limit.rate > 0) || !(o->limit.burst >= 1))
           return fly_client_close(L, c),
                  luaL_error(L, "fly: rate_limit.%s needs rate > 0 and burst >= 1", action);
@@ -310,12 +323,13 @@ int fly_l_new(lua_State *L) {
                                                      "base, cap, max_wait)", key ? key : luaL_typename(L, -2));
       lua_pop(L, 1);
     }
-    double attempts = opt_number_field(L, t, "attempts", 4);
-    if (!(attempts >= 1)) return fly_client_close(L, c), luaL_error(L, "fly: retry.attempts must be >= 1");
+    double attempts = opt_number_in(L, t, "retry", "attempts", 4);
+    if (!(attempts >= 1) || attempts != floor(attempts))
+      return fly_client_close(L, c), luaL_error(L, "fly: retry.attempts must be a whole number >= 1");
     c->max_attempts = attempts > 1000 ? 1000 : (int)attempts;
-    c->retry_base = opt_number_field(L, t, "base", 0.1);
-    c->retry_cap = opt_number_field(L, t, "cap", 5);
-    c->retry_max_wait = opt_number_field(L, t, "max_wait", 60);
+    c->retry_base = opt_number_in(L, t, "retry", "base", 0.1);
+    c->retry_cap = opt_number_in(L, t, "retry", "cap", 5);
+    c->retry_max_wait = opt_number_in(L, t, "retry", "max_wait", 60);
     if (!(c->retry_base >= 0) || !(c->retry_cap >= 0) || !(c->retry_max_wait >= 0))
       return fly_client_close(L, c), luaL_error(L, "fly: retry.base, retry.cap and retry.max_wait must be >= 0");
   } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {

@@ -28,6 +28,7 @@
 #include "request.h"
 
 #include <lauxlib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,8 +261,9 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
     double timeout = opt_number_field(L, 4, "timeout", 1);
     double own = opt_number_field(L, 4, "deadline", 1);
     double attempts = opt_number_field(L, 4, "attempts", 1);
-    if (!(timeout > 0) || !(own > 0) || !(attempts >= 1))
-      raise_at(L, level, "fly: %s: options timeout and deadline must be > 0, attempts >= 1", op->id);
+    if (!(timeout > 0) || !(own > 0) || !(attempts >= 1) || attempts != floor(attempts))
+      raise_at(L, level, "fly: %s: options timeout and deadline must be > 0, attempts a whole number >= 1",
+               op->id);
     if (rawfield(L, 4, "timeout") != LUA_TNIL) r->timeout_ms = seconds_to_ms(timeout);
     if (rawfield(L, 4, "attempts") != LUA_TNIL) r->retry.max_attempts = attempts > 1000 ? 1000 : (int)attempts;
     if (rawfield(L, 4, "deadline") != LUA_TNIL) deadline = own > 1e8 ? 0 : own; /* math.huge: none */

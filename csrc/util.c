@@ -72,16 +72,21 @@ int rawfield(lua_State *L, int t, const char *k) {
   return lua_type(L, -1);
 }
 
-double opt_number_field(lua_State *L, int t, const char *k, double dflt) {
+double opt_number_in(lua_State *L, int t, const char *owner, const char *k, double dflt) {
   double v = dflt;
   rawfield(L, t, k);
   if (!lua_isnil(L, -1)) {
-    if (!lua_isnumber(L, -1)) luaL_error(L, "fly: option '%s' must be a number", k);
+    if (lua_type(L, -1) != LUA_TNUMBER) { /* a numeric string is not a number here */
+      if (owner) luaL_error(L, "fly: %s.%s must be a number (got %s)", owner, k, luaL_typename(L, -1));
+      luaL_error(L, "fly: option '%s' must be a number (got %s)", k, luaL_typename(L, -1));
+    }
     v = lua_tonumber(L, -1);
   }
   lua_pop(L, 1);
   return v;
 }
+
+double opt_number_field(lua_State *L, int t, const char *k, double dflt) { return opt_number_in(L, t, NULL, k, dflt); }
 
 int raise_at(lua_State *L, int level, const char *fmt, ...) {
   va_list ap;

@@ -44,7 +44,9 @@ int has_crlf(const char *s, size_t n);
  * a core function) and returns its type. */
 int rawfield(lua_State *L, int t, const char *k);
 
-/* t[k] as a number, dflt when nil; raises when it is something else. */
+/* t[k] as a number, dflt when nil; raises when it is something else (a
+ * numeric string too), naming it "<owner>.<k>" (owner NULL: "option 'k'"). */
+double opt_number_in(lua_State *L, int t, const char *owner, const char *k, double dflt);
 double opt_number_field(lua_State *L, int t, const char *k, double dflt);
 
 /* Raises a programmer error positioned at the given call level (1: the

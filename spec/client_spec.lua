@@ -61,10 +61,29 @@ describe("fly.new", function()
     assert.has_error(function() fly.new { token = "t", retry = { attmpts = 2 } } end,
       "fly: retry: unknown option 'attmpts' (options are attempts, base, cap, max_wait)")
     assert.has_error(function() fly.new { token = "t", retry = { attempts = 0 } } end,
-      "fly: retry.attempts must be >= 1")
+      "fly: retry.attempts must be a whole number >= 1")
     assert.has_error(function() fly.new { token = "t", retry = { base = -1 } } end,
       "fly: retry.base, retry.cap and retry.max_wait must be >= 0")
     assert.has_error(function() fly.new { token = "t", retry = { cap = {} } } end)
+    -- inside retry and rate_limit too: a number is a number (not a numeric string), keys are known
+    for _, case in ipairs {
+      { { retry = { attempts = "4" } }, "fly: retry.attempts must be a number (got string)" },
+      { { retry = { attempts = 1.5 } }, "fly: retry.attempts must be a whole number >= 1" },
+      { { retry = { base = "0.1" } }, "fly: retry.base must be a number (got string)" },
+      { { rate_limit = { scale = "2" } }, "fly: rate_limit.scale must be a number (got string)" },
+      { { rate_limit = { margin = "0.1" } }, "fly: rate_limit.margin must be a number (got string)" },
+      { { rate_limit = { redis_timeout = "1" } }, "fly: rate_limit.redis_timeout must be a number (got string)" },
+      { { rate_limit = { Machines_start = { rate = "1", burst = 3 } } },
+        "fly: rate_limit.Machines_start.rate must be a number (got string)" },
+      { { rate_limit = { Machines_start = { rate = 1, burst = 3, foo = 1 } } },
+        "fly: rate_limit.Machines_start: unknown option 'foo' (options are rate, burst)" },
+    } do
+      local opts = case[1]
+      opts.token = "t"
+      local ok, err = pcall(fly.new, opts)
+      assert.is_false(ok)
+      assert.matches(case[2], err, 1, true)
+    end
   end)
 end)
 
@@ -131,6 +150,43 @@ describe("the client", function()
     local stats = H.stats()
     assert.equals(51, stats.total)
     assert.equals(1, stats.connections)
+  end)
+
+  it("raises at the caller's line for a method called with '.', an argument too many, a wrong option type",
+    function()
+    local c = H.client()
+    local app = H.app(c)
+    local m = assert(c.machines:create(app, { config = { image = "nginx" } }))
+    local t = c:spawn(function() return 1 end)
+    for _, case in ipairs {
+      { function() c.apps.get(app) end, "fly: apps:get: call it with ':'" },
+      { function() c.poll(0) end, "fly: client:poll: call it with ':'" },
+      { function() c.call("Apps_show", { app_name = app }) end, "fly: client:call: call it with ':'" },
+      { function() c.close() end, "fly: client:close: call it with ':'" },
+      { function() m.start() end, "fly: machine:start: call it with ':'" },
+      { function() m.wait("started") end, "fly: machine:wait: call it with ':'" },
+      { function() t.join() end, "fly: task:join: call it with ':'" },
+      { function() c.machines:get_metadata(app, m.id, "role") end,
+        "fly: machines:get_metadata: one argument too many (argument 3, string: it takes app, id)" },
+      { function() c.ips:list(app, { bogus = 1 }) end,
+        "fly: ips:list: one argument too many (argument 2, a table: it takes app)" },
+      { function() m:list_versions { limit = 1 } end,
+        "fly: machine:list_versions: one argument too many (argument 1, a table: it takes none)" },
+      { function() m:refresh { force = true } end, "fly: machine:refresh: takes no arguments (got a table)" },
+      { function() c.machines:destroy(app, m.id, { force = "yes" }) end,
+        "fly: machines:destroy: opts.force must be a boolean (got string)" },
+      { function() c.machines:update_metadata(app, m.id, { a = "1" }, { machine_version = {} }) end,
+        "fly: machines:update_metadata: opts.machine_version must be a string (got table)" },
+    } do
+      local ok, err = pcall(case[1])
+      assert.is_false(ok)
+      assert.matches("^[^:]*client_spec%.lua:%d+: ", err)
+      assert.matches(case[2], err, 1, true)
+    end
+    assert.equals("started", (m:wait("started")))
+    assert(c.machines:destroy(app, m.id, { force = true }))
+    c:run()
+    c:close()
   end)
 
   it("closes idempotently and raises on calls after close", function()
