@@ -548,20 +548,31 @@ static int l_req_complete(lua_State *L) {
   return report(L, r);
 }
 
-/* req:_failed(code, message, sent) -> "done" | "retry", at[, bucket]
+/* req:_failed(code, message, sent[, status]) -> "done" | "retry", at[, bucket]
  * code: timeout, connect, resolve, tls, reset, protocol or too_large (the
  * response was larger than the transport accepts: final); sent: whether
- * the request may have reached the server. */
+ * the request may have reached the server; status: the answer's, kept by a
+ * too_large (as the libcurl transport keeps it). */
 static int l_req_failed(lua_State *L) {
   fly_request *r = check_carried(L);
   const char *code = fly_transport_code(luaL_checkstring(L, 2));
   if (!code) return luaL_argerror(L, 2, "one of timeout, connect, resolve, tls, reset, protocol, too_large");
   const char *msg = luaL_optstring(L, 3, NULL);
   int sent = lua_toboolean(L, 4);
+  lua_Integer status = luaL_optinteger(L, 5, 0);
+  if (status && (status < 100 || status > 999)) return luaL_argerror(L, 5, "an HTTP status");
   if (!begin_report(r)) return lua_pushliteral(L, "done"), 1;
   r->reply.code = code;
   r->reply.sent = sent;
-  fly_request_set_message(r, msg);
+  if (status && strcmp(code, "too_large") == 0) { /* the body: in the libcurl transport's words */
+    char body_msg[96];
+    snprintf(body_msg, sizeof body_msg, "the response body is larger than max_body (%zu bytes)", r->max_body);
+    r->reply.status = (long)status;
+    r->reply.keep_status = 1;
+    fly_request_set_message(r, body_msg);
+  } else {
+    fly_request_set_message(r, msg);
+  }
   fly_request_accept(r);
   return report(L, r);
 }

@@ -24,19 +24,21 @@ local STATUS_CODES = {
   [503] = "unavailable", [504] = "gateway_timeout",
 }
 
---- Makes an error from a table of fields.
--- @tparam table fields
--- @treturn fly.Error
-function Error.new(fields)
-  return setmetatable(fields, Error)
-end
-
 -- Control characters as escapes, so that no server text can move a
 -- terminal's cursor, forge a log line or cut one short.
 local ESCAPES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
 local function escape(s)
   if type(s) ~= "string" then return s end
   return (s:gsub("[%z\1-\31\127]", function(c) return ESCAPES[c] or ("\\x%02x"):format(c:byte()) end))
+end
+
+--- Makes an error from a table of fields; control characters in its message are escaped (the
+-- library's own messages may quote server text: a cursor, a state).
+-- @tparam table fields
+-- @treturn fly.Error
+function Error.new(fields)
+  fields.message = escape(fields.message)
+  return setmetatable(fields, Error)
 end
 
 --- Whether a value is a fly.Error.

@@ -39,8 +39,9 @@ local function opt(opts, name)
   return v
 end
 
-local function fail(code, message, sent)
-  return nil, { code = code, message = message, sent = sent and true or false }
+-- status: the answer's, for a failure that keeps it (too_large)
+local function fail(code, message, sent, status)
+  return nil, { code = code, message = message, sent = sent and true or false, status = status }
 end
 
 local function ms(seconds)
@@ -368,7 +369,7 @@ local function exchange(sock, req, opts, deadline, keep)
     local n = cl:match("^%d+$") and tonumber(cl)
     if not n then return fail("protocol", "bad Content-Length: " .. cl, true) end
     if n > max_body then
-      return fail("too_large", "the response body (" .. n .. " bytes) is larger than max_body", true)
+      return fail("too_large", "the response body (" .. n .. " bytes) is larger than max_body", true, status)
     end
     local have = #buf
     if have >= n then
@@ -382,8 +383,12 @@ local function exchange(sock, req, opts, deadline, keep)
     body, err = read_to_close(sock, buf, deadline, max_body)
   end
   if not body then
-    if err == "too_large" then return fail("too_large", "the response body is larger than max_body", true) end
+    if err == "too_large" then return fail("too_large", "the response body is larger than max_body", true, status) end
     if err == "protocol" then return fail("protocol", "malformed chunked body: " .. tostring(ctx), true) end
+    if err == "closed" then -- before its length or last chunk: cut short, as libcurl's "partial file"
+      return fail("protocol", "the response body was cut short: the server closed the connection"
+        .. (ctx and (" (" .. ctx .. ")") or ""), true)
+    end
     return fail(io_code(err), "reading the response body failed: " .. err .. (ctx and (" (" .. ctx .. ")") or ""), true)
   end
   -- bytes after the response (a server that sent more than it framed): not a connection to reuse
@@ -424,9 +429,10 @@ end
 -- @treturn table `{ status, head (the status line and header lines as received), headers =
 --   {lower-case name = value}, header_lines = {"Name: value"}, body, reused = times the
 --   connection was used before }`
--- @return or nil and an error `{ code, message, sent }`: code `"connect"`, `"resolve"`,
---   `"tls"`, `"timeout"`, `"reset"`, `"protocol"` or `"too_large"`; `sent` false when the
---   request cannot have reached the server
+-- @return or nil and an error `{ code, message, sent, status }`: code `"connect"`, `"resolve"`,
+--   `"tls"`, `"timeout"`, `"reset"`, `"protocol"` (also a body cut short) or `"too_large"`;
+--   `sent` false when the request cannot have reached the server; `status` the answer's, for
+--   `"too_large"`
 function M.request(req, opts)
   phase.check(2)
   check_req(req)

@@ -175,7 +175,7 @@ local function carry(client, req)
     if res then
       _, _, bucket = req:_complete(res.status, res.headers, res.body)
     else
-      _, _, bucket = req:_failed(err.code, err.message, err.sent)
+      _, _, bucket = req:_failed(err.code, err.message, err.sent, err.status)
     end
     if bucket then req:_admit(bucket_wait(client, key, rate, burst, margin, bucket == "penalize")) end
     drain(client)
