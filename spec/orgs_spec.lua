@@ -167,6 +167,19 @@ describe("client.orgs", function()
       H.control("DELETE", "faults")
       assert.equals("protocol", last_err.code)
     end)
+
+    it("quotes a repeated cursor in its error with control characters escaped", function()
+      H.fault { op = "Machines_org_list", kind = "status", status = 200, count = 0,
+        body = { machines = {}, next_cursor = "x\27[2J\nfly: forged line" } }
+      local last_err
+      for m, err in c.orgs:each_machine("personal") do
+        if not m then last_err = err end
+      end
+      H.control("DELETE", "faults")
+      assert.equals("protocol", last_err.code)
+      assert.is_nil(last_err.message:find("[%c]"), last_err.message)
+      assert.matches("x\\x1b[2J\\nfly: forged line", last_err.message, 1, true)
+    end)
   end)
 
   describe("volumes", function()
