@@ -177,6 +177,11 @@ describe("the client", function()
         "fly: machines:destroy: opts.force must be a boolean (got string)" },
       { function() c.machines:update_metadata(app, m.id, { a = "1" }, { machine_version = {} }) end,
         "fly: machines:update_metadata: opts.machine_version must be a string (got table)" },
+      { function() c.machines:list(app, { foo = 1 }) end,
+        "fly: machines:list: unknown parameter 'foo' (it takes app_name, include_deleted, include_leases, "
+        .. "metadata, region, state, summary)" },
+      { function() c:call("Apps_create", { body = 5 }) end,
+        "fly: Apps_create: body must be a table (sent as JSON) or a string (got number)" },
     } do
       local ok, err = pcall(case[1])
       assert.is_false(ok)

@@ -244,7 +244,7 @@ describe("client.orgs", function()
     H.raises("orgs_spec%.lua:%d+: fly: orgs:list_volumes: params must be a table",
       function() c.orgs:list_volumes("personal", "x") end)
     H.raises("orgs_spec%.lua:%d+: fly: orgs:each_volume: org must be a string", function() c.orgs:each_volume(1) end)
-    H.raises("orgs_spec%.lua:%d+: fly: Machines_org_list: unknown parameter 'page'",
+    H.raises("orgs_spec%.lua:%d+: fly: orgs:list_machines: unknown parameter 'page' %(it takes cursor, ",
       function() c.orgs:list_machines("personal", { page = 2 }) end)
     H.raises("orgs_spec%.lua:%d+: fly: Machines_org_list: unknown parameter 'page'", function()
       for _ in c.orgs:each_machine("personal", { page = 2 }) do end

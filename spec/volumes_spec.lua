@@ -154,7 +154,7 @@ describe("client.volumes", function()
       H.raises("volumes_spec%.lua:%d+: fly: volumes:create: body must be a table", function() c.volumes:create(app) end)
       H.raises("volumes_spec%.lua:%d+: fly: volumes:extend: size_gb must be a number",
         function() c.volumes:extend(app, "vol_x", "big") end)
-      H.raises("volumes_spec%.lua:%d+: fly: Volumes_list: unknown parameter 'bogus'",
+      H.raises("volumes_spec%.lua:%d+: fly: volumes:list: unknown parameter 'bogus' %(it takes app_name, summary%)",
         function() c.volumes:list(app, { bogus = 1 }) end)
       H.raises("volumes_spec%.lua:%d+: fly: Volumes_get_by_id: parameter 'volume_id' must not be empty",
         function() c.volumes:get(app, "") end)

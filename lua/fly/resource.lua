@@ -40,15 +40,19 @@ function resource.call(client, op, params, opts, level, own)
   if params ~= nil and type(params) ~= "table" then
     error(("fly: %s: params must be a table (got %s)"):format(op, type(params)), level)
   end
-  if params and type(rawget(params, "body")) == "table" then
-    local ok, body = pcall(json.encode, rawget(params, "body"))
-    if not ok then error(body, level) end
+  local body = params and rawget(params, "body")
+  if body ~= nil and type(body) ~= "table" and type(body) ~= "string" then
+    error(("fly: %s: body must be a table (sent as JSON) or a string (got %s)"):format(op, type(body)), level)
+  end
+  if type(body) == "table" then
+    local ok, encoded = pcall(json.encode, body)
+    if not ok then error(encoded, level) end
     if not own then
       local copy = {}
       for k, v in next, params do copy[k] = v end
       params = copy
     end
-    params.body = body
+    params.body = encoded
   end
   local req = loop.submit(client, op, params, opts, level) -- raises programmer errors at `level`
   loop.await(client, req)
@@ -254,6 +258,29 @@ end
 
 ---------------------------------------------------------------------------- declared methods
 
+-- The names of an operation's parameters, as a set (from the core's operation table).
+local param_sets
+local function param_names(op)
+  if not param_sets then
+    param_sets = {}
+    for _, o in ipairs(core.operations()) do
+      local set = {}
+      for _, p in ipairs(o.params) do set[p.name] = true end
+      param_sets[o.id] = set
+    end
+  end
+  return assert(param_sets[op], op)
+end
+
+-- Raises the error of a params table holding a key the operation does not take.
+local function unknown_param(k, takes, label, d)
+  local names = {}
+  for n in pairs(takes) do names[#names + 1] = n end
+  table.sort(names)
+  error(("fly: %s: unknown parameter '%s' (it takes %s)"):format(label, tostring(k),
+    #names > 0 and table.concat(names, ", ") or "none"), d + 1)
+end
+
 --- Makes a namespace's methods, and its objects' methods, from declarations.
 --
 -- `ns` gets `ns:<name>(path..., args..., tail)`; with `desc.class`, the class
@@ -302,6 +329,7 @@ function resource.declare(ns, desc, list)
       pnames[i] = assert(param, "no parameter for " .. path[i])
     end
     local build, shape, merge_params = e.build, e.result, e.params ~= nil
+    local takes = merge_params and param_names(op) -- the parameters a params table may hold
     local carries_nonce = nonce_ops[op] and e.nonce ~= false
 
     assert(nargs + (tail_spec ~= nil and 1 or 0) <= 6, "too many arguments for " .. name)
@@ -363,6 +391,9 @@ function resource.declare(ns, desc, list)
         if tail_spec == true then
           if tail ~= nil and type(tail) ~= "table" then
             resource.check(tail, "table", "params", label, d + 1)
+          end
+          for k in next, tail or EMPTY do
+            if not takes[k] then unknown_param(k, takes, label, d + 1) end
           end
         else
           resource.options(tail, tail_spec, "params", label, d + 1)
