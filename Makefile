@@ -82,7 +82,10 @@ endef
 setup:
 	$(call install_missing,$(PKGS))
 
-build-deps:
+# after setup when a goal needs both (make -j would otherwise run two apt-gets at once)
+SETUP_GOALS := setup test test-tls test-reuse smoke demo bench install check-valgrind check-asan check-tsan \
+               check-redis-asan fuzz lint emulator
+build-deps: $(if $(filter $(SETUP_GOALS),$(MAKECMDGOALS)),setup)
 	$(call install_missing,$(BUILD_PKGS))
 
 build: build-deps $(OUT)/fly/core.so

@@ -237,7 +237,24 @@ static void mask(char *buf, size_t n, const char *s, size_t sn) {
   }
 }
 
-void fly_scrub(char *buf, size_t n, const char *auth) {
+/* Masks the end of buf when it spells the start of s (any length): buf is
+ * the head of something longer, cut there, maybe inside a spelling of s. */
+static void mask_tail(char *buf, size_t n, const char *s, size_t sn) {
+  size_t reach = 6 * sn; /* the longest spelling of s */
+  char *end = buf + n;
+  for (char *p = n > reach ? end - reach : buf; p < end; p++) {
+    if (*p != *s && *p != '\\') continue;
+    char *q = p;
+    size_t k = 0;
+    for (size_t m; k < sn && q < end && (m = spells(q, end, (unsigned char)s[k])); k++) q += m;
+    if (k > 0 && k < sn && q == end) {
+      memset(p, '*', (size_t)(end - p));
+      return;
+    }
+  }
+}
+
+static void scrub(char *buf, size_t n, const char *auth, int cut) {
   if (!buf || !auth || strncasecmp(auth, "Authorization:", 14) != 0) return;
   const char *t = auth + 14;
   while (*t == ' ' || *t == '\t') t++;
@@ -248,15 +265,23 @@ void fly_scrub(char *buf, size_t n, const char *auth) {
   while (tn > 0 && is_blank(t[tn - 1])) tn--;
   if (tn == 0) return;
   mask(buf, n, t, tn);
+  if (cut) mask_tail(buf, n, t, tn);
   for (const char *p = t, *end = t + tn; p < end;) {
     const char *c = memchr(p, ',', (size_t)(end - p));
     const char *e = c ? c : end;
     const char *b = p;
     while (b < e && is_blank(*b)) b++;
-    if (e - b >= 8 && (size_t)(e - b) < tn) mask(buf, n, b, (size_t)(e - b));
+    if (e - b >= 8 && (size_t)(e - b) < tn) {
+      mask(buf, n, b, (size_t)(e - b));
+      if (cut) mask_tail(buf, n, b, (size_t)(e - b));
+    }
     p = c ? c + 1 : end;
   }
 }
+
+void fly_scrub(char *buf, size_t n, const char *auth) { scrub(buf, n, auth, 0); }
+
+void fly_scrub_head(char *buf, size_t n, const char *auth) { scrub(buf, n, auth, 1); }
 
 static const char *const CODES[] = {"timeout", "connect", "resolve", "tls", "reset", "protocol", "too_large", NULL};
 

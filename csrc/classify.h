@@ -98,6 +98,9 @@ const char *fly_reply_settle(fly_reply *a, int returns, const char *body, size_t
  * each of its comma-separated parts of 8 bytes or more, written plainly or
  * with JSON escapes. */
 void fly_scrub(char *buf, size_t n, const char *auth);
+/* The same for buf[0..n) that is the head of something longer, cut at n:
+ * also masks its end when it spells the start of the token or a part. */
+void fly_scrub_head(char *buf, size_t n, const char *auth);
 
 /* Counts the attempt that ended in `a` (status, or code) and decides. For
  * FLY_RETRY, *retry_at is when to send it again (monotonic seconds); the

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "classify.h"
 #include "compat.h"
 #include "curl.h"
 #include "ops.h"
@@ -82,6 +83,28 @@ static int l_state(lua_State *L) {
 
 static int l_is_closed(lua_State *L) {
   lua_pushboolean(L, ((fly_client *)luaL_checkudata(L, 1, CLIENT_MT))->closed);
+  return 1;
+}
+
+/* client:_mask(s) -> s with the client's credentials masked (fly_scrub):
+ * for what the Lua layer quotes from an answer in an error of its own. A
+ * closed client no longer knows them: "?" then. */
+static int l_mask(lua_State *L) {
+  fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  const char *auth = NULL;
+  for (size_t i = 0; i < c->headers.n && !auth; i++)
+    if (strncasecmp(c->headers.v[i], "Authorization:", 14) == 0) auth = c->headers.v[i];
+  if (!auth) {
+    if (c->closed) lua_pushliteral(L, "?");
+    else lua_pushvalue(L, 2);
+    return 1;
+  }
+  char *p = fly_newuserdata(L, n ? n : 1); /* scratch the collector owns */
+  memcpy(p, s, n);
+  fly_scrub(p, n, auth);
+  lua_pushlstring(L, p, n);
   return 1;
 }
 
@@ -355,5 +378,5 @@ const luaL_Reg fly_client_methods[] = {
   {"_step", fly_l_step},       {"_step_until", fly_l_step_until}, {"_wait", fly_l_wait},
   {"_timeout", fly_l_timeout}, {"_sockets", fly_l_sockets}, {"close", l_close},
   {"base_url", l_base_url},    {"is_closed", l_is_closed},  {"_state", l_state},
-  {"_trace", fly_l_trace},
+  {"_trace", fly_l_trace},     {"_mask", l_mask},
   {NULL, NULL}};

@@ -197,7 +197,8 @@ void fly_request_accept(fly_request *r) {
 
 void fly_request_scrub(fly_request *r) {
   if (!r->auth) return;
-  fly_scrub(r->resp, r->resp_len, r->auth);
+  if (r->too_large) fly_scrub_head(r->resp, r->resp_len, r->auth); /* a head, cut at max_body */
+  else fly_scrub(r->resp, r->resp_len, r->auth);
   if (r->message) fly_scrub(r->message, strlen(r->message), r->auth);
 }
 
@@ -611,7 +612,7 @@ static int l_req_result(lua_State *L) {
      to recognise what came); the whole body is json()'s */
   size_t keep = r->resp_len < FLY_ERROR_BODY_MAX ? r->resp_len : FLY_ERROR_BODY_MAX;
   lua_pushlstring(L, r->resp ? r->resp : "", r->resp ? keep : 0), lua_setfield(L, -2, "body");
-  if (keep < r->resp_len || (a->code && strcmp(a->code, "too_large") == 0)) {
+  if (keep < r->resp_len || (r->too_large && r->resp_len)) {
     lua_pushinteger(L, (lua_Integer)r->resp_len), lua_setfield(L, -2, "body_size");
   }
   if (a->content_type[0]) lua_pushstring(L, a->content_type), lua_setfield(L, -2, "content_type");

@@ -127,7 +127,10 @@ static void finish_event(fly_request *r, double now, int attempt) {
   if (r->trace->bodies && r->resp && r->resp_len) {
     e->body = dupn(r->resp, r->resp_len);
     if (e->body) e->body_len = r->resp_len;
-    if (e->body && r->auth) fly_scrub(e->body, e->body_len, r->auth); /* a success's too: a copy */
+    if (e->body && r->auth) { /* a success's too: a copy */
+      if (r->too_large) fly_scrub_head(e->body, e->body_len, r->auth);
+      else fly_scrub(e->body, e->body_len, r->auth);
+    }
   }
 }
 

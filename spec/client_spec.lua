@@ -172,14 +172,15 @@ describe("the client", function()
         "fly: ips:list: one argument too many (argument 2, a table: it takes app)" },
       { function() m:list_versions { limit = 1 } end,
         "fly: machine:list_versions: one argument too many (argument 1, a table: it takes none)" },
-      { function() m:refresh { force = true } end, "fly: machine:refresh: takes no arguments (got a table)" },
       { function() c.machines:destroy(app, m.id, { force = "yes" }) end,
         "fly: machines:destroy: opts.force must be a boolean (got string)" },
       { function() c.machines:update_metadata(app, m.id, { a = "1" }, { machine_version = {} }) end,
         "fly: machines:update_metadata: opts.machine_version must be a string (got table)" },
       { function() c.machines:list(app, { foo = 1 }) end,
-        "fly: machines:list: unknown parameter 'foo' (it takes app_name, include_deleted, include_leases, "
-        .. "metadata, region, state, summary)" },
+        "fly: machines:list: unknown parameter 'foo' (it takes include_deleted, include_leases, metadata, "
+        .. "region, state, summary)" },
+      { function() c.apps.create { app_name = "x", org_slug = "personal" } end, "fly: apps:create: call it with ':'" },
+      { function() m:refresh { force = true } end, "fly: machine:refresh: takes no options (got a table)" },
       { function() c:call("Apps_create", { body = 5 }) end,
         "fly: Apps_create: body must be a table (sent as JSON) or a string (got number)" },
     } do

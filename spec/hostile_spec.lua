@@ -245,6 +245,22 @@ describe("a hostile server", function()
         clean(lines)
       end)
 
+      it("in a body cut at max_body inside the token: no head of it kept, in the error or the trace", function()
+        local events = {}
+        local c = client { token = token, retry = { attempts = 1 }, max_body = 40, trace_bodies = true,
+          trace = function(e) events[#events + 1] = e end }
+        local v, err = c.apps:get("echo-token-broken") -- {"name":"x","token":"FlyV1 fm2_lJPE/SECR…
+        c:close()
+        assert.is_nil(v)
+        assert.equals("too_large", err.code)
+        assert.equals(40, #err.body)
+        assert.equals(40, err.body_size)
+        assert.matches('^{"name":"x","token":"FlyV1 %*+$', err.body)
+        for _, e in ipairs(events) do
+          if e.body then assert.is_nil(e.body:find("fm2_", 1, true), e.body) end
+        end
+      end)
+
       it("in a request id longer than it is kept: no head of the token survives the cut", function()
         local v, err, texts = traced("echo-token-id-503")
         assert.is_nil(v)

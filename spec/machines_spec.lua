@@ -294,7 +294,7 @@ describe("client.machines", function()
       function() c.machines:with_lease(app, m.id, nil, "x") end)
     H.raises("machines_spec%.lua:%d+: fly: machine:wait: opts%.timeout must be a number %(got string%)$",
       function() m:wait("started", { timeout = "soon" }) end)
-    H.raises("machines_spec%.lua:%d+: fly: machines:list: unknown parameter 'bogus' %(it takes app_name, include_deleted, ",
+    H.raises("machines_spec%.lua:%d+: fly: machines:list: unknown parameter 'bogus' %(it takes include_deleted, ",
       function() c.machines:list(app, { bogus = true }) end)
     assert.equals(before, H.stats().total) -- nothing was sent
   end)

@@ -168,7 +168,7 @@ describe("client.orgs", function()
       assert.equals("protocol", last_err.code)
     end)
 
-    it("quotes a repeated cursor in its error with control characters escaped", function()
+    it("does not quote a repeated cursor (the server's text) in its error", function()
       H.fault { op = "Machines_org_list", kind = "status", status = 200, count = 0,
         body = { machines = {}, next_cursor = "x\27[2J\nfly: forged line" } }
       local last_err
@@ -178,7 +178,7 @@ describe("client.orgs", function()
       H.control("DELETE", "faults")
       assert.equals("protocol", last_err.code)
       assert.is_nil(last_err.message:find("[%c]"), last_err.message)
-      assert.matches("x\\x1b[2J\\nfly: forged line", last_err.message, 1, true)
+      assert.is_nil(tostring(last_err):find("forged", 1, true), tostring(last_err))
     end)
   end)
 
@@ -244,7 +244,8 @@ describe("client.orgs", function()
     H.raises("orgs_spec%.lua:%d+: fly: orgs:list_volumes: params must be a table",
       function() c.orgs:list_volumes("personal", "x") end)
     H.raises("orgs_spec%.lua:%d+: fly: orgs:each_volume: org must be a string", function() c.orgs:each_volume(1) end)
-    H.raises("orgs_spec%.lua:%d+: fly: orgs:list_machines: unknown parameter 'page' %(it takes cursor, ",
+    H.raises("orgs_spec%.lua:%d+: fly: orgs:list_machines: unknown parameter 'page' "
+      .. "%(it takes cursor, include_deleted, limit, region, ",
       function() c.orgs:list_machines("personal", { page = 2 }) end)
     H.raises("orgs_spec%.lua:%d+: fly: Machines_org_list: unknown parameter 'page'", function()
       for _ in c.orgs:each_machine("personal", { page = 2 }) do end

@@ -111,9 +111,9 @@ describe("client.secretkeys", function()
       function() c.secretkeys:sign(app, 7, {}) end)
     H.raises("secretkeys_spec%.lua:%d+: fly: secretkeys:generate: key_type must be",
       function() c.secretkeys:generate(app, "k") end)
-    H.raises("secretkeys_spec%.lua:%d+: fly: secretkeys:get: unknown parameter 'x' %(it takes app_name, min_version, secret_name%)",
+    H.raises("secretkeys_spec%.lua:%d+: fly: secretkeys:get: unknown parameter 'x' %(it takes min_version%)",
       function() c.secretkeys:get(app, "k", { x = 1 }) end)
-    H.raises("secretkeys_spec%.lua:%d+: fly: secretkeys:verify: unknown parameter 'x' %(it takes app_name, min_version, secret_name%)",
+    H.raises("secretkeys_spec%.lua:%d+: fly: secretkeys:verify: unknown parameter 'x' %(it takes min_version%)",
       function() c.secretkeys:verify(app, "k", {}, { x = 1 }) end)
   end)
 end)

@@ -77,7 +77,7 @@ describe("client.secrets", function()
       function() c.secrets:set(app, "X", 42) end)
     H.raises("secrets_spec%.lua:%d+: fly: secrets:update: values must be a table",
       function() c.secrets:update(app, nil) end)
-    H.raises("secrets_spec%.lua:%d+: fly: secrets:get: unknown parameter 'nope' %(it takes app_name, min_version, secret_name, show_secrets%)",
+    H.raises("secrets_spec%.lua:%d+: fly: secrets:get: unknown parameter 'nope' %(it takes min_version, show_secrets%)",
       function() c.secrets:get(app, "X", { nope = true }) end)
     H.raises("secrets_spec%.lua:%d+: fly: secrets:delete: app must be a string",
       function() c.secrets:delete(nil, "X") end)

@@ -154,7 +154,7 @@ describe("client.volumes", function()
       H.raises("volumes_spec%.lua:%d+: fly: volumes:create: body must be a table", function() c.volumes:create(app) end)
       H.raises("volumes_spec%.lua:%d+: fly: volumes:extend: size_gb must be a number",
         function() c.volumes:extend(app, "vol_x", "big") end)
-      H.raises("volumes_spec%.lua:%d+: fly: volumes:list: unknown parameter 'bogus' %(it takes app_name, summary%)",
+      H.raises("volumes_spec%.lua:%d+: fly: volumes:list: unknown parameter 'bogus' %(it takes summary%)",
         function() c.volumes:list(app, { bogus = 1 }) end)
       H.raises("volumes_spec%.lua:%d+: fly: Volumes_get_by_id: parameter 'volume_id' must not be empty",
         function() c.volumes:get(app, "") end)
@@ -165,7 +165,7 @@ describe("client.volumes", function()
       H.raises("volumes_spec%.lua:%d+: fly: volume:update: body must be a table", function() v:update("x") end)
       H.raises("volumes_spec%.lua:%d+: fly: volume:extend: size_gb must be a number", function() v:extend(nil) end)
       H.raises("volumes_spec%.lua:%d+: fly: cannot encode", function() v:update { f = print } end)
-      H.raises("volumes_spec%.lua:%d+: fly: this object is not bound",
+      H.raises("volumes_spec%.lua:%d+: fly: volume:refresh: called on a table that is no object of a client",
         function() fly.namespaces.volumes.Volume.refresh({ id = "x" }) end)
     end)
   end)

@@ -92,6 +92,23 @@ describe("machines:wait", function()
     assert.is_true(took < 1.5 + 5)  -- generous: the deadline is honoured, not the speed
   end)
 
+  it("masks the client's credentials in the state and version its errors quote from the server", function()
+    local secret = "wait-secret-token-0123456789"
+    H.config { token = secret }
+    local sc = H.client { token = secret, rate_limit = false }
+    local m = assert(sc.machines:create(app, { config = { image = "nginx" } }))
+    -- the server answers the machine's state and version with the token; its waits never end
+    H.fault { op = "Machines_show", status = 200, count = 0,
+      body = { id = m.id, state = secret, instance_id = "01" .. secret } }
+    H.fault { op = "Machines_wait", status = 408, count = 0, body = { error = "not yet" } }
+    local state, err = sc.machines:wait(app, m.id, { state = "started", timeout = 1, version = "01AAAA" })
+    sc:close()
+    assert.is_nil(state)
+    for _, text in ipairs { err.message, tostring(err), tostring(err.state), tostring(err.version) } do
+      assert.is_nil(text:find("secret-token", 1, true), text)
+    end
+  end)
+
   it("accepts several target states", function()
     local m = started()
     assert(m:stop())

@@ -44,7 +44,7 @@ resource.declare(Apps, {
 --- Reloads this app from the API, in place.
 -- @treturn App this app, or nil, fly.Error
 function App:refresh(extra)
-  if extra ~= nil then resource.no_arguments("app:refresh", extra) end
+  if type(extra) == "table" then resource.no_options("app:refresh") end -- (a number: client:map's index)
   local client = resource.owner(self, "app:refresh")
   resource.check(self.name, "string", "name", "app:refresh", 2)
   local res, err = resource.call(client, "Apps_show", { app_name = self.name }, nil, 2)

@@ -59,7 +59,7 @@ resource.declare(Certificates, {
 -- @treturn function an iterator giving each CertificateSummary; on a failure it gives
 -- `false, err` once and ends
 function Certificates:each(app, params)
-  if type(self) ~= "table" then resource.dot_call("certificates:each", 2) end
+  if not resource.is_namespace(self) then resource.dot_call("certificates:each", 2) end
   check(app, "string", "app", "certificates:each")
   if params ~= nil then check(params, "table", "params", "certificates:each") end
   local client, first = self.client, params and params.cursor

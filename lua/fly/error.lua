@@ -7,7 +7,8 @@
 -- reset, protocol, too_large, cancelled), `message`, `request_id`,
 -- `retryable`, `retry_after` (seconds, from a 429 or 503), `method`, `path`,
 -- `operation`, `attempts`, `body` (the response text, at most its first
--- 4 KiB; `body_size` then gives its full length).
+-- 4 KiB; `body_size` then gives its full length, or for a too_large the
+-- bytes taken in before the stop).
 --
 -- Text from the server (message, code, request id) has its control
 -- characters escaped (`\x1b`, `\n`, ...) in `message` and `tostring(err)`;

@@ -301,6 +301,15 @@ end
 
 -- Waits until the machine reaches one of the states: loops the long-poll under an overall
 -- deadline (see the README, Waiting). `name` labels programmer errors, raised `d` levels up.
+-- An error of wait's own, which quotes what the server answered (a state, a version): the
+-- client's credentials masked in it, as the core masks them in what it returns.
+local function masked(c, e)
+  e.message = c:_mask(e.message)
+  if type(e.state) == "string" then e.state = c:_mask(e.state) end
+  if type(e.version) == "string" then e.version = c:_mask(e.version) end
+  return e
+end
+
 local function wait(c, app, id, opts, name, d)
   check(app, "string", "app", name, d + 1)
   check(id, "string", "id", name, d + 1)
@@ -345,7 +354,7 @@ local function wait(c, app, id, opts, name, d)
       if version then
         local m = show(c, app, id, d + 1)
         local gone = m and other_version(id, states, version, m)
-        if gone then return nil, gone end
+        if gone then return nil, masked(c, gone) end
       end
     elseif transient(err) then
       first_404, failures = nil, failures + 1
@@ -368,16 +377,16 @@ local function wait(c, app, id, opts, name, d)
   local m = show(c, app, id, d + 1)
   if m and version then
     local e = other_version(id, states, version, m, timeout)
-    if e then return nil, e end
+    if e then return nil, masked(c, e) end
   end
   local last = m and m.state or nil
   local cause = last_err and last_err.status ~= 408 and last_err or nil
-  return nil, Error.new {
+  return nil, masked(c, Error.new {
     code = "timeout", operation = "Machines_wait", retryable = true, state = last, cause = cause,
     message = ("machine %s did not reach %s within %gs (state: %s)%s"):format(
       id, table.concat(states, " or "), timeout, tostring(last or "unknown"),
       cause and (", last error: " .. tostring(cause)) or ""),
-  }
+  })
 end
 
 --- Waits until a machine reaches a state, looping the API's long-poll.
@@ -391,7 +400,7 @@ end
 -- @return or nil, fly.Error (`code = "timeout"` with `err.state`, the last state seen;
 -- `code = "superseded"` when the machine runs a newer version than `opts.version`)
 function Machines:wait(app, id, opts)
-  if type(self) ~= "table" then resource.dot_call("machines:wait", 2) end
+  if not resource.is_namespace(self) then resource.dot_call("machines:wait", 2) end
   local s, v = wait(self.client, app, id, opts, "machines:wait", 2)
   return s, v
 end
@@ -524,7 +533,7 @@ end
 -- @return what fn returns, or nil, fly.Error (`code = "lease_held"` when the lease stayed taken)
 -- @raise what fn raises (after the release)
 function Machines:with_lease(app, id, opts, fn)
-  if type(self) ~= "table" then resource.dot_call("machines:with_lease", 2) end
+  if not resource.is_namespace(self) then resource.dot_call("machines:with_lease", 2) end
   local res = pack(with_lease(self.client, app, id, opts, fn, nil, "machines:with_lease", 2))
   return unpack(res, 1, res.n)
 end
@@ -546,7 +555,7 @@ end
 --- Reloads this machine from the API, in place.
 -- @treturn Machine this machine, or nil, fly.Error
 function Machine:refresh(extra)
-  if extra ~= nil then resource.no_arguments("machine:refresh", extra) end
+  if type(extra) == "table" then resource.no_options("machine:refresh") end -- (a number: client:map's index)
   local c, ctx = owner(self, "machine:refresh")
   check(self.id, "string", "id", "machine:refresh", 2)
   local fresh, err = call(c, "Machines_show", { app_name = ctx.app, machine_id = self.id }, nil, 2)

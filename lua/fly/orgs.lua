@@ -87,7 +87,7 @@ resource.declare(Orgs, {
 -- @treturn function an iterator giving each OrgMachine; on a failure it gives `false, err`
 -- once and ends
 function Orgs:each_machine(org, params)
-  if type(self) ~= "table" then resource.dot_call("orgs:each_machine", 2) end
+  if not resource.is_namespace(self) then resource.dot_call("orgs:each_machine", 2) end
   return (each(self, "machines", "orgs:each_machine", org, params))
 end
 
@@ -97,7 +97,7 @@ end
 -- @treturn function an iterator giving each Volume; on a failure it gives `false, err` once
 -- and ends
 function Orgs:each_volume(org, params)
-  if type(self) ~= "table" then resource.dot_call("orgs:each_volume", 2) end
+  if not resource.is_namespace(self) then resource.dot_call("orgs:each_volume", 2) end
   return (each(self, "volumes", "orgs:each_volume", org, params))
 end
 

@@ -60,8 +60,9 @@ function pages.iterate(fetch, field, bind)
       if present(next_cursor) then
         if seen[next_cursor] then
           done = true
+          -- (not quoted: it is the server's text, anything at all)
           return false, Error.new { code = "protocol", retryable = false,
-            message = "the listing answered a cursor it had already given (" .. next_cursor .. ")" }
+            message = "the listing answered a cursor it had already given" }
         end
         seen[next_cursor] = true
       end

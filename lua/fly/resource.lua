@@ -139,10 +139,16 @@ function resource.dot_call(label, level)
   error(("fly: %s: call it with ':' (%s(...)), not '.'"):format(label, label), level + 1)
 end
 
---- Raises the error of a method that takes no arguments and was given some.
+--- Raises the error of a method that takes no options and was given a table.
 -- @tparam string label `"machine:refresh"`
-function resource.no_arguments(label, v)
-  error(("fly: %s: takes no arguments (got %s)"):format(label, type(v) == "table" and "a table" or type(v)), 3)
+function resource.no_options(label)
+  error(("fly: %s: takes no options (got a table)"):format(label), 3)
+end
+
+--- Whether `self` is a namespace (a table holding its client): a method called with '.' gets
+-- its first argument as `self`.
+function resource.is_namespace(self)
+  return type(self) == "table" and type(rawget(self, "client")) == "userdata"
 end
 
 --- The client and context an object was bound with; raises (at the line that
@@ -152,7 +158,8 @@ function resource.owner(obj, label)
   local mt = getmetatable(obj)
   if type(mt) ~= "table" or mt.client == nil then
     if type(obj) ~= "table" then resource.dot_call(label or "method", 3) end
-    error("fly: this object is not bound to a client", 3)
+    error(("fly: %s: called on a table that is no object of a client (called with '.' instead of ':'?)")
+      :format(label or "method"), 3)
   end
   return mt.client, mt.context
 end
@@ -330,6 +337,12 @@ function resource.declare(ns, desc, list)
     end
     local build, shape, merge_params = e.build, e.result, e.params ~= nil
     local takes = merge_params and param_names(op) -- the parameters a params table may hold
+    local shown_params -- for the message: those the method does not take by position
+    if takes then
+      shown_params = {}
+      for n in pairs(takes) do shown_params[n] = true end
+      for i = 1, npath do shown_params[pnames[i]] = nil end
+    end
     local carries_nonce = nonce_ops[op] and e.nonce ~= false
 
     assert(nargs + (tail_spec ~= nil and 1 or 0) <= 6, "too many arguments for " .. name)
@@ -393,7 +406,7 @@ function resource.declare(ns, desc, list)
             resource.check(tail, "table", "params", label, d + 1)
           end
           for k in next, tail or EMPTY do
-            if not takes[k] then unknown_param(k, takes, label, d + 1) end
+            if not takes[k] then unknown_param(k, shown_params, label, d + 1) end
           end
         else
           resource.options(tail, tail_spec, "params", label, d + 1)
@@ -434,8 +447,9 @@ function resource.declare(ns, desc, list)
 
     local ns_label = desc.name .. ":" .. name
     ns[name] = function(self, a, b, c, d, f, g, h)
-      if type(self) ~= "table" then resource.dot_call(ns_label, 2) end
-      local res, err = run(ns_label, 2, self.client, false, a, b, c, d, f, g, h)
+      local client = type(self) == "table" and rawget(self, "client")
+      if type(client) ~= "userdata" then resource.dot_call(ns_label, 2) end
+      local res, err = run(ns_label, 2, client, false, a, b, c, d, f, g, h)
       return res, err
     end
 

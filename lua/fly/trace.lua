@@ -55,9 +55,10 @@ function trace.install(client, hooks)
   client_state(client).trace = { hooks = hooks, queue = {}, busy = false }
 end
 
--- The hook functions whose error was reported, in this Lua state (an nginx worker making a
--- client per request reports a broken hook once, not once per request).
-local reported = setmetatable({}, { __mode = "k" })
+-- The hooks whose error was reported in this Lua state, by name (where the function is
+-- defined): an nginx worker making a client, and a hook closure, per request reports a broken
+-- hook once, not once per request.
+local reported = {}
 
 -- Calls every hook with one event; a hook that raises is reported once (naming it) on
 -- stderr, or nginx's error log, and keeps being called.
@@ -65,8 +66,8 @@ local function call_hooks(hooks, event)
   for i = 1, #hooks do
     local h = hooks[i]
     local ok, err = pcall(h.fn, event)
-    if not ok and not reported[h.fn] then
-      reported[h.fn] = true
+    if not ok and not reported[h.name] then
+      reported[h.name] = true
       emit("ERR", ("fly: the %s raised an error (reported once; it is still called): %s"):format(
         h.name, tostring(err)))
     end

@@ -57,7 +57,7 @@ resource.declare(Volumes, {
 --- Reloads this volume from the API, in place.
 -- @treturn Volume this volume, or nil, fly.Error
 function Volume:refresh(extra)
-  if extra ~= nil then resource.no_arguments("volume:refresh", extra) end
+  if type(extra) == "table" then resource.no_options("volume:refresh") end -- (a number: client:map's index)
   local client, ctx = resource.owner(self, "volume:refresh")
   resource.check(self.id, "string", "id", "volume:refresh", 2)
   local res, err = resource.call(client, "Volumes_get_by_id", { app_name = ctx.app, volume_id = self.id }, nil, 2)
