@@ -247,6 +247,7 @@ static void mask_tail(char *buf, size_t n, const char *s, size_t sn) {
     char *q = p;
     size_t k = 0;
     for (size_t m; k < sn && q < end && (m = spells(q, end, (unsigned char)s[k])); k++) q += m;
+    if (k < sn && q < end && *q == '\\' && end - q < 6) q = end; /* cut inside an escape */
     if (k > 0 && k < sn && q == end) {
       memset(p, '*', (size_t)(end - p));
       return;

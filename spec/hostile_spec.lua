@@ -261,6 +261,19 @@ describe("a hostile server", function()
         end
       end)
 
+      it("JSON-escaped in a body cut at max_body anywhere: no head of it kept", function()
+        for cut = 28, 70 do -- {"name":"x","token":"FlyV1 f\u006d2_… : every cut inside its first part
+          local c = client { token = token, retry = { attempts = 1 }, max_body = cut }
+          local v, err = c.apps:get("echo-token-escaped-200")
+          c:close()
+          assert.is_nil(v)
+          assert.equals("too_large", err.code)
+          local plain = err.body:gsub("\\u00(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+            :gsub("\\/", "/")
+          assert.is_nil(plain:find("fm", 1, true), ("cut at %d: %s"):format(cut, err.body))
+        end
+      end)
+
       it("in a request id longer than it is kept: no head of the token survives the cut", function()
         local v, err, texts = traced("echo-token-id-503")
         assert.is_nil(v)

@@ -170,14 +170,19 @@ while true do
     local text = auth:gsub('[%c"\\]', "") -- the request's own credentials, to send back
     if name == "echo-token" then -- in the error text
       answer("401 Unauthorized", "application/json", ('{"error":"bad credentials: %s"}'):format(text))(c)
-    elseif name == "echo-token-escaped" then -- JSON-escaped: `/` as `\/`, every third byte as \u00XX
+    elseif name == "echo-token-escaped" or name == "echo-token-escaped-200" then
+      -- JSON-escaped: `/` as `\/`, every third byte as \u00XX; in an error, or in a success
       local i = 0
       local escaped = text:gsub(".", function(ch)
         i = i + 1
         if ch == "/" then return "\\/" end
         if i % 3 == 0 then return ("\\u%04x"):format(ch:byte()) end
       end)
-      answer("401 Unauthorized", "application/json", ('{"error":"bad credentials: %s"}'):format(escaped))(c)
+      if name == "echo-token-escaped" then
+        answer("401 Unauthorized", "application/json", ('{"error":"bad credentials: %s"}'):format(escaped))(c)
+      else
+        answer("200 OK", "application/json", ('{"name":"x","token":"%s"}'):format(escaped))(c)
+      end
     elseif name == "echo-token-broken" then -- in a 200 whose JSON does not parse
       answer("200 OK", "application/json", ('{"name":"x","token":"%s",'):format(text))(c)
     elseif name == "echo-token-id" then -- in the request id of a success
