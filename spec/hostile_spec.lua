@@ -268,7 +268,7 @@ describe("a hostile server", function()
           c:close()
           assert.is_nil(v)
           assert.equals("too_large", err.code)
-          local plain = err.body:gsub("\\u00(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+          local unescaped = err.body:gsub("\\u00(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
             :gsub("\\/", "/")
           assert.is_nil(plain:find("fm", 1, true), ("cut at %d: %s"):format(cut, err.body))
         end
