@@ -270,7 +270,7 @@ describe("a hostile server", function()
           assert.equals("too_large", err.code)
           local unescaped = err.body:gsub("\\u00(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
             :gsub("\\/", "/")
-          assert.is_nil(plain:find("fm", 1, true), ("cut at %d: %s"):format(cut, err.body))
+          assert.is_nil(unescaped:find("fm", 1, true), ("cut at %d: %s"):format(cut, err.body))
         end
       end)
 
