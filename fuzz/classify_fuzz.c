@@ -16,7 +16,8 @@
  * not before it; a retry only with more time left before the deadline than
  * the attempt took; no control character in any error text; and the token of
  * the Authorization line never left in what a failure keeps, written plainly
- * or with JSON escapes, nor in the request id of any answer. */
+ * or with JSON escapes, nor in the request id of any answer, nor at the end
+ * of the head a too_large keeps. */
 #define _GNU_SOURCE /* memmem */
 #include <stdint.h>
 #include <stdio.h>
@@ -120,7 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   const char *nul = memchr(text + at, '\0', n - at);
   size_t body_end = nul ? (size_t)(nul - text) : n;
-  size_t want = body_end - at;
+  size_t want = body_end - at, body_at = at;
   if (want > 0) a.body_seen = 1;
   if (want > max_body) too_large = 1;
   else memcpy(body, text + at, want), body_len = want;
@@ -151,6 +152,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     check(plain != NULL, "out of memory");
     size_t pn = unescape(body, body_len, plain);
     check(!memmem(plain, pn, PART, strlen(PART)), "the token is left JSON-escaped in a failure's body");
+    free(plain);
+  }
+  if (want > max_body) { /* the head a too_large keeps, cut at the cap: no start of a part at its end */
+    char *head = malloc(max_body + 1), *plain = malloc(max_body + 1);
+    check(head && plain, "out of memory");
+    memcpy(head, text + body_at, max_body);
+    fly_scrub_head(head, max_body, AUTH);
+    size_t pn = unescape(head, max_body, plain);
+    for (size_t k = 4; k < strlen(PART) && k <= pn; k++)
+      check(memcmp(plain + pn - k, PART, k) != 0, "a too_large head ends with the start of the token");
+    free(head);
     free(plain);
   }
 
