@@ -139,10 +139,11 @@ function resource.dot_call(label, level)
   error(("fly: %s: call it with ':' (%s(...)), not '.'"):format(label, label), level + 1)
 end
 
---- Raises the error of a method that takes no options and was given a table.
+--- Raises the error of a method that takes no arguments and was given a table, in the words of
+-- the declared methods.
 -- @tparam string label `"machine:refresh"`
 function resource.no_options(label)
-  error(("fly: %s: takes no options (got a table)"):format(label), 3)
+  error(("fly: %s: one argument too many (argument 1, a table: it takes none)"):format(label), 3)
 end
 
 --- Whether `self` is a namespace (a table holding its client): a method called with '.' gets
