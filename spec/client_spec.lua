@@ -180,7 +180,8 @@ describe("the client", function()
         "fly: machines:list: unknown parameter 'foo' (it takes include_deleted, include_leases, metadata, "
         .. "region, state, summary)" },
       { function() c.apps.create { app_name = "x", org_slug = "personal" } end, "fly: apps:create: call it with ':'" },
-      { function() m:refresh { force = true } end, "fly: machine:refresh: one argument too many (argument 1, a table: it takes none)" },
+      { function() m:refresh { force = true } end,
+        "fly: machine:refresh: one argument too many (argument 1, a table: it takes none)" },
       { function() c:call("Apps_create", { body = 5 }) end,
         "fly: Apps_create: body must be a table (sent as JSON) or a string (got number)" },
     } do
