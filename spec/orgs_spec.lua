@@ -247,8 +247,9 @@ describe("client.orgs", function()
     H.raises("orgs_spec%.lua:%d+: fly: orgs:list_machines: unknown parameter 'page' "
       .. "%(it takes cursor, include_deleted, limit, region, ",
       function() c.orgs:list_machines("personal", { page = 2 }) end)
-    H.raises("orgs_spec%.lua:%d+: fly: Machines_org_list: unknown parameter 'page'", function()
-      for _ in c.orgs:each_machine("personal", { page = 2 }) do end
-    end)
+    H.raises("orgs_spec%.lua:%d+: fly: orgs:each_machine: unknown parameter 'page' %(it takes cursor, ",
+      function()
+        for _ in c.orgs:each_machine("personal", { page = 2 }) do end
+      end)
   end)
 end)

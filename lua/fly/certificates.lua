@@ -62,6 +62,7 @@ function Certificates:each(app, params)
   if not resource.is_namespace(self) then resource.dot_call("certificates:each", 2) end
   check(app, "string", "app", "certificates:each")
   if params ~= nil then check(params, "table", "params", "certificates:each") end
+  resource.check_params("App_Certificates_list", params, "certificates:each", 2, { "app_name" })
   local client, first = self.client, params and params.cursor
   return pages.iterate(function(cursor, level)
     local res, err = call(client, "App_Certificates_list",

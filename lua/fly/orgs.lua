@@ -49,6 +49,7 @@ end
 local function each(self, what, method, org, params)
   check(org, "string", "org", method, 3)
   if params ~= nil then check(params, "table", "params", method, 3) end
+  resource.check_params(LISTS[what].op, params, method, 3, { "org_slug" })
   local client, first = self.client, params and params.cursor
   return pages.iterate(function(cursor, level)
     -- page() adds a frame between resource.call and this function

@@ -289,6 +289,24 @@ local function unknown_param(k, takes, label, d)
     #names > 0 and table.concat(names, ", ") or "none"), d + 1)
 end
 
+--- Raises when a params table holds a key its operation does not take, in the method's words.
+-- @tparam string op the operationId
+-- @tparam[opt] table params
+-- @tparam string label `"orgs:each_machine"`
+-- @tparam integer level as for `error`, counted from the function calling check_params
+-- @tparam[opt] table positional parameters the method takes by position (not shown as taken)
+function resource.check_params(op, params, label, level, positional)
+  local takes = param_names(op)
+  for k in next, params or EMPTY do
+    if not takes[k] then
+      local shown = {}
+      for n in pairs(takes) do shown[n] = true end
+      for _, n in ipairs(positional or EMPTY) do shown[n] = nil end
+      unknown_param(k, shown, label, level + 1)
+    end
+  end
+end
+
 --- Makes a namespace's methods, and its objects' methods, from declarations.
 --
 -- `ns` gets `ns:<name>(path..., args..., tail)`; with `desc.class`, the class
