@@ -648,12 +648,20 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   deliver(L, r, finished);
 }
 
-/* Lets libcurl do what its timer asked for, if the time has come. */
+/* Lets libcurl do what its timer asked for, if the time has come. libcurl
+ * 7.88 does not always tell on_timer that it has no timer left (its last
+ * time would stay, in the past, and every wait would end at once: a busy
+ * loop while calls wait for their rate-limit slot), so a time that is still
+ * past after the run is read again from curl_multi_timeout. */
 static void run_timer(struct fly_curl *t) {
   int running;
   if (t->timer_at <= fly_now()) {
     curl_multi_socket_action(t->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     t->unread = 1;
+    long ms;
+    double now = fly_now();
+    if (t->timer_at <= now && curl_multi_timeout(t->multi, &ms) == CURLM_OK)
+      t->timer_at = ms < 0 ? INFINITY : now + (ms > 0 ? (double)ms : 1.0) / 1000.0; /* "now": in 1 ms */
   }
 }
 
@@ -867,15 +875,17 @@ static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double
 
 /* One turn: work within `seconds` (INFINITY: no limit) as the budget `b`
  * lets it; if nothing finished and no work was left over, wait at most
- * max_wait seconds on the sockets and the nearest deadline, then work within
- * a new `seconds` if it waited, else within what is left of the first. b->end
- * is when the last of them ends. */
+ * max_wait seconds on the sockets and the nearest deadline (with nothing in
+ * flight, the whole max_wait, as poll(2) with no descriptors: a frame loop
+ * that gives an idle client the rest of its frame sleeps, it does not spin),
+ * then work within a new `seconds` if it waited, else within what is left of
+ * the first. b->end is when the last of them ends. */
 static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double seconds, budget *b) {
   struct fly_curl *t = c->curl;
   t->backlog = 0;
   b->end = budget_end(seconds);
   work(L, c, finished, 0, seconds, b);
-  if (*finished == 0 && !t->backlog && max_wait > 0 && c->live) {
+  if (*finished == 0 && !t->backlog && max_wait > 0) {
     double now = fly_now();
     double wait = max_wait;
     double next = earliest(c);

@@ -167,6 +167,34 @@ describe("poll", function()
     while c:poll(0.05) > 0 do assert(fly.now() < deadline) end
   end)
 
+  it("waits for the next rate-limit slot instead of spinning once libcurl's timer has run", function()
+    -- five gets of one app from a fresh client: three go at once (each on a new connection), two
+    -- wait about 1 s and 2 s for their slots
+    local fresh = H.client { rate_limit = {} } -- paced, as by default
+    local app = H.app(fresh) -- its connection is warm
+    local tasks = {}
+    for i = 1, 5 do tasks[i] = fresh:spawn(function() return assert(fresh.apps:get(app)).name end) end
+    local polls, cpu0 = 0, os.clock()
+    local deadline = fly.now() + 30
+    while fresh:poll(0.5) > 0 do
+      polls = polls + 1
+      assert(fly.now() < deadline)
+    end
+    fresh:close()
+    for i = 1, 5 do assert.equals(app, tasks[i]:result()) end
+    -- a poll returns when something happened or its timeout ends: a few dozen, not 100,000s
+    assert.is_true(polls < 200, ("%d polls, %.2f s of processor time"):format(polls, os.clock() - cpu0))
+  end)
+
+  it("waits its whole timeout when the client has nothing pending, as poll(2) does", function()
+    local t0 = fly.now()
+    assert.equals(0, c:poll(0.1))
+    assert.is_true(fly.now() - t0 >= 0.09, "an idle poll(0.1) returned at once")
+    t0 = fly.now()
+    assert.equals(0, c:poll(0))
+    assert.is_true(fly.now() - t0 < 5) -- generous: poll(0) never waits
+  end)
+
   it("never leave an answer that came while its request started waiting", function()
     -- on a reused connection a quick server can answer before the step that
     -- starts the request returns: the step must take that answer, not wait on

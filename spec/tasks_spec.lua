@@ -260,6 +260,32 @@ describe("tasks", function()
     assert.is_true(steps < 1000) -- woken by events, not spinning
   end)
 
+  it("let run() return when one of them closes the client", function()
+    local closer = H.client()
+    closer:spawn(function() closer:sleep(5) end)
+    closer:spawn(function() closer:close() end)
+    local ok, res = pcall(closer.run, closer, 3)
+    assert(ok, res)
+    assert.is_true(res)
+    assert.is_true(closer:is_closed())
+  end)
+
+  it("hand a cancelled call's giveup to the trace hook before run() returns", function()
+    local events = {}
+    local traced = H.client { rate_limit = {}, trace = function(e)
+      if e.kind == "giveup" then events[#events + 1] = e.code end
+    end }
+    local app = H.app(traced)
+    local tasks = {}
+    for i = 1, 5 do tasks[i] = traced:spawn(function() return traced.apps:get(app) end) end
+    for _ = 1, 10 do traced:poll(0.01) end -- three got their answer; two wait for the rate limit
+    assert.is_true(tasks[4]:cancel())
+    assert.is_true(tasks[5]:cancel())
+    assert.is_true(traced:run(3))
+    assert.same({ "cancelled", "cancelled" }, events)
+    traced:close()
+  end)
+
   it("stay cancelled when they cancel themselves", function()
     local t
     t = c:spawn(function()

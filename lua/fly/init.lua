@@ -245,6 +245,7 @@ function methods:run(timeout)
     end
     loop.drive(self, wait)
   end
+  trace.drain(self) -- what ended without a step after it (a cancelled task's giveup)
   return true
 end
 

@@ -223,6 +223,7 @@ function loop.drive(client, wait, req, budget)
     run_ready(st, t_end)
     wait = 0
   end
+  if client:is_closed() then return st.count end -- a task closed it: nothing left to drive
   if req and wait ~= 0 and not t_end then
     wake(st, nil, step_until(client, req))
   elseif t_end then
