@@ -661,7 +661,7 @@ static void run_timer(struct fly_curl *t) {
     long ms;
     double now = fly_now();
     if (t->timer_at <= now && curl_multi_timeout(t->multi, &ms) == CURLM_OK)
-      t->timer_at = ms < 0 ? INFINITY : now + (ms > 0 ? (double)ms : 1.0) / 1000.0; /* "now": in 1 ms */
+      t->timer_at = ms < 0 ? INFINITY : now + (double)ms / 1000.0;
   }
 }
 
