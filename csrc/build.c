@@ -40,6 +40,12 @@ void fly_wire_free(fly_wire *w) {
   fly_strlist_free(&w->headers);
 }
 
+const char *fly_strlist_auth(const fly_strlist *l) {
+  for (size_t i = 0; i < l->n; i++)
+    if (strncasecmp(l->v[i], "Authorization:", 14) == 0) return l->v[i];
+  return NULL;
+}
+
 const fly_strlist *fly_wire_headers(const fly_wire *w, const fly_build_base *base) {
   if (w->headers.n) return &w->headers;
   return w->body ? base->json_headers : base->headers;

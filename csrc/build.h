@@ -25,6 +25,8 @@ typedef struct fly_strlist {
 /* Appends a copy of s; 0 on out of memory (the list is unchanged). */
 int fly_strlist_add(fly_strlist *l, const char *s, size_t n);
 void fly_strlist_free(fly_strlist *l);
+/* The "Authorization: ..." line among l's, or NULL. */
+const char *fly_strlist_auth(const fly_strlist *l);
 
 /* What a request sends. Owned by the request that holds it. */
 typedef struct fly_wire {

@@ -213,6 +213,14 @@ static size_t spells(const char *p, const char *end, unsigned char c) {
   }
 }
 
+/* How much of s the bytes from p (before end) spell, plainly or as JSON
+ * escapes: the bytes of s matched (*k) and where the spelling ends. */
+static char *spelled(char *p, char *end, const char *s, size_t sn, size_t *k) {
+  *k = 0;
+  for (size_t m; *k < sn && p < end && (m = spells(p, end, (unsigned char)s[*k])); ++*k) p += m;
+  return p;
+}
+
 /* Masks every occurrence of s in buf, written plainly or with any of its
  * bytes as JSON escapes (a server that echoes the token inside JSON may
  * write `/` as `\/`, or any byte as `\u00XX`): the whole spelling becomes
@@ -225,9 +233,8 @@ static void mask(char *buf, size_t n, const char *s, size_t sn) {
       p++;
       continue;
     }
-    char *q = p;
-    size_t k = 0;
-    for (size_t m; k < sn && q < end && (m = spells(q, end, (unsigned char)s[k])); k++) q += m;
+    size_t k;
+    char *q = spelled(p, end, s, sn, &k);
     if (k == sn) {
       memset(p, '*', (size_t)(q - p));
       p = q;
@@ -244,9 +251,8 @@ static void mask_tail(char *buf, size_t n, const char *s, size_t sn) {
   char *end = buf + n;
   for (char *p = n > reach ? end - reach : buf; p < end; p++) {
     if (*p != *s && *p != '\\') continue;
-    char *q = p;
-    size_t k = 0;
-    for (size_t m; k < sn && q < end && (m = spells(q, end, (unsigned char)s[k])); k++) q += m;
+    size_t k;
+    char *q = spelled(p, end, s, sn, &k);
     if (k < sn && q < end && *q == '\\' && end - q < 6) q = end; /* cut inside an escape */
     if (k > 0 && k < sn && q == end) {
       memset(p, '*', (size_t)(end - p));

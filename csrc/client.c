@@ -93,9 +93,7 @@ static int l_mask(lua_State *L) {
   fly_client *c = luaL_checkudata(L, 1, CLIENT_MT);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
-  const char *auth = NULL;
-  for (size_t i = 0; i < c->headers.n && !auth; i++)
-    if (strncasecmp(c->headers.v[i], "Authorization:", 14) == 0) auth = c->headers.v[i];
+  const char *auth = fly_strlist_auth(&c->headers);
   if (!auth) {
     if (c->closed) lua_pushliteral(L, "?");
     else lua_pushvalue(L, 2);

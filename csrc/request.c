@@ -274,12 +274,10 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
   fly_build(L, &c->base, op, 3, level, &r->wire);
   /* the credentials to mask in what the server sends back, kept by the
      request: it may be read after its client is gone */
-  const fly_strlist *sent = fly_wire_headers(&r->wire, &c->base);
-  for (size_t i = 0; i < sent->n; i++) {
-    if (strncasecmp(sent->v[i], "Authorization:", 14) != 0) continue;
-    if (!(r->auth = dupn(sent->v[i], strlen(sent->v[i])))) luaL_error(L, "fly: out of memory");
+  const char *auth = fly_strlist_auth(fly_wire_headers(&r->wire, &c->base));
+  if (auth) {
+    if (!(r->auth = dupn(auth, strlen(auth)))) luaL_error(L, "fly: out of memory");
     r->reply.auth = r->auth;
-    break;
   }
 
   fly_retry *p = &r->retry;

@@ -355,13 +355,6 @@ function resource.declare(ns, desc, list)
       pnames[i] = assert(param, "no parameter for " .. path[i])
     end
     local build, shape, merge_params = e.build, e.result, e.params ~= nil
-    local takes = merge_params and param_names(op) -- the parameters a params table may hold
-    local shown_params -- for the message: those the method does not take by position
-    if takes then
-      shown_params = {}
-      for n in pairs(takes) do shown_params[n] = true end
-      for i = 1, npath do shown_params[pnames[i]] = nil end
-    end
     local carries_nonce = nonce_ops[op] and e.nonce ~= false
 
     assert(nargs + (tail_spec ~= nil and 1 or 0) <= 6, "too many arguments for " .. name)
@@ -387,13 +380,11 @@ function resource.declare(ns, desc, list)
     -- above run; a1… are the path values, the arguments and the tail table, in order (fixed
     -- parameters, not varargs: this is every call's path).
     local function run(label, d, client, ctx, a1, a2, a3, a4, a5, a6, a7)
-      if last < 7 then -- nothing may come after the last argument taken
-        local extra
-        if last == 0 then extra = a1 elseif last == 1 then extra = a2 elseif last == 2 then extra = a3
-        elseif last == 3 then extra = a4 elseif last == 4 then extra = a5 elseif last == 5 then extra = a6
-        else extra = a7 end
-        if extra ~= nil then too_many(extra, label, ctx == false and 0 or npath, d + 1) end
-      end
+      local extra -- nothing may come after the last argument taken (last <= 6)
+      if last == 0 then extra = a1 elseif last == 1 then extra = a2 elseif last == 2 then extra = a3
+      elseif last == 3 then extra = a4 elseif last == 4 then extra = a5 elseif last == 5 then extra = a6
+      else extra = a7 end
+      if extra ~= nil then too_many(extra, label, ctx == false and 0 or npath, d + 1) end
       if nargs > 0 then
         if type(a1) ~= t1 then bad(1, a1, label, d + 1) end
         if nargs > 1 then
@@ -424,9 +415,7 @@ function resource.declare(ns, desc, list)
           if tail ~= nil and type(tail) ~= "table" then
             resource.check(tail, "table", "params", label, d + 1)
           end
-          for k in next, tail or EMPTY do
-            if not takes[k] then unknown_param(k, shown_params, label, d + 1) end
-          end
+          resource.check_params(op, tail, label, d + 1, pnames) -- pnames: what it takes by position
         else
           resource.options(tail, tail_spec, "params", label, d + 1)
         end
