@@ -147,6 +147,7 @@ lint: setup
 	luacheck lua spec examples bench
 
 bench: setup build
+	@[ "$(LUA)" = luajit ] || $(MAKE) --no-print-directory build LUA=luajit
 	@bench/run
 
 emulator: setup

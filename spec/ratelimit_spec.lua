@@ -153,6 +153,28 @@ describe("rate limiting", function()
       near(math.max(0, 0.2 - since), d)
     end)
 
+  it("takes a limit out of the way when its burst is as large as its rate, not by its rate alone", function()
+    -- admission only, as above: how long after now each request may go
+    local function ready(c, app) return c:_build("Apps_show", { app_name = app }):_ready_at() - core.now() end
+    local open = H.client { rate_limit = { margin = 0.5, Apps_show = { rate = 1e9, burst = 1e9 } } }
+    local app = "open-" .. core.now()
+    for i = 1, 50 do
+      local d = ready(open, app)
+      assert.is_true(d < 0.1, ("request %d waits %f s"):format(i, d))
+    end
+    -- the same rate with a small burst: each token came just before it is taken, so the margin
+    -- holds back about every second request (README: rate limits, the margin)
+    local fast = H.client { rate_limit = { margin = 0.5, Apps_show = { rate = 1e9, burst = 10 } } }
+    app = "fast-" .. core.now()
+    local held = 0
+    for _ = 1, 4 do
+      if ready(fast, app) > 0.3 then held = held + 1 end
+    end
+    assert.is_true(held >= 1, "no request kept the margin")
+    open:close()
+    fast:close()
+  end)
+
   it("counts a request from when it goes: a burst that waited to connect pushes the next ones back #timing",
     function()
       -- the server counts a request when it arrives. A fresh client's first requests wait for
