@@ -235,6 +235,11 @@ void fly_build(lua_State *L, const fly_build_base *base, const fly_operation *op
       size_t vn;
       const char *v = fly_param_string(L, lua_gettop(L), op, p->name, &vn, level);
       if (has_crlf(v, vn)) raise_at(L, level, "fly: %s: parameter '%s' contains a line break", op->id, p->name);
+      /* libcurl leaves out a header with nothing but blanks after its colon: a blank lease
+         nonce would make an update outside any lease look like one under it (safe to repeat) */
+      size_t k = 0;
+      while (k < vn && (v[k] == ' ' || v[k] == '\t')) k++;
+      if (k == vn) raise_at(L, level, "fly: %s: parameter '%s' must not be empty", op->id, p->name);
       if (!w->headers.n) {
         const fly_strlist *shared = w->body ? base->json_headers : base->headers;
         for (size_t j = 0; j < shared->n; j++) add_header(L, &w->headers, shared->v[j], strlen(shared->v[j]));

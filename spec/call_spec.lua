@@ -40,6 +40,15 @@ describe("client:call", function()
     assert.has_error(function()
       c:call("Machines_release_lease", { app_name = "a", machine_id = "m", lease_nonce = "n\r\nX-Evil: 1" })
     end, "fly: Machines_release_lease: parameter 'lease_nonce' contains a line break")
+    -- a blank header value would not be sent at all (an update outside any lease would then be
+    -- taken for one under it, and repeated)
+    for _, blank in ipairs { "", " ", "\t " } do
+      assert.has_error(function()
+        c:call("Machines_update", { app_name = "a", machine_id = "m", lease_nonce = blank, body = {} })
+      end, "fly: Machines_update: parameter 'lease_nonce' must not be empty")
+    end
+    assert.has_error(function() c.machines:update("a", "m", {}, { lease_nonce = "" }) end,
+      "fly: Machines_update: parameter 'lease_nonce' must not be empty")
   end)
 
   it("reads params and options raw: no user code runs inside the core", function()
