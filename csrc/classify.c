@@ -320,27 +320,33 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
   /* the server asks for a longer wait than the caller's bound: its answer is final now */
   if (!a->code && a->status == 429 && a->retry_after > p->max_wait) return -1;
   double delay;
+  /* the latest a retry may start and still fit (fly_retry_fits): a retry that
+     would start later gets no token from its bucket */
+  double latest = p->deadline > 0 ? p->deadline - p->took : INFINITY;
   if (a->status == 429) {
+    double stretch = 1 + rng_unit(p) * 0.1; /* jitter: later, never earlier, than allowed */
+    double retry_after = a->retry_after > 0 ? a->retry_after : 0;
     /* the bucket's refill time: through the shared bucket when limiting,
        else one token's worth of the published limit */
     if (p->rate_key) {
       fly_rate_penalize(p->rate_key, p->limit, now);
       /* no token for a retry that cannot fit even at its Retry-After */
-      if (!fly_retry_fits(p, now + (a->retry_after > 0 ? a->retry_after : 0))) return -1;
-      delay = fly_rate_reserve_marked(p->rate_key, p->limit, now, &p->mark) + p->margin - now;
+      if (!fly_retry_fits(p, now + retry_after * stretch)) return -1;
+      double before = now + (latest - now) / stretch - p->margin;
+      delay = fly_rate_reserve_marked(p->rate_key, p->limit, now, before, &p->mark) + p->margin - now;
     } else {
       delay = 1.0 / p->limit.rate;
     }
-    if (a->retry_after > delay) delay = a->retry_after;
+    if (retry_after > delay) delay = retry_after;
     if (delay <= 0) delay = p->base;
-    delay += rng_unit(p) * delay * 0.1; /* later, never earlier, than allowed */
+    delay *= stretch;
   } else {
     double cap = p->base * pow(2.0, p->attempts - 1);
     if (cap > p->cap) cap = p->cap;
     delay = rng_unit(p) * cap; /* full jitter */
     if (!fly_retry_fits(p, now + delay)) return -1; /* before its token is taken */
     if (p->rate_key) { /* a retry is another request: it takes its place in the bucket */
-      double at = fly_rate_admit_marked(p->rate_key, p->limit, now, p->margin, &p->mark);
+      double at = fly_rate_admit_marked(p->rate_key, p->limit, now, p->margin, latest, &p->mark);
       if (at - now > delay) delay = at - now;
     }
   }

@@ -916,7 +916,7 @@ int fly_l_submit(lua_State *L) {
   fly_request *r = fly_request_call(L, c, level);
   if (c->closed) return raise_at(L, level, "fly: client is closed");
   fly_request_pin(L, c, r, -1);
-  if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline)
+  if (!fly_request_fits(r, r->ready_at)) /* its token was not taken (build_admit) */
     fly_request_fail(L, r, "timeout", "the rate limit delays this request past its deadline", 1);
   else if (r->shared_key)
     shared_admit(c, r, 0);

@@ -164,7 +164,7 @@ static bucket *lookup(const char *key, fly_limit limit, double now) {
   return b;
 }
 
-double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, fly_rate_mark *m) {
+double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, double before, fly_rate_mark *m) {
   double ready = now;
   if (m) *m = (fly_rate_mark){-INFINITY, 0, 0, atomic_load(&shifts)};
   pthread_mutex_lock(&lock);
@@ -176,6 +176,10 @@ double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, fly
        refill's (later than now when the request has to wait) */
     if (b->tokens >= limit.burst) ready = b->full_at - (limit.burst - 1) / limit.rate;
     else ready = b->last - (b->tokens - 1) / limit.rate;
+    if (!(ready < before)) { /* too late for the request: it fails, the token stays */
+      pthread_mutex_unlock(&lock);
+      return ready;
+    }
     b->tokens -= 1;
     if (m) { /* without this token the bucket is full (burst - 1) intervals after it came */
       m->full = ready + (limit.burst - 1) / limit.rate;
@@ -187,7 +191,7 @@ double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, fly
 }
 
 double fly_rate_reserve(const char *key, fly_limit limit, double now) {
-  return fly_rate_reserve_marked(key, limit, now, NULL);
+  return fly_rate_reserve_marked(key, limit, now, INFINITY, NULL);
 }
 
 /* How late a request goes at `now`: past its ready time and past the moment
@@ -292,11 +296,12 @@ fly_limit fly_rate_limit_for(fly_limit dflt, const char *action, const fly_overr
   return l;
 }
 
-double fly_rate_admit_marked(const char *key, fly_limit limit, double now, double margin, fly_rate_mark *m) {
-  double at = fly_rate_reserve_marked(key, limit, now, m) + margin;
+double fly_rate_admit_marked(const char *key, fly_limit limit, double now, double margin, double before,
+                             fly_rate_mark *m) {
+  double at = fly_rate_reserve_marked(key, limit, now, before - margin, m) + margin;
   return at > now ? at : now;
 }
 
 double fly_rate_admit(const char *key, fly_limit limit, double now, double margin) {
-  return fly_rate_admit_marked(key, limit, now, margin, NULL);
+  return fly_rate_admit_marked(key, limit, now, margin, INFINITY, NULL);
 }

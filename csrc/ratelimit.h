@@ -61,9 +61,14 @@ typedef struct fly_rate_mark {
   unsigned long gen;  /* the count of shifts of every bucket as of the last look */
 } fly_rate_mark;
 
-/* fly_rate_reserve and fly_rate_admit that also fill *m. */
-double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, fly_rate_mark *m);
-double fly_rate_admit_marked(const char *key, fly_limit limit, double now, double margin, fly_rate_mark *m);
+/* fly_rate_reserve and fly_rate_admit that also fill *m, and take the token
+ * only for a request that can still go in time: when the reservation's time
+ * (reserve) or the time the request may go (admit) comes before `before`
+ * (INFINITY: always). Otherwise the bucket keeps its token, *m tells nothing,
+ * and the time returned says how late the request would have been. */
+double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, double before, fly_rate_mark *m);
+double fly_rate_admit_marked(const char *key, fly_limit limit, double now, double margin, double before,
+                             fly_rate_mark *m);
 
 /* The request reserved with *m, ready at *ready_at, goes out at `now`: when
  * that is later than both its ready time and the moment its bucket would have

@@ -313,7 +313,9 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
     if (external) r->external = 1; /* the transport admits it: _rate, _admit */
     else {
       p->rate_key = r->rate_key;
-      r->ready_at = fly_rate_admit_marked(r->rate_key, p->limit, now, c->rate_margin, &p->mark);
+      /* a request the wait would make miss its deadline fails without the token (fly_l_submit) */
+      r->ready_at = fly_rate_admit_marked(r->rate_key, p->limit, now, c->rate_margin,
+                                          p->deadline > 0 ? p->deadline : INFINITY, &p->mark);
       if (c->redis) { /* the same bucket in Redis: the libcurl loop admits there too (curl.c) */
         size_t n = fly_redis_key(NULL, 0, c->identity, op->action, scope) + 1;
         if (!(r->shared_key = malloc(n))) luaL_error(L, "fly: out of memory");
@@ -348,7 +350,7 @@ int fly_l_build(lua_State *L) {
       if (!fly_strlist_add(&r->wire.headers, shared->v[i], strlen(shared->v[i])))
         return luaL_error(L, "fly: out of memory");
   }
-  if (r->retry.deadline > 0 && r->ready_at > r->retry.deadline)
+  if (!fly_request_fits(r, r->ready_at))
     fly_request_fail(L, r, "timeout", "the rate limit delays this request past its deadline", 1);
   return 1;
 }

@@ -153,6 +153,21 @@ describe("rate limiting", function()
       near(math.max(0, 0.2 - since), d)
     end)
 
+  it("leaves the token of a call that fails because its wait would pass its deadline", function()
+    -- admission only: each call fails at once, and none may take a token the next call needs
+    local c = H.client { rate_limit = { margin = 0, Apps_show = { rate = 1, burst = 1 } } }
+    local app = "deadline-" .. core.now()
+    local t0 = core.now()
+    c:_build("Apps_show", { app_name = app }) -- the one token: the next comes 1 s later
+    for _ = 1, 5 do
+      local res = c:_build("Apps_show", { app_name = app }, { deadline = 0.3 }):result()
+      assert.equals("timeout", res.code)
+    end
+    local ready = c:_build("Apps_show", { app_name = app }):_ready_at() - t0
+    assert.is_true(ready < 2, ready) -- 6 s when each failed call had kept a token
+    c:close()
+  end)
+
   it("takes a limit out of the way when its burst is as large as its rate, not by its rate alone", function()
     -- admission only, as above: how long after now each request may go
     local function ready(c, app) return c:_build("Apps_show", { app_name = app }):_ready_at() - core.now() end
