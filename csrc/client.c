@@ -281,13 +281,19 @@ int fly_l_new(lua_State *L) {
     c->rate_margin = opt_number_in(L, t, "rate_limit", "margin", 0.02);
     if (!(c->rate_margin >= 0 && c->rate_margin <= 1))
       return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.margin must be between 0 and 1 (seconds)");
-    if (!(c->rate_scale > 0)) return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.scale must be > 0");
+    if (!(c->rate_scale > 0) || !isfinite(c->rate_scale))
+      return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.scale must be a finite number > 0");
     lua_pushnil(L);
     while (lua_next(L, t)) {
       const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
       if (key && (strcmp(key, "scale") == 0 || strcmp(key, "margin") == 0 || strcmp(key, "redis") == 0 ||
                   strcmp(key, "redis_timeout") == 0 || strcmp(key, "redis_retry") == 0)) {
         /* read above or below */
+      } else if (key && !fly_operation_known_action(key) && fly_operation_find(key)) {
+        /* an operation that draws from another operation's bucket */
+        const char *action = fly_operation_find(key)->action;
+        fly_client_close(L, c);
+        return luaL_error(L, "fly: rate_limit: '%s' counts as '%s': give the limit there", key, action);
       } else if (!key || !lua_istable(L, -1) || !fly_operation_known_action(key)) {
         fly_client_close(L, c);
         return luaL_error(L, "fly: rate_limit: '%s' is neither scale, margin, redis, redis_timeout, "
@@ -312,11 +318,16 @@ int fly_l_new(lua_State *L) {
                                                       k, luaL_typename(L, -1));
           lua_pop(L, 1);
         }
-        o->limit.rate = opt_number_field(L, ot, "rate", 1);
-        o->limit.burst = opt_number_field(L, ot, "burst", 1);
-        if (!(o->limit.rate > 0) || !(o->limit.burst >= 1))
+        rawfield(L, ot, "rate");
+        rawfield(L, ot, "burst");
+        int given = !lua_isnil(L, -2) && !lua_isnil(L, -1);
+        o->limit.rate = lua_tonumber(L, -2);
+        o->limit.burst = lua_tonumber(L, -1);
+        lua_pop(L, 2);
+        if (!given || !(o->limit.rate > 0) || !(o->limit.burst >= 1) || !isfinite(o->limit.rate) ||
+            !isfinite(o->limit.burst))
           return fly_client_close(L, c),
-                 luaL_error(L, "fly: rate_limit.%s needs rate > 0 and burst >= 1", action);
+                 luaL_error(L, "fly: rate_limit.%s needs both rate > 0 and burst >= 1 (finite numbers)", action);
       }
       lua_pop(L, 1);
     }

@@ -234,6 +234,17 @@ describe("rate limiting", function()
     assert.has_error(function() H.client { rate_limit = { Machines_start = { rate = 0, burst = 1 } } } end)
     assert.has_error(function() H.client { rate_limit = { margin = 1.5 } } end,
       "fly: rate_limit.margin must be between 0 and 1 (seconds)")
+    -- an override gives both numbers, finite (a missing one was taken as 1: a burst of 1 for
+    -- `{ rate = 5 }`, tighter than Fly's)
+    local both = "fly: rate_limit.Machines_start needs both rate > 0 and burst >= 1 (finite numbers)"
+    for _, o in ipairs { { rate = 5 }, { burst = 5 }, {}, { rate = math.huge, burst = 3 },
+      { rate = 1, burst = math.huge }, { rate = 0 / 0, burst = 3 } } do
+      assert.has_error(function() H.client { rate_limit = { Machines_start = o } } end, both)
+    end
+    assert.has_error(function() H.client { rate_limit = { scale = math.huge } } end,
+      "fly: rate_limit.scale must be a finite number > 0")
+    assert.has_error(function() H.client { rate_limit = { Machines_patch_metadata = { rate = 1, burst = 1 } } } end,
+      "fly: rate_limit: 'Machines_patch_metadata' counts as 'Machines_update_metadata': give the limit there")
   end)
 
   it("drops idle buckets so memory stays bounded", function()
