@@ -110,14 +110,23 @@ static int l_mask(lua_State *L) {
  * (a comma-separated part starting fm1r_, fm1a_ or fm2_) use the FlyV1
  * scheme, anything else Bearer; a scheme already in the token is dropped so
  * it is never doubled. */
-static void push_authorization(lua_State *L, const char *tok, size_t n) {
+/* The credential itself (*tok, *n narrowed to it): without the blanks around
+ * it and without a scheme in front ("Bearer ", "FlyV1 "). */
+static void bare_token(const char **tok, size_t *n) {
+  const char *t = *tok;
+  size_t k = *n;
   for (int again = 1; again;) {
     again = 0;
-    while (n > 0 && (*tok == ' ' || *tok == '\t')) tok++, n--;
-    if (n >= 7 && strncasecmp(tok, "Bearer ", 7) == 0) tok += 7, n -= 7, again = 1;
-    else if (n >= 6 && strncasecmp(tok, "FlyV1 ", 6) == 0) tok += 6, n -= 6, again = 1;
+    while (k > 0 && (*t == ' ' || *t == '\t')) t++, k--;
+    if (k >= 7 && strncasecmp(t, "Bearer ", 7) == 0) t += 7, k -= 7, again = 1;
+    else if (k >= 6 && strncasecmp(t, "FlyV1 ", 6) == 0) t += 6, k -= 6, again = 1;
   }
-  while (n > 0 && (tok[n - 1] == ' ' || tok[n - 1] == '\t')) n--;
+  while (k > 0 && (t[k - 1] == ' ' || t[k - 1] == '\t')) k--;
+  *tok = t, *n = k;
+}
+
+static void push_authorization(lua_State *L, const char *tok, size_t n) {
+  bare_token(&tok, &n);
   int macaroon = 0;
   for (size_t i = 0; i < n && !macaroon; i++) {
     if (i == 0 || tok[i - 1] == ',' || (tok[i - 1] == ' ' && i >= 2 && tok[i - 2] == ',')) {
@@ -208,11 +217,15 @@ int fly_l_new(lua_State *L) {
     fly_client_close(L, c);
     return luaL_error(L, "fly: out of memory");
   }
+  /* the owner of the buckets, the same in the local buckets and in Redis: one-way, never the
+     token; the credential as sent, whichever way it was given ("Bearer x", " x", "x") */
+  const char *cred = token;
+  size_t cn = tn;
+  bare_token(&cred, &cn);
   uint64_t h = fnv64(14695981039346656037ull, base, bn);
   h = fnv64(h, "\n", 1);
-  h = fnv64(h, token, tn);
-  /* the same owner name in the local buckets and in Redis: one-way, never the token */
-  if (!fly_redis_identity(base, bn, token, tn, c->identity)) {
+  h = fnv64(h, cred, cn);
+  if (!fly_redis_identity(base, bn, cred, cn, c->identity)) {
     fly_client_close(L, c);
     return luaL_error(L, "fly: out of memory");
   }

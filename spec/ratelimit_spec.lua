@@ -50,6 +50,22 @@ describe("rate limiting", function()
     assert.equals(0, H.stats().rate_limited)
   end)
 
+  it("shares buckets whichever way the same token is given", function()
+    -- admission only: the same credential, with or without its scheme and blanks, is one owner
+    local rl = { margin = 0, Apps_show = { rate = 1, burst = 1 } }
+    local app = "forms-" .. core.now()
+    local first = H.client { token = "tok-forms", rate_limit = rl }
+    local t0 = core.now()
+    first:_build("Apps_show", { app_name = app }) -- the one token: the next comes 1 s later
+    for _, form in ipairs { "Bearer tok-forms", " tok-forms ", "bearer  tok-forms" } do
+      local c = H.client { token = form, rate_limit = rl }
+      local wait = c:_build("Apps_show", { app_name = app }):_ready_at() - t0
+      assert.is_true(wait > 0.5, ("%q got a bucket of its own"):format(form))
+      c:close()
+    end
+    first:close()
+  end)
+
   it("keeps separate buckets per machine (or app) and per action", function()
     local c = limited_client()
     local names = { H.app(c), H.app(c), H.app(c) }
