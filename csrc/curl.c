@@ -486,6 +486,8 @@ static const char *transport_code(CURLcode cc, long http_version) {
        before or during the answer. */
     if (http_version == CURL_HTTP_VERSION_1_0 || http_version == CURL_HTTP_VERSION_1_1) return "protocol";
     return "reset";
+  case CURLE_HTTP2_STREAM: /* the server reset the stream (RST_STREAM), before or during the answer */
+    return "reset";
   case CURLE_OPERATION_TIMEDOUT: return "timeout";
   case CURLE_COULDNT_CONNECT: return "connect";
   case CURLE_COULDNT_RESOLVE_HOST:
