@@ -363,6 +363,10 @@ int fly_classify(fly_retry *p, fly_reply *a, double now, double *retry_at) {
   p->took = p->started > 0 && now > p->started ? now - p->started : 0;
   a->retryable = 0;
   if (a->code && !a->keep_status) a->status = 0;
+  /* an attempt that went out and got no definitive answer (a transport failure after it left,
+     a 5xx, a 408) may have been carried out: a retry's 404 or 412 may be its doing */
+  if (a->code ? a->sent : a->status >= 500 || a->status == 408) p->may_have_run = 1;
+  if (a->resends > 0) p->may_have_run = 1; /* the transport sent it again: the first went out */
   double delay = retry_delay(p, a, now);
   if (delay >= 0) {
     *retry_at = now + delay;

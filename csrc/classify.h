@@ -56,6 +56,7 @@ typedef struct fly_retry {
   fly_limit limit;
   fly_rate_mark mark;          /* the last reservation's, for fly_rate_sent and fly_rate_catch_up */
   uint64_t rng;                /* xorshift64* state; never 0 */
+  int may_have_run;            /* an attempt went out and ended without a definitive answer */
 } fly_retry;
 
 enum fly_verdict { FLY_SUCCESS, FLY_FAILURE, FLY_RETRY };

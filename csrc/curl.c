@@ -55,7 +55,7 @@ typedef struct fly_easy {
   struct fly_curl *t;          /* the client's transport, for its sockets */
   int watched;                 /* a call not safe to repeat: on_prereq guards its sends */
   struct fly_request *paced;   /* a rate-limited request: on_prereq tells its bucket when it goes */
-  int hooked;                  /* on_prereq is set on the handle (watched, paced or traced) */
+  int hooked;                  /* on_prereq is set on the handle (once, on its first transfer) */
   int sends;                   /* times libcurl was about to send it */
   long connects;               /* connections it made, at the last send */
   int h2;                      /* the last send went over HTTP/2 */
@@ -360,8 +360,8 @@ static int on_h2(CURL *e) {
 /* Runs before libcurl sends the request on a connection: the first send,
  * and again for every resend libcurl makes on its own (Curl_retry_request:
  * a reused connection that failed before any response byte, a refused
- * HTTP/2 stream). Set for calls not safe to repeat, for rate-limited ones and
- * for traced ones (the trace's `finish` tells how many resends an attempt had).
+ * HTTP/2 stream). Every call's resends are counted: the trace's `finish`
+ * tells them, and a failed call whose first send went out may have run.
  *
  * A rate-limited request's send tells its bucket when it went
  * (fly_rate_sent): one that waited for a new connection's handshakes goes
@@ -426,10 +426,9 @@ static int start_transfer(fly_client *c, fly_request *r) {
   fe->errbuf[0] = '\0';
   fe->watched = !r->wire.safe; /* only calls not safe to repeat are watched */
   fe->paced = r->retry.rate_key ? r : NULL;
-  int hook = fe->watched || fe->paced || r->trace; /* traced: its resends are counted */
-  if (fe->hooked != hook) {
-    fe->hooked = hook;
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, fe->hooked ? on_prereq : NULL);
+  if (!fe->hooked) { /* every call's resends are counted: a resend says the first send went out */
+    fe->hooked = 1;
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
   }
   fe->sends = fe->h2 = 0;
   if (fe->paced) unsent_link(t, fe);

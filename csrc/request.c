@@ -137,6 +137,7 @@ void fly_request_set_failure(fly_request *r, const char *code, const char *msg, 
 }
 
 void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable) {
+  if (r->state == REQ_ACTIVE && r->reply.sent) r->retry.may_have_run = 1; /* cut off after it went out */
   fly_request_set_failure(r, code, msg, retryable);
   fly_request_finish(L, r);
 }
@@ -618,6 +619,7 @@ static int l_req_result(lua_State *L) {
   if (a->content_type[0]) lua_pushstring(L, a->content_type), lua_setfield(L, -2, "content_type");
   if (a->request_id[0]) lua_pushstring(L, a->request_id), lua_setfield(L, -2, "request_id");
   if (a->retry_after >= 0) lua_pushnumber(L, a->retry_after), lua_setfield(L, -2, "retry_after");
+  if (r->retry.may_have_run) lua_pushboolean(L, 1), lua_setfield(L, -2, "may_have_run");
   return 1;
 }
 

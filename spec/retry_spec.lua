@@ -47,6 +47,28 @@ describe("retries", function()
     assert.equals(1, err1.attempts)
   end)
 
+  it("says when a failed call may have been carried out by an attempt that lost its answer", function()
+    -- a destroy that ran and lost its answer: the retry finds the app gone
+    H.fault { method = "DELETE", path = path(), kind = "close_after", count = 1 }
+    local ok, err = c.apps:destroy(name)
+    assert.is_nil(ok)
+    assert.equals("not_found", err.code) -- sent again by the retry, or by libcurl on a new connection
+    assert.is_true(err.may_have_run)
+    -- it did run: the app is gone; a call that never ran says nothing of the kind
+    local _, plain = c.apps:get(name)
+    assert.equals("not_found", plain.code)
+    assert.is_nil(plain.may_have_run)
+    -- nor does one whose attempts were all answered
+    H.fault { method = "GET", path = "/v1/apps/nope", kind = "status", status = 404, count = 1 }
+    local _, answered = c.apps:get("nope")
+    assert.is_nil(answered.may_have_run)
+    -- a create cut off after it went out: not repeated, and it may have run (it did)
+    H.fault { method = "POST", path = "/v1/apps", kind = "close_after", count = 1 }
+    local _, lost = c.apps:create { app_name = H.name(), org_slug = "personal" }
+    assert.is_false(lost.retryable)
+    assert.is_true(lost.may_have_run)
+  end)
+
   it("never repeats a create after an ambiguous failure (answer lost)", function()
     H.fault { method = "POST", path = "/v1/apps", kind = "close_after", count = 1 }
     local before = H.stats().executed.Apps_create

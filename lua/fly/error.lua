@@ -55,6 +55,7 @@ function Error.from_result(res, decoded)
     status = res.status, method = res.method, path = res.path, operation = res.operation,
     request_id = escape(res.request_id), attempts = res.attempts, retryable = res.retryable,
     retry_after = res.retry_after, body = res.body, body_size = res.body_size,
+    may_have_run = res.may_have_run,
   }
   if res.code then
     e.code, e.message = res.code, escape(res.message)
