@@ -39,8 +39,15 @@
 #define POOL_MAX 32
 #define SOCKETS_MAX 64
 #define STREAMS_MAX 100L /* HTTP/2 streams per connection */
+/* HTTP/2 connections to the host at most: calls beyond their streams wait for one to end. Until
+   a connection shows the server speaks only HTTP/1.1 (then each call needs its own). */
+#define H2_CONNECTIONS_MAX 4L
 #define KEEPALIVE_IDLE 30     /* seconds idle before the first TCP keep-alive probe */
 #define KEEPALIVE_INTERVAL 15 /* seconds between probes */
+
+/* libcurl's message when it stops sending a request again (Curl_retry_request),
+ * which it writes only when no earlier failure left one. */
+#define REFUSED_GIVE_UP "Connection died, tried "
 
 /* Why the pre-request callback stopped an attempt (see on_prereq). */
 enum { STOP_NONE, STOP_STALE, STOP_RESEND };
@@ -89,6 +96,9 @@ struct fly_curl {
   int backlog;          /* the last step ran out of budget with work left */
   int unread;           /* libcurl acted since its queue of finished transfers was last found empty */
   fly_easy *unsent;     /* the rate-limited transfers started and not sent yet (see behind_unsent) */
+  int https;            /* the base URL is https: HTTP/2 may be negotiated */
+  int only_h1;          /* a connection of this client went without HTTP/2: its server has none */
+  long host_cap;        /* CURLMOPT_MAX_HOST_CONNECTIONS in force (0: none) */
 };
 
 /* A hash of a bucket's key, to tell most keys apart without comparing them. */
@@ -189,6 +199,11 @@ int fly_curl_open(fly_client *c) {
   /* HTTP/2 when the server offers it: concurrent requests share a connection */
   curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   curl_multi_setopt(t->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, STREAMS_MAX);
+  /* without a cap, libcurl 7.88 opens a connection for every call past a full one's streams (its
+     calls do not wait for the second connection being opened): 200 calls at once took 101 */
+  t->https = strncasecmp(c->base_url, "https:", 6) == 0;
+  t->host_cap = t->https ? H2_CONNECTIONS_MAX : 0;
+  if (t->host_cap) curl_multi_setopt(t->multi, CURLMOPT_MAX_HOST_CONNECTIONS, t->host_cap);
   curl_multi_setopt(t->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   curl_multi_setopt(t->multi, CURLMOPT_SOCKETDATA, t);
   curl_multi_setopt(t->multi, CURLMOPT_TIMERFUNCTION, on_timer);
@@ -387,12 +402,14 @@ static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
     fe->stop = STOP_RESEND;
     return CURL_PREREQFUNC_ABORT;
   }
+  int h2 = fe->watched || (fe->t->https && !fe->t->only_h1) ? on_h2(fe->curl) : 0;
+  if (fe->t->https && !h2) fe->t->only_h1 = 1; /* the cap goes once libcurl is out of its call */
   if (fe->watched) {
     long connects = 0;
     curl_easy_getinfo(fe->curl, CURLINFO_NUM_CONNECTS, &connects);
     int reused = connects == fe->connects;
     fe->connects = connects;
-    fe->h2 = on_h2(fe->curl);
+    fe->h2 = h2;
     if (reused && !fe->h2) {
       int fd = find_socket(fe->t, local_port, remote_port);
       struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -621,6 +638,13 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
     r->reply.code = "reset";
     fly_request_set_message(r, "the connection failed before any answer; the request may have been "
                                "executed, so it was not sent again");
+  } else if ((cc == CURLE_SEND_ERROR || cc == CURLE_RECV_ERROR) && fe->watched && fe->h2 &&
+             strncmp(fe->errbuf, REFUSED_GIVE_UP, sizeof REFUSED_GIVE_UP - 1) == 0) {
+    /* libcurl sent it again after each refused stream (on_prereq let it: nothing else left an
+       error) until it gave up: the server processed none of the sends, so it may be retried */
+    r->reply.sent = 0;
+    r->reply.code = "reset";
+    fly_request_set_message(r, "the server refused the request's HTTP/2 stream each time (not processed)");
   } else if (cc != CURLE_OK) {
     curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &version);
     fly_request_set_message(r, fe->errbuf[0] ? fe->errbuf : curl_easy_strerror(cc));
@@ -654,11 +678,22 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
  * time would stay, in the past, and every wait would end at once: a busy
  * loop while calls wait for their rate-limit slot), so a time that is still
  * past after the run is read again from curl_multi_timeout. */
+/* Lifts the cap on connections once the server showed it speaks only
+ * HTTP/1.1 (from outside libcurl's calls: not from a callback). Calls the cap
+ * held back go when a call in flight ends. */
+static void uncap(struct fly_curl *t) {
+  if (t->only_h1 && t->host_cap) {
+    t->host_cap = 0;
+    curl_multi_setopt(t->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+  }
+}
+
 static void run_timer(struct fly_curl *t) {
   int running;
   if (t->timer_at <= fly_now()) {
     curl_multi_socket_action(t->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     t->unread = 1;
+    uncap(t);
     long ms;
     double now = fly_now();
     if (t->timer_at <= now && curl_multi_timeout(t->multi, &ms) == CURLM_OK)
@@ -854,6 +889,7 @@ static void act_on_sockets(struct fly_curl *t, int wait_ms, double seconds, budg
              (re & POLLNVAL ? CURL_CSELECT_ERR : 0);
     curl_multi_socket_action(t->multi, t->ready[k].fd, ev, &running);
     t->unread = 1;
+    uncap(t);
   }
   t->cursor = 0;
 }
