@@ -135,3 +135,20 @@ describe("fly.ngx.limiter without lua_shared_dict fly_limits #nginx", function()
     assert.equal(1, count)
   end)
 end)
+
+describe("fly.ngx.limiter on a full lua_shared_dict #nginx", function()
+  local n
+  setup(function() n = harness.start { workers = 1, http = "lua_shared_dict fly_small 16k;" } end)
+  teardown(function() if n then n:stop() end end)
+
+  it("says once in the error log that nginx dropped buckets to make room", function()
+    local shared = n:run [[
+      local lim = require("fly.ngx.limiter").new { dict = "fly_small" }
+      for i = 1, 2000 do lim:reserve("k" .. i, 0.01, 1) end -- each still refilling for 100 s
+      return lim:shared()
+    ]]
+    assert.is_true(shared)
+    local _, count = n:error_log():gsub("lua_shared_dict fly_small is full", "")
+    assert.equal(1, count)
+  end)
+end)

@@ -155,6 +155,26 @@ describe("fly.ngx.redis #nginx", function()
     assert.is_nil(log:find("password", 1, true))
   end)
 
+  it("goes on from where this host stood when Redis is lost: the fallback counted every request", function()
+    local key = "owner6|Machines_start|m-" .. os.time()
+    local code = ([[
+      local lim = require("fly.ngx.redis").new { url = %q, retry = 30 }
+      local w = {}
+      for i = 1, %%d do w[i] = assert(lim:reserve(%q, 0.1, 3)) end -- one token every 10 s
+      return w, lim:shared()
+    ]]):format(url(), key)
+    local waits, shared = n:run(code:format(3)) -- the burst, through Redis
+    assert.is_true(shared)
+    assert.equals(0, waits[3])
+    stop(true)
+    waits, shared = n:run(code:format(1))
+    assert.is_false(shared)
+    -- the fallback's bucket is as empty as Redis's: the next token comes 10 s after the burst
+    assert.is_true(waits[1] > 5, "the fallback let another burst through: " .. waits[1])
+    start(server.port, server.dir)
+    os.execute("sleep 0.3")
+  end)
+
   it("is what a client inside nginx with rate_limit.redis admits through, on the libcurl client's keys", function()
     local emu = H.plain_url()
     local inside = harness.start {

@@ -42,6 +42,7 @@ local Limiter = {}
 Limiter.__index = Limiter
 
 local warned = false
+local full_warned = false -- said once per worker: the dict ran out of room
 local worker_buckets -- without the dict: this worker's buckets, shared by its limiters
 
 -- Per-worker buckets (no shared dict): TAT by key, with the core's sweep of full buckets.
@@ -89,7 +90,7 @@ function M.new(opts)
   opts = opts or {}
   local name = opts.dict or M.DICT
   local shared = ngx and ngx.shared and ngx.shared[name]
-  local self = setmetatable({ now = opts.now or clock, lock_expiry = opts.lock_expiry or 1 }, Limiter)
+  local self = setmetatable({ now = opts.now or clock, lock_expiry = opts.lock_expiry or 1, name = name }, Limiter)
   if shared then
     self.dict = shared
   else
@@ -132,9 +133,16 @@ function Limiter:_update(key, f)
   -- kept a second past the time the bucket is full again (TAT), as the core keeps its buckets
   -- and the Redis script its keys: a request within that second still sees when its token
   -- came (the margin, at most 1 s, counts from there)
-  local ok, err = dict:set(key, tat, max(tat - now, 0) + KEEP)
+  local ok, err, forcible = dict:set(key, tat, max(tat - now, 0) + KEEP)
   dict:delete(lock)
   if not ok then return nil, "fly: cannot store the rate-limit bucket: " .. tostring(err) end
+  if forcible and not full_warned and ngx.log then
+    -- nginx made room by dropping the least recently used keys: buckets still refilling among
+    -- them start over full, and their next requests may draw 429s
+    full_warned = true
+    ngx.log(ngx.WARN, "fly: lua_shared_dict ", self.name, " is full: nginx dropped rate-limit buckets ",
+      "to make room; make it larger (1m holds about 4,000 buckets)")
+  end
   return result
 end
 

@@ -12,9 +12,11 @@
 -- Redis away, slow or wrong never fails an admission: after `timeout` seconds (default 0.1)
 -- the limiter uses its fallback (`fly.ngx.limiter` on the `fly_limits` shared dict, or the
 -- `fallback` given), says so once in the error log, and tries Redis again after `retry`
--- seconds (default 5), saying so again when it is back. The fallback counts only the requests
--- it admits: admissions run concurrently on several connections, so Redis and a second bucket
--- would see them in different orders and their answers could not be combined.
+-- seconds (default 5), saying so again when it is back. The fallback counts every request
+-- all along, so that it goes on from where this host stood, but while Redis answers only
+-- Redis's answer is used: admissions run concurrently on several connections, so Redis and the
+-- fallback see them in different orders, and the later of two answers given in different
+-- orders could bunch requests past the limit.
 local M = {}
 
 local ngx = rawget(_G, "ngx")
@@ -252,13 +254,16 @@ end
 
 --- Takes one token from the bucket `key` (created full) in Redis, or in the fallback while
 -- Redis is away, and returns how long the request must wait before it is sent: until
--- `margin` seconds after its token came, 0 when that is past.
+-- `margin` seconds after its token came, 0 when that is past. The fallback takes a token for
+-- every request, also while Redis answers (its answer is then not used), so that when Redis
+-- is lost pacing goes on from where this host stood, as the core's local buckets do.
 -- @tparam string key the bucket (the core's "owner|action|scope")
 -- @tparam number rate tokens per second
 -- @tparam number burst bucket size
 -- @tparam[opt=0] number margin seconds a request keeps from the moment its token came
--- @treturn number seconds to wait (or nil, message when the fallback fails)
+-- @treturn number seconds to wait (or nil, message when Redis is away and the fallback fails)
 function Limiter:reserve(key, rate, burst, margin)
+  local here, err = self.fallback:reserve(key, rate, burst, margin)
   local shared
   local retry_at = self.retries[key]
   if retry_at then -- the retry after a 429: penalize took its token in Redis already
@@ -268,16 +273,16 @@ function Limiter:reserve(key, rate, burst, margin)
     shared = self:_shared(key, rate, burst, "0")
   end
   if shared then return max(0, shared + (margin or 0)) end
-  return self.fallback:reserve(key, rate, burst, margin)
+  return here, err
 end
 
---- The server answered 429 for `key`: empty the bucket (in Redis, or in the fallback while
--- Redis is away), so the next reservation waits for a refill. Redis empties the bucket and
--- takes the retry's token in one round trip: the next `reserve` of this key is that retry's,
--- and costs no round trip.
+--- The server answered 429 for `key`: empty the bucket in Redis and in the fallback, so the
+-- next reservation waits for a refill. Redis empties the bucket and takes the retry's token in
+-- one round trip: the next `reserve` of this key is that retry's, and costs no round trip.
 function Limiter:penalize(key, rate, burst)
+  local ok, err = self.fallback:penalize(key, rate, burst)
   local shared = self:_shared(key, rate, burst, "1")
-  if not shared then return self.fallback:penalize(key, rate, burst) end
+  if not shared then return ok, err end
   self.retries[key] = self.now() + shared
   return true
 end
