@@ -295,6 +295,8 @@ void fly_curl_note(fly_request *r) {
   if (r->easy && r->easy->sends > 1) r->reply.resends = r->easy->sends - 1;
 }
 
+int fly_curl_went_out(const fly_request *r) { return r->easy && r->easy->sends > 0; }
+
 void fly_curl_stop(fly_request *r) {
   if (r->admitting && r->client && r->client->redis) fly_redis_cancel(r->client->redis, r);
   r->admitting = 0;

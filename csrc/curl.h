@@ -16,6 +16,8 @@ void fly_curl_stop(fly_request *r);
 /* Copies what the transport knows of the request's open attempt into its
  * reply (how many times libcurl resent it), for an attempt cut short. */
 void fly_curl_note(fly_request *r);
+/* Whether the transfer of a request in flight has begun sending it (on_prereq ran). */
+int fly_curl_went_out(const fly_request *r);
 /* Frees what the transport keeps per request (from its __gc). */
 void fly_curl_request_free(fly_request *r);
 /* curl_global_init, once per process. */

@@ -137,7 +137,8 @@ void fly_request_set_failure(fly_request *r, const char *code, const char *msg, 
 }
 
 void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char *msg, int retryable) {
-  if (r->state == REQ_ACTIVE && r->reply.sent) r->retry.may_have_run = 1; /* cut off after it went out */
+  /* cut off after it went out: it may run all the same */
+  if (r->state == REQ_ACTIVE && (r->reply.sent || fly_curl_went_out(r))) r->retry.may_have_run = 1;
   fly_request_set_failure(r, code, msg, retryable);
   fly_request_finish(L, r);
 }

@@ -63,6 +63,25 @@ describe("tasks", function()
     assert.equals("cancelled", t:status())
   end)
 
+  it("say whether a cancelled task's call in flight may have been carried out", function()
+    H.fault { method = "POST", path = "/v1/apps", kind = "stall", delay = 2, count = 1 }
+    local before = H.stats().requests.Apps_create or 0
+    local t = c:spawn(function() return c.apps:create { app_name = H.name(), org_slug = "personal" } end)
+    local sent = fly.now() + 5 -- until the server has it
+    while (H.stats().requests.Apps_create or 0) == before and fly.now() < sent do c:poll(0.01) end
+    t:cancel()
+    local _, err = t:result()
+    assert.equals("cancelled", err.code)
+    assert.is_false(err.retryable)
+    assert.is_true(err.may_have_run) -- it had gone out: the server may run it
+    -- one cancelled before its call went anywhere: nothing ran
+    local idle = c:spawn(function() c:sleep(5) end)
+    c:poll(0)
+    idle:cancel()
+    local _, err2 = idle:result()
+    assert.is_nil(err2.may_have_run)
+  end)
+
   it("keep a task's error in the task without stopping the others", function()
     local bad = c:spawn(function() error("boom") end)
     local good = c:spawn(function() return assert(c.apps:get(name)).name end)
