@@ -426,6 +426,7 @@ static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
     fly_retry *p = &fe->paced->retry;
     unsent_unlink(fe->t, fe);
     fly_rate_sent(p->rate_key, p->limit, &fe->paced->ready_at, &p->mark, fly_now());
+    p->mark.taken = 0; /* the token is spent: the request goes out */
   }
   fe->sends++;
   return CURL_PREREQFUNC_OK;
@@ -664,6 +665,8 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   }
   fly_request_accept(r);
   double at = 0, now = fly_now();
+  /* an attempt that never went out (no connection) gives its token back: a retry takes its own */
+  if (r->retry.rate_key) fly_rate_refund(r->retry.rate_key, r->retry.limit, &r->retry.mark, now);
   int verdict = fly_classify(&r->retry, &r->reply, now, &at);
   if (r->trace) fly_trace_attempt(r, verdict, now, at);
   if (verdict == FLY_RETRY) {

@@ -166,7 +166,7 @@ static bucket *lookup(const char *key, fly_limit limit, double now) {
 
 double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, double before, fly_rate_mark *m) {
   double ready = now;
-  if (m) *m = (fly_rate_mark){-INFINITY, 0, 0, atomic_load(&shifts)};
+  if (m) *m = (fly_rate_mark){-INFINITY, 0, 0, atomic_load(&shifts), 0};
   pthread_mutex_lock(&lock);
   bucket *b = lookup(key, limit, now);
   if (b) {
@@ -184,10 +184,24 @@ double fly_rate_reserve_marked(const char *key, fly_limit limit, double now, dou
     if (m) { /* without this token the bucket is full (burst - 1) intervals after it came */
       m->full = ready + (limit.burst - 1) / limit.rate;
       m->shift = b->shift;
+      m->taken = 1;
     }
   }
   pthread_mutex_unlock(&lock);
   return ready;
+}
+
+void fly_rate_refund(const char *key, fly_limit limit, fly_rate_mark *m, double now) {
+  if (!m->taken) return;
+  m->taken = 0;
+  pthread_mutex_lock(&lock);
+  bucket *b = find(key, hash(key)); /* gone: it was full, with nothing to give back */
+  if (b) {
+    refill(b, limit, now);
+    if (b->tokens < limit.burst && b->tokens + 1 >= limit.burst) b->full_at = now;
+    b->tokens = b->tokens + 1 < limit.burst ? b->tokens + 1 : limit.burst;
+  }
+  pthread_mutex_unlock(&lock);
 }
 
 double fly_rate_reserve(const char *key, fly_limit limit, double now) {

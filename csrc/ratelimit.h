@@ -59,7 +59,15 @@ typedef struct fly_rate_mark {
   double pushed;      /* seconds this request pushed its bucket back (a resend pushes the rest) */
   double shift;       /* the bucket's shift (seconds) as of the last look */
   unsigned long gen;  /* the count of shifts of every bucket as of the last look */
+  int taken;          /* the reservation took a token that no send has used yet (fly_rate_refund) */
 } fly_rate_mark;
+
+/* Gives back the token of a reservation whose request never went out (it
+ * was cancelled, ran past its deadline, or its connection could not be made)
+ * and clears m->taken; nothing when m holds no token. The requests queued
+ * behind it keep their times (they go no earlier than they would have);
+ * the next reservation may use the token. */
+void fly_rate_refund(const char *key, fly_limit limit, fly_rate_mark *m, double now);
 
 /* fly_rate_reserve and fly_rate_admit that also fill *m, and take the token
  * only for a request that can still go in time: when the reservation's time

@@ -116,6 +116,10 @@ void fly_request_finish(lua_State *L, fly_request *r) {
     fly_curl_note(r);
     fly_trace_end(r);
   }
+  /* ended before its attempt went out (cancelled, past its deadline while it waited): the
+     bucket gets its token back */
+  if (r->retry.rate_key && r->state != REQ_DONE)
+    fly_rate_refund(r->retry.rate_key, r->retry.limit, &r->retry.mark, fly_now());
   fly_curl_stop(r);
   request_unlink(r);
   r->state = REQ_DONE;

@@ -184,6 +184,19 @@ describe("rate limiting", function()
     c:close()
   end)
 
+  it("gives back the token of a call cancelled before it went out", function()
+    local c = H.client { rate_limit = { margin = 0, Apps_show = { rate = 0.5, burst = 1 } } }
+    local app = "refund-" .. core.now()
+    local t0 = core.now()
+    c:_submit("Apps_show", { app_name = app }) -- the token: the next comes 2 s later
+    local second = c:_submit("Apps_show", { app_name = app })
+    second:cancel()
+    -- the next call takes the token the cancelled one gave back: 2 s after the first, not 4
+    local ready = c:_build("Apps_show", { app_name = app }):_ready_at() - t0
+    assert.is_true(ready < 3, ready)
+    c:close()
+  end)
+
   it("takes a limit out of the way when its burst is as large as its rate, not by its rate alone", function()
     -- admission only, as above: how long after now each request may go
     local function ready(c, app) return c:_build("Apps_show", { app_name = app }):_ready_at() - core.now() end
