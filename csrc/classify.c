@@ -17,6 +17,7 @@ void fly_reply_reset(fly_reply *a) { /* auth stays: it belongs to the request */
   a->code = NULL;
   a->sent = 0;
   a->resends = 0;
+  a->unclear_resend = 0;
   a->retryable = 0;
   a->keep_status = 0;
   a->body_seen = 0;
@@ -366,7 +367,7 @@ int fly_classify(fly_retry *p, fly_reply *a, double now, double *retry_at) {
   /* an attempt that went out and got no definitive answer (a transport failure after it left,
      a 5xx, a 408) may have been carried out: a retry's 404 or 412 may be its doing */
   if (a->code ? a->sent : a->status >= 500 || a->status == 408) p->may_have_run = 1;
-  if (a->resends > 0) p->may_have_run = 1; /* the transport sent it again: the first went out */
+  if (a->unclear_resend) p->may_have_run = 1; /* sent again after a send that may have run */
   double delay = retry_delay(p, a, now);
   if (delay >= 0) {
     *retry_at = now + delay;

@@ -31,6 +31,7 @@ typedef struct fly_reply {
   const char *code;            /* static: transport or local failure code, or NULL */
   int sent;                    /* the request may have reached the server */
   int resends;                 /* times the transport sent it again by itself (see fly_event) */
+  int unclear_resend;          /* one of them followed a send the server may have processed */
   int retryable;               /* set by fly_classify */
   int keep_status;             /* code is about a response that had a status: keep it */
   int body_seen;               /* body bytes arrived: header lines now are trailers */

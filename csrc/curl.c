@@ -66,6 +66,8 @@ typedef struct fly_easy {
   int sends;                   /* times libcurl was about to send it */
   long connects;               /* connections it made, at the last send */
   int h2;                      /* the last send went over HTTP/2 */
+  int unclear;                 /* a send was made again after one the server may have processed
+                                  (not a refused HTTP/2 stream) */
   int stop;                    /* STOP_*: why on_prereq stopped it */
   /* while `paced` has started and not gone out: in the transport's list of
      such handles (see behind_unsent), with a hash of its bucket's key */
@@ -293,6 +295,7 @@ static fly_easy *pool_get(fly_client *c) {
 
 void fly_curl_note(fly_request *r) {
   if (r->easy && r->easy->sends > 1) r->reply.resends = r->easy->sends - 1;
+  if (r->easy && r->easy->unclear) r->reply.unclear_resend = 1;
 }
 
 int fly_curl_went_out(const fly_request *r) { return r->easy && r->easy->sends > 0; }
@@ -400,18 +403,23 @@ static int on_h2(CURL *e) {
 static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port, int local_port) {
   fly_easy *fe = ud;
   (void)remote_ip, (void)local_ip;
-  if (fe->watched && fe->sends > 0 && !(fe->h2 && fe->errbuf[0] == '\0')) {
-    fe->stop = STOP_RESEND;
-    return CURL_PREREQFUNC_ABORT;
+  /* a resend after anything but a refused HTTP/2 stream (which left no error): the send before
+     may have been processed */
+  if (fe->sends > 0 && !(fe->h2 && fe->errbuf[0] == '\0')) {
+    if (fe->watched) {
+      fe->stop = STOP_RESEND;
+      return CURL_PREREQFUNC_ABORT;
+    }
+    fe->unclear = 1;
   }
-  int h2 = fe->watched || (fe->t->https && !fe->t->only_h1) ? on_h2(fe->curl) : 0;
+  int h2 = fe->t->https && (fe->watched || !fe->t->only_h1) ? on_h2(fe->curl) : 0;
   if (fe->t->https && !h2) fe->t->only_h1 = 1; /* the cap goes once libcurl is out of its call */
+  fe->h2 = h2;
   if (fe->watched) {
     long connects = 0;
     curl_easy_getinfo(fe->curl, CURLINFO_NUM_CONNECTS, &connects);
     int reused = connects == fe->connects;
     fe->connects = connects;
-    fe->h2 = h2;
     if (reused && !fe->h2) {
       int fd = find_socket(fe->t, local_port, remote_port);
       struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -450,7 +458,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
     fe->hooked = 1;
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
   }
-  fe->sends = fe->h2 = 0;
+  fe->sends = fe->h2 = fe->unclear = 0;
   if (fe->paced) unsent_link(t, fe);
   fe->connects = 0;
   if (fe->stop == STOP_STALE) curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 0L);

@@ -254,6 +254,18 @@ describe("connections", function()
       assert.equals(n, #assert(c.machines:list(app)))
     end)
 
+    it("says nothing of having run for calls whose refused streams were sent again", function()
+      local n = 30
+      local list = {}
+      for i = 1, n do list[i] = i end
+      local _, errs = c:map(list, function(i) return c.machines:get(app, "nope" .. i) end, { concurrency = n })
+      for i = 1, n do
+        assert.equals("not_found", errs[i].code)
+        assert.is_nil(errs[i].may_have_run) -- a refused stream was not processed
+      end
+      assert.equals(n, T.control("GET", "stats").requests.Machines_show)
+    end)
+
     it("a hundred creates at once each execute exactly once, however often their streams are refused", function()
       -- libcurl sends a refused stream again 5 times at most, then gives up: the core sends it
       -- again as a new attempt (never processed, so safe to repeat)
