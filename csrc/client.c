@@ -338,7 +338,7 @@ int fly_l_new(lua_State *L) {
         o->limit.burst = lua_tonumber(L, -1);
         lua_pop(L, 2);
         if (!given || !(o->limit.rate > 0) || !(o->limit.burst >= 1) || !isfinite(o->limit.rate) ||
-            !isfinite(o->limit.burst))
+            !isfinite(o->limit.burst) || !isfinite(o->limit.rate * c->rate_scale))
           return fly_client_close(L, c),
                  luaL_error(L, "fly: rate_limit.%s needs both rate > 0 and burst >= 1 (finite numbers)", action);
       }

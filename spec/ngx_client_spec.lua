@@ -298,19 +298,26 @@ describe("the client inside nginx #nginx", function()
   it("cancels a task's call, and close cancels the client's tasks", function()
     local app = H.app(c)
     H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "delay", delay = 5, count = 1 }
-    local status, code, elapsed, closed = run(([[
+    local status, code, elapsed, closed, retryable, ran, idle_ran = run(([[
       local start = ngx.now()
       local t = c:spawn(function() return c.apps:get(%q) end)
       ngx.sleep(0.1)
       assert(t:cancel())
       local _, err = t:join()
       local elapsed = ngx.now() - start
+      local napper = c:spawn(function() c:sleep(30) end)
+      ngx.sleep(0)
+      napper:cancel()
+      local _, idle = napper:join()
       local sleeper = c:spawn(function() c:sleep(30) end)
       c:close()
-      return t:status(), err.code, elapsed, sleeper:status()
+      return t:status(), err.code, elapsed, sleeper:status(), err.retryable, err.may_have_run, idle.may_have_run
     ]]):format(app))
     assert.equals("cancelled", status)
     assert.equals("cancelled", code)
+    assert.is_false(retryable)
+    assert.is_true(ran) -- the call had gone out: the server may carry it out all the same
+    assert.is_nil(idle_ran) -- a task cancelled in its sleep sent nothing
     assert.is_true(elapsed < 4, "the cancelled call was waited for")
     assert.equals("cancelled", closed)
     -- cancelled by another task, which nginx does not let kill it: its sleep ends at once

@@ -74,12 +74,16 @@ describe("tasks", function()
     assert.equals("cancelled", err.code)
     assert.is_false(err.retryable)
     assert.is_true(err.may_have_run) -- it had gone out: the server may run it
-    -- one cancelled before its call went anywhere: nothing ran
-    local idle = c:spawn(function() c:sleep(5) end)
-    c:poll(0)
-    idle:cancel()
-    local _, err2 = idle:result()
+    -- one cancelled while its call waits for its rate-limit slot: nothing went out
+    local paced = H.client { rate_limit = { Apps_show = { rate = 0.1, burst = 1 } } }
+    local first = paced:spawn(function() return paced.apps:get(name) end)
+    local queued = paced:spawn(function() return paced.apps:get(name) end) -- 10 s behind the first
+    first:join(10)
+    queued:cancel()
+    local _, err2 = queued:result()
+    assert.equals("cancelled", err2.code)
     assert.is_nil(err2.may_have_run)
+    paced:close()
   end)
 
   it("keep a task's error in the task without stopping the others", function()

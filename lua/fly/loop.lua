@@ -343,16 +343,11 @@ function Task:cancel()
   task_base.check_self(self, "cancel")
   if self._status ~= "running" then return false end
   local st = state(self.client)
-  -- a call in flight that had gone out may have been carried out all the same
-  local may_have_run
   if self._req then
     st.waiting[self._req] = nil
     self._req:cancel()
-    local ok, res = pcall(self._req.result, self._req)
-    may_have_run = ok and type(res) == "table" and res.may_have_run or nil
   end
-  finish(self, "cancelled", nil, Error.new { code = "cancelled", message = "the task was cancelled",
-    retryable = false, may_have_run = may_have_run })
+  finish(self, "cancelled", nil, task_base.cancelled(self._req))
   compat.close_coroutine(self._co)
   -- what the task left to clean up (a lease to release, …) runs as tasks of its own
   for _, fn in pairs(self._on_cancel or {}) do loop.spawn(self.client, fn) end

@@ -53,6 +53,27 @@ function task.check_join(joined, timeout, current)
   if current == joined then error("fly: a task cannot join itself", 3) end
 end
 
+--- The error of a cancelled task whose call `req` (or nil) was abandoned, after `req:cancel()`:
+-- `may_have_run` when the call had gone out (`sending`: the transport was carrying it) or
+-- had got an answer that does not say it was refused, since the server may carry it out (or
+-- did) all the same.
+-- @param[opt] req the request the task waited for
+-- @tparam[opt] boolean sending the transport was sending it when the task was cancelled
+function task.cancelled(req, sending)
+  local may_have_run = sending or nil
+  if req then
+    local ok, res = pcall(req.result, req)
+    if ok and type(res) == "table" and not res.timer then
+      local status = res.status
+      if res.may_have_run or (status and (status < 400 or status >= 500 or status == 408)) then
+        may_have_run = true
+      end
+    end
+  end
+  return Error.new { code = "cancelled", message = "the task was cancelled", retryable = false,
+    may_have_run = may_have_run }
+end
+
 --- The error a task that did not finish in time gives its joiner.
 function task.timeout()
   return Error.new { code = "timeout", message = "the task did not finish in time" }

@@ -157,6 +157,9 @@ local function http_options(w)
   return opts
 end
 
+-- The requests whose attempt is being sent (weak keys): a task cancelled meanwhile may have run.
+local sending = setmetatable({}, { __mode = "k" })
+
 -- Carries a request built by loop.submit to its end: admission, attempts, retries.
 -- The trace hook sees each step's events as the libcurl loop's do (fly.trace).
 local function carry(client, req)
@@ -170,7 +173,9 @@ local function carry(client, req)
     -- the attempt before it took, ends here instead of going out
     if req:_admit(0) == "done" then break end
     local w = req:_wire()
+    sending[req] = true -- from here a cancel may leave it running on the server
     local res, err = http.send(w, http_options(w)) -- the phase was checked by loop.submit
+    sending[req] = nil
     local _, bucket
     if res then
       _, _, bucket = req:_complete(res.status, res.headers, res.body)
@@ -277,8 +282,9 @@ function Task:cancel()
   task_base.check_self(self, "cancel")
   if self._status ~= "running" then return false end
   local req = self._req
-  finish(self, "cancelled", nil, Error.new { code = "cancelled", message = "the task was cancelled" })
+  local was_sending = req and sending[req]
   if req then req:cancel() end
+  finish(self, "cancelled", nil, task_base.cancelled(req, was_sending))
   local thread = self._thread
   if thread and task_of[coroutine.running()] ~= self then
     -- only the thread that spawned it may kill it (and not in every phase); otherwise it stops
