@@ -380,8 +380,9 @@ static int on_h2(CURL *e) {
 /* Runs before libcurl sends the request on a connection: the first send,
  * and again for every resend libcurl makes on its own (Curl_retry_request:
  * a reused connection that failed before any response byte, a refused
- * HTTP/2 stream). Every call's resends are counted: the trace's `finish`
- * tells them, and a failed call whose first send went out may have run.
+ * HTTP/2 stream). Set for every call: the trace's `finish` tells its resends,
+ * and a resend after a send the server may have processed (anything but a
+ * refused HTTP/2 stream) makes a failed call say it may have run.
  *
  * A rate-limited request's send tells its bucket when it went
  * (fly_rate_sent): one that waited for a new connection's handshakes goes
