@@ -232,6 +232,11 @@ void fly_build(lua_State *L, const fly_build_base *base, const fly_operation *op
     if (p->in != FLY_IN_HEADER) continue;
     rawfield(L, params, p->name);
     if (!lua_isnil(L, -1)) {
+      /* a header value is text: `false` would be sent as "false" (and a nonce of false taken
+         for a lease held) */
+      if (lua_type(L, -1) != LUA_TSTRING)
+        raise_at(L, level, "fly: %s: parameter '%s' must be a string (got %s)", op->id, p->name,
+                 luaL_typename(L, -1));
       size_t vn;
       const char *v = fly_param_string(L, lua_gettop(L), op, p->name, &vn, level);
       if (has_crlf(v, vn)) raise_at(L, level, "fly: %s: parameter '%s' contains a line break", op->id, p->name);

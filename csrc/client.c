@@ -307,6 +307,10 @@ int fly_l_new(lua_State *L) {
         const char *action = fly_operation_find(key)->action;
         fly_client_close(L, c);
         return luaL_error(L, "fly: rate_limit: '%s' counts as '%s': give the limit there", key, action);
+      } else if (key && fly_operation_known_action(key) && !lua_istable(L, -1)) {
+        fly_client_close(L, c);
+        return luaL_error(L, "fly: rate_limit.%s must be a table { rate = r, burst = b } (got %s)", key,
+                          luaL_typename(L, -1));
       } else if (!key || !lua_istable(L, -1) || !fly_operation_known_action(key)) {
         fly_client_close(L, c);
         return luaL_error(L, "fly: rate_limit: '%s' is neither scale, margin, redis, redis_timeout, "

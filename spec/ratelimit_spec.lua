@@ -272,6 +272,8 @@ describe("rate limiting", function()
       o.scale = nil
       assert.has_error(function() H.client { rate_limit = { scale = scale, Machines_start = o } } end, both)
     end
+    assert.has_error(function() H.client { rate_limit = { Machines_start = 5 } } end,
+      "fly: rate_limit.Machines_start must be a table { rate = r, burst = b } (got number)")
     assert.has_error(function() H.client { rate_limit = { scale = math.huge } } end,
       "fly: rate_limit.scale must be a finite number > 0")
     assert.has_error(function() H.client { rate_limit = { Machines_patch_metadata = { rate = 1, burst = 1 } } } end,

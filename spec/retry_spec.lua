@@ -69,6 +69,26 @@ describe("retries", function()
     assert.is_true(lost.may_have_run)
   end)
 
+  it("never repeats an update outside a lease, through the namespace or the object", function()
+    local m = assert(c.machines:create(name, { config = { image = "nginx" }, skip_launch = true }))
+    local mpath = "/v1/apps/" .. name .. "/machines/" .. m.id
+    for _, update in ipairs {
+      function() return c.machines:update(name, m.id, { config = { image = "nginx:2" } }) end,
+      function() return m:update { config = { image = "nginx:3" } } end,
+    } do
+      H.fault { method = "POST", path = mpath, kind = "status_after", status = 502, count = 1 }
+      local before = H.stats().executed.Machines_update or 0
+      local res, err = update()
+      assert.is_nil(res)
+      assert.equals(502, err.status)
+      assert.is_false(err.retryable)
+      assert.equals(before + 1, H.stats().executed.Machines_update)
+    end
+    -- a nonce is text: false or a number is a programmer error, not a header
+    assert.has_error(function() c:call("Machines_update", { app_name = name, machine_id = m.id, lease_nonce = false,
+      body = {} }) end, "fly: Machines_update: parameter 'lease_nonce' must be a string (got boolean)")
+  end)
+
   it("never repeats a create after an ambiguous failure (answer lost)", function()
     H.fault { method = "POST", path = "/v1/apps", kind = "close_after", count = 1 }
     local before = H.stats().executed.Apps_create

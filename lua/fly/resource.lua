@@ -445,7 +445,7 @@ function resource.declare(ns, desc, list)
       end
       local nonce
       if carries_nonce then
-        nonce = tail.lease_nonce or (ctx and ctx.nonce)
+        nonce = tail.lease_nonce or (ctx and ctx.nonce) or nil -- ctx is false for a namespace call
         p.lease_nonce = nonce
       end
       local res, err = resource.call(client, op, p, copts, d + 1, true)
