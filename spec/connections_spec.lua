@@ -149,6 +149,25 @@ describe("connections", function()
   end)
   teardown(function() stop_tls() end)
 
+  -- creates on machines of their own, n at once, each executed once; returns the stats
+  local function fan_out(client, n)
+    local app = H.app(client)
+    local list = {}
+    for i = 1, n do list[i] = i end
+    local before = T.control("GET", "stats").connections
+    local ms, errs = client:map(list, function(i)
+      return client.machines:create(app, { config = { image = "nginx" }, name = "f" .. i, skip_launch = true })
+    end, { concurrency = n })
+    for i = 1, n do
+      assert.is_nil(errs[i], errs[i] and tostring(errs[i]))
+      assert.equals("f" .. i, ms[i].name)
+    end
+    local s = T.control("GET", "stats")
+    assert.equals(n, s.executed.Machines_create)
+    assert.equals(n, s.requests.Machines_create)
+    return s, s.connections - before
+  end
+
   describe("over TLS", function()
     local c
     before_each(function()
@@ -170,25 +189,6 @@ describe("connections", function()
       assert.is_true(s.connections <= 2, "connections: " .. s.connections)
       assert.equals(10, s.last_request.connection_requests - (s.connections == 1 and 1 or 0))
     end)
-
-    -- creates on machines of their own, n at once, each executed once; returns the stats
-    local function fan_out(client, n)
-      local app = H.app(client)
-      local list = {}
-      for i = 1, n do list[i] = i end
-      local before = T.control("GET", "stats").connections
-      local ms, errs = client:map(list, function(i)
-        return client.machines:create(app, { config = { image = "nginx" }, name = "f" .. i, skip_launch = true })
-      end, { concurrency = n })
-      for i = 1, n do
-        assert.is_nil(errs[i])
-        assert.equals("f" .. i, ms[i].name)
-      end
-      local s = T.control("GET", "stats")
-      assert.equals(n, s.executed.Machines_create)
-      assert.equals(n, s.requests.Machines_create)
-      return s, s.connections - before
-    end
 
     it("carries calls past a connection's 100 streams on a few more connections", function()
       c = T.client()
@@ -272,19 +272,7 @@ describe("connections", function()
     it("a hundred creates at once each execute exactly once, however often their streams are refused", function()
       -- libcurl sends a refused stream again 5 times at most, then gives up: the core sends it
       -- again as a new attempt (never processed, so safe to repeat)
-      local n = 100
-      local list = {}
-      for i = 1, n do list[i] = i end
-      local ms, errs = c:map(list, function(i)
-        return c.machines:create(app, { config = { image = "nginx" }, name = "h" .. i, skip_launch = true })
-      end, { concurrency = n })
-      for i = 1, n do
-        assert.is_nil(errs[i], errs[i] and tostring(errs[i]))
-        assert.equals("h" .. i, ms[i].name)
-      end
-      local s = T.control("GET", "stats")
-      assert.equals(n, s.executed.Machines_create)
-      assert.equals(n, s.requests.Machines_create)
+      fan_out(c, 100)
     end)
   end)
 
