@@ -3,9 +3,9 @@
  * The table is process-wide on purpose: Fly's limits belong to the machine or
  * app, not to a Lua object, so every client in the process must draw from the
  * same bucket. One mutex guards it; callers hold it only for a lookup and a
- * few arithmetic operations. A bucket that has been full for a second (KEEP)
- * carries no information (a new one would give the same times), so such
- * buckets are dropped once the table grows, which keeps memory bounded by
+ * few arithmetic operations. A bucket that has been full for long enough
+ * (is_idle) carries no information (a new one would give the same times), so
+ * such buckets are dropped once the table grows, which keeps memory bounded by
  * the number of recently used keys. A sweep walks the whole table, so the
  * next one waits until the table has doubled from what the last one left:
  * with a new key per request (a new machine each call) sweeping costs O(1)
@@ -79,17 +79,23 @@ static void refill(bucket *b, fly_limit limit, double now) {
   }
 }
 
-/* Seconds a full bucket is kept: a request within them still sees when its
- * token came (the margin, at most 1 s, counts from there), as the Redis
- * script keeps its keys. */
-#define KEEP 1.0
+/* The longest margin a client may give (client.c checks rate_limit.margin). */
+#define MARGIN_MAX 1.0
 
-/* Whether the bucket has been full for KEEP seconds by `now` (a new one
- * would then give the same times). */
+/* Whether the bucket holds nothing a new one would not (a new one would give
+ * every later request the same times), by `now`: it is full, and has been
+ * full long enough that a request taking its oldest token goes at once
+ * whatever its margin. That token came (burst - 1) intervals before the
+ * bucket filled (reserve), and the request goes `margin` after it: a full
+ * bucket is kept MARGIN_MAX less those intervals, nothing for every
+ * published limit (their bursts hold more than a second of tokens), up to
+ * MARGIN_MAX for a burst of 1. */
 static int is_idle(const bucket *b, double now) {
-  if (b->tokens >= b->burst) return b->full_at + KEEP <= now;
+  double keep = MARGIN_MAX - (b->burst - 1) / b->rate;
+  if (keep < 0) keep = 0;
+  if (b->tokens >= b->burst) return b->full_at + keep <= now;
   double full_at = b->last + (b->burst - b->tokens) / b->rate;
-  return full_at + KEEP <= now;
+  return full_at + keep <= now;
 }
 
 /* Moves every bucket into n new slots (a power of two); 0 when out of

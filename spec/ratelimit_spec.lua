@@ -56,10 +56,12 @@ describe("rate limiting", function()
     local app = "forms-" .. core.now()
     local first = H.client { token = "tok-forms", rate_limit = rl }
     local t0 = core.now()
-    first:_build("Apps_show", { app_name = app }) -- the one token: the next comes 1 s later
+    -- (each request is held: one collected unsent would give its token back)
+    local held = { first:_build("Apps_show", { app_name = app }) } -- the one token: the next comes 1 s later
     for _, form in ipairs { "Bearer tok-forms", " tok-forms ", "bearer  tok-forms" } do
       local c = H.client { token = form, rate_limit = rl }
-      local wait = c:_build("Apps_show", { app_name = app }):_ready_at() - t0
+      held[#held + 1] = c:_build("Apps_show", { app_name = app })
+      local wait = held[#held]:_ready_at() - t0
       assert.is_true(wait > 0.5, ("%q got a bucket of its own"):format(form))
       c:close()
     end
@@ -135,13 +137,16 @@ describe("rate limiting", function()
     function()
       -- admission only (nothing is sent): how long after now each request may go, to within the
       -- microseconds an admission takes; `since`: the time since the previous admission, which
-      -- the bucket refilled meanwhile (what a busy machine's pauses add)
+      -- the bucket refilled meanwhile (what a busy machine's pauses add). Each request is held:
+      -- one collected unsent would give its token back.
       local last
+      local held = {}
       local function ready(c, app)
         local t0 = core.now()
         local since = last and t0 - last or 0
         last = t0
-        return c:_build("Apps_show", { app_name = app }):_ready_at() - t0, since
+        held[#held + 1] = c:_build("Apps_show", { app_name = app })
+        return held[#held]:_ready_at() - t0, since
       end
       local AT_ONCE = 0.1 -- generous: a busy machine may pause the admission itself
       local function near(want, d) assert.is_true(math.abs(d - want) < AT_ONCE, ("%f, not %f"):format(d, want)) end
@@ -174,13 +179,14 @@ describe("rate limiting", function()
     local c = H.client { rate_limit = { margin = 0, Apps_show = { rate = 1, burst = 1 } } }
     local app = "deadline-" .. core.now()
     local t0 = core.now()
-    c:_build("Apps_show", { app_name = app }) -- the one token: the next comes 1 s later
+    local first = c:_build("Apps_show", { app_name = app }) -- the one token: the next comes 1 s later
     for _ = 1, 5 do
       local res = c:_build("Apps_show", { app_name = app }, { deadline = 0.3 }):result()
       assert.equals("timeout", res.code)
     end
     local ready = c:_build("Apps_show", { app_name = app }):_ready_at() - t0
     assert.is_true(ready < 2, ready) -- 6 s when each failed call had kept a token
+    assert.is_true(first:_ready_at() <= t0 + 0.1) -- held to here: collected unsent, it gives its token back
     c:close()
   end)
 
@@ -199,7 +205,11 @@ describe("rate limiting", function()
 
   it("takes a limit out of the way when its burst is as large as its rate, not by its rate alone", function()
     -- admission only, as above: how long after now each request may go
-    local function ready(c, app) return c:_build("Apps_show", { app_name = app }):_ready_at() - core.now() end
+    local requests = {} -- each is held: one collected unsent would give its token back
+    local function ready(c, app)
+      requests[#requests + 1] = c:_build("Apps_show", { app_name = app })
+      return requests[#requests]:_ready_at() - core.now()
+    end
     local open = H.client { rate_limit = { margin = 0.5, Apps_show = { rate = 1e9, burst = 1e9 } } }
     local app = "open-" .. core.now()
     for i = 1, 50 do
@@ -289,7 +299,31 @@ describe("rate limiting", function()
     -- reach); bucket_count sweeps first
     c:sleep(1.1)
     assert.is_true(core.bucket_count() < before + 100, core.bucket_count())
+    -- a published limit's bucket holds more than a second of tokens: the margin never reaches
+    -- past a full one, so it goes as soon as it is full (0.2 s after its call for
+    -- Machines_show, not 1.2 s)
+    local published = H.client { rate_limit = {} }
+    for i = 1, 700 do published:call("Machines_show", { app_name = "idle", machine_id = "m" .. i }) end
+    c:sleep(0.5)
+    assert.is_true(core.bucket_count() < before + 100, core.bucket_count())
   end)
+
+  it("keeps a bucket that has been full as long as the margin may still count from its last token",
+    function()
+      -- burst 1: the token taken next came when the bucket filled, 0.1 s after the first call,
+      -- and the margin (1 s) counts from there: dropping the bucket once full would let the
+      -- next call go at once
+      local c = H.client { rate_limit = { margin = 1, Apps_show = { rate = 10, burst = 1 } } }
+      local app = "kept-" .. core.now()
+      local t0 = core.now()
+      local first = c:_build("Apps_show", { app_name = app })
+      c:sleep(0.3)
+      core.bucket_count() -- sweeps
+      local ready = c:_build("Apps_show", { app_name = app }):_ready_at() - t0
+      assert.is_true(ready > 1, ready) -- 1.1 s after the first call
+      assert.is_true(first:_ready_at() <= t0 + 0.1) -- held to here (collected unsent, it would give its token back)
+      c:close()
+    end)
 
   it("keeps every bucket apart while thousands refill at once", function()
     -- one token per app, back in 1,000 s: each app's first call takes it, and its bucket is
