@@ -239,11 +239,13 @@ void fly_build(lua_State *L, const fly_build_base *base, const fly_operation *op
                  luaL_typename(L, -1));
       size_t vn;
       const char *v = fly_param_string(L, lua_gettop(L), op, p->name, &vn, level);
-      if (has_crlf(v, vn)) raise_at(L, level, "fly: %s: parameter '%s' contains a line break", op->id, p->name);
-      /* libcurl leaves out a header with nothing but blanks after its colon: a blank lease
-         nonce would make an update outside any lease look like one under it (safe to repeat) */
+      const char *flaw = header_flaw(v, vn);
+      if (flaw) raise_at(L, level, "fly: %s: parameter '%s' contains %s", op->id, p->name, flaw);
+      /* libcurl leaves out a header with nothing but blanks after its colon (its ISSPACE: space,
+         tab, vertical tab, form feed; CR and LF are refused above): a blank lease nonce would
+         make an update outside any lease look like one under it (safe to repeat) */
       size_t k = 0;
-      while (k < vn && (v[k] == ' ' || v[k] == '\t')) k++;
+      while (k < vn && (v[k] == ' ' || v[k] == '\t' || v[k] == '\v' || v[k] == '\f')) k++;
       if (k == vn) raise_at(L, level, "fly: %s: parameter '%s' must not be empty", op->id, p->name);
       if (!w->headers.n) {
         const fly_strlist *shared = w->body ? base->json_headers : base->headers;

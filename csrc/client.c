@@ -199,14 +199,16 @@ int fly_l_new(lua_State *L) {
   rawfield(L, 1, "token");
   size_t tn;
   const char *token = luaL_checklstring(L, -1, &tn);
-  if (has_crlf(token, tn)) return luaL_error(L, "fly: the token contains a line break");
+  const char *flaw = header_flaw(token, tn);
+  if (flaw) return luaL_error(L, "fly: the token contains %s", flaw);
   rawfield(L, 1, "base_url");
   size_t bn;
   const char *base = luaL_checklstring(L, -1, &bn);
   while (bn > 0 && base[bn - 1] == '/') bn--;
   rawfield(L, 1, "user_agent");
-  const char *ua = luaL_checkstring(L, -1);
-  if (has_crlf(ua, strlen(ua))) return luaL_error(L, "fly: user_agent contains a line break");
+  size_t un;
+  const char *ua = luaL_checklstring(L, -1, &un);
+  if ((flaw = header_flaw(ua, un))) return luaL_error(L, "fly: user_agent contains %s", flaw);
   rawfield(L, 1, "ca_file");
   const char *ca = luaL_optstring(L, -1, NULL);
 
@@ -262,7 +264,7 @@ int fly_l_new(lua_State *L) {
       size_t kn, vn;
       const char *k = lua_tolstring(L, -2, &kn);
       const char *v = lua_tolstring(L, -1, &vn);
-      if (kn == 0 || has_crlf(k, kn) || has_crlf(v, vn) || memchr(k, ':', kn))
+      if (kn == 0 || header_flaw(k, kn) || header_flaw(v, vn) || memchr(k, ':', kn))
         return fly_client_close(L, c), luaL_error(L, "fly: header '%s' is not a valid header", k);
       if (strcasecmp(k, "Authorization") == 0)
         return fly_client_close(L, c), luaL_error(L, "fly: set the token with the token option, not a header");

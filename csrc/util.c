@@ -60,10 +60,12 @@ uint64_t fnv64(uint64_t h, const char *s, size_t n) {
   return h;
 }
 
-int has_crlf(const char *s, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') return 1;
-  return 0;
+const char *header_flaw(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '\r' || s[i] == '\n') return "a line break";
+    if (s[i] == '\0') return "a NUL byte";
+  }
+  return NULL;
 }
 
 int rawfield(lua_State *L, int t, const char *k) {

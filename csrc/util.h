@@ -37,8 +37,9 @@ char *dupn(const char *s, size_t n);
 /* FNV-1a over n bytes, continuing from h. */
 uint64_t fnv64(uint64_t h, const char *s, size_t n);
 
-/* Whether s holds CR, LF or NUL (not allowed in a header line). */
-int has_crlf(const char *s, size_t n);
+/* What makes s unfit for a header line: "a line break" (CR or LF) or "a
+ * NUL byte"; NULL when nothing does. */
+const char *header_flaw(const char *s, size_t n);
 
 /* Pushes t[k] read raw (no metamethods: no user code runs half-way through
  * a core function) and returns its type. */

@@ -40,9 +40,12 @@ describe("client:call", function()
     assert.has_error(function()
       c:call("Machines_release_lease", { app_name = "a", machine_id = "m", lease_nonce = "n\r\nX-Evil: 1" })
     end, "fly: Machines_release_lease: parameter 'lease_nonce' contains a line break")
+    assert.has_error(function()
+      c:call("Machines_release_lease", { app_name = "a", machine_id = "m", lease_nonce = "n\0" })
+    end, "fly: Machines_release_lease: parameter 'lease_nonce' contains a NUL byte")
     -- a blank header value would not be sent at all (an update outside any lease would then be
-    -- taken for one under it, and repeated)
-    for _, blank in ipairs { "", " ", "\t " } do
+    -- taken for one under it, and repeated): blank as libcurl counts it
+    for _, blank in ipairs { "", " ", "\t ", "\v", " \f\t" } do
       assert.has_error(function()
         c:call("Machines_update", { app_name = "a", machine_id = "m", lease_nonce = blank, body = {} })
       end, "fly: Machines_update: parameter 'lease_nonce' must not be empty")

@@ -57,6 +57,11 @@ describe("fly.new", function()
       .. '%(got "127%.0%.0%.1:4280"%)$', function() fly.new { token = "t", base_url = "127.0.0.1:4280" } end)
     H.raises("needs a scheme", function() fly.new { token = "t", base_url = "api.machines.dev" } end)
     assert.has_error(function() fly.new { token = "t", headers = { ["X-A"] = "1\r\nX-B: 2" } } end)
+    -- the token and user agent say what is wrong with them (the token itself never shows)
+    assert.has_error(function() fly.new { token = "t\nX-B: 2" } end, "fly: the token contains a line break")
+    assert.has_error(function() fly.new { token = "t\0u" } end, "fly: the token contains a NUL byte")
+    assert.has_error(function() fly.new { token = "t", user_agent = "ua\0" } end,
+      "fly: user_agent contains a NUL byte")
     -- the retry table: a misspelt key is an error, not a silent default
     assert.has_error(function() fly.new { token = "t", retry = { attmpts = 2 } } end,
       "fly: retry: unknown option 'attmpts' (options are attempts, base, cap, max_wait)")
