@@ -186,7 +186,8 @@ describe("rate limiting", function()
     end
     local ready = c:_build("Apps_show", { app_name = app }):_ready_at() - t0
     assert.is_true(ready < 2, ready) -- 6 s when each failed call had kept a token
-    assert.is_true(first:_ready_at() <= t0 + 0.1) -- held to here: collected unsent, it gives its token back
+    -- the first went at once; held to here (collected unsent, it would give its token back)
+    assert.is_true(first:_ready_at() - t0 < 0.5)
     c:close()
   end)
 
@@ -321,7 +322,8 @@ describe("rate limiting", function()
       core.bucket_count() -- sweeps
       local ready = c:_build("Apps_show", { app_name = app }):_ready_at() - t0
       assert.is_true(ready > 1, ready) -- 1.1 s after the first call
-      assert.is_true(first:_ready_at() <= t0 + 0.1) -- held to here (collected unsent, it would give its token back)
+      -- the first went at once; held to here (collected unsent, it would give its token back)
+    assert.is_true(first:_ready_at() - t0 < 0.5)
       c:close()
     end)
 
