@@ -34,10 +34,12 @@
  * ARGV[1]: microseconds per token (1e6 / rate); ARGV[2]: burst; ARGV[3]: "1"
  * to empty the bucket first. A bucket holds `burst - (TAT - now) / interval`
  * tokens, so taking one moves TAT by one interval, and the request may go
- * once `burst` intervals remain before TAT. The key expires a second after
- * the bucket is full again (so that a request within that second still sees
- * when its token came: the margin, at most 1 s, counts from there); a
- * missing key is a bucket full for longer than that. Answers the
+ * once `burst` intervals remain before TAT. The key expires once a missing
+ * key would give every later request the same time (as ratelimit.c drops
+ * its buckets): when the bucket is full again (TAT), plus what remains of a
+ * second (the longest margin, which counts from when a token came) past the
+ * `burst - 1` intervals its oldest token is then old; at TAT for every
+ * published limit. A missing key is such a bucket. Answers the
  * delay in microseconds from now to when the bucket came to hold the token
  * taken: TAT before the reservation, plus one interval, less `burst` of them
  * (negative when that is past; a million seconds ago for a missing key), as
@@ -59,7 +61,9 @@ static const char SCRIPT[] =
     "local tat = prev or now\n"
     "if tat < now then tat = now end\n"
     "tat = tat + interval\n"
-    "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)\n"
+    "local keep = 1000000 - (burst - 1) * interval\n"
+    "if keep < 0 then keep = 0 end\n"
+    "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now + keep) / 1000))\n"
     "return math.floor(delay)\n";
 
 typedef struct pending {

@@ -91,10 +91,17 @@ describe("fly.ngx.limiter #nginx", function()
       -- bucket full since made, 1 s ago for the next, now for the third)
       for i = 6, 9 do waits[i] = lim:reserve("edge", 1, 3, 0.05) end
       local real = require("fly.ngx.limiter").new()
+      local dict = ngx.shared.fly_limits
       real:reserve("idle", 100, 1)
-      local stored = ngx.shared.fly_limits:get("idle") ~= nil
-      ngx.sleep(1.1) -- full again after 10 ms, kept a second more
-      return waits, after, stored and ngx.shared.fly_limits:get("idle") == nil
+      real:reserve("idle-wide", 5, 10)
+      local stored = dict:get("idle") ~= nil and dict:get("idle-wide") ~= nil
+      -- "idle-wide" is full again after 0.2 s, and holds more than a second of tokens: no
+      -- margin reaches back to its oldest one, so it goes then; "idle" (burst 1) is full again
+      -- after 10 ms and kept a second more, for the margin of a request taking its token
+      ngx.sleep(0.4)
+      local wide_gone, narrow_kept = dict:get("idle-wide") == nil, dict:get("idle") ~= nil
+      ngx.sleep(0.8)
+      return waits, after, stored and wide_gone and narrow_kept and dict:get("idle") == nil
     ]]
     for i, want in ipairs { 0, 0, 0, 0.5, 1, 0, 0, 0.05, 1.05 } do
       assert.is_true(math.abs(waits[i] - want) < 1e-9, ("wait %d: %.17g, not %g"):format(i, waits[i], want))

@@ -251,6 +251,12 @@ describe("the shared rate limiter (Redis) #driver", function()
     -- the key lives until its bucket would be full again, and a second more
     local ttl = tonumber(cli("pttl " .. r.key))
     assert.is_true(ttl == -2 or (ttl > 0 and ttl <= 1250), "ttl " .. tostring(ttl))
+    -- a bucket that holds more than a second of tokens (as every published limit does) is
+    -- let go as soon as it is full: no margin reaches back to its oldest token
+    local wide = run(("--owner http://api.example %q %s app-2 5 10 1"):format(token, url()))
+    assert.equals(0, wide.code, wide.out)
+    local wide_ttl = tonumber(cli("pttl " .. wide.key))
+    assert.is_true(wide_ttl == -2 or (wide_ttl > 0 and wide_ttl <= 250), "ttl " .. tostring(wide_ttl))
     socket.sleep(1.3)
     assert.equals("0", cli("exists " .. r.key):match("%d+"))
     -- same owner, same key; another token, another key

@@ -32,8 +32,17 @@ local M = {}
 local ngx = rawget(_G, "ngx")
 local max, huge = math.max, math.huge
 
--- Seconds a bucket's key outlives the time its bucket is full again.
-local KEEP = 1
+-- The longest margin a client may give (rate_limit.margin), in seconds.
+local MARGIN_MAX = 1
+
+-- Seconds a bucket's key outlives the time its bucket is full again: until a missing key (a
+-- bucket full for long) would give every later request the same time, as the core drops its
+-- buckets and the Redis script lets its keys expire. A request taking the oldest token of a
+-- full bucket keeps its margin from when that token came, `burst - 1` intervals before the
+-- bucket filled: nothing for every published limit, up to MARGIN_MAX for a burst of 1.
+local function keep(rate, burst)
+  return max(0, MARGIN_MAX - (burst - 1) / rate)
+end
 
 --- The shared dict's name.
 M.DICT = "fly_limits"
@@ -45,7 +54,8 @@ local warned = false
 local full_warned = false -- said once per worker: the dict ran out of room
 local worker_buckets -- without the dict: this worker's buckets, shared by its limiters
 
--- Per-worker buckets (no shared dict): TAT by key, with the core's sweep of full buckets.
+-- Per-worker buckets (no shared dict): TAT by key, and when each may go (TAT plus its keep),
+-- with the core's sweep of buckets that may go.
 local Local = {}
 Local.__index = Local
 
@@ -53,28 +63,22 @@ local SWEEP_ABOVE = 512
 
 function Local:get(key) return self.tat[key] end
 
--- Stores the bucket's TAT; a bucket full by now is dropped (a missing key is a full bucket).
-function Local:set(key, tat, now)
-  local t = self.tat
-  if tat <= now then
-    if t[key] then
-      t[key] = nil
-      self.count = self.count - 1
-    end
-    return
-  end
+-- Stores the bucket's TAT, kept `ttl` seconds from `now` (a missing key is a bucket full for
+-- long); buckets past their time are dropped once there are many.
+function Local:set(key, tat, ttl, now)
+  local t, drop = self.tat, self.drop
   if not t[key] then
     if self.count >= SWEEP_ABOVE then
-      for k, v in pairs(t) do
-        if v <= now then
-          t[k] = nil
+      for k, at in pairs(drop) do
+        if at <= now then
+          t[k], drop[k] = nil, nil
           self.count = self.count - 1
         end
       end
     end
     self.count = self.count + 1
   end
-  t[key] = tat
+  t[key], drop[key] = tat, now + ttl
 end
 
 local function clock()
@@ -94,7 +98,7 @@ function M.new(opts)
   if shared then
     self.dict = shared
   else
-    worker_buckets = worker_buckets or setmetatable({ tat = {}, count = 0 }, Local)
+    worker_buckets = worker_buckets or setmetatable({ tat = {}, drop = {}, count = 0 }, Local)
     self.dict = worker_buckets
     if not warned and ngx and ngx.log then
       warned = true
@@ -109,13 +113,13 @@ end
 function Limiter:shared() return getmetatable(self.dict) ~= Local end
 
 -- Runs f(tat or nil, now) -> new tat under the bucket's lock (nil: no key, a bucket full for
--- long); returns f's second result.
-function Limiter:_update(key, f)
+-- long), for a bucket of `rate` and `burst`; returns f's second result.
+function Limiter:_update(key, rate, burst, f)
   local dict = self.dict
   if getmetatable(dict) == Local then
     local now = self.now()
     local tat, result = f(dict:get(key), now)
-    dict:set(key, tat, now)
+    dict:set(key, tat, max(tat - now, 0) + keep(rate, burst), now)
     return result
   end
   local lock = key .. "|lock"
@@ -130,10 +134,10 @@ function Limiter:_update(key, f)
   end
   local now = self.now()
   local tat, result = f(dict:get(key), now)
-  -- kept a second past the time the bucket is full again (TAT), as the core keeps its buckets
-  -- and the Redis script its keys: a request within that second still sees when its token
-  -- came (the margin, at most 1 s, counts from there)
-  local ok, err, forcible = dict:set(key, tat, max(tat - now, 0) + KEEP)
+  -- kept past the time the bucket is full again (TAT) while a request may still need to see
+  -- when its token came (keep); TAT is at least one interval ahead here, so the time to live
+  -- is never 0 (which would mean for ever)
+  local ok, err, forcible = dict:set(key, tat, max(tat - now, 0) + keep(rate, burst))
   dict:delete(lock)
   if not ok then return nil, "fly: cannot store the rate-limit bucket: " .. tostring(err) end
   if forcible and not full_warned and ngx.log then
@@ -156,7 +160,7 @@ end
 -- @tparam[opt=0] number margin seconds a request keeps from the moment its token came
 -- @treturn number seconds to wait (or nil, message when the dict fails)
 function Limiter:reserve(key, rate, burst, margin)
-  return self:_update(key, function(prev, now)
+  return self:_update(key, rate, burst, function(prev, now)
     local interval = 1 / rate
     -- when the bucket came to hold the token taken (long ago when full for long), as the core's
     -- buckets and the Redis script have it
@@ -168,7 +172,7 @@ end
 --- The server answered 429 for `key`: empty the bucket, so the next reservation waits for a
 -- refill.
 function Limiter:penalize(key, rate, burst)
-  return self:_update(key, function(tat, now)
+  return self:_update(key, rate, burst, function(tat, now)
     return max(tat or now, now + burst / rate), true
   end)
 end

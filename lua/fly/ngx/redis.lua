@@ -39,7 +39,9 @@ M.SCRIPT = table.concat {
   "local tat = prev or now\n",
   "if tat < now then tat = now end\n",
   "tat = tat + interval\n",
-  "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)\n",
+  "local keep = 1000000 - (burst - 1) * interval\n",
+  "if keep < 0 then keep = 0 end\n",
+  "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now + keep) / 1000))\n",
   "return math.floor(delay)\n",
 }
 
