@@ -189,9 +189,15 @@ static int hex_digit(char c) {
 }
 
 /* How many bytes at p (before end) spell the byte c: 1 when it is c itself,
- * the length of a JSON escape of c (`\/`, `\u002f`, ...), 0 when neither. */
+ * the length of a JSON escape of c (`\/`, `\u002f`, ...) or of its
+ * percent-encoding (`%2F`, as in a URL a server quotes), 0 when none. */
 static size_t spells(const char *p, const char *end, unsigned char c) {
   if ((unsigned char)*p == c) return 1;
+  if (*p == '%') {
+    int hi, lo;
+    if (end - p < 3 || (hi = hex_digit(p[1])) < 0 || (lo = hex_digit(p[2])) < 0) return 0;
+    return hi * 16 + lo == c ? 3 : 0;
+  }
   if (*p != '\\' || end - p < 2) return 0;
   switch (p[1]) {
   case '/': case '\\': case '"': return (unsigned char)p[1] == c ? 2 : 0;
@@ -222,21 +228,28 @@ static char *spelled(char *p, char *end, const char *s, size_t sn, size_t *k) {
   return p;
 }
 
-/* Masks every occurrence of s in buf, written plainly or with any of its
- * bytes as JSON escapes (a server that echoes the token inside JSON may
- * write `/` as `\/`, or any byte as `\u00XX`): the whole spelling becomes
- * '*', so JSON stays JSON and decodes to stars. */
+/* The fewest leading bytes of a secret that are masked where they stand
+ * alone: a server that cuts a long token short in its message ("invalid
+ * token fm2_lJPE...") must not show what it kept of it. */
+#define PREFIX_MIN 16
+
+/* Masks every occurrence of s in buf, and of its first PREFIX_MIN or more
+ * bytes, written plainly, with any of its bytes as JSON escapes (a server
+ * that echoes the token inside JSON may write `/` as `\/`, or any byte as
+ * `\u00XX`) or percent-encoded: the whole spelling becomes '*', so JSON stays
+ * JSON and decodes to stars. */
 static void mask(char *buf, size_t n, const char *s, size_t sn) {
   if (sn == 0) return;
+  size_t least = sn < PREFIX_MIN ? sn : PREFIX_MIN;
   char *end = buf + n;
   for (char *p = buf; p < end;) {
-    if (*p != *s && *p != '\\') { /* the common case: cannot start a spelling */
+    if (*p != *s && *p != '\\' && *p != '%') { /* the common case: cannot start a spelling */
       p++;
       continue;
     }
     size_t k;
     char *q = spelled(p, end, s, sn, &k);
-    if (k == sn) {
+    if (k >= least) {
       memset(p, '*', (size_t)(q - p));
       p = q;
     } else {
@@ -251,10 +264,11 @@ static void mask_tail(char *buf, size_t n, const char *s, size_t sn) {
   size_t reach = 6 * sn; /* the longest spelling of s */
   char *end = buf + n;
   for (char *p = n > reach ? end - reach : buf; p < end; p++) {
-    if (*p != *s && *p != '\\') continue;
+    if (*p != *s && *p != '\\' && *p != '%') continue;
     size_t k;
     char *q = spelled(p, end, s, sn, &k);
-    if (k < sn && q < end && *q == '\\' && end - q < 6) q = end; /* cut inside an escape */
+    if (k < sn && q < end && ((*q == '\\' && end - q < 6) || (*q == '%' && end - q < 3)))
+      q = end; /* cut inside an escape */
     if (k > 0 && k < sn && q == end) {
       memset(p, '*', (size_t)(end - p));
       return;

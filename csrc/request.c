@@ -203,7 +203,8 @@ void fly_request_accept(fly_request *r) {
 
 void fly_request_scrub(fly_request *r) {
   if (!r->auth) return;
-  if (r->too_large) fly_scrub_head(r->resp, r->resp_len, r->auth); /* a head, cut at max_body */
+  /* a body cut short (at max_body, or by a failed transfer) may end inside the token */
+  if (r->too_large || r->reply.code) fly_scrub_head(r->resp, r->resp_len, r->auth);
   else fly_scrub(r->resp, r->resp_len, r->auth);
   if (r->message) fly_scrub(r->message, strlen(r->message), r->auth);
 }
@@ -284,6 +285,9 @@ static fly_request *build_admit(lua_State *L, fly_client *c, int level, int exte
   if (auth) {
     if (!(r->auth = dupn(auth, strlen(auth)))) luaL_error(L, "fly: out of memory");
     r->reply.auth = r->auth;
+    /* the path is only shown (errors, traces, tostring): a token given by mistake as a path
+       parameter is not (the URL sent keeps it) */
+    fly_scrub(r->wire.path, strlen(r->wire.path), r->auth);
   }
 
   fly_retry *p = &r->retry;

@@ -100,14 +100,19 @@ void fly_trace_start(fly_request *r, const fly_strlist *headers, double now) {
   r->attempt_start = now;
   fly_event *e = push(r, FLY_EV_START, now);
   if (!e || !r->trace->bodies) return;
+  /* copies, masked: the caller may send the token itself (tokens:authenticate, a header of
+     its own), which the event must not show */
   if (r->wire.body) {
     e->body = dupn(r->wire.body, r->wire.body_len);
     if (e->body) e->body_len = r->wire.body_len;
+    if (e->body && r->auth) fly_scrub(e->body, e->body_len, r->auth);
   }
   for (size_t i = 0; headers && i < headers->n; i++) {
     const char *h = headers->v[i];
     if (strncasecmp(h, "Authorization:", 14) == 0) continue; /* the token, never */
     if (!fly_strlist_add(&e->headers, h, strlen(h))) break;
+    char *copy = e->headers.v[e->headers.n - 1];
+    if (r->auth) fly_scrub(copy, strlen(copy), r->auth);
   }
 }
 
@@ -128,7 +133,8 @@ static void finish_event(fly_request *r, double now, int attempt) {
     e->body = dupn(r->resp, r->resp_len);
     if (e->body) e->body_len = r->resp_len;
     if (e->body && r->auth) { /* a success's too: a copy */
-      if (r->too_large) fly_scrub_head(e->body, e->body_len, r->auth);
+      /* a body cut short (max_body, or the transfer failed) may end inside the token */
+      if (r->too_large || a->code) fly_scrub_head(e->body, e->body_len, r->auth);
       else fly_scrub(e->body, e->body_len, r->auth);
     }
   }

@@ -221,6 +221,62 @@ describe("a hostile server", function()
         assert.matches("bad credentials", err.message)
       end)
 
+      it("in an error whose connection drops inside the token: no head of it kept, in the error or the trace",
+        function()
+          local v, err, texts = traced("echo-token-cut")
+          assert.is_nil(v)
+          assert.equals("protocol", err.code) -- the body ended before its length, as "truncated"
+          assert.matches("^{\"error\":\"bad credentials: FlyV1 %*+$", err.body)
+          clean { tostring(err), err.message or "", err.body or "" }
+          clean(texts)
+          for _, text in ipairs(texts) do assert.is_nil(text:find("fm2_", 1, true), text) end
+        end)
+
+      it("cut short by the server, or percent-encoded: masked all the same", function()
+        for _, case in ipairs { "echo-token-short", "echo-token-percent" } do
+          local v, err, texts = traced(case)
+          assert.is_nil(v)
+          assert.equals(401, err.status)
+          clean { tostring(err), err.message or "", err.body or "" }
+          clean(texts)
+          assert.is_nil((err.body or ""):find("fm2_", 1, true), err.body)
+          assert.is_nil((err.body or ""):find("fm2%5F", 1, true), err.body)
+          assert.matches("%*%*%*%*%*%*%*%*", err.body)
+        end
+      end)
+
+      it("sent by the caller in a request body or header: masked in the trace's start event", function()
+        local events = {}
+        local c = client { token = token, retry = { attempts = 1 }, trace_bodies = true,
+          headers = { ["X-Echo"] = token }, trace = function(e) events[#events + 1] = e end }
+        c.tokens:authenticate(token) -- checking one's own token: the body holds it
+        c:close()
+        local starts = 0
+        for _, e in ipairs(events) do
+          if e.kind == "start" then
+            starts = starts + 1
+            assert.matches('^{"header":"FlyV1 %*+"}$', e.body)
+            local texts = { e.body }
+            for _, h in ipairs(e.headers) do texts[#texts + 1] = h end
+            clean(texts)
+          end
+        end
+        assert.equals(1, starts)
+      end)
+
+      it("given by mistake as a path parameter: masked where the path is shown", function()
+        local events = {}
+        local c = client { token = token, retry = { attempts = 1 }, trace = function(e) events[#events + 1] = e end }
+        local v, err = c.apps:get((token:gsub("^FlyV1 ", "")))
+        c:close()
+        assert.is_nil(v)
+        assert.equals(404, err.status) -- the server got the path as given
+        assert.matches("^/v1/apps/%*+$", err.path)
+        local texts = { tostring(err), err.message or "", err.path }
+        for _, e in ipairs(events) do texts[#texts + 1] = e.path or "" end
+        clean(texts)
+      end)
+
       it("in a 2xx whose JSON does not parse: masked in the error's body and the trace", function()
         local v, err, texts = traced("echo-token-broken")
         assert.is_nil(v)

@@ -187,6 +187,17 @@ while true do
       answer("200 OK", "application/json", ('{"name":"x","token":"%s",'):format(text))(c)
     elseif name == "echo-token-id" then -- in the request id of a success
       answer("200 OK", "application/json", '{"name":"x"}', { "fly-request-id: " .. text })(c)
+    elseif name == "echo-token-cut" then -- in an error whose connection drops inside the token
+      local start = '{"error":"bad credentials: ' .. text:sub(1, 30)
+      send(c, "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: " ..
+        (#start + 200) .. "\r\n\r\n" .. start)
+    elseif name == "echo-token-short" then -- a server that cuts the token short in its message
+      local bare = text:gsub("^%S+%s+", "")
+      answer("401 Unauthorized", "application/json",
+        ('{"error":"invalid token %s..."}'):format(bare:sub(1, 20)))(c)
+    elseif name == "echo-token-percent" then -- percent-encoded, as in a URL the server quotes
+      local encoded = text:gsub("[^%w_.~-]", function(ch) return ("%%%02X"):format(ch:byte()) end)
+      answer("401 Unauthorized", "application/json", ('{"error":"bad link: /x?t=%s"}'):format(encoded))(c)
     elseif name == "echo-token-id-503" then -- in the request id of a failure, longer than it is kept
       answer("503 Service Unavailable", "application/json", '{"error":"later"}',
         { "fly-request-id: " .. text:gsub("^%S+%s+", "") })(c)
