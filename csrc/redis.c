@@ -32,7 +32,9 @@
 /* The reservation, atomic on the server. KEYS[1]: the bucket, holding its
  * theoretical arrival time (TAT) in microseconds of the server's clock.
  * ARGV[1]: microseconds per token (1e6 / rate); ARGV[2]: burst; ARGV[3]: "1"
- * to empty the bucket first. A bucket holds `burst - (TAT - now) / interval`
+ * to empty the bucket first; ARGV[4] (optional): the latest delay, in
+ * microseconds, at which the request can still go in time: a later one takes
+ * no token (the bucket stays as it was, but for a penalty, which stays). A bucket holds `burst - (TAT - now) / interval`
  * tokens, so taking one moves TAT by one interval, and the request may go
  * once `burst` intervals remain before TAT. The key expires once a missing
  * key would give every later request the same time (as ratelimit.c drops
@@ -55,12 +57,22 @@ static const char SCRIPT[] =
     "  return redis.error_reply('fly: bad limit')\n"
     "end\n"
     "local prev = tonumber(redis.call('GET', KEYS[1]))\n"
-    "if ARGV[3] == '1' and (prev or 0) < now + burst * interval then prev = now + burst * interval end\n"
+    "local penalized = false\n"
+    "if ARGV[3] == '1' and (prev or 0) < now + burst * interval then\n"
+    "  prev, penalized = now + burst * interval, true\n"
+    "end\n"
     "local delay = -1e12\n"
     "if prev then delay = prev + interval - burst * interval - now end\n"
-    "local tat = prev or now\n"
-    "if tat < now then tat = now end\n"
-    "tat = tat + interval\n"
+    "local latest = tonumber(ARGV[4])\n"
+    "local tat\n"
+    "if latest and delay >= latest then\n"
+    "  if not penalized then return math.floor(delay) end\n"
+    "  tat = prev\n"
+    "else\n"
+    "  tat = prev or now\n"
+    "  if tat < now then tat = now end\n"
+    "  tat = tat + interval\n"
+    "end\n"
     "local keep = 1000000 - (burst - 1) * interval\n"
     "if keep < 0 then keep = 0 end\n"
     "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now + keep) / 1000))\n"
@@ -75,6 +87,7 @@ typedef struct pending {
   double sent;
   char interval[32], burst[32];
   char penalize[2];
+  char latest[32];  /* ARGV[4]: the latest delay (microseconds) that is in time; "" for none */
   char key[];       /* owned, NUL-terminated */
 } pending;
 
@@ -442,8 +455,9 @@ static void on_admit(redisAsyncContext *ac, void *reply, void *privdata) {
 }
 
 static int send_admission(fly_redis *r, pending *p, int full) {
-  const char *argv[7];
-  size_t lens[7];
+  const char *argv[8];
+  size_t lens[8];
+  int argc = p->latest[0] ? 8 : 7;
   argv[0] = full ? "EVAL" : "EVALSHA";
   argv[1] = full ? SCRIPT : r->sha;
   lens[1] = full ? sizeof SCRIPT - 1 : strlen(r->sha);
@@ -452,9 +466,10 @@ static int send_admission(fly_redis *r, pending *p, int full) {
   argv[4] = p->interval;
   argv[5] = p->burst;
   argv[6] = p->penalize;
-  for (int i = 0; i < 7; i++)
+  argv[7] = p->latest;
+  for (int i = 0; i < argc; i++)
     if (i != 1) lens[i] = strlen(argv[i]);
-  return redisAsyncCommandArgv(r->ac, on_admit, p, 7, argv, lens) == REDIS_OK;
+  return redisAsyncCommandArgv(r->ac, on_admit, p, argc, argv, lens) == REDIS_OK;
 }
 
 /* Runs f on the context with SIGPIPE blocked on this thread, and swallows a
@@ -731,8 +746,8 @@ double fly_redis_next_timeout(fly_redis *r, double now) {
   return t > 0 ? t : 0;
 }
 
-int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, void *cookie,
-                    double now) {
+int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, double latest,
+                    void *cookie, double now) {
   check_resolution(r, now);
   if ((r->down || !r->ac) && (now < r->retry_at || (!r->ac && !reconnect(r, now)))) {
     r->stats.local++;
@@ -752,6 +767,7 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
   snprintf(p->interval, sizeof p->interval, "%.6f", 1e6 / limit.rate);
   snprintf(p->burst, sizeof p->burst, "%.6f", limit.burst);
   p->penalize[0] = penalize ? '1' : '0';
+  if (latest < 1e12) snprintf(p->latest, sizeof p->latest, "%.0f", latest > -1e12 ? latest * 1e6 : -1e18);
   if (!send_admission(r, p, 0)) {
     free(p);
     r->stats.local++;

@@ -119,12 +119,15 @@ double fly_redis_next_timeout(fly_redis *r, double now);
 
 /* Sends an admission for bucket `key` (see fly_redis_key) under `limit`.
  * penalize: first empty the bucket (the server answered 429), as
- * fly_rate_penalize. Returns 0 when the admission is on its way: exactly one
+ * fly_rate_penalize. latest: the latest delay (seconds from when the token
+ * came to now, as the answer's `delay`) at which the request is still in
+ * time; one that is later takes no token, and its answer's delay says how
+ * late it is (INFINITY: any). Returns 0 when the admission is on its way: exactly one
  * answer will come through fly_redis_next with this cookie (unless it is
  * cancelled); or FLY_REDIS_LOCAL when the limiter is down (or short of
  * memory): use the local bucket now, nothing is queued. */
-int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, void *cookie,
-                    double now);
+int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, double latest,
+                    void *cookie, double now);
 
 /* Forgets the admission with this cookie (its request went away): no result
  * will be queued for it. */

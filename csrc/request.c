@@ -152,6 +152,11 @@ int fly_request_fits(const fly_request *r, double at) {
   return r->retry.attempts == 0 ? at < r->retry.deadline : fly_retry_fits(&r->retry, at);
 }
 
+double fly_request_latest(const fly_request *r) {
+  if (r->retry.deadline <= 0) return INFINITY;
+  return r->retry.attempts == 0 ? r->retry.deadline : r->retry.deadline - r->retry.took;
+}
+
 void fly_request_out_of_time(fly_request *r, const char *why) {
   /* a retry's last outcome stays, unless a restart that sent nothing cleared it */
   if (r->retry.attempts > 0 && (r->reply.status || r->reply.code)) return;
@@ -392,6 +397,18 @@ static int l_req_rate(lua_State *L) {
   lua_pushnumber(L, r->retry.limit.burst);
   lua_pushnumber(L, r->retry.margin);
   return 4;
+}
+
+/* req:_latest() -> seconds from now before which the request's next attempt
+ * must be ready to go in time (a transport's limiter then takes no token for
+ * one that would wait longer: see fly_request_latest), or nothing without a
+ * deadline. */
+static int l_req_latest(lua_State *L) {
+  fly_request *r = check_carried(L);
+  double latest = fly_request_latest(r);
+  if (latest == INFINITY) return 0;
+  lua_pushnumber(L, latest - fly_now());
+  return 1;
 }
 
 /* req:_admit(wait) -> "ready", at | "done": an externally admitted request
@@ -716,4 +733,5 @@ const luaL_Reg fly_request_methods[] = {
   {"done", l_req_done},         {"result", l_req_result},     {"success", l_req_success},
   {"json", l_req_json},         {"cancel", l_req_cancel},     {"_ready_at", l_req_ready_at},
   {"_wire", l_req_wire},        {"_complete", l_req_complete}, {"_failed", l_req_failed},
-  {"_rate", l_req_rate},        {"_admit", l_req_admit},      {NULL, NULL}};
+  {"_rate", l_req_rate},        {"_admit", l_req_admit},      {"_latest", l_req_latest},
+  {NULL, NULL}};

@@ -100,6 +100,9 @@ void fly_request_fail(lua_State *L, fly_request *r, const char *code, const char
  * deadline: a first attempt before it, a retry with more time left than the
  * attempt before it took (fly_retry_fits). */
 int fly_request_fits(const fly_request *r, double at);
+/* The time (fly_now's clock) before which the request must be ready to fit
+ * (fly_request_fits: `at < latest`); INFINITY without a deadline. */
+double fly_request_latest(const fly_request *r);
 
 /* Ends a request whose next attempt does not fit (the caller finishes or
  * delivers it): a retry keeps the outcome of the attempt before it, which is

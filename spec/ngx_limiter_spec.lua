@@ -111,6 +111,21 @@ describe("fly.ngx.limiter #nginx", function()
     assert.is_true(gone)
   end)
 
+  it("takes no token for a request its wait would push past its deadline", function()
+    local waits, after = n:run [[
+      local t = 2000
+      local lim = require("fly.ngx.limiter").new { now = function() return t end }
+      local key = "deadline-" .. ngx.now()
+      lim:reserve(key, 1, 1) -- the one token: the next comes 1 s later
+      local waits = {}
+      for i = 1, 5 do waits[i] = lim:reserve(key, 1, 1, 0, 0.3) end -- each would wait 1 s
+      t = t + 1
+      return waits, lim:reserve(key, 1, 1, 0, 0.3)
+    ]]
+    for i = 1, 5 do assert.equals(1, waits[i]) end
+    assert.equals(0, after) -- 5 s when each refused request had kept a token
+  end)
+
   it("waits out a lock left by a dead worker", function()
     local wait, elapsed = n:run [[
       ngx.shared.fly_limits:add("stuck|lock", true, 0.2)
@@ -133,11 +148,15 @@ describe("fly.ngx.limiter without lua_shared_dict fly_limits #nginx", function()
     local shared, waits = n:run [[
       local limiter = require "fly.ngx.limiter"
       local a, b = limiter.new(), limiter.new()
-      return a:shared(), { a:reserve("k", 1, 2), b:reserve("k", 1, 2), a:reserve("k", 1, 2) }
+      -- a request that may wait only 0.3 s takes no token (the fourth, 1 s, not 2)
+      return a:shared(), { a:reserve("k", 1, 2), b:reserve("k", 1, 2), a:reserve("k", 1, 2),
+        a:reserve("d", 1, 1), a:reserve("d", 1, 1, 0, 0.3), a:reserve("d", 1, 1) }
     ]]
     assert.is_false(shared)
     assert.equal(0, waits[1])
     assert.is_true(waits[3] > 0.9)
+    assert.is_true(waits[5] > 0.9, waits[5])
+    assert.is_true(waits[6] > 0.9 and waits[6] < 1.5, waits[6])
     local _, count = n:error_log():gsub("no lua_shared_dict fly_limits", "")
     assert.equal(1, count)
   end)

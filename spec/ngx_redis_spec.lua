@@ -118,6 +118,25 @@ describe("fly.ngx.redis #nginx", function()
     assert.is_true(math.abs(waits[5] - 0.10) < 0.02, "next waits " .. waits[5])
   end)
 
+  it("takes no token in Redis for a request its wait would push past its deadline", function()
+    local scope = "deadline-" .. os.time() .. "-" .. math.random(1e6)
+    local code = ([[
+      local lim = require("fly.ngx.redis").new { url = %q }
+      local waits = {}
+      for i = 1, %d do waits[i] = lim:reserve("fly-spec|Apps_show|%s", 1, 1, 0, 0.3) end
+      return waits, lim:shared()
+    ]]):format(url(), 1, scope)
+    local first, shared = run(code) -- the one token: the next comes 1 s later
+    assert.is_true(shared)
+    assert.is_true(first[1] < 0.3)
+    local key = "fly:rl:fly-spec:Apps_show:" .. scope
+    local tat = cli("get " .. key):match("(%d+)")
+    assert.is_string(tat)
+    local waits = run(code:gsub("for i = 1, 1 do", "for i = 1, 5 do"))
+    for i = 1, 5 do assert.is_true(waits[i] > 0.3, waits[i]) end -- each would wait about 1 s
+    assert.equals(tat, cli("get " .. key):match("(%d+)")) -- 5 s later when each had kept a token
+  end)
+
   it("reloads the script after NOSCRIPT (SCRIPT FLUSH) and stays on Redis", function()
     assert.matches("OK", cli("script flush"))
     local times, shared = run(("return fire(%q, 4, 'owner4|Machines_start|m-1', 20, 3)"):format(url()))

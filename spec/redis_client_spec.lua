@@ -297,6 +297,28 @@ describe("rate_limit.redis", function()
     c:close()
   end)
 
+  it("takes no token in Redis for a call its wait there would push past its deadline", function()
+    -- one token a second; the first call makes the bucket's key, then the bucket in Redis is
+    -- set 5 s behind (as other processes' calls would leave it) while this process's own bucket
+    -- is full again: calls that may wait only 0.3 s fail, and must leave Redis's bucket as it was
+    local name = "deadline-" .. math.floor(socket.gettime() * 1000)
+    local c = H.client { rate_limit = { redis = url(), margin = 0, Apps_show = { rate = 1, burst = 1 } } }
+    c:call("Apps_show", { app_name = name })
+    local key = cli("--scan --pattern 'fly:rl:*:Apps_show:" .. name .. "'"):match("(%S+)")
+    assert.is_string(key)
+    socket.sleep(1.1)
+    local s, us = cli("time"):match("(%d+)%s+(%d+)")
+    local tat = ("%.0f"):format(tonumber(s) * 1e6 + tonumber(us) + 5e6)
+    cli(("set %s %s px 60000"):format(key, tat))
+    for _ = 1, 5 do
+      local res, err = c:call("Apps_show", { app_name = name }, { deadline = 0.3 })
+      assert.is_nil(res)
+      assert.equals("timeout", err.code)
+    end
+    assert.equals(tat, cli("get " .. key):match("(%d+)")) -- 5 s later when each had kept a token
+    c:close()
+  end)
+
   it("falls back when Redis does not answer or is not there, and rejects bad URLs at fly.new", function()
     local c = H.client { rate_limit = { redis = url() } }
     assert(c.apps:get(app))

@@ -149,7 +149,7 @@ static void admit(fly_redis *r, slot *s, const char *key, const char *local_key,
                   int every) {
   s->sent = fly_now();
   s->penalize = every > 0 && s->n % every == 0;
-  if (fly_redis_admit(r, key, limit, s->penalize, (void *)(intptr_t)s->n, s->sent) == 0) {
+  if (fly_redis_admit(r, key, limit, s->penalize, INFINITY, (void *)(intptr_t)s->n, s->sent) == 0) {
     s->asked = 1;
   } else {
     s->done = 1;

@@ -113,13 +113,14 @@ end
 function Limiter:shared() return getmetatable(self.dict) ~= Local end
 
 -- Runs f(tat or nil, now) -> new tat under the bucket's lock (nil: no key, a bucket full for
--- long), for a bucket of `rate` and `burst`; returns f's second result.
+-- long), for a bucket of `rate` and `burst`; returns f's second result. A new tat of nil
+-- leaves the bucket as it was.
 function Limiter:_update(key, rate, burst, f)
   local dict = self.dict
   if getmetatable(dict) == Local then
     local now = self.now()
     local tat, result = f(dict:get(key), now)
-    dict:set(key, tat, max(tat - now, 0) + keep(rate, burst), now)
+    if tat then dict:set(key, tat, max(tat - now, 0) + keep(rate, burst), now) end
     return result
   end
   local lock = key .. "|lock"
@@ -134,6 +135,10 @@ function Limiter:_update(key, rate, burst, f)
   end
   local now = self.now()
   local tat, result = f(dict:get(key), now)
+  if not tat then
+    dict:delete(lock)
+    return result
+  end
   -- kept past the time the bucket is full again (TAT) while a request may still need to see
   -- when its token came (keep); TAT is at least one interval ahead here, so the time to live
   -- is never 0 (which would mean for ever)
@@ -158,14 +163,18 @@ end
 -- @tparam number rate tokens per second
 -- @tparam number burst bucket size
 -- @tparam[opt=0] number margin seconds a request keeps from the moment its token came
+-- @tparam[opt] number max_wait the request can go in time only if it waits less: one that
+-- would wait longer takes no token (the wait returned says how long it would have been)
 -- @treturn number seconds to wait (or nil, message when the dict fails)
-function Limiter:reserve(key, rate, burst, margin)
+function Limiter:reserve(key, rate, burst, margin, max_wait)
   return self:_update(key, rate, burst, function(prev, now)
     local interval = 1 / rate
     -- when the bucket came to hold the token taken (long ago when full for long), as the core's
     -- buckets and the Redis script have it
     local at = prev and prev + interval - burst * interval or -huge
-    return max(prev or now, now) + interval, max(0, at + (margin or 0) - now)
+    local wait = max(0, at + (margin or 0) - now)
+    if max_wait and wait >= max_wait then return nil, wait end -- too late: no token
+    return max(prev or now, now) + interval, wait
   end)
 end
 

@@ -121,8 +121,10 @@ local function sleep(seconds)
   check_cancelled()
 end
 
--- A bucket's wait for one more request (after emptying it for a 429).
-local function bucket_wait(client, key, rate, burst, margin, penalize)
+-- A bucket's wait for one more request, `req` (after emptying it for a 429). A request that
+-- would wait past its deadline takes no token: it fails (req:_admit) and leaves the bucket
+-- to the requests after it.
+local function bucket_wait(client, req, key, rate, burst, margin, penalize)
   local shared = client:_state().shared_limit -- set by fly.new from rate_limit.redis
   local url = shared and shared.url or false
   local buckets = limiters[url]
@@ -132,7 +134,9 @@ local function bucket_wait(client, key, rate, burst, margin, penalize)
     limiters[url] = buckets
   end
   if penalize then buckets:penalize(key, rate, burst) end
-  local wait, err = buckets:reserve(key, rate, burst, margin)
+  local max_wait = req:_latest()
+  if max_wait and max_wait <= 0 then return 0 end -- past its deadline already: no token
+  local wait, err = buckets:reserve(key, rate, burst, margin, max_wait)
   if not wait then
     -- the dict failed (it is full of locks?): pace by the core's published limit instead
     ngx.log(ngx.ERR, err)
@@ -164,7 +168,7 @@ local sending = setmetatable({}, { __mode = "k" })
 -- The trace hook sees each step's events as the libcurl loop's do (fly.trace).
 local function carry(client, req)
   local key, rate, burst, margin = req:_rate()
-  if key and not done_fn(req) then req:_admit(bucket_wait(client, key, rate, burst, margin, false)) end
+  if key and not done_fn(req) then req:_admit(bucket_wait(client, req, key, rate, burst, margin, false)) end
   drain(client)
   while not done_fn(req) do
     sleep(req:_ready_at() - now())
@@ -182,7 +186,7 @@ local function carry(client, req)
     else
       _, _, bucket = req:_failed(err.code, err.message, err.sent, err.status)
     end
-    if bucket then req:_admit(bucket_wait(client, key, rate, burst, margin, bucket == "penalize")) end
+    if bucket then req:_admit(bucket_wait(client, req, key, rate, burst, margin, bucket == "penalize")) end
     drain(client)
     check_cancelled()
   end

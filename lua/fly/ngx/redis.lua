@@ -33,12 +33,22 @@ M.SCRIPT = table.concat {
   "  return redis.error_reply('fly: bad limit')\n",
   "end\n",
   "local prev = tonumber(redis.call('GET', KEYS[1]))\n",
-  "if ARGV[3] == '1' and (prev or 0) < now + burst * interval then prev = now + burst * interval end\n",
+  "local penalized = false\n",
+  "if ARGV[3] == '1' and (prev or 0) < now + burst * interval then\n",
+  "  prev, penalized = now + burst * interval, true\n",
+  "end\n",
   "local delay = -1e12\n",
   "if prev then delay = prev + interval - burst * interval - now end\n",
-  "local tat = prev or now\n",
-  "if tat < now then tat = now end\n",
-  "tat = tat + interval\n",
+  "local latest = tonumber(ARGV[4])\n",
+  "local tat\n",
+  "if latest and delay >= latest then\n",
+  "  if not penalized then return math.floor(delay) end\n",
+  "  tat = prev\n",
+  "else\n",
+  "  tat = prev or now\n",
+  "  if tat < now then tat = now end\n",
+  "  tat = tat + interval\n",
+  "end\n",
   "local keep = 1000000 - (burst - 1) * interval\n",
   "if keep < 0 then keep = 0 end\n",
   "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now + keep) / 1000))\n",
@@ -204,23 +214,25 @@ function Limiter:_connect()
 end
 
 -- One admission through Redis: the delay in seconds to when the bucket held the token taken
--- (negative when that is past), or nil, why.
-function Limiter:_admit(key, rate, burst, penalize)
+-- (negative when that is past), or nil, why. `latest` (seconds, optional): the latest delay
+-- that is in time; a later one takes no token.
+function Limiter:_admit(key, rate, burst, penalize, latest)
   local red, err = self:_connect()
   if not red then return nil, err end
   local interval, b = ("%.6f"):format(1e6 / rate), ("%.6f"):format(burst)
+  local l = latest and ("%.0f"):format(max(latest, -1e12) * 1e6) or nil
   local res
-  res, err = red:evalsha(M.sha(), 1, key, interval, b, penalize)
+  res, err = red:evalsha(M.sha(), 1, key, interval, b, penalize, l)
   if res == nil and err == "closed" and (red:get_reused_times() or 0) > 0 then
     -- a kept-alive connection Redis closed (a restart) before the command reached it: once
     -- more on a new one
     red, err = self:_connect()
     if not red then return nil, err end
-    res, err = red:evalsha(M.sha(), 1, key, interval, b, penalize)
+    res, err = red:evalsha(M.sha(), 1, key, interval, b, penalize, l)
   end
   if not res and type(err) == "string" and err:find("^NOSCRIPT") then
     -- the script cache was flushed: send it whole, which loads it; the reservation did not happen
-    res, err = red:eval(M.SCRIPT, 1, key, interval, b, penalize)
+    res, err = red:eval(M.SCRIPT, 1, key, interval, b, penalize, l)
   end
   if type(res) ~= "number" then
     red:close()
@@ -238,10 +250,10 @@ local function shared_key(key)
 end
 
 -- The delay Redis gives, or nil when Redis is (or just went) away.
-function Limiter:_shared(key, rate, burst, penalize)
+function Limiter:_shared(key, rate, burst, penalize, latest)
   local h = self.health
   if h.down and self.now() < h.retry_at then return nil end
-  local wait, err = self:_admit(shared_key(key), rate, burst, penalize)
+  local wait, err = self:_admit(shared_key(key), rate, burst, penalize, latest)
   if not wait then
     if not h.down then warn(self, false, err) end
     h.down, h.retry_at = true, self.now() + self.retry
@@ -263,16 +275,18 @@ end
 -- @tparam number rate tokens per second
 -- @tparam number burst bucket size
 -- @tparam[opt=0] number margin seconds a request keeps from the moment its token came
+-- @tparam[opt] number max_wait the request can go in time only if it waits less: one that
+-- would wait longer takes no token (the wait returned says how long it would have been)
 -- @treturn number seconds to wait (or nil, message when Redis is away and the fallback fails)
-function Limiter:reserve(key, rate, burst, margin)
-  local here, err = self.fallback:reserve(key, rate, burst, margin)
+function Limiter:reserve(key, rate, burst, margin, max_wait)
+  local here, err = self.fallback:reserve(key, rate, burst, margin, max_wait)
   local shared
   local retry_at = self.retries[key]
   if retry_at then -- the retry after a 429: penalize took its token in Redis already
     self.retries[key] = nil
     shared = retry_at - self.now()
   else
-    shared = self:_shared(key, rate, burst, "0")
+    shared = self:_shared(key, rate, burst, "0", max_wait and max_wait - (margin or 0))
   end
   if shared then return max(0, shared + (margin or 0)) end
   return here, err
