@@ -37,7 +37,8 @@ function M.check(level)
   local ok, phase = M.cosockets()
   if ok then return end
   local where = phase and ("nginx's '" .. phase .. "' phase") or "this Lua state (not inside nginx)"
-  error("fly: API calls need nginx cosockets, which " .. where .. " does not allow; "
+  error("fly: API calls (and the sleeps and tasks around them) need nginx cosockets, which " .. where
+    .. " does not allow; "
     .. "make the call from a rewrite, access or content handler, or run it in a timer: "
     .. "ngx.timer.at(0, function() ... end)", (level or 2) + 1)
 end
