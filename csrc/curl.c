@@ -579,9 +579,9 @@ static void shared_warn(fly_client *c) {
  * for the answer unless the limiter is down (its local time stands). */
 static void shared_admit(fly_client *c, fly_request *r, int penalize) {
   double now = fly_now();
-  /* a request Redis would delay past its deadline takes no token there (after a 429 the penalty
-     and the retry's token go together) */
-  double latest = penalize ? INFINITY : fly_request_latest(r) - now - c->rate_margin;
+  /* a request Redis would delay past its deadline takes no token there (after a 429 the bucket
+     is emptied all the same) */
+  double latest = fly_request_latest(r) - now - c->rate_margin;
   r->admitting = fly_redis_admit(c->redis, r->shared_key, r->retry.limit, penalize, latest, r, now) == 0;
   /* send it now: the socket is writable but for a full buffer, which hiredis notices; the
      answer is read by the loop's next turns */

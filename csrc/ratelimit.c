@@ -41,6 +41,7 @@ typedef struct bucket {
   double rate;    /* the limit in force when last touched */
   double burst;
   double shift;   /* seconds it was pushed back in all (fly_rate_sent) */
+  double keep;    /* seconds it is kept once full (is_idle): the longest of the limits that used it */
   char key[];     /* owned, NUL-terminated */
 } bucket;
 
@@ -65,9 +66,25 @@ static uint32_t hash(const char *s) {
   return h;
 }
 
+/* The longest margin a client may give (client.c checks rate_limit.margin). */
+#define MARGIN_MAX 1.0
+
+/* Seconds a full bucket of this limit is kept: while a request taking its
+ * oldest token would still keep a margin from it. That token came (burst - 1)
+ * intervals before the bucket filled (reserve), and the request goes
+ * `margin` after it: MARGIN_MAX less those intervals, nothing for every
+ * published limit (their bursts hold more than a second of tokens), up to
+ * MARGIN_MAX for a burst of 1. */
+static double keep_for(fly_limit limit) {
+  double keep = MARGIN_MAX - (limit.burst - 1) / limit.rate;
+  return keep > 0 ? keep : 0;
+}
+
 static void refill(bucket *b, fly_limit limit, double now) {
   b->rate = limit.rate;
   b->burst = limit.burst;
+  double keep = keep_for(limit); /* clients of one owner may give one key different limits */
+  if (keep > b->keep) b->keep = keep;
   if (now > b->last) {
     double tokens = b->tokens + (now - b->last) * limit.rate;
     if (tokens >= limit.burst) {
@@ -79,23 +96,14 @@ static void refill(bucket *b, fly_limit limit, double now) {
   }
 }
 
-/* The longest margin a client may give (client.c checks rate_limit.margin). */
-#define MARGIN_MAX 1.0
-
 /* Whether the bucket holds nothing a new one would not (a new one would give
  * every later request the same times), by `now`: it is full, and has been
- * full long enough that a request taking its oldest token goes at once
- * whatever its margin. That token came (burst - 1) intervals before the
- * bucket filled (reserve), and the request goes `margin` after it: a full
- * bucket is kept MARGIN_MAX less those intervals, nothing for every
- * published limit (their bursts hold more than a second of tokens), up to
- * MARGIN_MAX for a burst of 1. */
+ * full long enough (b->keep, keep_for) that a request taking its oldest token
+ * goes at once whatever its margin. */
 static int is_idle(const bucket *b, double now) {
-  double keep = MARGIN_MAX - (b->burst - 1) / b->rate;
-  if (keep < 0) keep = 0;
-  if (b->tokens >= b->burst) return b->full_at + keep <= now;
+  if (b->tokens >= b->burst) return b->full_at + b->keep <= now;
   double full_at = b->last + (b->burst - b->tokens) / b->rate;
-  return full_at + keep <= now;
+  return full_at + b->keep <= now;
 }
 
 /* Moves every bucket into n new slots (a power of two); 0 when out of
@@ -164,6 +172,7 @@ static bucket *lookup(const char *key, fly_limit limit, double now) {
   b->rate = limit.rate;
   b->burst = limit.burst;
   b->shift = 0;
+  b->keep = keep_for(limit);
   b->next = slots[h & (nslots - 1)];
   slots[h & (nslots - 1)] = b;
   count++;

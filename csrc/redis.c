@@ -767,7 +767,8 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
   snprintf(p->interval, sizeof p->interval, "%.6f", 1e6 / limit.rate);
   snprintf(p->burst, sizeof p->burst, "%.6f", limit.burst);
   p->penalize[0] = penalize ? '1' : '0';
-  if (latest < 1e12) snprintf(p->latest, sizeof p->latest, "%.0f", latest > -1e12 ? latest * 1e6 : -1e18);
+  /* rounded up: a delay the script refuses is then never one the caller would let go */
+  if (latest < 1e12) snprintf(p->latest, sizeof p->latest, "%.0f", latest > -1e12 ? ceil(latest * 1e6) : -1e18);
   if (!send_admission(r, p, 0)) {
     free(p);
     r->stats.local++;

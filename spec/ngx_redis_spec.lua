@@ -137,6 +137,21 @@ describe("fly.ngx.redis #nginx", function()
     assert.equals(tat, cli("get " .. key):match("(%d+)")) -- 5 s later when each had kept a token
   end)
 
+  it("after a 429 empties the bucket, but takes no token for a retry that cannot go in time", function()
+    local scope = "penalty-" .. os.time() .. "-" .. math.random(1e6)
+    local waits = run(([[
+      local lim = require("fly.ngx.redis").new { url = %q }
+      local key = "fly-spec|Apps_show|%s"
+      lim:penalize(key, 1, 3, 0, 0.3) -- the retry may wait 0.3 s: the bucket is 3 s behind
+      return { lim:reserve(key, 1, 3, 0, 0.3) } -- the retry itself: refused, no token either
+    ]]):format(url(), scope))
+    assert.is_true(waits[1] > 0.3, waits[1])
+    local tat = tonumber(cli("get fly:rl:fly-spec:Apps_show:" .. scope):match("(%d+)"))
+    local s, us = cli("time"):match("(%d+)%s+(%d+)")
+    local ahead = (tat - (tonumber(s) * 1e6 + tonumber(us))) / 1e6
+    assert.is_true(ahead > 2 and ahead < 3.5, ahead) -- the penalty's 3 s; 4 s with a token taken
+  end)
+
   it("reloads the script after NOSCRIPT (SCRIPT FLUSH) and stays on Redis", function()
     assert.matches("OK", cli("script flush"))
     local times, shared = run(("return fire(%q, 4, 'owner4|Machines_start|m-1', 20, 3)"):format(url()))

@@ -133,8 +133,10 @@ local function bucket_wait(client, req, key, rate, burst, margin, penalize)
       or limiter.new()
     limiters[url] = buckets
   end
-  if penalize then buckets:penalize(key, rate, burst) end
   local max_wait = req:_latest()
+  -- after a 429 the bucket is emptied all the same; a retry that cannot go in time takes no
+  -- token there either
+  if penalize then buckets:penalize(key, rate, burst, margin, max_wait) end
   if max_wait and max_wait <= 0 then return 0 end -- past its deadline already: no token
   local wait, err = buckets:reserve(key, rate, burst, margin, max_wait)
   if not wait then

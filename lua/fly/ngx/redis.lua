@@ -220,7 +220,8 @@ function Limiter:_admit(key, rate, burst, penalize, latest)
   local red, err = self:_connect()
   if not red then return nil, err end
   local interval, b = ("%.6f"):format(1e6 / rate), ("%.6f"):format(burst)
-  local l = latest and ("%.0f"):format(max(latest, -1e12) * 1e6) or nil
+  -- rounded up: a delay the script refuses is then never one the caller would let go
+  local l = latest and ("%.0f"):format(math.ceil(max(latest, -1e12) * 1e6)) or nil
   local res
   res, err = red:evalsha(M.sha(), 1, key, interval, b, penalize, l)
   if res == nil and err == "closed" and (red:get_reused_times() or 0) > 0 then
@@ -295,11 +296,17 @@ end
 --- The server answered 429 for `key`: empty the bucket in Redis and in the fallback, so the
 -- next reservation waits for a refill. Redis empties the bucket and takes the retry's token in
 -- one round trip: the next `reserve` of this key is that retry's, and costs no round trip.
-function Limiter:penalize(key, rate, burst)
+-- Given `max_wait` (with the retry's `margin`), a retry that cannot go in time takes no token:
+-- the bucket is emptied all the same, and the next `reserve` asks Redis again.
+function Limiter:penalize(key, rate, burst, margin, max_wait)
   local ok, err = self.fallback:penalize(key, rate, burst)
-  local shared = self:_shared(key, rate, burst, "1")
+  local latest = max_wait and max_wait - (margin or 0)
+  local shared = self:_shared(key, rate, burst, "1", latest)
   if not shared then return ok, err end
-  self.retries[key] = self.now() + shared
+  -- the script refused the token when its delay (whole µs) reached the latest it was given
+  if not (latest and shared >= math.ceil(latest * 1e6) / 1e6) then
+    self.retries[key] = self.now() + shared
+  end
   return true
 end
 
