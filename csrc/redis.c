@@ -32,7 +32,9 @@
 /* The reservation, atomic on the server. KEYS[1]: the bucket, holding its
  * theoretical arrival time (TAT) in microseconds of the server's clock.
  * ARGV[1]: microseconds per token (1e6 / rate); ARGV[2]: burst; ARGV[3]: "1"
- * to empty the bucket first; ARGV[4] (optional): the latest delay, in
+ * to empty the bucket first, "2" to give back a token (of a request that never
+ * went out: the bucket moves one interval back, never past full; answers 0);
+ * ARGV[4] (optional): the latest delay, in
  * microseconds, at which the request can still go in time: a later one takes
  * no token (the bucket stays as it was, but for a penalty, which stays). A bucket holds `burst - (TAT - now) / interval`
  * tokens, so taking one moves TAT by one interval, and the request may go
@@ -57,6 +59,16 @@ static const char SCRIPT[] =
     "  return redis.error_reply('fly: bad limit')\n"
     "end\n"
     "local prev = tonumber(redis.call('GET', KEYS[1]))\n"
+    "local keep = 1000000 - (burst - 1) * interval\n"
+    "if keep < 0 then keep = 0 end\n"
+    "if ARGV[3] == '2' then\n"
+    "  if prev and prev > now then\n"
+    "    local tat = prev - interval\n"
+    "    if tat < now then tat = now end\n"
+    "    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now + keep) / 1000) + 1)\n"
+    "  end\n"
+    "  return 0\n"
+    "end\n"
     "local penalized = false\n"
     "if ARGV[3] == '1' and (prev or 0) < now + burst * interval then\n"
     "  prev, penalized = now + burst * interval, true\n"
@@ -73,8 +85,6 @@ static const char SCRIPT[] =
     "  if tat < now then tat = now end\n"
     "  tat = tat + interval\n"
     "end\n"
-    "local keep = 1000000 - (burst - 1) * interval\n"
-    "if keep < 0 then keep = 0 end\n"
     "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now + keep) / 1000))\n"
     "return math.floor(delay)\n";
 

@@ -126,6 +126,52 @@ describe("fly.ngx.limiter #nginx", function()
     assert.equals(0, after) -- 5 s when each refused request had kept a token
   end)
 
+  it("gives back the token of a request that never went out", function()
+    local waits = n:run [[
+      local t = 3000
+      local lim = require("fly.ngx.limiter").new { now = function() return t end }
+      local key = "refund-" .. ngx.now()
+      local waits = { lim:reserve(key, 1, 1) } -- the one token: the next comes 1 s later
+      lim:refund(key, 1, 1) -- its request was cancelled: the token is there again
+      waits[2] = lim:reserve(key, 1, 1)
+      waits[3] = lim:reserve(key, 1, 1) -- the next one waits for the refill
+      lim:refund(key, 1, 1)
+      lim:refund(key, 1, 1) -- never past full
+      waits[4] = lim:reserve(key, 1, 1)
+      waits[5] = lim:reserve(key, 1, 1)
+      return waits
+    ]]
+    assert.same({ 0, 0, 1, 0, 1 }, waits)
+  end)
+
+  it("gives back the tokens of calls whose connection could not be made", function()
+    -- 3 calls of 3 attempts each to a port nobody listens on, one token a second: each
+    -- attempt takes a token and gives it back, so the bucket is full at the end (9 s behind
+    -- when each kept its token, and the calls would take as long)
+    local full, codes = n:run [[
+      local fly = require "fly"
+      local client = assert(fly.new { token = "refund-token", base_url = "http://127.0.0.1:1",
+        retry = { attempts = 3, base = 0.01, cap = 0.02 },
+        rate_limit = { margin = 0, Apps_show = { rate = 1, burst = 1 } } })
+      local codes = {}
+      for i = 1, 3 do
+        local _, err = client.apps:get("refund-app")
+        codes[i] = err.code
+      end
+      local dict, full = ngx.shared.fly_limits, nil
+      ngx.update_time()
+      for _, k in ipairs(dict:get_keys(0)) do
+        if k:find("|Apps_show|refund-app", 1, true) and not k:find("|lock", 1, true) then
+          local tat = dict:get(k) -- gone: full for long
+          full = tat == nil or tat <= ngx.now() + 0.5 -- full now: not a token behind, nor 9
+        end
+      end
+      return full, codes
+    ]]
+    assert.same({ "connect", "connect", "connect" }, codes)
+    assert.is_true(full)
+  end)
+
   it("waits out a lock left by a dead worker", function()
     local wait, elapsed = n:run [[
       ngx.shared.fly_limits:add("stuck|lock", true, 0.2)

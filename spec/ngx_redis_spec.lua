@@ -152,6 +152,24 @@ describe("fly.ngx.redis #nginx", function()
     assert.is_true(ahead > 2 and ahead < 3.5, ahead) -- the penalty's 3 s; 4 s with a token taken
   end)
 
+  it("gives back the token of a request that never went out, in Redis and the fallback", function()
+    local scope = "refund-" .. os.time() .. "-" .. math.random(1e6)
+    local waits = run(([[
+      local lim = require("fly.ngx.redis").new { url = %q }
+      local key = "fly-spec|Apps_show|%s"
+      local waits = { lim:reserve(key, 1, 3), lim:reserve(key, 1, 3) } -- two of three tokens
+      lim:refund(key, 1, 3) -- the second's request was cancelled
+      lim:refund(key, 1, 3) -- and then the first's
+      waits[3] = lim:reserve(key, 1, 3)
+      return waits
+    ]]):format(url(), scope))
+    assert.same({ 0, 0, 0 }, waits)
+    local tat = tonumber(cli("get fly:rl:fly-spec:Apps_show:" .. scope):match("(%d+)"))
+    local s, us = cli("time"):match("(%d+)%s+(%d+)")
+    local ahead = (tat - (tonumber(s) * 1e6 + tonumber(us))) / 1e6
+    assert.is_true(ahead > 0.5 and ahead < 1.5, ahead) -- one token out: 3 s when none came back
+  end)
+
   it("reloads the script after NOSCRIPT (SCRIPT FLUSH) and stays on Redis", function()
     assert.matches("OK", cli("script flush"))
     local times, shared = run(("return fire(%q, 4, 'owner4|Machines_start|m-1', 20, 3)"):format(url()))

@@ -140,9 +140,9 @@ function Limiter:_update(key, rate, burst, f)
     return result
   end
   -- kept past the time the bucket is full again (TAT) while a request may still need to see
-  -- when its token came (keep); TAT is at least one interval ahead here, so the time to live
-  -- is never 0 (which would mean for ever)
-  local ok, err, forcible = dict:set(key, tat, max(tat - now, 0) + keep(rate, burst))
+  -- when its token came (keep); never 0, which would mean for ever (a refund may leave the
+  -- bucket full now)
+  local ok, err, forcible = dict:set(key, tat, max(max(tat - now, 0) + keep(rate, burst), 0.001))
   dict:delete(lock)
   if not ok then return nil, "fly: cannot store the rate-limit bucket: " .. tostring(err) end
   if forcible and not full_warned and ngx.log then
@@ -175,6 +175,17 @@ function Limiter:reserve(key, rate, burst, margin, max_wait)
     local wait = max(0, at + (margin or 0) - now)
     if max_wait and wait >= max_wait then return nil, wait end -- too late: no token
     return max(prev or now, now) + interval, wait
+  end)
+end
+
+--- Gives back the token a reservation took for a request that never went out (cancelled while
+-- it waited, past its deadline, or its connection could not be made): the bucket moves one
+-- interval back, never past full. The requests after it keep their waits; the next
+-- reservation may use the token.
+function Limiter:refund(key, rate, burst)
+  return self:_update(key, rate, burst, function(tat, now)
+    if not tat or tat <= now then return nil, true end -- full already
+    return max(tat - 1 / rate, now), true
   end)
 end
 

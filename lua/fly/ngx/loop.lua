@@ -121,10 +121,8 @@ local function sleep(seconds)
   check_cancelled()
 end
 
--- A bucket's wait for one more request, `req` (after emptying it for a 429). A request that
--- would wait past its deadline takes no token: it fails (req:_admit) and leaves the bucket
--- to the requests after it.
-local function bucket_wait(client, req, key, rate, burst, margin, penalize)
+-- The client's limiter: on the shared dict, or on Redis with rate_limit.redis.
+local function buckets_of(client)
   local shared = client:_state().shared_limit -- set by fly.new from rate_limit.redis
   local url = shared and shared.url or false
   local buckets = limiters[url]
@@ -133,18 +131,27 @@ local function bucket_wait(client, req, key, rate, burst, margin, penalize)
       or limiter.new()
     limiters[url] = buckets
   end
+  return buckets
+end
+
+-- A bucket's wait for one more request, `req` (after emptying it for a 429), and whether it
+-- took a token. A request that would wait past its deadline takes none: it fails
+-- (req:_admit) and leaves the bucket to the requests after it.
+local function bucket_wait(client, req, key, rate, burst, margin, penalize)
+  local buckets = buckets_of(client)
   local max_wait = req:_latest()
   -- after a 429 the bucket is emptied all the same; a retry that cannot go in time takes no
   -- token there either
   if penalize then buckets:penalize(key, rate, burst, margin, max_wait) end
-  if max_wait and max_wait <= 0 then return 0 end -- past its deadline already: no token
+  if max_wait and max_wait <= 0 then return 0, false end -- past its deadline already: no token
   local wait, err = buckets:reserve(key, rate, burst, margin, max_wait)
   if not wait then
     -- the dict failed (it is full of locks?): pace by the core's published limit instead
     ngx.log(ngx.ERR, err)
-    return 1 / rate + margin
+    return 1 / rate + margin, false
   end
-  return wait
+  -- a refused reservation answers a wait of max_wait or more (Redis's rounds up)
+  return wait, not (max_wait and wait >= max_wait)
 end
 
 -- http.request's options for a request's wire form.
@@ -170,28 +177,47 @@ local sending = setmetatable({}, { __mode = "k" })
 -- The trace hook sees each step's events as the libcurl loop's do (fly.trace).
 local function carry(client, req)
   local key, rate, burst, margin = req:_rate()
-  if key and not done_fn(req) then req:_admit(bucket_wait(client, req, key, rate, burst, margin, false)) end
-  drain(client)
-  while not done_fn(req) do
-    sleep(req:_ready_at() - now())
-    if done_fn(req) then break end -- cancelled while it waited
-    -- woken late (or a slow trace hook): past the deadline, or a retry with less time left than
-    -- the attempt before it took, ends here instead of going out
-    if req:_admit(0) == "done" then break end
-    local w = req:_wire()
-    sending[req] = true -- from here a cancel may leave it running on the server
-    local res, err = http.send(w, http_options(w)) -- the phase was checked by loop.submit
-    sending[req] = nil
-    local _, bucket
-    if res then
-      _, _, bucket = req:_complete(res.status, res.headers, res.body)
-    else
-      _, _, bucket = req:_failed(err.code, err.message, err.sent, err.status)
-    end
-    if bucket then req:_admit(bucket_wait(client, req, key, rate, burst, margin, bucket == "penalize")) end
-    drain(client)
-    check_cancelled()
+  -- whether the request holds a token of its bucket for an attempt not sent yet: given back
+  -- when that attempt never goes out (the request ended while it waited, or its connection
+  -- could not be made)
+  local holds = false
+  local function admit(penalize)
+    local wait, took = bucket_wait(client, req, key, rate, burst, margin, penalize)
+    holds = took
+    req:_admit(wait)
   end
+  local function give_back()
+    if holds then buckets_of(client):refund(key, rate, burst) end
+    holds = false
+  end
+  if key and not done_fn(req) then admit(false) end
+  drain(client)
+  local ok, failure = pcall(function() -- a cancel raises out of a sleep: the token goes back
+    while not done_fn(req) do
+      sleep(req:_ready_at() - now())
+      if done_fn(req) then break end -- cancelled while it waited
+      -- woken late (or a slow trace hook): past the deadline, or a retry with less time left
+      -- than the attempt before it took, ends here instead of going out
+      if req:_admit(0) == "done" then break end
+      local w = req:_wire()
+      sending[req] = true -- from here a cancel may leave it running on the server
+      local res, err = http.send(w, http_options(w)) -- the phase was checked by loop.submit
+      sending[req] = nil
+      if res or err.sent then holds = false end -- it may have reached the server: used
+      give_back()
+      local _, bucket
+      if res then
+        _, _, bucket = req:_complete(res.status, res.headers, res.body)
+      else
+        _, _, bucket = req:_failed(err.code, err.message, err.sent, err.status)
+      end
+      if bucket then admit(bucket == "penalize") end
+      drain(client)
+      check_cancelled()
+    end
+  end)
+  give_back()
+  if not ok then error(failure, 0) end
   drain(client) -- what ended it while it waited (a giveup)
   return req
 end

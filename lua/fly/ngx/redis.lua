@@ -33,6 +33,16 @@ M.SCRIPT = table.concat {
   "  return redis.error_reply('fly: bad limit')\n",
   "end\n",
   "local prev = tonumber(redis.call('GET', KEYS[1]))\n",
+  "local keep = 1000000 - (burst - 1) * interval\n",
+  "if keep < 0 then keep = 0 end\n",
+  "if ARGV[3] == '2' then\n",
+  "  if prev and prev > now then\n",
+  "    local tat = prev - interval\n",
+  "    if tat < now then tat = now end\n",
+  "    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now + keep) / 1000) + 1)\n",
+  "  end\n",
+  "  return 0\n",
+  "end\n",
   "local penalized = false\n",
   "if ARGV[3] == '1' and (prev or 0) < now + burst * interval then\n",
   "  prev, penalized = now + burst * interval, true\n",
@@ -49,8 +59,6 @@ M.SCRIPT = table.concat {
   "  if tat < now then tat = now end\n",
   "  tat = tat + interval\n",
   "end\n",
-  "local keep = 1000000 - (burst - 1) * interval\n",
-  "if keep < 0 then keep = 0 end\n",
   "redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now + keep) / 1000))\n",
   "return math.floor(delay)\n",
 }
@@ -308,6 +316,14 @@ function Limiter:penalize(key, rate, burst, margin, max_wait)
     self.retries[key] = self.now() + shared
   end
   return true
+end
+
+--- Gives back the token a reservation took for a request that never went out (cancelled while
+-- it waited, past its deadline, or its connection could not be made): in Redis and in the
+-- fallback. The requests after it keep their waits; the next reservation may use the token.
+function Limiter:refund(key, rate, burst)
+  self.fallback:refund(key, rate, burst)
+  self:_shared(key, rate, burst, "2")
 end
 
 --- Whether the limiter is on Redis now (false while it is marked away).
