@@ -305,8 +305,10 @@ describe("rate limiting", function()
     -- Machines_show, not 1.2 s)
     local published = H.client { rate_limit = {} }
     for i = 1, 700 do published:call("Machines_show", { app_name = "idle", machine_id = "m" .. i }) end
+    published:close()
     c:sleep(0.5)
     assert.is_true(core.bucket_count() < before + 100, core.bucket_count())
+    c:close()
   end)
 
   it("keeps a bucket that has been full as long as the margin may still count from its last token",
@@ -340,11 +342,14 @@ describe("rate limiting", function()
       assert.equals("not_found", err.code) -- no such app: the call went out all the same
     end
     assert.is_true(core.bucket_count() >= n, core.bucket_count())
+    -- (a safe call may have been carried out twice on a slow run: the count is taken here)
+    local executed = H.stats().executed.Apps_show
+    assert.is_true(executed >= n, executed)
     for i = 1, n do
       local res, err = c:call("Apps_show", { app_name = "grow-" .. i }, { deadline = 1 })
       assert.is_nil(res)
       assert.equals("timeout", err.code) -- refused at once: the wait would pass the deadline
     end
-    assert.equals(n, H.stats().executed.Apps_show)
+    assert.equals(executed, H.stats().executed.Apps_show) -- none of them went out
   end)
 end)
