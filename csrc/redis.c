@@ -34,11 +34,12 @@
  * ARGV[1]: microseconds per token (1e6 / rate); ARGV[2]: burst; ARGV[3]: "1"
  * to empty the bucket first, "2" to give back a token (of a request that never
  * went out: the bucket moves one interval back, never past full; answers 0);
- * ARGV[4] (optional): the latest delay, in
- * microseconds, at which the request can still go in time: a later one takes
- * no token (the bucket stays as it was, but for a penalty, which stays). A bucket holds `burst - (TAT - now) / interval`
- * tokens, so taking one moves TAT by one interval, and the request may go
- * once `burst` intervals remain before TAT. The key expires once a missing
+ * ARGV[4] (optional): the latest delay, in microseconds, at which the
+ * request can still go in time: a later one takes no token (the bucket stays
+ * as it was, but for a penalty, which stays). A bucket holds
+ * `burst - (TAT - now) / interval` tokens, so taking one moves TAT by one
+ * interval, and the request may go once `burst` intervals remain before TAT.
+ * The key expires once a missing
  * key would give every later request the same time (as ratelimit.c drops
  * its buckets): when the bucket is full again (TAT), plus what remains of a
  * second (the longest margin, which counts from when a token came) past the
