@@ -246,7 +246,8 @@ void fly_build(lua_State *L, const fly_build_base *base, const fly_operation *op
          make an update outside any lease look like one under it (safe to repeat) */
       size_t k = 0;
       while (k < vn && (v[k] == ' ' || v[k] == '\t' || v[k] == '\v' || v[k] == '\f')) k++;
-      if (k == vn) raise_at(L, level, "fly: %s: parameter '%s' must not be empty", op->id, p->name);
+      if (k == vn)
+        raise_at(L, level, "fly: %s: parameter '%s' must not be %s", op->id, p->name, vn ? "blank" : "empty");
       if (!w->headers.n) {
         const fly_strlist *shared = w->body ? base->json_headers : base->headers;
         for (size_t j = 0; j < shared->n; j++) add_header(L, &w->headers, shared->v[j], strlen(shared->v[j]));

@@ -48,7 +48,7 @@ describe("client:call", function()
     for _, blank in ipairs { "", " ", "\t ", "\v", " \f\t" } do
       assert.has_error(function()
         c:call("Machines_update", { app_name = "a", machine_id = "m", lease_nonce = blank, body = {} })
-      end, "fly: Machines_update: parameter 'lease_nonce' must not be empty")
+      end, "fly: Machines_update: parameter 'lease_nonce' must not be " .. (blank == "" and "empty" or "blank"))
     end
     assert.has_error(function() c.machines:update("a", "m", {}, { lease_nonce = "" }) end,
       "fly: Machines_update: parameter 'lease_nonce' must not be empty")
