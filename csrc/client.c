@@ -294,7 +294,7 @@ int fly_l_new(lua_State *L) {
     int t = lua_gettop(L);
     c->rate_scale = opt_number_in(L, t, "rate_limit", "scale", 1);
     c->rate_margin = opt_number_in(L, t, "rate_limit", "margin", 0.02);
-    if (!(c->rate_margin >= 0 && c->rate_margin <= 1))
+    if (!(c->rate_margin >= 0 && c->rate_margin <= FLY_RATE_MARGIN_MAX))
       return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.margin must be between 0 and 1 (seconds)");
     if (!(c->rate_scale > 0) || !isfinite(c->rate_scale))
       return fly_client_close(L, c), luaL_error(L, "fly: rate_limit.scale must be a finite number > 0");

@@ -66,17 +66,14 @@ static uint32_t hash(const char *s) {
   return h;
 }
 
-/* The longest margin a client may give (client.c checks rate_limit.margin). */
-#define MARGIN_MAX 1.0
-
 /* Seconds a full bucket of this limit is kept: while a request taking its
  * oldest token would still keep a margin from it. That token came (burst - 1)
  * intervals before the bucket filled (reserve), and the request goes
- * `margin` after it: MARGIN_MAX less those intervals, nothing for every
- * published limit (their bursts hold more than a second of tokens), up to
- * MARGIN_MAX for a burst of 1. */
+ * `margin` after it: FLY_RATE_MARGIN_MAX less those intervals, nothing for
+ * every published limit (their bursts hold more than a second of tokens), up
+ * to FLY_RATE_MARGIN_MAX for a burst of 1. */
 static double keep_for(fly_limit limit) {
-  double keep = MARGIN_MAX - (limit.burst - 1) / limit.rate;
+  double keep = FLY_RATE_MARGIN_MAX - (limit.burst - 1) / limit.rate;
   return keep > 0 ? keep : 0;
 }
 

@@ -28,6 +28,10 @@ fly_limit fly_rate_limit_for(fly_limit dflt, const char *action, const fly_overr
  * ago waits out the rest (the server's bucket may be a hair behind). */
 double fly_rate_admit(const char *key, fly_limit limit, double now, double margin);
 
+/* The longest margin a client may give (rate_limit.margin, seconds): how long
+ * a full bucket may still matter to a request (ratelimit.c's keep). */
+#define FLY_RATE_MARGIN_MAX 1.0
+
 /* Seconds on a monotonic clock. */
 double fly_now(void);
 

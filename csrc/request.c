@@ -206,10 +206,11 @@ void fly_request_accept(fly_request *r) {
   fly_request_scrub(r);
 }
 
+int fly_request_body_cut(const fly_request *r) { return r->too_large || r->reply.code; }
+
 void fly_request_scrub(fly_request *r) {
   if (!r->auth) return;
-  /* a body cut short (at max_body, or by a failed transfer) may end inside the token */
-  if (r->too_large || r->reply.code) fly_scrub_head(r->resp, r->resp_len, r->auth);
+  if (fly_request_body_cut(r)) fly_scrub_head(r->resp, r->resp_len, r->auth);
   else fly_scrub(r->resp, r->resp_len, r->auth);
   if (r->message) fly_scrub(r->message, strlen(r->message), r->auth);
 }

@@ -125,6 +125,9 @@ void fly_request_accept(fly_request *r);
 /* Masks the credentials of the request's Authorization line in its body and
  * message: for a reply that becomes an error. */
 void fly_request_scrub(fly_request *r);
+/* Whether the request's body may be the head of a longer one, cut at
+ * max_body or by a failed transfer: it may then end inside the token. */
+int fly_request_body_cut(const fly_request *r);
 
 int fly_l_decode(lua_State *L);
 int fly_l_build(lua_State *L);

@@ -133,8 +133,7 @@ static void finish_event(fly_request *r, double now, int attempt) {
     e->body = dupn(r->resp, r->resp_len);
     if (e->body) e->body_len = r->resp_len;
     if (e->body && r->auth) { /* a success's too: a copy */
-      /* a body cut short (max_body, or the transfer failed) may end inside the token */
-      if (r->too_large || a->code) fly_scrub_head(e->body, e->body_len, r->auth);
+      if (fly_request_body_cut(r)) fly_scrub_head(e->body, e->body_len, r->auth);
       else fly_scrub(e->body, e->body_len, r->auth);
     }
   }

@@ -221,6 +221,12 @@ function Limiter:_connect()
   return red
 end
 
+-- The script's ARGV[4] for a latest delay of `latest` seconds: whole microseconds, rounded up,
+-- so that a delay the script refuses is never one the caller would let go.
+local function latest_us(latest)
+  return math.ceil(max(latest, -1e12) * 1e6)
+end
+
 -- One admission through Redis: the delay in seconds to when the bucket held the token taken
 -- (negative when that is past), or nil, why. `latest` (seconds, optional): the latest delay
 -- that is in time; a later one takes no token.
@@ -228,8 +234,7 @@ function Limiter:_admit(key, rate, burst, penalize, latest)
   local red, err = self:_connect()
   if not red then return nil, err end
   local interval, b = ("%.6f"):format(1e6 / rate), ("%.6f"):format(burst)
-  -- rounded up: a delay the script refuses is then never one the caller would let go
-  local l = latest and ("%.0f"):format(math.ceil(max(latest, -1e12) * 1e6)) or nil
+  local l = latest and ("%.0f"):format(latest_us(latest)) or nil
   local res
   res, err = red:evalsha(M.sha(), 1, key, interval, b, penalize, l)
   if res == nil and err == "closed" and (red:get_reused_times() or 0) > 0 then
@@ -312,7 +317,7 @@ function Limiter:penalize(key, rate, burst, margin, max_wait)
   local shared = self:_shared(key, rate, burst, "1", latest)
   if not shared then return ok, err end
   -- the script refused the token when its delay (whole µs) reached the latest it was given
-  if not (latest and shared >= math.ceil(latest * 1e6) / 1e6) then
+  if not (latest and shared >= latest_us(latest) / 1e6) then
     self.retries[key] = self.now() + shared
   end
   return true
