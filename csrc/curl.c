@@ -300,9 +300,13 @@ void fly_curl_note(fly_request *r) {
 
 int fly_curl_went_out(const fly_request *r) { return r->easy && r->easy->sends > 0; }
 
+static void shared_refund(fly_client *c, fly_request *r);
+
 void fly_curl_stop(fly_request *r) {
-  if (r->admitting && r->client && r->client->redis) fly_redis_cancel(r->client->redis, r);
+  fly_redis *redis = r->client ? r->client->redis : NULL;
+  if (r->admitting && redis && fly_redis_cancel(redis, r)) r->shared_taken = 1;
   r->admitting = 0;
+  if (r->shared_taken && redis) shared_refund(r->client, r); /* it never went out */
   if (r->easy && r->client) {
     curl_multi_remove_handle(r->client->curl->multi, r->easy->curl);
     pool_put(r->client, r->easy);
@@ -436,6 +440,7 @@ static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
     unsent_unlink(fe->t, fe);
     fly_rate_sent(p->rate_key, p->limit, &fe->paced->ready_at, &p->mark, fly_now());
     p->mark.taken = 0; /* the token is spent: the request goes out */
+    fe->paced->shared_taken = 0; /* and Redis's */
   }
   fe->sends++;
   return CURL_PREREQFUNC_OK;
@@ -575,6 +580,14 @@ static void shared_warn(fly_client *c) {
     if (!c->trace || !fly_trace_limiter(c->trace, w, available, fly_now())) fprintf(stderr, "%s\n", w);
 }
 
+/* Gives Redis back the token it took for r's attempt, which never went out. */
+static void shared_refund(fly_client *c, fly_request *r) {
+  double now = fly_now();
+  r->shared_taken = 0;
+  fly_redis_refund(c->redis, r->shared_key, r->retry.limit, now);
+  fly_redis_io(c->redis, POLLOUT, now); /* sent now, as an admission is */
+}
+
 /* Asks Redis for a place for r (penalize: after a 429); r waits "admitting"
  * for the answer unless the limiter is down (its local time stands). */
 static void shared_admit(fly_client *c, fly_request *r, int penalize) {
@@ -606,6 +619,7 @@ static void shared_io(lua_State *L, fly_client *c, short revents, int *finished)
   while (room(L, c->curl) && fly_redis_next(c->redis, &a)) { /* the rest wait in the limiter */
     fly_request *r = a.cookie;
     r->admitting = 0;
+    r->shared_taken = a.status == FLY_REDIS_GRANTED && a.took;
     if (a.status == FLY_REDIS_GRANTED) {
       double at = a.ready_at + c->rate_margin; /* r->ready_at: the local bucket's, never past */
       if (at > r->ready_at) r->ready_at = at;
@@ -679,6 +693,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
   double at = 0, now = fly_now();
   /* an attempt that never went out (no connection) gives its token back: a retry takes its own */
   if (r->retry.rate_key) fly_rate_refund(r->retry.rate_key, r->retry.limit, &r->retry.mark, now);
+  if (r->shared_taken) shared_refund(c, r);
   int verdict = fly_classify(&r->retry, &r->reply, now, &at);
   if (r->trace) fly_trace_attempt(r, verdict, now, at);
   if (verdict == FLY_RETRY) {

@@ -95,6 +95,7 @@ typedef struct pending {
   int cancelled;
   int answered;     /* its result is queued (or it was cancelled) */
   int retried;      /* NOSCRIPT was answered once already */
+  int refund;       /* a refund (fly_redis_refund): nobody waits for its answer */
   double sent;
   char interval[32], burst[32];
   char penalize[2];
@@ -354,9 +355,11 @@ static void unlink_pending(fly_redis *r, pending *p) {
   r->inflight--;
 }
 
+static void send_refund(fly_redis *r, const char *key, const char *interval, const char *burst);
+
 /* Queues p's answer once (never for a cancelled one) and takes it off the
  * in-flight list; p itself stays until its hiredis callback frees it. */
-static void answer(fly_redis *r, pending *p, int status, double delay, double now) {
+static void answer(fly_redis *r, pending *p, int status, double delay, int took, double now) {
   if (p->answered) return;
   p->answered = 1;
   unlink_pending(r, p);
@@ -369,13 +372,17 @@ static void answer(fly_redis *r, pending *p, int status, double delay, double no
   } else {
     r->stats.local++;
   }
-  if (p->cancelled) return;
+  if (p->cancelled) { /* its request went away: a token taken for it goes back */
+    if (status == FLY_REDIS_GRANTED && took) send_refund(r, p->key, p->interval, p->burst);
+    return;
+  }
   fly_redis_answer *out = &r->results[(r->first + r->count) % r->cap];
   r->count++;
   out->cookie = p->cookie;
   out->status = status;
   out->delay = status == FLY_REDIS_GRANTED ? delay : 0;
   out->ready_at = now + out->delay;
+  out->took = status == FLY_REDIS_GRANTED && took;
 }
 
 /* ---------------------------------------------------- the hiredis side */
@@ -430,6 +437,26 @@ static void on_setup(redisAsyncContext *ac, void *reply, void *privdata) {
 
 static int send_admission(fly_redis *r, pending *p, int full);
 
+/* Whether the script took a token for admission p, whose answer is `delay`
+ * microseconds: unless that is at or past p's latest (the script's test). */
+static int took_token(const pending *p, long long delay) {
+  return !p->latest[0] || (double)delay < strtod(p->latest, NULL);
+}
+
+/* Sends the script's refund mode for a bucket (see fly_redis_refund); its
+ * answer is only read, never queued. */
+static void send_refund(fly_redis *r, const char *key, const char *interval, const char *burst) {
+  size_t klen = strlen(key);
+  pending *p = r->ac ? calloc(1, sizeof *p + klen + 1) : NULL; /* freed by on_admit */
+  if (!p) return; /* no connection, or no memory: the token stays taken, as when Redis is down */
+  memcpy(p->key, key, klen + 1);
+  snprintf(p->interval, sizeof p->interval, "%s", interval);
+  snprintf(p->burst, sizeof p->burst, "%s", burst);
+  p->penalize[0] = '2';
+  p->answered = p->refund = 1; /* nothing waits for it: answer() passes it by */
+  if (!send_admission(r, p, 0)) free(p);
+}
+
 static void on_admit(redisAsyncContext *ac, void *reply, void *privdata) {
   fly_redis *r = ac->ev.data;
   pending *p = privdata;
@@ -437,29 +464,29 @@ static void on_admit(redisAsyncContext *ac, void *reply, void *privdata) {
   if (!rep) { /* the connection went away */
     if (!p->answered) {
       request_drop(r, ac->errstr && ac->err ? ac->errstr : "connection lost");
-      answer(r, p, FLY_REDIS_LOCAL, 0, r->io_now);
+      answer(r, p, FLY_REDIS_LOCAL, 0, 0, r->io_now);
     }
     free(p);
     return;
   }
-  if (!p->answered) {
+  if (!p->answered || p->refund) { /* (answer() passes a refund by) */
     if (rep->type == REDIS_REPLY_INTEGER) {
-      answer(r, p, FLY_REDIS_GRANTED, (double)rep->integer / 1e6, r->io_now);
+      answer(r, p, FLY_REDIS_GRANTED, (double)rep->integer / 1e6, took_token(p, rep->integer), r->io_now);
     } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 && !p->retried &&
                !r->drop) {
       /* the script cache was flushed (a restart, SCRIPT FLUSH): send it whole,
-         which also loads it; the reservation did not happen, so this is safe */
+         which also loads it; the reservation (or refund) did not happen, so this is safe */
       p->retried = 1;
       r->stats.reloads++;
       if (send_admission(r, p, 1)) return; /* p now belongs to the new command */
       request_drop(r, "cannot send the script");
-      answer(r, p, FLY_REDIS_LOCAL, 0, r->io_now);
+      answer(r, p, FLY_REDIS_LOCAL, 0, 0, r->io_now);
     } else {
       char why[160];
       if (rep->type == REDIS_REPLY_ERROR) snprintf(why, sizeof why, "EVALSHA: %.100s", rep->str);
       else snprintf(why, sizeof why, "EVALSHA: unexpected answer of type %d", rep->type);
       request_drop(r, why);
-      answer(r, p, FLY_REDIS_LOCAL, 0, r->io_now);
+      answer(r, p, FLY_REDIS_LOCAL, 0, 0, r->io_now);
     }
   }
   free(p);
@@ -741,6 +768,8 @@ void fly_redis_io(fly_redis *r, short revents, double now) {
   check_resolution(r, now);
   if (r->ac && (revents & POLLOUT)) with_sigpipe_blocked(r, handle_write);
   if (r->ac && (revents & (POLLIN | POLLERR | POLLHUP))) with_sigpipe_blocked(r, handle_read);
+  /* what the answers' callbacks sent (a refund) goes now: the loop may have nothing else to wait for */
+  if (r->ac && r->want_write && !r->drop) with_sigpipe_blocked(r, handle_write);
   if (r->drop) disconnect(r, r->reason, now);
   else if (r->head && now - r->head->sent >= r->timeout) {
     char why[64];
@@ -793,13 +822,26 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
   return 0;
 }
 
-void fly_redis_cancel(fly_redis *r, void *cookie) {
+void fly_redis_refund(fly_redis *r, const char *key, fly_limit limit, double now) {
+  check_resolution(r, now);
+  if (r->down || !(limit.rate > 0) || !(limit.burst >= 1)) return;
+  char interval[32], burst[32];
+  snprintf(interval, sizeof interval, "%.6f", 1e6 / limit.rate);
+  snprintf(burst, sizeof burst, "%.6f", limit.burst);
+  send_refund(r, key, interval, burst);
+}
+
+int fly_redis_cancel(fly_redis *r, void *cookie) {
+  int took = 0;
   for (pending *p = r->head; p; p = p->next)
-    if (p->cookie == cookie) p->cancelled = 1;
+    if (p->cookie == cookie) p->cancelled = 1; /* a token taken for it goes back: answer() */
   for (size_t i = 0; i < r->count; i++) {
     fly_redis_answer *res = &r->results[(r->first + i) % r->cap];
-    if (res->cookie == cookie) res->status = 0; /* skipped by fly_redis_next */
+    if (res->cookie != cookie) continue;
+    if (res->status == FLY_REDIS_GRANTED && res->took) took = 1;
+    res->status = 0; /* skipped by fly_redis_next */
   }
+  return took;
 }
 
 int fly_redis_next(fly_redis *r, fly_redis_answer *out) {

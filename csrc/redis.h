@@ -47,6 +47,8 @@
  *     process stood); LOCAL -> fly_rate_admit; then queued;
  *   - a 429: fly_redis_admit(..., penalize = 1, ...) (after fly_rate_penalize);
  *   - a request cancelled or finished while admitting: fly_redis_cancel;
+ *   - a request whose admission took a token (answer.took) and that never
+ *     went out: fly_redis_refund;
  *   - fly_redis_warning after fly_redis_io/admit, to the trace hook or stderr. */
 #ifndef FLY_REDIS_H
 #define FLY_REDIS_H
@@ -75,6 +77,8 @@ typedef struct fly_redis_answer {
                        at once when that is past */
   double delay;     /* GRANTED: the delay Redis computed, in seconds (negative when the
                        token was there already) */
+  int took;         /* GRANTED: Redis took a token for it (not when the delay was past its
+                       `latest`): fly_redis_refund gives it back if the request never goes out */
 } fly_redis_answer;
 
 /* Counters, for tests and traces. */
@@ -129,9 +133,18 @@ double fly_redis_next_timeout(fly_redis *r, double now);
 int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, double latest,
                     void *cookie, double now);
 
+/* Gives back to bucket `key` the token an admission took (its answer's
+ * `took`) for a request that then never went out (its connection could not
+ * be made, or it ended while it waited): the bucket moves one interval back,
+ * never past full. Nothing answers; while Redis is down or not connected the
+ * token stays taken (it was taken in a bucket this process cannot reach). */
+void fly_redis_refund(fly_redis *r, const char *key, fly_limit limit, double now);
+
 /* Forgets the admission with this cookie (its request went away): no result
- * will be queued for it. */
-void fly_redis_cancel(fly_redis *r, void *cookie);
+ * will be queued for it, and a token Redis takes for it is given back.
+ * Returns 1 when its answer had come already and took a token, which the
+ * caller gives back (fly_redis_refund: it knows the bucket). */
+int fly_redis_cancel(fly_redis *r, void *cookie);
 
 /* Pops the oldest answer into *out: 1, or 0 when there is none. */
 int fly_redis_next(fly_redis *r, fly_redis_answer *out);

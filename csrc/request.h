@@ -45,6 +45,7 @@ struct fly_request {
   char *rate_key;              /* owned; NULL when not rate limited (retry.rate_key points here) */
   char *shared_key;            /* owned: the bucket's key in Redis; NULL without rate_limit.redis */
   int admitting;               /* libcurl: queued, waiting for Redis's answer (ready_at not final) */
+  int shared_taken;            /* libcurl: Redis took a token for the attempt, which has not gone out */
   int held;                    /* libcurl: ready, but behind an unsent request on its bucket */
   fly_retry retry;
   fly_reply reply;             /* the last attempt */

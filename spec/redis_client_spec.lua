@@ -319,6 +319,51 @@ describe("rate_limit.redis", function()
     c:close()
   end)
 
+  it("gives Redis back the token of a call that never went out", function()
+    local function key_of(name)
+      return (cli("--scan --pattern 'fly:rl:*:Apps_show:" .. name .. "'"):match("(%S+)"))
+    end
+    local function server_now()
+      local s, us = cli("time"):match("(%d+)%s+(%d+)")
+      return tonumber(s) * 1e6 + tonumber(us)
+    end
+    local limits = { redis = url(), margin = 0, Apps_show = { rate = 1, burst = 1 } }
+    -- refused connections: each call takes a token in Redis and gives it back, so the bucket
+    -- ends about full (with the tokens kept, 3 s behind, and the calls would wait for them)
+    local name = "refused-" .. math.floor(socket.gettime() * 1000)
+    local refused = H.client { base_url = "http://127.0.0.1:1", retry = false, rate_limit = limits }
+    for _ = 1, 3 do
+      local res, err = refused:call("Apps_show", { app_name = name })
+      assert.is_nil(res)
+      assert.equals("connect", err.code)
+    end
+    local key = key_of(name)
+    assert.is_string(key)
+    local ahead = tonumber(cli("get " .. key):match("(%d+)")) - server_now()
+    assert.is_true(ahead < 0.5e6, ("the bucket is %.0f us behind"):format(ahead))
+    refused:close()
+    -- a call cancelled while it waits for its time, and one cancelled before Redis answered:
+    -- the bucket, set 3 s behind, is where it was
+    name = "cancelled-" .. math.floor(socket.gettime() * 1000)
+    local c = H.client { rate_limit = limits }
+    c:call("Apps_show", { app_name = name })
+    key = key_of(name)
+    assert.is_string(key)
+    socket.sleep(1.1) -- this process's own bucket is full again
+    local tat = ("%.0f"):format(server_now() + 3e6)
+    cli(("set %s %s px 60000"):format(key, tat))
+    local req = c:_submit("Apps_show", { app_name = name })
+    c:_step(0.3) -- Redis answers: 3 s to wait, the token taken
+    assert.equals(("%.0f"):format(tonumber(tat) + 1e6), cli("get " .. key):match("(%d+)"))
+    req:cancel()
+    assert.equals(tat, cli("get " .. key):match("(%d+)"))
+    req = c:_submit("Apps_show", { app_name = name })
+    req:cancel() -- its admission is on its way
+    c:_step(0.3) -- the answer comes, and the token goes back
+    assert.equals(tat, cli("get " .. key):match("(%d+)"))
+    c:close()
+  end)
+
   it("falls back when Redis does not answer or is not there, and rejects bad URLs at fly.new", function()
     local c = H.client { rate_limit = { redis = url() } }
     assert(c.apps:get(app))
