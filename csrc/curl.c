@@ -586,6 +586,7 @@ static void shared_refund(fly_client *c, fly_request *r) {
   r->shared_taken = 0;
   fly_redis_refund(c->redis, r->shared_key, r->retry.limit, now);
   fly_redis_io(c->redis, POLLOUT, now); /* sent now, as an admission is */
+  shared_warn(c);
 }
 
 /* Asks Redis for a place for r (penalize: after a 429); r waits "admitting"

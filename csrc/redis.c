@@ -735,9 +735,19 @@ void fly_redis_connect(fly_redis *r, double now) {
   else mark_down(r, why, now);
 }
 
+static void handle_read(redisAsyncContext *ac) { redisAsyncHandleRead(ac); }
+static void handle_write(redisAsyncContext *ac) { redisAsyncHandleWrite(ac); }
+
 void fly_redis_free(fly_redis *r) {
   if (!r) return;
-  for (pending *p = r->head; p; p = p->next) p->cancelled = 1;
+  /* An admission on its way runs on the server all the same. One that takes its token whatever
+     the delay (no latest) gets it back: a refund sent after it on the same connection, which
+     Redis runs after it. (One with a latest may take none: its token, if taken, stays.) */
+  for (pending *p = r->head; p; p = p->next) {
+    p->cancelled = 1;
+    if (!p->latest[0] && !r->drop) send_refund(r, p->key, p->interval, p->burst);
+  }
+  if (r->ac && r->want_write && !r->drop) with_sigpipe_blocked(r, handle_write);
   if (r->ac) redisAsyncFree(r->ac); /* the callbacks free the pendings */
   if (r->resolving) let_go(r->resolving); /* its thread frees it if still running */
   free(r->host);
@@ -760,13 +770,16 @@ int fly_redis_fd(fly_redis *r, short *events) {
   return r->ac->c.fd;
 }
 
-static void handle_read(redisAsyncContext *ac) { redisAsyncHandleRead(ac); }
-static void handle_write(redisAsyncContext *ac) { redisAsyncHandleWrite(ac); }
 
 void fly_redis_io(fly_redis *r, short revents, double now) {
   r->io_now = now;
   check_resolution(r, now);
   if (r->ac && (revents & POLLOUT)) with_sigpipe_blocked(r, handle_write);
+  if (r->ac && !(revents & (POLLIN | POLLERR | POLLHUP)) && r->head && now - r->head->sent >= r->timeout) {
+    /* overdue, unless its answer came while the loop did not look: read before judging */
+    struct pollfd pfd = {r->ac->c.fd, POLLIN, 0};
+    if (pfd.fd >= 0 && poll(&pfd, 1, 0) > 0) revents |= pfd.revents;
+  }
   if (r->ac && (revents & (POLLIN | POLLERR | POLLHUP))) with_sigpipe_blocked(r, handle_read);
   /* what the answers' callbacks sent (a refund) goes now: the loop may have nothing else to wait for */
   if (r->ac && r->want_write && !r->drop) with_sigpipe_blocked(r, handle_write);

@@ -105,7 +105,8 @@ fly_redis *fly_redis_new(const char *url, double timeout, double retry, char *er
  * and not yet due to retry. */
 void fly_redis_connect(fly_redis *r, double now);
 
-/* Closes the connection; pending admissions are dropped without results. */
+/* Closes the connection; pending admissions are dropped without results (one
+ * without a latest delay, whose token Redis takes for sure, gets it back). */
 void fly_redis_free(fly_redis *r);
 
 /* The socket to watch, or -1 when there is none; *events gets POLLIN and/or
@@ -114,7 +115,8 @@ int fly_redis_fd(fly_redis *r, short *events);
 
 /* Reads and writes what the socket allows (revents: POLLIN, POLLOUT, POLLERR,
  * POLLHUP; 0 when only time has passed), then ends admissions whose answer is
- * overdue. Answers go to the result queue. */
+ * overdue (an answer that came while the caller did not look is read first).
+ * Answers go to the result queue. */
 void fly_redis_io(fly_redis *r, short revents, double now);
 
 /* Seconds from `now` until fly_redis_io must be called even if the socket is

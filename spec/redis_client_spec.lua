@@ -361,6 +361,34 @@ describe("rate_limit.redis", function()
     req:cancel() -- its admission is on its way
     c:_step(0.3) -- the answer comes, and the token goes back
     assert.equals(tat, cli("get " .. key):match("(%d+)"))
+    c:_submit("Apps_show", { app_name = name })
+    c:close() -- with the admission on its way
+    assert.equals(tat, cli("get " .. key):match("(%d+)"))
+  end)
+
+  it("reads an answer that came while the loop did not look before calling Redis unavailable", function()
+    -- a call waits for its time (the bucket 3 s behind); another's admission is answered while
+    -- the program is busy past redis_timeout; then the first is cancelled, which gives its token
+    -- back at once: the waiting answer is read, not taken for a Redis that stopped answering
+    local name = "busy-" .. math.floor(socket.gettime() * 1000)
+    local warned = {}
+    local c = H.client { rate_limit = { redis = url(), margin = 0, Apps_show = { rate = 1, burst = 1 } },
+      trace = function(e) if e.kind == "limiter" then warned[#warned + 1] = e.message end end }
+    c:call("Apps_show", { app_name = name })
+    local key = cli("--scan --pattern 'fly:rl:*:Apps_show:" .. name .. "'"):match("(%S+)")
+    assert.is_string(key)
+    local s, us = cli("time"):match("(%d+)%s+(%d+)")
+    cli(("set %s %.0f px 60000"):format(key, tonumber(s) * 1e6 + tonumber(us) + 3e6))
+    local waiting = c:_submit("Apps_show", { app_name = name })
+    c:_step(0.2) -- answered: it waits about 3 s
+    c:_submit("Apps_show", { app_name = name .. "-other" }) -- answered at once, not read yet
+    socket.sleep(0.3) -- busy, past redis_timeout (0.1 s)
+    waiting:cancel()
+    c:_step(0.05)
+    c:_submit("Apps_show", { app_name = name .. "-later" })
+    c:_step(0.05)
+    assert.same({}, warned)
+    assert.is_string(cli("--scan --pattern 'fly:rl:*:Apps_show:" .. name .. "-later'"):match("(%S+)"))
     c:close()
   end)
 
