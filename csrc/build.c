@@ -129,7 +129,7 @@ static void add_query(lua_State *L, sbuf *b, int *first, const fly_operation *op
     }
     return;
   }
-  if (lua_istable(L, idx)) { /* an array repeats the key; anything else is a mistake */
+  if (lua_istable(L, idx)) { /* an array repeats the key (or makes the list); anything else is a mistake */
     int n = (int)fly_rawlen(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
@@ -141,7 +141,8 @@ static void add_query(lua_State *L, sbuf *b, int *first, const fly_operation *op
     for (int i = 1; i <= n; i++) {
       lua_rawgeti(L, idx, i);
       const char *v = fly_param_string(L, lua_gettop(L), op, p->name, &vn, level);
-      add_query_pair(L, b, first, p->wire, wn, v, vn);
+      if (p->in != FLY_IN_QUERY_LIST || i == 1) add_query_pair(L, b, first, p->wire, wn, v, vn);
+      else sbuf_add(L, b, ",", 1), sbuf_add_escaped(L, b, v, vn, 0); /* name=a,b */
       lua_pop(L, 1);
     }
     return;
@@ -209,7 +210,7 @@ void fly_build(lua_State *L, const fly_build_base *base, const fly_operation *op
   int first = 1;
   for (int i = 0; i < op->nparams; i++) {
     const fly_param *p = &op->params[i];
-    if (p->in != FLY_IN_QUERY && p->in != FLY_IN_QUERY_MAP) continue;
+    if (p->in != FLY_IN_QUERY && p->in != FLY_IN_QUERY_LIST && p->in != FLY_IN_QUERY_MAP) continue;
     rawfield(L, params, p->name);
     if (!lua_isnil(L, -1)) add_query(L, url, &first, op, p, lua_gettop(L), level);
     lua_pop(L, 1);

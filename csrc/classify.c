@@ -49,6 +49,7 @@ static int media_of(const char *v, size_t n) {
   while (n > 0 && is_blank(v[n - 1])) n--;
   if (n == 16 && strncasecmp(v, "application/json", 16) == 0) return FLY_MEDIA_JSON;
   if (n == 10 && strncasecmp(v, "text/plain", 10) == 0) return FLY_MEDIA_TEXT;
+  if (n == 24 && strncasecmp(v, "application/octet-stream", 24) == 0) return FLY_MEDIA_BYTES;
   const char *slash = memchr(v, '/', n);
   if (slash && n > 5 && (size_t)(slash - v) + 1 <= n - 5 && strncasecmp(v + n - 5, "+json", 5) == 0)
     return FLY_MEDIA_JSON;
@@ -155,8 +156,9 @@ int fly_reply_header(fly_reply *a, const char *line, size_t n) {
 }
 
 const char *fly_reply_accept(const fly_reply *a, int returns, const char *body, size_t n) {
-  if (returns == FLY_RETURNS_JSON) {
-    if (a->media != FLY_MEDIA_JSON && a->media != FLY_MEDIA_NONE)
+  if (returns == FLY_RETURNS_JSON || returns == FLY_RETURNS_JSON_BYTES) {
+    if (a->media != FLY_MEDIA_JSON && a->media != FLY_MEDIA_NONE &&
+        !(returns == FLY_RETURNS_JSON_BYTES && a->media == FLY_MEDIA_BYTES))
       return "the operation returns JSON, the response is labelled otherwise";
     size_t i = 0;
     while (i < n && is_blank(body[i])) i++;

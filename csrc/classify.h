@@ -22,6 +22,7 @@ enum fly_media {
   FLY_MEDIA_NONE,              /* no Content-Type */
   FLY_MEDIA_JSON,              /* application/json, or any type whose subtype ends in +json */
   FLY_MEDIA_TEXT,              /* text/plain */
+  FLY_MEDIA_BYTES,             /* application/octet-stream */
   FLY_MEDIA_OTHER
 };
 

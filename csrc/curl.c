@@ -134,10 +134,14 @@ void fly_curl_global_init(void) { pthread_once(&curl_once, curl_init_once); }
 
 const char *fly_curl_version(void) { return curl_version_info(CURLVERSION_NOW)->version; }
 
-static struct curl_slist *to_slist(const fly_strlist *l, int *ok) {
+/* The header lines for libcurl. A request without a body gets "Content-Type:"
+ * too, which tells libcurl to leave out the form type it would otherwise give
+ * a POST (start, stop, cordon, ...). */
+static struct curl_slist *to_slist(const fly_strlist *l, int body, int *ok) {
   struct curl_slist *s = NULL;
-  for (size_t i = 0; i < l->n; i++) {
-    struct curl_slist *n = curl_slist_append(s, l->v[i]);
+  for (size_t i = 0; i <= l->n; i++) {
+    if (i == l->n && body) break;
+    struct curl_slist *n = curl_slist_append(s, i < l->n ? l->v[i] : "Content-Type:");
     if (!n) {
       curl_slist_free_all(s);
       *ok = 0;
@@ -195,8 +199,8 @@ int fly_curl_open(fly_client *c) {
   int ok = 1;
   t->timer_at = INFINITY;
   t->multi = curl_multi_init();
-  t->headers = to_slist(&c->headers, &ok);
-  t->json_headers = to_slist(&c->json_headers, &ok);
+  t->headers = to_slist(&c->headers, 0, &ok);
+  t->json_headers = to_slist(&c->json_headers, 1, &ok);
   if (!t->multi) return 0;
   /* HTTP/2 when the server offers it: concurrent requests share a connection */
   curl_multi_setopt(t->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
@@ -450,7 +454,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
   struct fly_curl *t = c->curl;
   if (r->wire.headers.n && !r->curl_headers) {
     int ok = 1;
-    r->curl_headers = to_slist(&r->wire.headers, &ok);
+    r->curl_headers = to_slist(&r->wire.headers, r->wire.body != NULL, &ok);
     if (!ok) return 0;
   }
   fly_easy *fe = pool_get(c);

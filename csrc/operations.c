@@ -100,7 +100,7 @@ static const fly_param p26[] = {
   {"include_deleted", "include_deleted", FLY_IN_QUERY, 0},
   {"include_leases", "include_leases", FLY_IN_QUERY, 0},
   {"region", "region", FLY_IN_QUERY, 0},
-  {"state", "state", FLY_IN_QUERY, 0},
+  {"state", "state", FLY_IN_QUERY_LIST, 0},
   {"summary", "summary", FLY_IN_QUERY, 0},
   {"metadata", "metadata.{key}", FLY_IN_QUERY_MAP, 0},
 };
@@ -123,7 +123,7 @@ static const fly_param p30[] = {
   {"org_slug", "org_slug", FLY_IN_PATH, 1},
   {"include_deleted", "include_deleted", FLY_IN_QUERY, 0},
   {"region", "region", FLY_IN_QUERY, 0},
-  {"state", "state", FLY_IN_QUERY, 0},
+  {"state", "state", FLY_IN_QUERY_LIST, 0},
   {"summary", "summary", FLY_IN_QUERY, 0},
   {"updated_after", "updated_after", FLY_IN_QUERY, 0},
   {"cursor", "cursor", FLY_IN_QUERY, 0},
@@ -348,7 +348,7 @@ static const fly_param p82[] = {
 static const fly_param p83[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
   {"min_version", "min_version", FLY_IN_QUERY, 0},
-  {"types", "types", FLY_IN_QUERY, 0},
+  {"types", "types", FLY_IN_QUERY_LIST, 0},
 };
 static const fly_param p84[] = {
   {"app_name", "app_name", FLY_IN_PATH, 1},
@@ -385,7 +385,7 @@ static const fly_param p96[] = {
   {"org_slug", "org_slug", FLY_IN_PATH, 1},
   {"include_deleted", "include_deleted", FLY_IN_QUERY, 0},
   {"region", "region", FLY_IN_QUERY, 0},
-  {"state", "state", FLY_IN_QUERY, 0},
+  {"state", "state", FLY_IN_QUERY_LIST, 0},
   {"summary", "summary", FLY_IN_QUERY, 0},
   {"updated_after", "updated_after", FLY_IN_QUERY, 0},
   {"cursor", "cursor", FLY_IN_QUERY, 0},
@@ -423,7 +423,7 @@ const fly_operation fly_operations[] = {
   {"Machines_create_lease", "POST", "/v1/apps/{app_name}/machines/{machine_id}/lease", "Machines", p20, 3, FLY_SAFE_WITH_LEASE, 1, 1, "Machines_create_lease", FLY_RATE_DEFAULT, 1, FLY_RETURNS_JSON},
   {"Machines_delete", "DELETE", "/v1/apps/{app_name}/machines/{machine_id}", "Machines", p21, 4, FLY_SAFE, 0, 0, "Machines_delete", FLY_RATE_DEFAULT, 1, FLY_RETURNS_NONE},
   {"Machines_delete_metadata", "DELETE", "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", "Machines", p22, 4, FLY_SAFE, 0, 0, "Machines_delete_metadata", FLY_RATE_DEFAULT, 1, FLY_RETURNS_NONE},
-  {"Machines_exec", "POST", "/v1/apps/{app_name}/machines/{machine_id}/exec", "Machines", p23, 3, FLY_NEVER, 1, 1, "Machines_exec", FLY_RATE_DEFAULT, 1, FLY_RETURNS_JSON},
+  {"Machines_exec", "POST", "/v1/apps/{app_name}/machines/{machine_id}/exec", "Machines", p23, 3, FLY_NEVER, 1, 1, "Machines_exec", FLY_RATE_DEFAULT, 1, FLY_RETURNS_JSON_BYTES},
   {"Machines_get_memory", "GET", "/v1/apps/{app_name}/machines/{machine_id}/memory", "Machines", p24, 2, FLY_SAFE, 0, 0, "Machines_get_memory", FLY_RATE_DEFAULT, 1, FLY_RETURNS_JSON},
   {"Machines_get_metadata_key", "GET", "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", "Machines", p25, 3, FLY_SAFE, 0, 0, "Machines_get_metadata_key", FLY_RATE_DEFAULT, 1, FLY_RETURNS_JSON},
   {"Machines_list", "GET", "/v1/apps/{app_name}/machines", "Machines", p26, 7, FLY_SAFE, 0, 0, "Machines_list", FLY_RATE_DEFAULT, 0, FLY_RETURNS_JSON},

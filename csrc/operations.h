@@ -9,7 +9,8 @@ enum fly_param_in {
   FLY_IN_PATH,       /* {name} in the path template */
   FLY_IN_QUERY,      /* ?name=value; an array value repeats the key */
   FLY_IN_QUERY_MAP,  /* name.{key}=value for each key of a table (metadata filters) */
-  FLY_IN_HEADER      /* a request header named by `wire` */
+  FLY_IN_HEADER,     /* a request header named by `wire` */
+  FLY_IN_QUERY_LIST  /* ?name=a,b: a list the API reads from one comma-separated value */
 };
 
 /* Published limits, see ratelimit.c for the numbers. */
@@ -32,7 +33,8 @@ enum fly_safety {
 enum fly_returns {
   FLY_RETURNS_NONE,  /* nothing declared: any body (a JSON object or array is decoded) */
   FLY_RETURNS_JSON,  /* a JSON object or array, labelled JSON */
-  FLY_RETURNS_TEXT   /* text/plain (the tokens) */
+  FLY_RETURNS_TEXT,  /* text/plain (the tokens) */
+  FLY_RETURNS_JSON_BYTES /* JSON, which may also come labelled application/octet-stream (exec) */
 };
 
 typedef struct fly_param {

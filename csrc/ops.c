@@ -16,7 +16,7 @@ const fly_operation *fly_operation_find(const char *id) {
 
 static const char *const RATE_CLASS_NAMES[] = {"default", "get_machine", "app_delete"};
 static const fly_limit RATE_DEFAULTS[] = {{1.0, 3.0}, {5.0, 10.0}, {100.0 / 60.0, 100.0}};
-static const char *const PARAM_IN_NAMES[] = {"path", "query", "query_map", "header"};
+static const char *const PARAM_IN_NAMES[] = {"path", "query", "query_map", "header", "query_list"};
 static const char *const SAFETY_NAMES[] = {"safe", "with_lease", "never"};
 
 fly_limit fly_operation_default_limit(const fly_operation *op) { return RATE_DEFAULTS[op->rate_class]; }
@@ -39,7 +39,7 @@ int fly_l_operations(lua_State *L) {
     int idempotent = !strcmp(op->method, "GET") || !strcmp(op->method, "PUT") || !strcmp(op->method, "DELETE");
     lua_pushboolean(L, idempotent), lua_setfield(L, -2, "idempotent");
     lua_pushstring(L, SAFETY_NAMES[op->safety]), lua_setfield(L, -2, "safety");
-    static const char *const RETURNS_NAMES[] = {"none", "json", "text"};
+    static const char *const RETURNS_NAMES[] = {"none", "json", "text", "json"};
     lua_pushstring(L, RETURNS_NAMES[op->returns]), lua_setfield(L, -2, "returns");
     lua_pushboolean(L, op->has_body), lua_setfield(L, -2, "has_body");
     lua_pushboolean(L, op->body_required), lua_setfield(L, -2, "body_required");

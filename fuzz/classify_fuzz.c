@@ -196,11 +196,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (verdict == FLY_SUCCESS) {
     check(!a.code && status >= 200 && status <= 299, "a success that is not a 2xx");
     check(fly_reply_accept(&a, op->returns, body, body_len) == NULL, "a success the operation does not return");
-    if (op->returns == FLY_RETURNS_JSON) {
+    if (op->returns == FLY_RETURNS_JSON || op->returns == FLY_RETURNS_JSON_BYTES) {
       size_t i = 0;
       while (i < body_len && strchr(" \t\r\n", body[i])) i++;
       check(i < body_len && (body[i] == '{' || body[i] == '['), "a JSON success that is no object or array");
-      check(a.media == FLY_MEDIA_JSON || a.media == FLY_MEDIA_NONE, "a JSON success labelled otherwise");
+      check(a.media == FLY_MEDIA_JSON || a.media == FLY_MEDIA_NONE ||
+                (op->returns == FLY_RETURNS_JSON_BYTES && a.media == FLY_MEDIA_BYTES),
+            "a JSON success labelled otherwise");
     }
   } else if (verdict == FLY_RETRY) {
     check(retry_at >= now, "a retry in the past");

@@ -148,6 +148,39 @@ describe("client:call", function()
       H.stats().last_request.uri)
   end)
 
+  it("joins an array with commas for a parameter the API reads as one comma-separated list", function()
+    local app = H.app(c)
+    local started = assert(c.machines:create(app, { config = { image = "nginx" } }))
+    local stopped = assert(c.machines:create(app, { config = { image = "nginx" }, skip_launch = true }))
+    assert(c.machines:wait(app, started.id, { state = "started" }))
+    local function ids(list)
+      local t = {}
+      for _, m in ipairs(list) do t[#t + 1] = m.id end
+      table.sort(t)
+      return t
+    end
+    local both = { started.id, stopped.id }
+    table.sort(both)
+    assert.same(both, ids(assert(c.machines:list(app, { state = { "started", "created" } }))))
+    assert.matches("state=started,created$", H.stats().last_request.uri)
+    assert.same({ started.id }, ids(assert(c.machines:list(app, { state = { "started" } }))))
+    assert.same(both, ids(assert(c.machines:list(app, { state = "started,created" }))))
+    local page = assert(c.orgs:list_machines("personal", { state = { "created", "started" } }))
+    assert.matches("state=created,started", H.stats().last_request.uri)
+    assert.is_true(#page.machines >= 2)
+    c:call("Secretkeys_list", { app_name = app, types = { "hs256", "nacl_box" } })
+    assert.matches("types=hs256,nacl_box$", H.stats().last_request.uri)
+    local kinds = {}
+    for _, op in ipairs(require("fly").operations()) do
+      for _, p in ipairs(op.params) do
+        if p["in"] == "query_list" then kinds[#kinds + 1] = op.id .. "." .. p.name end
+      end
+    end
+    table.sort(kinds)
+    assert.same({ "Machines_list.state", "Machines_org_list.state", "Secretkeys_list.types", "Volumes_org_list.state" },
+      kinds)
+  end)
+
   it("sends a table body as JSON and a string body as it is", function()
     local name = H.name()
     assert.is_true(c:call("Apps_create", { body = { app_name = name, org_slug = "personal" } }))

@@ -125,11 +125,32 @@ describe("client.machines", function()
     assert.equals("started", (m:wait("started", { timeout = 10 })))
   end)
 
+  it("sends a stop timeout in seconds as a Go duration, in plain decimals", function()
+    local bodies = {}
+    local t = H.client { trace_bodies = true,
+      trace = function(e) if e.kind == "start" then bodies[#bodies + 1] = e.body end end }
+    local m = new_machine()
+    for _, case in ipairs { { 30, "30s" }, { 0.5, "0.5s" }, { 1e6, "1000000s" }, { 2.5e-5, "0.000025s" },
+                            { "1m30s", "1m30s" } } do
+      bodies = {}
+      assert(t.machines:stop(app, m.id, { timeout = case[1] }))
+      assert.equals(case[2], require("fly.json").decode(bodies[1]).timeout)
+      assert.equals("stopped", (m:wait("stopped", { timeout = 10 })))
+      assert(t.machines:start(app, m.id))
+      assert.equals("started", (m:wait("started", { timeout = 10 })))
+    end
+    t:close()
+  end)
+
   it("stops (always with a JSON body), starts, restarts, suspends", function()
     local m = new_machine()
     assert(c.machines:stop(app, m.id))
+    assert.equals("application/json", H.stats().last_request.headers["content-type"])
     assert.equals("stopped", (m:wait("stopped", { timeout = 10 })))
     assert(c.machines:start(app, m.id))
+    local sent = H.stats().last_request
+    assert.matches("/start$", sent.uri)
+    assert.is_nil(sent.headers["content-type"]) -- no body, no type (libcurl would give a form's)
     assert.equals("started", (m:wait("started", { timeout = 10 })))
     assert(m:stop { signal = "SIGTERM", timeout = 5 })
     assert.equals("stopped", (m:wait("stopped", { timeout = 10 })))

@@ -202,6 +202,28 @@ describe("fly.Request", function()
       assert.equals(a:result().status, b:result().status)
     end)
 
+    it("takes exec's answer labelled application/octet-stream as the API describes, and no other's", function()
+      local answer = '{"exit_code":0,"stdout":"hi\\n","stderr":""}'
+      local bytes = { ["Content-Type"] = "application/octet-stream" }
+      local req = c:_build("Machines_exec", { app_name = "a", machine_id = "m", body = '{"command":["true"]}' })
+      assert.equals("done", (req:_complete(200, bytes, answer)))
+      local res = req:success()
+      assert.equals(0, res.exit_code)
+      assert.equals("hi\n", res.stdout)
+      -- an operation that returns JSON only: a protocol failure, as before (retried: it is safe)
+      req = c:_build("Apps_show", { app_name = "a" })
+      assert.equals("retry", (req:_complete(200, bytes, '{"name":"a"}')))
+      req:cancel()
+      -- exec's octet-stream answer must still be a JSON object
+      req = c:_build("Machines_exec", { app_name = "a", machine_id = "m", body = '{"command":["true"]}' })
+      assert.equals("done", (req:_complete(200, bytes, "hi\n")))
+      assert.equals("protocol", req:result().code)
+      assert.is_false(req:result().retryable)
+      for _, op in ipairs(core.operations()) do
+        if op.id == "Machines_exec" then assert.equals("json", op.returns) end
+      end
+    end)
+
     it("retries through the same policy", function()
       local name = H.app(c)
       local path = "/v1/apps/" .. name

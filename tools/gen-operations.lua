@@ -56,17 +56,20 @@ local METHOD_ORDER = { "get", "post", "put", "patch", "delete" }
 -- array (every JSON schema the description gives for a success is one),
 -- text (text/plain: the tokens), or nothing declared.
 local function returns(o)
-  local json, text = false, false
+  local json, text, bytes = false, false, false
   for code, r in pairs(o.responses or {}) do
     if tostring(code):match("^2") then
       if r["$ref"] then r = doc.components.responses[r["$ref"]:match("([^/]+)$")] end
       for ctype in pairs(r.content or {}) do
         if ctype:find("json", 1, true) then json = true
-        elseif ctype:find("^text/plain") then text = true end
+        elseif ctype:find("^text/plain") then text = true
+        elseif ctype == "application/octet-stream" then bytes = true end
       end
     end
   end
   assert(not (json and text), "an operation returning both JSON and text")
+  -- JSON that the description also lets come labelled application/octet-stream (exec's answer)
+  if json and bytes then return "FLY_RETURNS_JSON_BYTES" end
   return json and "FLY_RETURNS_JSON" or text and "FLY_RETURNS_TEXT" or "FLY_RETURNS_NONE"
 end
 
@@ -97,6 +100,10 @@ for _, path in ipairs(paths) do
           name = HEADER_NAMES[p.name] or p.name:gsub("-", "_")
         elseif kind == "query" and p.name:find("{key}", 1, true) then
           name, kind = p.name:match("^([^.]+)"), "query_map"
+        elseif kind == "query" then
+          -- a list the API reads from one comma-separated value (not from repeated keys)
+          local d = (p.description or ""):lower()
+          if d:find("comma[%s%-]*sep[ae]rated") and not d:find("repeated", 1, true) then kind = "query_list" end
         end
         params[#params + 1] = {
           name = name, wire = p.name, kind = kind,
@@ -137,7 +144,7 @@ end
 table.sort(ops, function(a, b) return a.id < b.id end)
 
 local KIND = { path = "FLY_IN_PATH", query = "FLY_IN_QUERY", query_map = "FLY_IN_QUERY_MAP",
-  header = "FLY_IN_HEADER" }
+  header = "FLY_IN_HEADER", query_list = "FLY_IN_QUERY_LIST" }
 local out = {}
 local function emit(s, ...) out[#out + 1] = select("#", ...) > 0 and s:format(...) or s end
 

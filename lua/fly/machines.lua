@@ -86,10 +86,12 @@ end
 
 local function lease_result(res) return parse_lease(res) end
 
--- A stop timeout goes as a Go duration: numbers are seconds.
+-- A stop timeout goes as a Go duration: numbers are seconds, written in plain decimals to the
+-- microsecond ("30s", "0.5s"; never an exponent, which Go's durations do not read).
 local function duration(v)
-  if type(v) == "number" then return ("%gs"):format(v) end
-  return v
+  if type(v) ~= "number" then return v end
+  local s = ("%.6f"):format(v):gsub("0+$", ""):gsub("%.$", "")
+  return s .. "s"
 end
 
 local function key_param(p, _, key) p.key = key end

@@ -24,8 +24,7 @@ resource.declare(Secretkeys, {
   --- `list(app, params)`: `types` (a comma-separated string or an array of key types, e.g.
   -- `{ "hs256", "nacl_box" }`), `min_version` ->
   -- `{ secret_keys = { { name, type, public_key?, created_at, updated_at }, … } }`
-  { "list", "Secretkeys_list", path = { "app" }, params = true,
-    build = function(p) if type(p.types) == "table" then p.types = table.concat(p.types, ",") end end },
+  { "list", "Secretkeys_list", path = { "app" }, params = true }, -- (the core joins an array of types)
   --- `get(app, name, params)`: one key, never its material; `min_version` ->
   -- `{ name, type, public_key?, created_at, updated_at }` (404)
   { "get", "Secretkey_get", params = true },
