@@ -221,6 +221,25 @@ describe("the client inside nginx #nginx", function()
     assert.equals(4, count)
   end)
 
+  it("cancels map's workers with the task that runs map", function()
+    local app = H.app(c)
+    H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "delay", delay = 0.3, count = 12 }
+    local before = H.stats().requests.Apps_show or 0
+    local status = run(([[
+      local items = {}
+      for i = 1, 12 do items[i] = i end
+      local parent = c:spawn(function()
+        return c:map(items, function() return c.apps:get(%q) end, { concurrency = 3 })
+      end)
+      ngx.sleep(0.1) -- the first three calls are out
+      assert(parent:cancel())
+      ngx.sleep(1.5) -- five times what each call takes
+      return parent:status()
+    ]]):format(app))
+    assert.equals("cancelled", status)
+    assert.equals(3, (H.stats().requests.Apps_show or 0) - before)
+  end)
+
   it("gives the trace hook the same events as the libcurl loop, and applies max_body", function()
     local app = H.app(c)
     H.fault { method = "GET", path = "/v1/apps/" .. app, kind = "status", status = 503, count = 1 }

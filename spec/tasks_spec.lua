@@ -206,6 +206,25 @@ describe("tasks", function()
     assert.has_error(function() c:map({ 1 }, print, { concurrency = 1.5 }) end)
   end)
 
+  it("map inside a task: cancelling the task cancels its workers, and no further item starts", function()
+    slow("/v1/apps/" .. name, 0.3, 12)
+    local before = H.stats().requests.Apps_show or 0
+    local items = {}
+    for i = 1, 12 do items[i] = i end
+    local parent = c:spawn(function()
+      return c:map(items, function() return c.apps:get(name) end, { concurrency = 3 })
+    end)
+    local t0 = fly.now()
+    while (H.stats().requests.Apps_show or 0) - before < 3 and fly.now() - t0 < 10 do c:poll(0.01) end
+    assert.is_true(parent:cancel())
+    local sent = (H.stats().requests.Apps_show or 0) - before
+    assert.equals(3, sent)
+    t0 = fly.now()
+    while fly.now() - t0 < 1.5 do c:poll(0.05) end -- five times what each call takes
+    assert.equals(sent, (H.stats().requests.Apps_show or 0) - before)
+    assert.is_true(c:run(0)) -- no task left: the workers were cancelled
+  end)
+
   it("survive forced garbage collection between every step", function()
     slow("/v1/apps/" .. name, 0.05, 0)
     local tasks = {}

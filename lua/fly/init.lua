@@ -313,8 +313,12 @@ function methods:map(list, fn, opts)
     error("fly: map: concurrency must be a positive integer", 2)
   end
   local results, errors, next_index = {}, {}, 1
+  -- map inside a task: cancelling that task cancels the workers too (their calls in flight are
+  -- abandoned, as a cancelled task's are), and no worker starts another item
+  local parent = loop.current(self)
+  local tasks, hook = {}, nil
   local function worker()
-    while next_index <= n do
+    while next_index <= n and not (parent and parent._status ~= "running") do
       local i = next_index
       next_index = i + 1
       local ok, res, err = compat.pcall(fn, list[i], i)
@@ -326,9 +330,14 @@ function methods:map(list, fn, opts)
       end
     end
   end
-  local tasks = {}
+  if parent then
+    hook = loop.on_cancel(parent, function()
+      for _, t in ipairs(tasks) do t:cancel() end
+    end)
+  end
   for w = 1, math.min(concurrency, n) do tasks[w] = self:spawn(worker) end
   for _, t in ipairs(tasks) do t:join() end
+  if hook then loop.off_cancel(parent, hook) end
   return results, errors
 end
 
