@@ -226,6 +226,7 @@ describe("JSON encoding", function()
       assert.is_false(ok)
       assert.matches("cannot encode", err)
     end
+    assert.matches("cannot encode NaN as JSON", select(2, pcall(encode, { x = 0 / 0 })), 1, true)
   end)
 
   it("escapes quotes, backslashes and control characters; other bytes pass through", function()

@@ -268,7 +268,9 @@ describe("poll", function()
   it("raise on a wrong budget", function()
     H.raises("budget must be a number", function() c:poll(0, "1") end)
     H.raises("budget must be >= 0", function() c:poll(0, -1) end)
-    H.raises("budget must be >= 0", function() c:poll(0, 0 / 0) end)
+    H.raises("budget must be a number %(got NaN%)", function() c:poll(0, 0 / 0) end)
+    H.raises("poll: timeout must be a number %(got NaN%)", function() c:poll(0 / 0) end)
+    H.raises("run: timeout must be a number %(got NaN%)", function() c:run(0 / 0) end)
     assert.equals(0, c:poll(0, math.huge))
     local default = fly.POLL_BUDGET
     for _, bad in ipairs { -1, "abc", 0 / 0 } do

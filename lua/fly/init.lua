@@ -195,6 +195,7 @@ local function optional_number(v, name, what, level)
   if v ~= nil and type(v) ~= "number" then
     error(("fly: %s: %s must be a number (got %s)"):format(name, what, type(v)), level)
   end
+  if v ~= v then error(("fly: %s: %s must be a number (got NaN)"):format(name, what), level) end
 end
 
 --- How long `close` lets the cleanups of cancelled tasks (lease releases) run, seconds.

@@ -71,7 +71,7 @@ local function number(v)
     return format("%d", v)
   end
   if v ~= v or v == huge or v == -huge then
-    error("fly: cannot encode " .. tostring(v) .. " as JSON", 0)
+    error("fly: cannot encode " .. (v ~= v and "NaN" or tostring(v)) .. " as JSON", 0)
   end
   local s = format("%.15g", v)
   if tonumber(s) ~= v then
