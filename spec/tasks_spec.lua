@@ -219,6 +219,9 @@ describe("tasks", function()
     assert.is_true(parent:cancel())
     local sent = (H.stats().requests.Apps_show or 0) - before
     assert.equals(3, sent)
+    local _, err = parent:result()
+    assert.equals("cancelled", err.code)
+    assert.is_true(err.may_have_run) -- its workers' calls had gone out
     t0 = fly.now()
     while fly.now() - t0 < 1.5 do c:poll(0.05) end -- five times what each call takes
     assert.equals(sent, (H.stats().requests.Apps_show or 0) - before)

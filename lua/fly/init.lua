@@ -13,6 +13,7 @@ local json = require "fly.json"
 local Error = require "fly.error"
 local compat = require "fly.compat"
 local loop = require "fly.loop"
+local task_base = require "fly.task"
 local resource = require "fly.resource"
 local trace = require "fly.trace"
 
@@ -317,12 +318,13 @@ function methods:map(list, fn, opts)
   -- map inside a task: cancelling that task cancels the workers too (their calls in flight are
   -- abandoned, as a cancelled task's are), and no worker starts another item
   local parent = loop.current(self)
-  local tasks, hook = {}, nil
+  local tasks, finished, key = {}, 0, nil
   local function worker()
     while next_index <= n and not (parent and parent._status ~= "running") do
       local i = next_index
       next_index = i + 1
       local ok, res, err = compat.pcall(fn, list[i], i)
+      finished = finished + 1
       if ok then
         results[i] = res
         if not res then errors[i] = err end -- the `nil, err` convention: a value is never an error
@@ -331,14 +333,18 @@ function methods:map(list, fn, opts)
       end
     end
   end
-  if parent then
-    hook = loop.on_cancel(parent, function()
-      for _, t in ipairs(tasks) do t:cancel() end
+  if parent then -- cancelled with it: it may have run something if an item finished or went out
+    key = task_base.cascade(parent, function()
+      local ran = finished > 0
+      for _, t in ipairs(tasks) do
+        if t:cancel() and select(2, t:result()).may_have_run then ran = true end
+      end
+      return ran
     end)
   end
   for w = 1, math.min(concurrency, n) do tasks[w] = self:spawn(worker) end
   for _, t in ipairs(tasks) do t:join() end
-  if hook then loop.off_cancel(parent, hook) end
+  if key then task_base.uncascade(parent, key) end
   return results, errors
 end
 

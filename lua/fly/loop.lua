@@ -347,8 +347,10 @@ function Task:cancel()
     st.waiting[self._req] = nil
     self._req:cancel()
   end
-  finish(self, "cancelled", nil, task_base.cancelled(self._req))
+  local err = task_base.cancelled(self._req)
+  finish(self, "cancelled", nil, err)
   compat.close_coroutine(self._co)
+  task_base.run_cascade(self, err) -- the tasks that go with it (map's workers)
   -- what the task left to clean up (a lease to release, …) runs as tasks of its own
   for _, fn in pairs(self._on_cancel or {}) do loop.spawn(self.client, fn) end
   self._on_cancel = nil

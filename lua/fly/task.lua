@@ -74,6 +74,32 @@ function task.cancelled(req, sending)
     may_have_run = may_have_run }
 end
 
+--- Registers `fn` to run at once, inside `t:cancel()`, if `t` is cancelled before it unregisters
+-- it: for tasks that `t` runs and that go with it (`client:map`'s workers). `fn` returns true when
+-- something it stopped may have reached the server, which the cancelled task's error then says.
+-- @return a key for task.uncascade
+function task.cascade(t, fn)
+  t._cascade = t._cascade or {}
+  local key = {}
+  t._cascade[key] = fn
+  return key
+end
+
+--- Unregisters what task.cascade registered.
+function task.uncascade(t, key)
+  if t._cascade then t._cascade[key] = nil end
+end
+
+--- Runs, once, what was registered with task.cascade for the cancelled task `t`, whose error is
+-- `err`: sets `err.may_have_run` when one of them says so.
+function task.run_cascade(t, err)
+  local fns = t._cascade
+  t._cascade = nil
+  for _, fn in pairs(fns or {}) do
+    if fn() then err.may_have_run = true end
+  end
+end
+
 --- The error a task that did not finish in time gives its joiner.
 function task.timeout()
   return Error.new { code = "timeout", message = "the task did not finish in time" }

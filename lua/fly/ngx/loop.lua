@@ -316,7 +316,8 @@ function Task:cancel()
   local req = self._req
   local was_sending = req and sending[req]
   if req then req:cancel() end
-  finish(self, "cancelled", nil, task_base.cancelled(req, was_sending))
+  local err = task_base.cancelled(req, was_sending)
+  finish(self, "cancelled", nil, err)
   local thread = self._thread
   if thread and task_of[coroutine.running()] ~= self then
     -- only the thread that spawned it may kill it (and not in every phase); otherwise it stops
@@ -324,6 +325,7 @@ function Task:cancel()
     local _, killed = pcall(ngx.thread.kill, thread)
     if not killed and self._waits_on then self._waits_on:post(1) end
   end
+  task_base.run_cascade(self, err) -- the tasks that go with it (map's workers)
   -- what the task left to clean up (a lease to release, …) runs as tasks of its own
   local cleanups = self._on_cancel
   self._on_cancel = nil
