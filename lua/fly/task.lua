@@ -74,21 +74,35 @@ function task.cancelled(req, sending)
     may_have_run = may_have_run }
 end
 
+-- Adds `fn` to the set t[field] (made the first time); returns its key.
+local function add(t, field, fn)
+  local set = t[field] or {}
+  t[field] = set
+  local key = {}
+  set[key] = fn
+  return key
+end
+
+local function remove(t, field, key)
+  if t[field] then t[field][key] = nil end
+end
+
+--- Registers `fn` to run, as a task of its own, if `t` is cancelled before it unregisters it: for
+-- cleanups a cancelled task can no longer do itself (a lease to release).
+-- @return a key for task.off_cancel
+function task.on_cancel(t, fn) return add(t, "_on_cancel", fn) end
+
+--- Unregisters what task.on_cancel registered.
+function task.off_cancel(t, key) remove(t, "_on_cancel", key) end
+
 --- Registers `fn` to run at once, inside `t:cancel()`, if `t` is cancelled before it unregisters
 -- it: for tasks that `t` runs and that go with it (`client:map`'s workers). `fn` returns true when
 -- something it stopped may have reached the server, which the cancelled task's error then says.
 -- @return a key for task.uncascade
-function task.cascade(t, fn)
-  t._cascade = t._cascade or {}
-  local key = {}
-  t._cascade[key] = fn
-  return key
-end
+function task.cascade(t, fn) return add(t, "_cascade", fn) end
 
 --- Unregisters what task.cascade registered.
-function task.uncascade(t, key)
-  if t._cascade then t._cascade[key] = nil end
-end
+function task.uncascade(t, key) remove(t, "_cascade", key) end
 
 --- Runs, once, what was registered with task.cascade for the cancelled task `t`, whose error is
 -- `err`: sets `err.may_have_run` when one of them says so.

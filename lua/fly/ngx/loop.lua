@@ -335,19 +335,9 @@ function Task:cancel()
   return true
 end
 
---- Registers `fn` to run (as a task of its own) if `task` is cancelled before it unregisters
--- it. @return a key for loop.off_cancel
-function loop.on_cancel(task, fn)
-  task._on_cancel = task._on_cancel or {}
-  local key = {}
-  task._on_cancel[key] = fn
-  return key
-end
-
---- Unregisters a cleanup registered with loop.on_cancel.
-function loop.off_cancel(task, key)
-  if task._on_cancel then task._on_cancel[key] = nil end
-end
+-- Cleanups a cancelled task can no longer do itself (task_base.on_cancel): each runs as a task of
+-- its own.
+loop.on_cancel, loop.off_cancel = task_base.on_cancel, task_base.off_cancel
 
 --- Cancels every task of a client (when it closes).
 function loop.cancel_all(client)
