@@ -226,6 +226,24 @@ describe("tasks", function()
     while fly.now() - t0 < 1.5 do c:poll(0.05) end -- five times what each call takes
     assert.equals(sent, (H.stats().requests.Apps_show or 0) - before)
     assert.is_true(c:run(0)) -- no task left: the workers were cancelled
+    -- workers that made a call and sleep now, none in flight: still may_have_run
+    parent = c:spawn(function()
+      return c:map({ 1, 2 }, function()
+        assert(c.apps:get(name))
+        c:sleep(30)
+      end)
+    end)
+    t0 = fly.now()
+    while (H.stats().requests.Apps_show or 0) - before < sent + 2 and fly.now() - t0 < 10 do c:poll(0.01) end
+    t0 = fly.now()
+    while fly.now() - t0 < 1 do c:poll(0.05) end -- the gets (0.3 s each) are done: both sleep
+    assert.is_true(parent:cancel())
+    assert.is_true(select(2, parent:result()).may_have_run)
+    -- workers that made no call yet: not
+    parent = c:spawn(function() return c:map({ 1, 2 }, function() c:sleep(30) end) end)
+    c:poll(0.05)
+    assert.is_true(parent:cancel())
+    assert.is_nil(select(2, parent:result()).may_have_run)
   end)
 
   it("survive forced garbage collection between every step", function()

@@ -333,11 +333,15 @@ function methods:map(list, fn, opts)
       end
     end
   end
-  if parent then -- cancelled with it: it may have run something if an item finished or went out
+  if parent then
+    -- cancelled with it; something may have run if an item finished, a worker had made a call
+    -- (it may sleep or wait for its next one now), or its call in flight had gone out
     key = task_base.cascade(parent, function()
       local ran = finished > 0
       for _, t in ipairs(tasks) do
-        if t:cancel() and select(2, t:result()).may_have_run then ran = true end
+        t:cancel() -- (cancelled already, when the client closes: then it returns false)
+        local _, err = t:result()
+        if t._made_call or (type(err) == "table" and err.may_have_run) then ran = true end
       end
       return ran
     end)

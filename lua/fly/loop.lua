@@ -243,10 +243,10 @@ function loop.current(client)
   if task and task.client == client then return task end
 end
 
---- Waits for a request (or timer) to finish: yields inside a task of this
--- client, steps the loop otherwise.
--- @return the request
-function loop.await(client, req)
+-- Waits for `req` to finish: yields inside a task of this client, steps the loop otherwise.
+-- `call`: req is an API call (not a timer), which the task then counts as made (`_made_call`:
+-- something of it may have reached the server, see client:map).
+local function await(client, req, call)
   local st = existing(client)
   if st == nil or st.count == 0 then
     -- no tasks (so not inside one): nobody else waits for anything, and the
@@ -278,12 +278,17 @@ function loop.await(client, req)
   else
     while not done_fn(req) do loop.drive(client, 1, req) end
   end
+  if task and call then task._made_call = true end
   return req
 end
 
+--- Waits for a request to finish: yields inside a task of this client, steps the loop otherwise.
+-- @return the request
+function loop.await(client, req) return await(client, req, true) end
+
 --- Sleeps without blocking the loop.
 function loop.sleep(client, seconds)
-  loop.await(client, client:_timer(seconds))
+  await(client, client:_timer(seconds), false)
 end
 
 local next_id = 0

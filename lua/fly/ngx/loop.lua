@@ -236,7 +236,7 @@ function loop.await(client, req)
   local task = loop.current(client)
   if task then task._req = req end
   carry(client, req)
-  if task then task._req = nil end
+  if task then task._req, task._made_call = nil, true end -- (see client:map)
   return req
 end
 
