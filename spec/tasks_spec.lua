@@ -246,6 +246,14 @@ describe("tasks", function()
     assert.is_nil(select(2, parent:result()).may_have_run)
   end)
 
+  it("raise on a sleep or join time that is not a number, NaN included", function()
+    H.raises("sleep: seconds must be a number %(got string%)", function() c:sleep("1") end)
+    H.raises("sleep: seconds must be a number %(got NaN%)", function() c:sleep(0 / 0) end)
+    local t = c:spawn(function() end)
+    H.raises("join: timeout must be a number %(got NaN%)", function() t:join(0 / 0) end)
+    assert.is_true(c:run(10))
+  end)
+
   it("survive forced garbage collection between every step", function()
     slow("/v1/apps/" .. name, 0.05, 0)
     local tasks = {}

@@ -293,7 +293,9 @@ end
 --- Sleeps `seconds` without blocking other tasks.
 function methods:sleep(seconds)
   open(self, 3, "sleep")
-  if type(seconds) ~= "number" then error("fly: sleep: seconds must be a number", 2) end
+  if type(seconds) ~= "number" or seconds ~= seconds then
+    error(("fly: sleep: seconds must be a number (got %s)"):format(seconds ~= seconds and "NaN" or type(seconds)), 2)
+  end
   loop.sleep(self, seconds)
 end
 

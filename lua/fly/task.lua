@@ -47,8 +47,8 @@ end
 --- Raises (at the caller of `join`) on a timeout that is not a number, or when the task
 -- running the join (`current`) is the task joined.
 function task.check_join(joined, timeout, current)
-  if timeout ~= nil and type(timeout) ~= "number" then
-    error("fly: join: timeout must be a number (got " .. type(timeout) .. ")", 3)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout) then
+    error("fly: join: timeout must be a number (got " .. (timeout ~= timeout and "NaN" or type(timeout)) .. ")", 3)
   end
   if current == joined then error("fly: a task cannot join itself", 3) end
 end
