@@ -770,7 +770,6 @@ int fly_redis_fd(fly_redis *r, short *events) {
   return r->ac->c.fd;
 }
 
-
 void fly_redis_io(fly_redis *r, short revents, double now) {
   r->io_now = now;
   check_resolution(r, now);
