@@ -139,8 +139,8 @@ const char *fly_curl_version(void) { return curl_version_info(CURLVERSION_NOW)->
  * a POST (start, stop, cordon, ...). */
 static struct curl_slist *to_slist(const fly_strlist *l, int body, int *ok) {
   struct curl_slist *s = NULL;
-  for (size_t i = 0; i <= l->n; i++) {
-    if (i == l->n && body) break;
+  size_t n_lines = l->n + (body ? 0 : 1);
+  for (size_t i = 0; i < n_lines; i++) {
     struct curl_slist *n = curl_slist_append(s, i < l->n ? l->v[i] : "Content-Type:");
     if (!n) {
       curl_slist_free_all(s);

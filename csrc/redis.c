@@ -798,6 +798,15 @@ double fly_redis_next_timeout(fly_redis *r, double now) {
   return t > 0 ? t : 0;
 }
 
+/* The script's ARGV[1] (microseconds per token) and ARGV[2] (burst) for a
+ * limit; 0 when it is no limit (no rate, or a burst below 1). */
+static int limit_argv(fly_limit limit, char interval[32], char burst[32]) {
+  if (!(limit.rate > 0) || !(limit.burst >= 1)) return 0;
+  snprintf(interval, 32, "%.6f", 1e6 / limit.rate);
+  snprintf(burst, 32, "%.6f", limit.burst);
+  return 1;
+}
+
 int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize, double latest,
                     void *cookie, double now) {
   check_resolution(r, now);
@@ -807,7 +816,7 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
   }
   size_t klen = strlen(key);
   pending *p = NULL;
-  if (!(limit.rate > 0) || !(limit.burst >= 1) || !(p = calloc(1, sizeof *p + klen + 1)) ||
+  if (!(p = calloc(1, sizeof *p + klen + 1)) || !limit_argv(limit, p->interval, p->burst) ||
       !reserve_result(r)) {
     free(p);
     r->stats.local++;
@@ -816,8 +825,6 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
   memcpy(p->key, key, klen + 1);
   p->cookie = cookie;
   p->sent = now;
-  snprintf(p->interval, sizeof p->interval, "%.6f", 1e6 / limit.rate);
-  snprintf(p->burst, sizeof p->burst, "%.6f", limit.burst);
   p->penalize[0] = penalize ? '1' : '0';
   /* rounded up: a delay the script refuses is then never one the caller would let go */
   if (latest < 1e12) snprintf(p->latest, sizeof p->latest, "%.0f", latest > -1e12 ? ceil(latest * 1e6) : -1e18);
@@ -836,11 +843,8 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
 
 void fly_redis_refund(fly_redis *r, const char *key, fly_limit limit, double now) {
   check_resolution(r, now);
-  if (r->down || !(limit.rate > 0) || !(limit.burst >= 1)) return;
   char interval[32], burst[32];
-  snprintf(interval, sizeof interval, "%.6f", 1e6 / limit.rate);
-  snprintf(burst, sizeof burst, "%.6f", limit.burst);
-  send_refund(r, key, interval, burst);
+  if (!r->down && limit_argv(limit, interval, burst)) send_refund(r, key, interval, burst);
 }
 
 int fly_redis_cancel(fly_redis *r, void *cookie) {
