@@ -82,6 +82,10 @@ const char *fly_param_string(lua_State *L, int idx, const fly_operation *op, con
   }
   if (t == LUA_TNUMBER) {
     char tmp[64];
+    double v = (double)lua_tonumber(L, idx);
+    if (!isfinite(v))
+      raise_at(L, level, "fly: %s: parameter '%s' must be a finite number (got %s)", op->id, name,
+               v != v ? "NaN" : v > 0 ? "inf" : "-inf");
     number_string(L, idx, tmp, sizeof tmp);
     lua_pushstring(L, tmp);
     lua_replace(L, idx);

@@ -56,6 +56,19 @@ describe("fly.new", function()
     H.raises("^[^:]+_spec%.lua:%d+: fly%.new: base_url needs a scheme: http:// or https:// "
       .. '%(got "127%.0%.0%.1:4280"%)$', function() fly.new { token = "t", base_url = "127.0.0.1:4280" } end)
     H.raises("needs a scheme", function() fly.new { token = "t", base_url = "api.machines.dev" } end)
+    -- a token given as base_url (or with it, or in a URL's credentials) is not quoted
+    local token = "fm2_lJPECAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    for _, bad in ipairs { token, "https//" .. token:sub(5, 20), "http://x/?t=" .. token,
+                           "http://x:" .. token .. "@api.machines.dev", "http://user:pass@api.machines.dev" } do
+      local ok, err = pcall(fly.new, { token = token, base_url = bad })
+      assert.is_false(ok)
+      assert.matches("fly%.new: base_url ", err)
+      assert.is_nil(err:find(token:sub(5, 16), 1, true))
+    end
+    H.raises("base_url must not hold credentials %(user:password@%)",
+      function() fly.new { token = "t", base_url = "http://user:pass@api.machines.dev" } end)
+    H.raises('needs a scheme: http:// or https:// %(got a value holding the token, not shown%)',
+      function() fly.new { token = token, base_url = token } end)
     assert.has_error(function() fly.new { token = "t", headers = { ["X-A"] = "1\r\nX-B: 2" } } end)
     -- the token and user agent say what is wrong with them (the token itself never shows)
     assert.has_error(function() fly.new { token = "t\nX-B: 2" } end, "fly: the token contains a line break")

@@ -139,6 +139,22 @@ describe("client.machines", function()
       assert(t.machines:start(app, m.id))
       assert.equals("started", (m:wait("started", { timeout = 10 })))
     end
+    -- NaN and the infinities have no duration: nothing is sent
+    local sent = H.stats().requests
+    for _, v in ipairs { 0 / 0, math.huge, -math.huge } do
+      H.raises("machines:stop: opts.timeout must be a finite number of seconds %(got ",
+        function() t.machines:stop(app, m.id, { timeout = v }) end)
+      H.raises("Machines_restart: parameter 'timeout' must be a finite number %(got ",
+        function() t.machines:restart(app, m.id, { timeout = v }) end)
+    end
+    assert.same(sent, H.stats().requests)
+    -- a wait's own times: a negative or NaN one is a mistake, not an instant timeout
+    H.raises("machines:wait: opts.timeout must be a number >= 0 %(got NaN%)",
+      function() t.machines:wait(app, m.id, { timeout = 0 / 0 }) end)
+    H.raises("machine:wait: opts.timeout must be a number >= 0 %(got %-1%)",
+      function() m:wait("started", { timeout = -1 }) end)
+    H.raises("machines:wait: opts.not_found_grace must be a number >= 0 %(got NaN%)",
+      function() t.machines:wait(app, m.id, { not_found_grace = 0 / 0 }) end)
     t:close()
   end)
 

@@ -81,6 +81,21 @@ local OPTIONS = {
   max_body = "number",
 }
 
+-- A value an error quotes, unless it holds the token or a part of it (SHOWN_RUN bytes in a row, or
+-- all of a shorter token): a token given as base_url by mistake is not shown.
+local SHOWN_RUN = 12
+local function shown(value, token)
+  local run = math.min(#token, SHOWN_RUN)
+  if run < 6 then
+    if value == token then return "the token, not shown" end
+  else
+    for i = 1, #token - run + 1 do
+      if value:find(token:sub(i, i + run - 1), 1, true) then return "a value holding the token, not shown" end
+    end
+  end
+  return ("%q"):format(value)
+end
+
 local function getenv(name)
   local v = os.getenv(name)
   if v and v ~= "" then return v end
@@ -125,10 +140,14 @@ function fly.new(opts)
   local base = opts.base_url or getenv("FLY_API_HOSTNAME") or fly.DEFAULT_BASE_URL
   if not base:find("^%a[%w+.-]*://") then
     local from = opts.base_url and "" or " (from FLY_API_HOSTNAME)"
-    error(("fly.new: base_url needs a scheme: http:// or https:// (got %q%s)"):format(base, from), 2)
+    error(("fly.new: base_url needs a scheme: http:// or https:// (got %s%s)"):format(shown(base, token), from), 2)
   end
   if not base:find("^https?://[^/?#%s]+") or base:find("[?#%s]") then
-    error(("fly.new: base_url must be an http(s) URL without query or fragment (got %q)"):format(base), 2)
+    error(("fly.new: base_url must be an http(s) URL without query or fragment (got %s)"):format(shown(base, token)),
+      2)
+  end
+  if base:find("^https?://[^/]*@") then
+    error("fly.new: base_url must not hold credentials (user:password@): the token goes in `token`", 2)
   end
   if opts.trace_bodies and not opts.trace then
     error("fly.new: option 'trace_bodies' needs a trace hook (option 'trace')", 2)

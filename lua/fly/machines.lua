@@ -87,9 +87,13 @@ end
 local function lease_result(res) return parse_lease(res) end
 
 -- A stop timeout goes as a Go duration: numbers are seconds, written in plain decimals to the
--- microsecond ("30s", "0.5s"; never an exponent, which Go's durations do not read).
+-- microsecond ("30s", "0.5s"; never an exponent, which Go's durations do not read). NaN and
+-- the infinities have no duration: false and why.
 local function duration(v)
   if type(v) ~= "number" then return v end
+  if v ~= v or v == math.huge or v == -math.huge then
+    return false, ("opts.timeout must be a finite number of seconds (got %s)"):format(v ~= v and "NaN" or tostring(v))
+  end
   local s = ("%.6f"):format(v):gsub("0+$", ""):gsub("%.$", "")
   return s .. "s"
 end
@@ -158,7 +162,11 @@ resource.declare(Machines, {
   --- `stop(app, id, opts)`: `signal`, `timeout` (seconds or a Go duration), `lease_nonce`;
   -- always sends a JSON body -> true
   { "stop", "Machines_stop", opts = STOP_OPTS,
-    build = function(p, o) p.body = { signal = o.signal, timeout = duration(o.timeout) } end },
+    build = function(p, o)
+      local timeout, why = duration(o.timeout)
+      if timeout == false then return false, why end
+      p.body = { signal = o.signal, timeout = timeout }
+    end },
   --- `restart(app, id, opts)`: `signal`, `timeout`, `lease_nonce` -> true
   { "restart", "Machines_restart", opts = STOP_OPTS,
     build = function(p, o) p.signal, p.timeout = o.signal, o.timeout end },
@@ -319,6 +327,11 @@ local function wait(c, app, id, opts, name, d)
   local states = wait_states(opts, name, d + 1)
   local timeout = opts.timeout or Machines.DEFAULT_WAIT_TIMEOUT
   local grace = opts.not_found_grace or Machines.DEFAULT_NOT_FOUND_GRACE
+  for key, v in pairs { timeout = timeout, not_found_grace = grace } do
+    if v ~= v or v < 0 then
+      error(("fly: %s: opts.%s must be a number >= 0 (got %s)"):format(name, key, v ~= v and "NaN" or v), d + 1)
+    end
+  end
   local version = opts.version
   if version == true then error(("fly: %s: opts.version must be a string or false"):format(name), d + 1) end
   if version == false or version == "" then version = nil end
