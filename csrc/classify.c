@@ -329,6 +329,9 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
     if ((!a->sent || p->safe) && strcmp(a->code, "too_large") != 0) a->retryable = 1;
   } else if (a->status == 429) {
     a->retryable = 1; /* not executed: safe for every operation */
+    /* the bucket is emptied whether a retry follows or the 429 is the answer: the calls after
+       this one wait for a refill instead of meeting the same limit */
+    if (p->rate_key) fly_rate_penalize(p->rate_key, p->limit, now);
   } else if (p->safe && (a->status == 500 || a->status == 502 || a->status == 503 || a->status == 504 ||
                          (a->status == 408 && !p->is_wait))) {
     a->retryable = 1;
@@ -345,8 +348,7 @@ static double retry_delay(fly_retry *p, fly_reply *a, double now) {
     double retry_after = a->retry_after > 0 ? a->retry_after : 0;
     /* the bucket's refill time: through the shared bucket when limiting,
        else one token's worth of the published limit */
-    if (p->rate_key) {
-      fly_rate_penalize(p->rate_key, p->limit, now);
+    if (p->rate_key) { /* (emptied above) */
       /* no token for a retry that cannot fit even at its Retry-After */
       if (!fly_retry_fits(p, now + retry_after * stretch)) return -1;
       double before = now + (latest - now) / stretch - p->margin;

@@ -707,6 +707,12 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
     if (r->shared_key) shared_admit(c, r, r->reply.status == 429); /* a retry is another request */
     return;
   }
+  /* a 429 that is the answer empties the shared bucket all the same */
+  if (r->shared_key && c->redis && r->reply.status == 429 && !r->reply.code) {
+    fly_redis_penalize(c->redis, r->shared_key, r->retry.limit, now);
+    fly_redis_io(c->redis, POLLOUT, now); /* sent now, as an admission is */
+    shared_warn(c);
+  }
   deliver(L, r, finished);
 }
 

@@ -443,18 +443,28 @@ static int took_token(const pending *p, long long delay) {
   return !p->latest[0] || (double)delay < strtod(p->latest, NULL);
 }
 
-/* Sends the script's refund mode for a bucket (see fly_redis_refund); its
- * answer is only read, never queued. */
-static void send_refund(fly_redis *r, const char *key, const char *interval, const char *burst) {
+/* The latest (ARGV[4]) no delay is before: the script takes no token. */
+#define NO_TOKEN "-1000000000000000000"
+
+/* Sends the script for a bucket without anyone waiting for its answer (only
+ * read, never queued): mode '2' gives a token back (fly_redis_refund), '1'
+ * with latest NO_TOKEN empties the bucket (fly_redis_penalize). */
+static void send_unwaited(fly_redis *r, const char *key, const char *interval, const char *burst, char mode,
+                          const char *latest) {
   size_t klen = strlen(key);
   pending *p = r->ac ? calloc(1, sizeof *p + klen + 1) : NULL; /* freed by on_admit */
-  if (!p) return; /* no connection, or no memory: the token stays taken, as when Redis is down */
+  if (!p) return; /* no connection, or no memory: the bucket stays as it is, as when Redis is down */
   memcpy(p->key, key, klen + 1);
   snprintf(p->interval, sizeof p->interval, "%s", interval);
   snprintf(p->burst, sizeof p->burst, "%s", burst);
-  p->penalize[0] = '2';
+  p->penalize[0] = mode;
+  if (latest) snprintf(p->latest, sizeof p->latest, "%s", latest);
   p->answered = p->refund = 1; /* nothing waits for it: answer() passes it by */
   if (!send_admission(r, p, 0)) free(p);
+}
+
+static void send_refund(fly_redis *r, const char *key, const char *interval, const char *burst) {
+  send_unwaited(r, key, interval, burst, '2', NULL);
 }
 
 static void on_admit(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -827,7 +837,10 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
   p->sent = now;
   p->penalize[0] = penalize ? '1' : '0';
   /* rounded up: a delay the script refuses is then never one the caller would let go */
-  if (latest < 1e12) snprintf(p->latest, sizeof p->latest, "%.0f", latest > -1e12 ? ceil(latest * 1e6) : -1e18);
+  if (latest < 1e12) {
+    if (latest > -1e12) snprintf(p->latest, sizeof p->latest, "%.0f", ceil(latest * 1e6));
+    else snprintf(p->latest, sizeof p->latest, "%s", NO_TOKEN);
+  }
   if (!send_admission(r, p, 0)) {
     free(p);
     r->stats.local++;
@@ -845,6 +858,12 @@ void fly_redis_refund(fly_redis *r, const char *key, fly_limit limit, double now
   check_resolution(r, now);
   char interval[32], burst[32];
   if (!r->down && limit_argv(limit, interval, burst)) send_refund(r, key, interval, burst);
+}
+
+void fly_redis_penalize(fly_redis *r, const char *key, fly_limit limit, double now) {
+  check_resolution(r, now);
+  char interval[32], burst[32];
+  if (!r->down && limit_argv(limit, interval, burst)) send_unwaited(r, key, interval, burst, '1', NO_TOKEN);
 }
 
 int fly_redis_cancel(fly_redis *r, void *cookie) {

@@ -45,7 +45,8 @@
  *     fly_rate_reserve(key, limit, now)) + margin) (the local bucket keeps
  *     counting this process's requests, so a fallback goes on from where this
  *     process stood); LOCAL -> fly_rate_admit; then queued;
- *   - a 429: fly_redis_admit(..., penalize = 1, ...) (after fly_rate_penalize);
+ *   - a 429: fly_redis_admit(..., penalize = 1, ...) (after fly_rate_penalize)
+ *     for its retry; fly_redis_penalize when the 429 is the call's answer;
  *   - a request cancelled or finished while admitting: fly_redis_cancel;
  *   - a request whose admission took a token (answer.took) and that never
  *     went out: fly_redis_refund;
@@ -141,6 +142,12 @@ int fly_redis_admit(fly_redis *r, const char *key, fly_limit limit, int penalize
  * never past full. Nothing answers; while Redis is down or not connected the
  * token stays taken (it was taken in a bucket this process cannot reach). */
 void fly_redis_refund(fly_redis *r, const char *key, fly_limit limit, double now);
+
+/* Empties bucket `key` after a 429 that no retry follows (one that is
+ * retried is admitted with penalize = 1 instead): no token is taken. Nothing
+ * answers; while Redis is down or not connected only the local bucket was
+ * emptied. */
+void fly_redis_penalize(fly_redis *r, const char *key, fly_limit limit, double now);
 
 /* Forgets the admission with this cookie (its request went away): no result
  * will be queued for it, and a token Redis takes for it is given back.

@@ -22,7 +22,8 @@
  *       attempt; for an externally admitted request that is rate limited,
  *       `bucket` says what its bucket must do before the retry ("penalize"
  *       after a 429, then "reserve" as for any retry), and the retry waits
- *       for the later of `at` and the bucket. After "done", result(),
+ *       for the later of `at` and the bucket; "done", nil, "penalize": a 429
+ *       ends the call, and its bucket is emptied (no token taken). After "done", result(),
  *       success() and json() read it exactly as they read a request the
  *       libcurl transport carried. */
 #include "request.h"
@@ -529,7 +530,11 @@ static int report(lua_State *L, fly_request *r) {
   }
   fly_request_finish(L, r);
   lua_pushliteral(L, "done");
-  return 1;
+  if (!(r->external && r->rate_key && r->reply.status == 429 && !r->reply.code)) return 1;
+  /* a 429 that is the answer empties the transport's bucket too (no retry takes a token) */
+  lua_pushnil(L);
+  lua_pushliteral(L, "penalize");
+  return 3;
 }
 
 /* Clears what the previous attempt left; 0 when the request is done

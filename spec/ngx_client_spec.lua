@@ -284,6 +284,23 @@ describe("the client inside nginx #nginx", function()
     assert.equals("start finish retry giveup", kinds)
   end)
 
+  it("empties the bucket after a 429 that is the call's answer", function()
+    local app = H.app(c)
+    local id = "e28650000429ff"
+    H.fault { method = "POST", path = "/v1/apps/" .. app .. "/machines/" .. id .. "/start", kind = "status",
+      status = 429, count = 1 }
+    local first, second = n:run(([[
+      local fly = require "fly"
+      local c = assert(fly.new { retry = false })
+      local _, err = c.machines:start(%q, %q)
+      local _, err2 = c:call("Machines_start", { app_name = %q, machine_id = %q }, { deadline = 0.3 })
+      return tostring(err.status), tostring(err2.code)
+    ]]):format(app, id, app, id))
+    assert.equals("429", first)
+    assert.equals("timeout", second) -- held back for the refill: not sent
+    assert.equals(1, H.stats().requests.Machines_start)
+  end)
+
   it("holds a lease while fn runs: refreshes it, releases it, also when fn raises", function()
     local app = H.app(c)
     local code = ([[

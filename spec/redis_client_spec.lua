@@ -319,6 +319,28 @@ describe("rate_limit.redis", function()
     c:close()
   end)
 
+  it("empties the bucket in Redis after a 429 that is the call's answer", function()
+    local name = "answer429-" .. math.floor(socket.gettime() * 1000)
+    local limits = { redis = url(), margin = 0, Apps_show = { rate = 1, burst = 3 } }
+    local c = H.client { retry = false, rate_limit = limits }
+    c:call("Apps_show", { app_name = name })
+    local key = cli("--scan --pattern 'fly:rl:*:Apps_show:" .. name .. "'"):match("(%S+)")
+    assert.is_string(key)
+    H.fault { method = "GET", path = "/v1/apps/" .. name, kind = "status", status = 429, count = 1 }
+    local res, err = c:call("Apps_show", { app_name = name })
+    assert.is_nil(res)
+    assert.equals(429, err.status)
+    -- two tokens taken would leave the bucket 2 s behind; emptied, it is 3 s (burst / rate) behind
+    local ahead
+    local deadline = socket.gettime() + 0.5 -- (the penalty goes out unanswered: it may still be on its way)
+    repeat
+      local s, us = cli("time"):match("(%d+)%s+(%d+)")
+      ahead = (tonumber(cli("get " .. key):match("(%d+)")) or 0) - (tonumber(s) * 1e6 + tonumber(us))
+    until ahead > 2.6e6 or socket.gettime() > deadline
+    assert.is_true(ahead > 2.6e6, ("the bucket is %.0f us behind"):format(ahead))
+    c:close()
+  end)
+
   it("gives Redis back the token of a call that never went out", function()
     local function key_of(name)
       return (cli("--scan --pattern 'fly:rl:*:Apps_show:" .. name .. "'"):match("(%S+)"))

@@ -149,6 +149,34 @@ describe("retries", function()
     assert.is_true(fly.now() - t0 >= 0.95)
   end)
 
+  it("empties the bucket after a 429 that is the answer: the calls after it wait for a refill", function()
+    -- start: 1 a second per machine, a burst of 3. The 429 used one token; without the penalty
+    -- the next call would go at once (and meet the same limit)
+    local once = H.client { retry = false, rate_limit = true }
+    local retrying = H.client { retry = FAST, rate_limit = true }
+    for i, case in ipairs {
+      { client = once }, -- no retry: the 429 is the answer
+      { client = retrying, retry_after = 120 }, -- Retry-After past retry.max_wait: returned at once
+    } do
+      local id = ("e28650000429%02d"):format(i)
+      local start = "/v1/apps/" .. name .. "/machines/" .. id .. "/start"
+      H.fault { method = "POST", path = start, kind = "status", status = 429, count = 1,
+        retry_after = case.retry_after }
+      local res, err = case.client.machines:start(name, id)
+      assert.is_nil(res)
+      assert.equals(429, err.status)
+      assert.equals(1, err.attempts)
+      local sent = H.stats().requests.Machines_start
+      res, err = case.client:call("Machines_start", { app_name = name, machine_id = id }, { deadline = 0.3 })
+      assert.is_nil(res)
+      assert.equals("timeout", err.code)
+      assert.matches("rate limit", err.message)
+      assert.equals(sent, H.stats().requests.Machines_start) -- held back, not sent
+    end
+    once:close()
+    retrying:close()
+  end)
+
   it("does not send a retry with less time before the deadline than the attempt before it took", function()
     -- the 429 comes after 1 s and asks for 1 s more: a retry at 2.0-2.1 s would have 0.4-0.5 s
     -- of the 2.5 s deadline. Sent, it would be cut off after the server took it (this create is

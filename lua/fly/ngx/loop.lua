@@ -205,13 +205,18 @@ local function carry(client, req)
       sending[req] = nil
       if res or err.sent then holds = false end -- it may have reached the server: used
       give_back()
-      local _, bucket
+      local verdict, bucket, _
       if res then
-        _, _, bucket = req:_complete(res.status, res.headers, res.body)
+        verdict, _, bucket = req:_complete(res.status, res.headers, res.body)
       else
-        _, _, bucket = req:_failed(err.code, err.message, err.sent, err.status)
+        verdict, _, bucket = req:_failed(err.code, err.message, err.sent, err.status)
       end
-      if bucket then admit(bucket == "penalize") end
+      if verdict == "done" then
+        -- a 429 that is the answer empties the bucket all the same, taking no token
+        if bucket == "penalize" then buckets_of(client):penalize(key, rate, burst, margin, 0) end
+      elseif bucket then
+        admit(bucket == "penalize")
+      end
       drain(client)
       check_cancelled()
     end
