@@ -235,6 +235,73 @@ describe("machine leases", function()
       assert.equals(404, err.status)
     end)
 
+    it("releases a lease granted after the client closed while the task asked for it", function()
+      -- the server takes 0.5 s to grant it; the client closes meanwhile: its request is let finish
+      -- (the task asking for it is the one close lets run), and the grant is released
+      local closing = H.client()
+      local cm = assert(closing.machines:get(app, m.id))
+      H.fault { op = "Machines_create_lease", kind = "delay", delay = 0.5, count = 1 }
+      closing:spawn(function() return cm:with_lease({ ttl = 30 }, function() closing:sleep(30) end) end)
+      local granted_by = fly.now() + 0.5
+      local deadline = fly.now() + 5
+      repeat closing:poll(0.02) until H.stats().requests.Machines_create_lease or fly.now() > deadline
+      assert.equals(1, H.stats().requests.Machines_create_lease) -- the request for the lease is there
+      closing:close()
+      if fly.now() < granted_by then c:sleep(granted_by - fly.now() + 0.3) end -- (were it abandoned)
+      local none, err = m:get_lease()
+      assert.is_nil(none)
+      assert.equals(404, err.status)
+    end)
+
+    it("releases when the task is cancelled, or its client closed, while the release waits to go out",
+      function()
+      for _, how in ipairs { "cancel", "close" } do
+        -- one release a 5 s: the first with_lease takes the token, the second's release waits
+        local slow = H.client { rate_limit = { Machines_release_lease = { rate = 0.2, burst = 1 } } }
+        local sm = assert(slow.machines:get(app, m.id))
+        assert.equals("first", (sm:with_lease(function() return "first" end)))
+        local holder = slow:spawn(function() return sm:with_lease({ ttl = 30 }, function() return "fn" end) end)
+        local deadline = fly.now() + 10
+        while not m:get_lease() and fly.now() < deadline do slow:poll(0.05) end
+        slow:poll(0.2) -- fn has returned: the release waits for its token
+        assert.equals("running", holder:status())
+        if how == "cancel" then
+          assert.is_true(holder:cancel())
+          assert.is_true(slow:run(10)) -- the cleanup's release
+        end
+        slow:close()
+        local none, err = m:get_lease()
+        assert.is_nil(none, how)
+        assert.equals(404, err.status)
+      end
+    end)
+
+    it("is not a task client:run waits for: run inside fn returns when fn's tasks are done", function()
+      local out = m:with_lease({ ttl = 15 }, function(leased)
+        local t = c:spawn(function() return leased:set_metadata("k", "v") end)
+        assert.is_true(c:run(10)) -- the refresher runs, but is not waited for
+        assert.equals("done", t:status())
+        assert.equals(0, c:poll())
+        return "ok"
+      end)
+      assert.equals("ok", out)
+    end)
+
+    it("takes opts or not from the namespace too, and names a bad ttl or wait", function()
+      assert.equals("bare", (c.machines:with_lease(app, m.id, function() return "bare" end)))
+      for _, case in ipairs {
+        { { ttl = 0 / 0 }, "machines:with_lease: opts.ttl must be a finite number of seconds above 0 %(got NaN%)" },
+        { { ttl = math.huge }, "opts.ttl must be a finite number of seconds above 0 %(got inf" },
+        { { wait = 0 / 0 }, "machines:with_lease: opts.wait must be a number >= 0 %(got NaN%)" },
+      } do
+        H.raises(case[2], function() c.machines:with_lease(app, m.id, case[1], function() end) end)
+      end
+      H.raises("machines:acquire_lease: opts.ttl must be a finite number of seconds above 0 %(got %-1%)",
+        function() c.machines:acquire_lease(app, m.id, { ttl = -1 }) end)
+      H.raises("machines:refresh_lease: ttl must be a finite number of seconds above 0 %(got NaN%)",
+        function() c.machines:refresh_lease(app, m.id, "nonce", 0 / 0) end)
+    end)
+
     it("releases and re-raises when fn raises, with the original error value", function()
       local boom = setmetatable({}, { __tostring = function() return "boom" end })
       local ok, err = pcall(m.with_lease, m, { ttl = 5 }, function() error(boom) end)

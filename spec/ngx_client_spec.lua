@@ -386,6 +386,22 @@ describe("the client inside nginx #nginx", function()
     ]]
     assert.equals("running,cancelled", joined)
     assert.is_true(require("socket").gettime() - start < 10)
+    -- a task that cancels itself stops there: no call of its goes out
+    local self_status, after = run(([[
+      local after = false
+      local t
+      t = c:spawn(function()
+        ngx.sleep(0.01) -- (a light thread starts at once: t is set after its first yield)
+        t:cancel()
+        after = true
+        return c.machines:create(%q, { config = { image = "nginx" } })
+      end)
+      t:join()
+      return t:status(), tostring(after)
+    ]]):format(app))
+    assert.equals("cancelled", self_status)
+    assert.equals("false", after)
+    assert.is_nil(H.stats().requests.Machines_create)
   end)
 
   it("verifies TLS against lua_ssl_trusted_certificate; insecure turns it off", function()

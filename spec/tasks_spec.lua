@@ -357,15 +357,39 @@ describe("tasks", function()
     traced:close()
   end)
 
-  it("stay cancelled when they cancel themselves", function()
+  it("stop where they cancel themselves: nothing after it runs, no call of theirs goes out", function()
+    local after = false
     local t
     t = c:spawn(function()
       t:cancel()
-      return "finished anyway"
+      after = true
+      assert(c.machines:create(name, { config = { image = "nginx" } }))
     end)
-    c:run(5)
-    assert.equals("cancelled", t:status())
-    assert.equals("cancelled", select(2, t:result()).code)
+    -- one that catches the stop and goes on: its calls raise, and are not sent
+    local caught, second
+    local u
+    u = c:spawn(function()
+      caught = select(2, pcall(u.cancel, u))
+      second = select(2, pcall(c.machines.create, c.machines, name, { config = { image = "nginx" } }))
+    end)
+    -- a worker of map cancelling the task that runs the map ("abort on the first error")
+    local parent
+    parent = c:spawn(function()
+      return c:map({ 1, 2, 3 }, function(i)
+        if i == 1 then parent:cancel() end
+        return c.machines:create(name, { config = { image = "nginx" } })
+      end, { concurrency = 2 })
+    end)
+    assert.is_true(c:run(10))
+    for _, task in ipairs { t, u, parent } do
+      assert.equals("cancelled", task:status())
+      assert.equals("cancelled", select(2, task:result()).code)
+    end
+    assert.is_false(after)
+    assert.equals("cancelled", caught.code)
+    assert.equals("cancelled", second.code)
+    assert.is_nil(H.stats().requests.Machines_create)
+    assert.equals(0, #assert(c.machines:list(name)))
   end)
 
   it("drop a joining task's timer when it is cancelled", function()

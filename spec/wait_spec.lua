@@ -173,13 +173,29 @@ describe("machines:wait", function()
     local m = started()
     H.fault { op = "Machines_wait", kind = "status", status = 503, count = 0 }
     local t0 = fly.now()
-    local state, err = m:wait("started", { timeout = 1.5 })
+    local state, err = m:wait("stopped", { timeout = 1.5 })
     local took = fly.now() - t0
     assert.is_nil(state)
     assert.equals("timeout", err.code)
+    assert.equals("started", err.state)
     assert.equals(503, err.cause.status)
     assert.matches("last error: fly: 503", err.message)
     assert.is_true(took >= 1.5 - 0.05 and took < 1.5 + 5, "took " .. took)
+    -- the machine in the state waited for when the time is up: that is the answer
+    state = assert(m:wait("started", { timeout = 0.5 }))
+    assert.equals("started", state)
+  end)
+
+  it("answers a wait of timeout 0 from the machine's state now", function()
+    local m = started()
+    local before = H.stats().requests.Machines_wait or 0
+    local state, version = m:wait("started", { timeout = 0 })
+    assert.equals("started", state)
+    assert.equals(m.instance_id, version)
+    local _, err = m:wait("stopped", { timeout = 0 })
+    assert.equals("timeout", err.code)
+    assert.equals("started", err.state)
+    assert.equals(before, H.stats().requests.Machines_wait or 0) -- no long-poll: a get
   end)
 
   it("returns the 404 of a missing machine when the timeout ends before the grace", function()

@@ -229,13 +229,14 @@ fly.CLOSE_CLEANUP_TIMEOUT = 5
 function methods:close()
   if type(self) ~= "userdata" then resource.dot_call("client:close", 2) end
   if self:is_closed() then return end
-  loop.cancel_all(self)
-  if loop.count(self) > 0 and not loop.current(self) then
+  local driving = not loop.current(self)
+  loop.cancel_all(self, not driving) -- (shielded tasks are let finish when the loop can be driven)
+  if driving and loop.count(self, true) > 0 then
     local deadline = core.now() + fly.CLOSE_CLEANUP_TIMEOUT
-    while loop.count(self) > 0 and core.now() < deadline do
+    while loop.count(self, true) > 0 and core.now() < deadline do
       loop.drive(self, math.min(0.1, deadline - core.now()))
     end
-    loop.cancel_all(self)
+    loop.cancel_all(self, true)
   end
   core_close(self)
   trace.drain(self) -- the attempts that closing cut short

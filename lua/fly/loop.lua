@@ -51,8 +51,8 @@ local function state(client)
   local cs = client_state(client)
   local st = cs.loop
   if not st then
-    st = { waiting = {}, ready = {}, tasks = {}, count = 0, woken = {}, woken_at = 1, woken_end = 0,
-      turn = 0, free = 0, did = false }
+    st = { waiting = {}, ready = {}, tasks = {}, count = 0, background = 0, woken = {}, woken_at = 1,
+      woken_end = 0, turn = 0, free = 0, did = false }
     cs.loop = st
   end
   return st
@@ -75,6 +75,7 @@ local function finish(task, status, ...)
   if st.tasks[task] then
     st.tasks[task] = nil
     st.count = st.count - 1
+    if task._background then st.background = st.background - 1 end
   end
   for _, joiner in ipairs(task._joiners) do st.ready[#st.ready + 1] = joiner end
   task._joiners = {}
@@ -234,7 +235,7 @@ function loop.drive(client, wait, req, budget)
     wake(st, nil, step(client, wait))
   end
   run_ready(st, t_end)
-  return st.count
+  return st.count - st.background
 end
 
 --- The task running the current coroutine on this client, if any.
@@ -248,6 +249,13 @@ end
 -- something of it may have reached the server, see client:map).
 local function await(client, req, call)
   local st = existing(client)
+  if st ~= nil then -- (a client that never had tasks has no cancelled one)
+    local task = loop.current(client)
+    if task and task._status ~= "running" then -- cancelled, and went on (it caught the stop)
+      req:cancel()
+      error(task_base.cancelled(), 0)
+    end
+  end
   if st == nil or st.count == 0 then
     -- no tasks (so not inside one): nobody else waits for anything, and the
     -- whole wait happens in C
@@ -343,9 +351,8 @@ function Task:join(timeout)
   return self:result()
 end
 
---- Cancels the task: its request is abandoned and it never runs again.
-function Task:cancel()
-  task_base.check_self(self, "cancel")
+-- Cancels a task (see Task:cancel), without stopping the one running.
+local function cancel(self)
   if self._status ~= "running" then return false end
   local st = state(self.client)
   if self._req then
@@ -362,25 +369,38 @@ function Task:cancel()
   return true
 end
 
+--- Cancels the task: its request is abandoned and it never runs again. A task that this
+-- cancels itself (or with the task it goes with) stops here: the cancel raises in it.
+-- @treturn boolean false when it had finished already
+function Task:cancel()
+  task_base.check_self(self, "cancel")
+  local client = self.client
+  return task_base.cancel(self, cancel, function()
+    local me = loop.current(client)
+    if me and me._status == "cancelled" then error(task_base.cancelled(), 0) end
+  end)
+end
+
 -- Cleanups a cancelled task can no longer do itself (task_base.on_cancel): each runs as a task of
 -- its own.
 loop.on_cancel, loop.off_cancel = task_base.on_cancel, task_base.off_cancel
 
---- Cancels every task of a client (when it closes).
--- The cleanups cancelled tasks leave (lease releases, …) start as tasks of
--- their own: the list is taken first, since cancelling adds to it.
-function loop.cancel_all(client)
+--- Cancels every task of a client (when it closes), but for shielded ones unless `all`.
+function loop.cancel_all(client, all)
   local st = existing(client)
-  if not st then return end
-  local list = {}
-  for task in pairs(st.tasks) do list[#list + 1] = task end
-  for i = 1, #list do list[i]:cancel() end
+  if st then task_base.cancel_all(st.tasks, cancel, all) end
 end
 
---- The number of unfinished tasks.
-function loop.count(client)
+--- Makes a task one of the library's own (task_base.background).
+function loop.background(client, task) task_base.background(state(client), task) end
+
+loop.shield = task_base.shield
+
+--- The number of unfinished tasks, the library's own counted too when `all`.
+function loop.count(client, all)
   local st = existing(client)
-  return st and st.count or 0
+  if not st then return 0 end
+  return all and st.count or st.count - st.background
 end
 
 --- Whether some task can run right now.

@@ -122,6 +122,16 @@ local function exec_build(p, _, cmd)
   if type(body.timeout) == "number" then return { timeout = body.timeout + 10, deadline = math.huge } end
 end
 
+-- A lease TTL as the API takes it (whole seconds, rounded up), or false and why: it must be a
+-- finite number above 0.
+local function lease_ttl(v, what)
+  if v == nil then return Machines.DEFAULT_LEASE_TTL end
+  if v ~= v or v <= 0 or v == math.huge then
+    return false, ("%s must be a finite number of seconds above 0 (got %s)"):format(what, v ~= v and "NaN" or v)
+  end
+  return math.ceil(v)
+end
+
 local NONCE = { lease_nonce = "string" }
 local STOP_OPTS = { signal = "string", timeout = "number|string", lease_nonce = "string" }
 
@@ -196,13 +206,17 @@ resource.declare(Machines, {
   { "acquire_lease", "Machines_create_lease", opts = { ttl = "number", description = "string" },
     nonce = false, result = lease_result,
     build = function(p, o)
-      p.body = { ttl = math.ceil(o.ttl or Machines.DEFAULT_LEASE_TTL), description = o.description }
+      local ttl, why = lease_ttl(o.ttl, "opts.ttl")
+      if not ttl then return false, why end
+      p.body = { ttl = ttl, description = o.description }
     end },
   --- `refresh_lease(app, id, nonce, ttl)`: extends a lease you hold -> the lease
   { "refresh_lease", "Machines_create_lease", args = { "nonce:string", "ttl:?number" }, nonce = false,
     result = lease_result,
     build = function(p, _, nonce, ttl)
-      p.lease_nonce, p.body = nonce, { ttl = math.ceil(ttl or Machines.DEFAULT_LEASE_TTL) }
+      local seconds, why = lease_ttl(ttl, "ttl")
+      if not seconds then return false, why end
+      p.lease_nonce, p.body = nonce, { ttl = seconds }
     end },
   --- `release_lease(app, id, nonce)`: releases a lease you hold -> true
   { "release_lease", "Machines_release_lease", args = { "nonce:string" }, nonce = false,
@@ -395,6 +409,12 @@ local function wait(c, app, id, opts, name, d)
     if e then return nil, masked(c, e) end
   end
   local last = m and m.state or nil
+  -- there now (a timeout of 0, or reached as the time ran out): that is the answer
+  if type(last) == "string" and wanted(states, last) then
+    local ver = m.instance_id
+    if type(ver) ~= "string" or ver == "" then ver = version end
+    return last, ver
+  end
   local cause = last_err and last_err.status ~= 408 and last_err or nil
   return nil, masked(c, Error.new {
     code = "timeout", operation = "Machines_wait", retryable = true, state = last, cause = cause,
@@ -470,6 +490,7 @@ local function acquire(c, app, id, body, d, holder)
     return call(c, "Machines_create_lease", params, nil, d + 1)
   end
   local asking = c:spawn(call, c, "Machines_create_lease", params, nil, 1)
+  loop.shield(asking) -- closing the client lets it finish: the cleanup below waits for its grant
   local hook = loop.on_cancel(holder, function()
     local granted = parse_lease((asking:join()))
     if type(granted) == "table" and granted.nonce then release(c, app, id, granted.nonce, 1) end
@@ -486,9 +507,15 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   check(id, "string", "id", name, d + 1)
   opts = options(opts, LEASE_OPTIONS, "opts", name, d + 1)
   check(fn, "function", "fn", name, d + 1)
-  local ttl = opts.ttl or Machines.DEFAULT_LEASE_TTL
-  local give_up = now() + (opts.wait or 0)
-  local body = { ttl = math.ceil(ttl), description = opts.description or "fly-machines (Lua)" }
+  local ttl, why = lease_ttl(opts.ttl, "opts.ttl")
+  if not ttl then error(("fly: %s: %s"):format(name, why), d + 1) end
+  local patience = opts.wait or 0
+  if patience ~= patience or patience < 0 then
+    error(("fly: %s: opts.wait must be a number >= 0 (got %s)"):format(name,
+      patience ~= patience and "NaN" or patience), d + 1)
+  end
+  local give_up = now() + patience
+  local body = { ttl = ttl, description = opts.description or "fly-machines (Lua)" }
   local holder = loop.current(c)
   local lease, err
   while true do
@@ -520,8 +547,8 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
     fields = m
   end
   local leased = resource.bind(Machine, fields, c, { app = app, nonce = nonce, lease = lease, view = base })
-  local interval = math.max((math.ceil(ttl) - 1) / 3, 0.2)
-  local refresh = { app_name = app, machine_id = id, lease_nonce = nonce, body = { ttl = math.ceil(ttl) } }
+  local interval = math.max((ttl - 1) / 3, 0.2)
+  local refresh = { app_name = app, machine_id = id, lease_nonce = nonce, body = { ttl = ttl } }
   local refresh_opts = { deadline = interval } -- the next refresh comes then: not the client's deadline
   refresher = c:spawn(function()
     while true do
@@ -530,10 +557,12 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
       if type(fresh) == "table" and fresh.expires_at then lease.expires_at = fresh.expires_at end
     end
   end)
+  loop.background(c, refresher) -- not one of the tasks client:run waits for
   local results = pack(compat.pcall(fn, leased, lease))
-  if hook then loop.off_cancel(holder, hook) end
   refresher:cancel()
   release(c, app, id, nonce, d + 1)
+  -- (until the release is done, a cancel still releases: this one may not have gone out)
+  if hook then loop.off_cancel(holder, hook) end
   if not results[1] then error(results[2], 0) end
   return unpack(results, 2, results.n)
 end
@@ -549,6 +578,7 @@ end
 -- @raise what fn raises (after the release)
 function Machines:with_lease(app, id, opts, fn)
   if not resource.is_namespace(self) then resource.dot_call("machines:with_lease", 2) end
+  if type(opts) == "function" and fn == nil then opts, fn = nil, opts end
   local res = pack(with_lease(self.client, app, id, opts, fn, nil, "machines:with_lease", 2))
   return unpack(res, 1, res.n)
 end

@@ -114,6 +114,45 @@ function task.run_cascade(t, err)
   end
 end
 
+local cancelling = false -- inside a cancel (the tasks that go with a task are cancelled there too)
+
+--- Task:cancel for both drivers: `cancel(t)` cancels the task; then, unless this cancel runs
+-- inside another, `stop()` stops the running task if it is among those cancelled (it raises
+-- there).
+-- @treturn boolean what `cancel` returned: false when the task had finished
+function task.cancel(t, cancel, stop)
+  if cancelling then return cancel(t) end
+  cancelling = true
+  local ok, did = pcall(cancel, t)
+  cancelling = false
+  if not ok then error(did, 0) end
+  stop()
+  return did
+end
+
+--- Cancels, with `cancel`, every task in the set `tasks` but for shielded ones unless `all`.
+-- The list is taken first: cancelling adds to the set (cleanups start as tasks of their own).
+function task.cancel_all(tasks, cancel, all)
+  local list = {}
+  for t in pairs(tasks) do
+    if all or not t._shielded then list[#list + 1] = t end
+  end
+  for i = 1, #list do cancel(list[i]) end
+end
+
+--- Makes `t` one of the library's own tasks, which `client:run` and `client:poll` do not count
+-- as unfinished (a lease's refresher, which ends with its `with_lease`): `st.background` counts
+-- them, and the driver's `finish` takes it off.
+function task.background(st, t)
+  if t._status ~= "running" or t._background then return end
+  t._background = true
+  st.background = st.background + 1
+end
+
+--- Shields a task from the first cancel of a closing client: a cleanup waits for its answer
+-- (a lease being granted), so the close lets it finish; the close's last cancel takes it too.
+function task.shield(t) t._shielded = true end
+
 --- The error a task that did not finish in time gives its joiner.
 function task.timeout()
   return Error.new { code = "timeout", message = "the task did not finish in time" }

@@ -65,7 +65,7 @@ local function state(client)
   local s = client:_state()
   local st = s.ngx_loop
   if not st then
-    st = { tasks = {}, count = 0, waiting = 0 }
+    st = { tasks = {}, count = 0, background = 0, waiting = 0 }
     s.ngx_loop = st
   end
   return st
@@ -99,6 +99,7 @@ local function finish(task, status, ...)
   if st.tasks[task] then
     st.tasks[task] = nil
     st.count = st.count - 1
+    if task._background then st.background = st.background - 1 end
   end
   for sema in pairs(task._joiners) do sema:post(1) end
   if st.sema and st.waiting > 0 then st.sema:post(st.waiting) end
@@ -314,9 +315,8 @@ function Task:join(timeout)
   return self:result()
 end
 
---- Cancels the task: its request is abandoned and it never runs again.
-function Task:cancel()
-  task_base.check_self(self, "cancel")
+-- Cancels a task (see Task:cancel), without stopping the one running.
+local function cancel(self)
   if self._status ~= "running" then return false end
   local req = self._req
   local was_sending = req and sending[req]
@@ -340,23 +340,35 @@ function Task:cancel()
   return true
 end
 
+--- Cancels the task: its request is abandoned and it never runs again. A task that this
+-- cancels itself (or with the task it goes with) stops here: the cancel raises in it.
+-- @treturn boolean false when it had finished already
+function Task:cancel()
+  task_base.check_self(self, "cancel")
+  return task_base.cancel(self, cancel, check_cancelled)
+end
+
 -- Cleanups a cancelled task can no longer do itself (task_base.on_cancel): each runs as a task of
 -- its own.
 loop.on_cancel, loop.off_cancel = task_base.on_cancel, task_base.off_cancel
 
---- Cancels every task of a client (when it closes).
-function loop.cancel_all(client)
+--- Cancels every task of a client (when it closes), but for shielded ones unless `all`.
+function loop.cancel_all(client, all)
   local st = client:_state().ngx_loop
-  if not st then return end
-  for task in pairs(st.tasks) do task:cancel() end
+  if st then task_base.cancel_all(st.tasks, cancel, all) end
 end
+
+--- Makes a task one of the library's own (task_base.background).
+function loop.background(client, task) task_base.background(state(client), task) end
+
+loop.shield = task_base.shield
 
 --- Waits until a task of the client finishes or `wait` seconds pass (0: lets the other
 -- light threads run once).
 -- @return the number of unfinished tasks
 function loop.drive(client, wait)
   local st = state(client)
-  if st.count == 0 then return 0 end
+  if st.count - st.background == 0 then return 0 end
   phase.check(user_level())
   if not wait or wait <= 0 then
     ngx.sleep(0)
@@ -367,13 +379,14 @@ function loop.drive(client, wait)
     st.waiting = st.waiting - 1
   end
   check_cancelled()
-  return st.count
+  return st.count - st.background
 end
 
---- The number of unfinished tasks.
-function loop.count(client)
+--- The number of unfinished tasks, the library's own counted too when `all`.
+function loop.count(client, all)
   local st = client:_state().ngx_loop
-  return st and st.count or 0
+  if not st then return 0 end
+  return all and st.count or st.count - st.background
 end
 
 --- Whether some task can run right now (light threads run as soon as they can).
