@@ -110,6 +110,9 @@ void fly_trace_start(fly_request *r, const fly_strlist *headers, double now) {
   for (size_t i = 0; headers && i < headers->n; i++) {
     const char *h = headers->v[i];
     if (strncasecmp(h, "Authorization:", 14) == 0) continue; /* the token, never */
+    const char *colon = strchr(h, ':'), *v = colon ? colon + 1 : NULL;
+    while (v && (*v == ' ' || *v == '\t')) v++;
+    if (v && !*v) continue; /* "Name:" tells libcurl not to send one: nothing sent */
     if (!fly_strlist_add(&e->headers, h, strlen(h))) break;
     char *copy = e->headers.v[e->headers.n - 1];
     if (r->auth) fly_scrub(copy, strlen(copy), r->auth);

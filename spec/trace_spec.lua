@@ -246,6 +246,7 @@ describe("the trace hook", function()
     for _, h in ipairs(seen[1].headers) do names[h:match("^[^:]+")] = true end
     assert.is_true(names["User-Agent"] and names["Content-Type"] and true)
     assert.is_nil(names.Authorization)
+    assert.is_nil(names.Expect) -- ("Expect:" tells libcurl to send none: not a line sent)
     assert(b.apps:get(other))
     assert.equals("start finish start finish", kinds(seen))
     assert.matches('"name"%s*:%s*"' .. other:gsub("%-", "%%-") .. '"', seen[4].body)
@@ -311,6 +312,14 @@ describe("the trace hook", function()
     assert.equals(503, events[2].status)
     assert.is_number(events[2].seconds)
     assert.equals(200, events[5].status)
+    -- a request id with control characters (a proxy's forgery) comes escaped, as in errors
+    for i = #events, 1, -1 do events[i] = nil end
+    local req = c:_build("Apps_show", { app_name = name }, { attempts = 1 })
+    req:_wire()
+    req:_complete(503, { ["fly-request-id"] = "\27[2K\rfly: GET /forged 200" }, "{}")
+    trace.drain(c)
+    assert.equals("start finish giveup", kinds(events)) -- (a 503 with no attempt left)
+    assert.equals("\\x1b[2K\\rfly: GET /forged 200", events[2].request_id)
   end)
 end)
 
@@ -334,6 +343,36 @@ describe("a hook that raises", function()
     assert.equals(1, reports, out)
     assert.matches("boom 1", out)
     assert.is_nil(out:find("boom 2", 1, true))
+  end)
+
+  it("even with an error that cannot be shown, or by yielding: the call goes on, and so does tracing",
+    function()
+    H.reset()
+    local out = H.child(([[
+      local fly = require "fly"
+      local function client(hook)
+        return assert(fly.new { token = %q, base_url = %q, rate_limit = false, trace = hook })
+      end
+      local n = 0
+      local unshowable = setmetatable({}, { __tostring = function() error("tostring fails") end })
+      local c = client(function() n = n + 1; error(unshowable) end)
+      assert(c.apps:create { app_name = "hooked", org_slug = "personal" })
+      assert(c.apps:get("hooked"))
+      print("calls ok, hook called " .. n .. " times")
+      -- a hook that yields, inside the program's own coroutine: it is stopped, not the code traced
+      local m = 0
+      local y = client(function() m = m + 1; coroutine.yield("from the hook") end)
+      local co = coroutine.create(function() return y.apps:get("hooked") end)
+      local ok, app = coroutine.resume(co)
+      print("resumed " .. tostring(ok) .. " " .. coroutine.status(co) .. " " .. tostring(app.name))
+      assert(y.apps:get("hooked"))
+      print("yielding hook called " .. m .. " times")
+    ]]):format(H.TOKEN, H.plain_url()))
+    assert.matches("calls ok, hook called 4 times", out)
+    assert.matches("raised an error %(reported once; it is still called%): a table that cannot be shown", out)
+    assert.matches("resumed true dead hooked", out)
+    assert.matches("yielding hook called 4 times", out)
+    assert.matches("raised an error %(reported once; it is still called%): it yielded", out)
   end)
 end)
 

@@ -33,6 +33,9 @@ local function escape(s)
   return (s:gsub("[%z\1-\31\127]", function(c) return ESCAPES[c] or ("\\x%02x"):format(c:byte()) end))
 end
 
+--- Control characters of a string as escapes (`\x1b`, `\n`, …); anything else as it is.
+Error.escape = escape
+
 --- Makes an error from a table of fields; control characters in its message are escaped (the
 -- library's own messages may quote server text: a cursor, a state).
 -- @tparam table fields

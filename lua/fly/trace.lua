@@ -8,9 +8,11 @@
 -- seam) calls `trace.drain(client)` after each `req:_complete` or `req:_failed`.
 -- @module fly.trace
 local core = require "fly.core"
+local escape = require("fly.error").escape
 
 local take = core.Client._trace
 local client_state = core.Client._state
+local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
 
 local trace = {}
 
@@ -30,7 +32,7 @@ end
 -- @tparam table event a `finish` or `limiter` event (others are ignored)
 function trace.debug_line(event)
   if event.kind == "limiter" then
-    if event.message then emit("WARN", event.message) end
+    if event.message then emit("WARN", escape(event.message)) end
     return
   end
   if event.kind ~= "finish" then return end
@@ -60,16 +62,26 @@ end
 -- hook once, not once per request.
 local reported = {}
 
+-- Calls a hook in a coroutine of its own: a hook that yields stops there (as an error), and
+-- never suspends the code whose call is being traced.
+local function call_hook(fn, event)
+  local co = co_create(fn)
+  local ok, err = co_resume(co, event)
+  if ok and co_status(co) ~= "dead" then return false, "it yielded (a hook must return without yielding)" end
+  return ok, err
+end
+
 -- Calls every hook with one event; a hook that raises is reported once (naming it) on
 -- stderr, or nginx's error log, and keeps being called.
 local function call_hooks(hooks, event)
   for i = 1, #hooks do
     local h = hooks[i]
-    local ok, err = pcall(h.fn, event)
+    local ok, err = call_hook(h.fn, event)
     if not ok and not reported[h.name] then
       reported[h.name] = true
+      local shown, text = pcall(tostring, err) -- (its __tostring may raise too)
       emit("ERR", ("fly: the %s raised an error (reported once; it is still called): %s"):format(
-        h.name, tostring(err)))
+        h.name, shown and escape(text) or ("a " .. type(err) .. " that cannot be shown")))
     end
   end
 end
@@ -84,7 +96,11 @@ function trace.drain(client)
   local st = client_state(client).trace
   if not st then return end
   local queue = st.queue
-  for i = 1, #events do queue[#queue + 1] = events[i] end
+  for i = 1, #events do
+    local e = events[i]
+    if e.request_id then e.request_id = escape(e.request_id) end -- (the server's text, as in errors)
+    queue[#queue + 1] = e
+  end
   if st.busy then return end -- an outer drain is delivering: it delivers these too
   st.busy = true
   local i = 1
