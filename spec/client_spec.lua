@@ -65,8 +65,13 @@ describe("fly.new", function()
       assert.matches("fly%.new: base_url ", err)
       assert.is_nil(err:find(token:sub(5, 16), 1, true))
     end
-    H.raises("base_url must not hold credentials %(user:password@%)",
-      function() fly.new { token = "t", base_url = "http://user:pass@api.machines.dev" } end)
+    for _, bad in ipairs { "http://user:s3cr3t@api.machines.dev", "http://user:s3cr3t@host/?x",
+                           "ftp://user:s3cr3t@host/" } do
+      local ok, err = pcall(fly.new, { token = "t", base_url = bad })
+      assert.is_false(ok)
+      assert.matches("base_url must not hold credentials %(user:password@%)", err)
+      assert.is_nil(err:find("s3cr3t", 1, true)) -- (not quoted)
+    end
     H.raises('needs a scheme: http:// or https:// %(got a value holding the token, not shown%)',
       function() fly.new { token = token, base_url = token } end)
     assert.has_error(function() fly.new { token = "t", headers = { ["X-A"] = "1\r\nX-B: 2" } } end)

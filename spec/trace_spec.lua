@@ -345,6 +345,15 @@ describe("a hook that raises", function()
     assert.is_nil(out:find("boom 2", 1, true))
   end)
 
+  it("a C function is a hook like any other", function()
+    local setup = H.client()
+    local name = H.app(setup)
+    setup:close()
+    local c = H.client { trace = type } -- (a C function cannot be a coroutine's body on Lua 5.1)
+    assert.equals(name, assert(c.apps:get(name)).name)
+    c:close()
+  end)
+
   it("even with an error that cannot be shown, or by yielding: the call goes on, and so does tracing",
     function()
     H.reset()

@@ -196,6 +196,12 @@ describe("machines:wait", function()
     assert.equals("timeout", err.code)
     assert.equals("started", err.state)
     assert.equals(before, H.stats().requests.Machines_wait or 0) -- no long-poll: a get
+    -- a machine gone is destroyed now
+    assert(c.machines:destroy(app, m.id, { force = true }))
+    assert.equals("destroyed", (c.machines:wait(app, m.id, { state = "destroyed", timeout = 10 })))
+    local stop = fly.now() + 10
+    while c.machines:get(app, m.id) and fly.now() < stop do c:sleep(0.1) end -- until the API says 404
+    assert.equals("destroyed", (c.machines:wait(app, m.id, { state = "destroyed", timeout = 0 })))
   end)
 
   it("returns the 404 of a missing machine when the timeout ends before the grace", function()

@@ -138,6 +138,9 @@ function fly.new(opts)
     }
   end
   local base = opts.base_url or getenv("FLY_API_HOSTNAME") or fly.DEFAULT_BASE_URL
+  if base:find("^%a[%w+.-]*://[^/?#]*@") then
+    error("fly.new: base_url must not hold credentials (user:password@): the token goes in `token`", 2)
+  end
   if not base:find("^%a[%w+.-]*://") then
     local from = opts.base_url and "" or " (from FLY_API_HOSTNAME)"
     error(("fly.new: base_url needs a scheme: http:// or https:// (got %s%s)"):format(shown(base, token), from), 2)
@@ -145,9 +148,6 @@ function fly.new(opts)
   if not base:find("^https?://[^/?#%s]+") or base:find("[?#%s]") then
     error(("fly.new: base_url must be an http(s) URL without query or fragment (got %s)"):format(shown(base, token)),
       2)
-  end
-  if base:find("^https?://[^/]*@") then
-    error("fly.new: base_url must not hold credentials (user:password@): the token goes in `token`", 2)
   end
   if opts.trace_bodies and not opts.trace then
     error("fly.new: option 'trace_bodies' needs a trace hook (option 'trace')", 2)

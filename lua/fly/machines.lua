@@ -319,8 +319,9 @@ local function other_version(id, states, version, m, timeout)
 end
 
 local function show(c, app, id, d)
-  local m = call(c, "Machines_show", { app_name = app, machine_id = id }, { attempts = 1 }, d + 1)
+  local m, err = call(c, "Machines_show", { app_name = app, machine_id = id }, { attempts = 1 }, d + 1)
   if type(m) == "table" then return m end
+  return nil, err
 end
 
 -- Waits until the machine reaches one of the states: loops the long-poll under an overall
@@ -403,7 +404,8 @@ local function wait(c, app, id, opts, name, d)
     end
   end
   -- the overall timeout: report the state the machine is in now
-  local m = show(c, app, id, d + 1)
+  local m, gone = show(c, app, id, d + 1)
+  if not m and wants_destroyed and gone and gone.status == 404 then return "destroyed", version end
   if m and version then
     local e = other_version(id, states, version, m, timeout)
     if e then return nil, masked(c, e) end

@@ -54,6 +54,10 @@ end
 -- @param client the client, made with `trace = true` in the core
 -- @tparam table hooks `{ { fn = f, name = "…" }, … }`
 function trace.install(client, hooks)
+  for _, h in ipairs(hooks) do
+    local fn = h.fn
+    h.run = function(event) return fn(event) end -- (a coroutine's body: a C function may not be one)
+  end
   client_state(client).trace = { hooks = hooks, queue = {}, busy = false }
 end
 
@@ -62,10 +66,13 @@ end
 -- hook once, not once per request.
 local reported = {}
 
--- Calls a hook in a coroutine of its own: a hook that yields stops there (as an error), and
--- never suspends the code whose call is being traced.
-local function call_hook(fn, event)
-  local co = co_create(fn)
+-- Calls a hook (`h.run`: see trace.install), outside nginx in a coroutine of its own: a hook
+-- that yields stops there (as an error), and never suspends the code whose call is traced.
+-- Inside nginx a hook runs on the light thread (some phases have no coroutines, and one that
+-- waits on a cosocket is resumed by nginx).
+local function call_hook(h, event)
+  if rawget(_G, "ngx") then return pcall(h.fn, event) end
+  local co = co_create(h.run)
   local ok, err = co_resume(co, event)
   if ok and co_status(co) ~= "dead" then return false, "it yielded (a hook must return without yielding)" end
   return ok, err
@@ -76,7 +83,7 @@ end
 local function call_hooks(hooks, event)
   for i = 1, #hooks do
     local h = hooks[i]
-    local ok, err = call_hook(h.fn, event)
+    local ok, err = call_hook(h, event)
     if not ok and not reported[h.name] then
       reported[h.name] = true
       local shown, text = pcall(tostring, err) -- (its __tostring may raise too)
