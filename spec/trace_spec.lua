@@ -268,6 +268,28 @@ describe("the trace hook", function()
     paced:close()
   end)
 
+  it("drops nothing when thousands of tasks' calls end in one turn, or a close cancels them", function()
+    local counts = {}
+    local hook = function(e) counts[e.kind] = (counts[e.kind] or 0) + 1 end
+    -- 2100 tasks whose calls cannot go in time (deadline shorter than the rate-limit wait): each
+    -- fails as it is made, with a wait and a giveup event, all in one turn of the loop
+    local busy = H.client { rate_limit = { Apps_show = { rate = 0.01, burst = 1 } }, trace = hook }
+    assert(busy.apps:get(name)) -- takes the one token: the next comes in 100 s
+    for _ = 1, 2100 do
+      busy:spawn(function() return busy:call("Apps_show", { app_name = name }, { deadline = 0.01 }) end)
+    end
+    assert.is_true(busy:run(30))
+    assert.is_nil(counts.dropped)
+    assert.equals(2100, counts.giveup)
+    -- 4200 tasks waiting for their rate-limit slot when the client closes: each gives up
+    counts = {}
+    for _ = 1, 4200 do busy:spawn(function() return busy.apps:get(name) end) end
+    busy:poll(0, math.huge) -- every task makes its call (no budget)
+    busy:close()
+    assert.is_nil(counts.dropped)
+    assert.equals(4200, counts.giveup)
+  end)
+
   it("records nothing for a client without a hook", function()
     local plain = H.client()
     assert(plain.apps:get(name))

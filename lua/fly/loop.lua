@@ -105,7 +105,10 @@ end
 local function step_task(task, ...)
   if task._status ~= "running" then return end
   local co = task._co
-  return resumed(task, co, co_resume(co, ...))
+  resumed(task, co, co_resume(co, ...))
+  -- what its calls recorded meanwhile (one that failed at once, as it was made) goes to the hook
+  -- now: thousands of tasks resumed in one turn would otherwise overflow the event queue
+  drain(task.client)
 end
 
 -- Resumes the task waiting on a finished request, if any.
@@ -388,7 +391,8 @@ loop.on_cancel, loop.off_cancel = task_base.on_cancel, task_base.off_cancel
 --- Cancels every task of a client (when it closes), but for shielded ones unless `all`.
 function loop.cancel_all(client, all)
   local st = existing(client)
-  if st then task_base.cancel_all(st.tasks, cancel, all) end
+  -- (each cancel's events delivered at once: a close of thousands of calls overflows no queue)
+  if st then task_base.cancel_all(st.tasks, function(t) cancel(t); drain(client) end, all) end
 end
 
 --- Makes a task one of the library's own (task_base.background).
