@@ -276,6 +276,31 @@ describe("machine leases", function()
       end
     end)
 
+    it("lets a refresh on its way end before the release (it could take the lease again after it)", function()
+      -- ttl 4: a refresh every second; the server takes 0.5 s over the first, which is on its
+      -- way when fn returns. Released at once, the refresh landing after would hold the lease again
+      for _, in_task in ipairs { false, true } do
+        local function go()
+          return m:with_lease({ ttl = 4 }, function()
+            H.fault { op = "Machines_create_lease", kind = "delay", delay = 0.5, count = 1 }
+            c:sleep(1.2)
+            return "done"
+          end)
+        end
+        if in_task then
+          local t = c:spawn(go)
+          assert.is_true(c:run(10))
+          assert.equals("done", (t:result()))
+        else
+          assert.equals("done", (go()))
+        end
+        c:sleep(0.6) -- past when that refresh reached the server
+        local none, err = m:get_lease()
+        assert.is_nil(none, in_task and "in a task" or "outside tasks")
+        assert.equals(404, err.status)
+      end
+    end)
+
     it("is not a task client:run waits for: run inside fn returns when fn's tasks are done", function()
       local out = m:with_lease({ ttl = 15 }, function(leased)
         local t = c:spawn(function() return leased:set_metadata("k", "v") end)

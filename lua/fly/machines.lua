@@ -530,10 +530,20 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   end
   lease = parse_lease(lease)
   local nonce = lease.nonce
+  -- The refresher, and whether its refresh is on its way. Stopped before the release: a refresh
+  -- on its way is let end first (the server could take the lease again with it, after the
+  -- release), where this can wait for it.
+  local refresher, refreshing, stopping = nil, false, false
+  local function stop_refresher()
+    stopping = true
+    if not refresher then return end
+    -- (a join waits by yielding inside a task, by driving the loop outside any)
+    local waits = not loop.current(c) or compat.can_yield()
+    if refreshing and waits then refresher:join() else refresher:cancel() end
+  end
   -- from here a task cancelled never gets back: release from a task then
-  local refresher
   local hook = holder and loop.on_cancel(holder, function()
-    if refresher then refresher:cancel() end
+    stop_refresher()
     release(c, app, id, nonce, 1)
   end)
   local fields
@@ -553,15 +563,17 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   local refresh = { app_name = app, machine_id = id, lease_nonce = nonce, body = { ttl = ttl } }
   local refresh_opts = { deadline = interval } -- the next refresh comes then: not the client's deadline
   refresher = c:spawn(function()
-    while true do
+    while not stopping do
       c:sleep(interval)
+      refreshing = true
       local fresh = parse_lease((call(c, "Machines_create_lease", refresh, refresh_opts, 1)))
+      refreshing = false
       if type(fresh) == "table" and fresh.expires_at then lease.expires_at = fresh.expires_at end
     end
   end)
   loop.background(c, refresher) -- not one of the tasks client:run waits for
   local results = pack(compat.pcall(fn, leased, lease))
-  refresher:cancel()
+  stop_refresher()
   release(c, app, id, nonce, d + 1)
   -- (until the release is done, a cancel still releases: this one may not have gone out)
   if hook then loop.off_cancel(holder, hook) end
