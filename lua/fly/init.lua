@@ -155,8 +155,9 @@ function fly.new(opts)
   local hooks = {}
   if opts.trace then
     local where = debug.getinfo(opts.trace, "S")
-    hooks[1] = { fn = opts.trace, name = where.what == "C" and "trace hook (a C function)"
-      or ("trace hook (%s:%d)"):format(where.short_src, where.linedefined) }
+    -- (a C function is known by its address: each is a hook of its own)
+    hooks[1] = { fn = opts.trace, name = where.what == "C" and ("trace hook (a C function, %s)"):format(
+      tostring(opts.trace)) or ("trace hook (%s:%d)"):format(where.short_src, where.linedefined) }
   end
   if trace.debug_wanted() then hooks[#hooks + 1] = { fn = trace.debug_line, name = "FLY_DEBUG printer" } end
   local ok, client = pcall(core.new, {
