@@ -537,9 +537,15 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   local function stop_refresher()
     stopping = true
     if not refresher then return end
-    -- (a join waits by yielding inside a task, by driving the loop outside any)
-    local waits = not loop.current(c) or compat.can_yield()
-    if refreshing and waits then refresher:join() else refresher:cancel() end
+    if not refreshing then
+      refresher:cancel()
+    elseif loop.current(c) and not compat.can_yield() then
+      -- a task where no yield works (a C function's callback; a pcall on Lua 5.1) drives the
+      -- loop from here, as a call there does
+      while refresher:status() == "running" do loop.drive(c, 0.05) end
+    else
+      refresher:join() -- (yields inside a task, drives the loop outside any)
+    end
   end
   -- from here a task cancelled never gets back: release from a task then
   local hook = holder and loop.on_cancel(holder, function()
