@@ -34,7 +34,7 @@ local function escape(s)
 end
 
 --- Control characters of a string as escapes (`\x1b`, `\n`, …); anything else as it is.
-Error.escape = escape
+Error._escape = escape -- (for the library's own use)
 
 --- Makes an error from a table of fields; control characters in its message are escaped (the
 -- library's own messages may quote server text: a cursor, a state).

@@ -132,6 +132,13 @@ local function lease_ttl(v, what)
   return math.ceil(v)
 end
 
+-- Raises (`d` levels up, for method `name`) unless opts[key]'s value `v` is a number >= 0.
+local function nonnegative(v, key, name, d)
+  if v ~= v or v < 0 then
+    error(("fly: %s: opts.%s must be a number >= 0 (got %s)"):format(name, key, v ~= v and "NaN" or v), d + 1)
+  end
+end
+
 local NONCE = { lease_nonce = "string" }
 local STOP_OPTS = { signal = "string", timeout = "number|string", lease_nonce = "string" }
 
@@ -342,11 +349,8 @@ local function wait(c, app, id, opts, name, d)
   local states = wait_states(opts, name, d + 1)
   local timeout = opts.timeout or Machines.DEFAULT_WAIT_TIMEOUT
   local grace = opts.not_found_grace or Machines.DEFAULT_NOT_FOUND_GRACE
-  for key, v in pairs { timeout = timeout, not_found_grace = grace } do
-    if v ~= v or v < 0 then
-      error(("fly: %s: opts.%s must be a number >= 0 (got %s)"):format(name, key, v ~= v and "NaN" or v), d + 1)
-    end
-  end
+  nonnegative(timeout, "timeout", name, d + 1)
+  nonnegative(grace, "not_found_grace", name, d + 1)
   local version = opts.version
   if version == true then error(("fly: %s: opts.version must be a string or false"):format(name), d + 1) end
   if version == false or version == "" then version = nil end
@@ -512,10 +516,7 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
   local ttl, why = lease_ttl(opts.ttl, "opts.ttl")
   if not ttl then error(("fly: %s: %s"):format(name, why), d + 1) end
   local patience = opts.wait or 0
-  if patience ~= patience or patience < 0 then
-    error(("fly: %s: opts.wait must be a number >= 0 (got %s)"):format(name,
-      patience ~= patience and "NaN" or patience), d + 1)
-  end
+  nonnegative(patience, "wait", name, d + 1)
   local give_up = now() + patience
   local body = { ttl = ttl, description = opts.description or "fly-machines (Lua)" }
   local holder = loop.current(c)

@@ -8,7 +8,7 @@
 -- seam) calls `trace.drain(client)` after each `req:_complete` or `req:_failed`.
 -- @module fly.trace
 local core = require "fly.core"
-local escape = require("fly.error").escape
+local escape = require("fly.error")._escape
 
 local take = core.Client._trace
 local client_state = core.Client._state
