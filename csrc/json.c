@@ -10,18 +10,22 @@
  * buffer are): scanning loops stop on it instead of checking the length at
  * every byte.
  *
- * Members and elements are gathered on the Lua stack first and the table is
- * made at its final size, so a table of ordinary size is never rehashed
- * while decoding. The stack is finite (8000 slots on Lua 5.1, a million on
- * 5.4): a container that is about to run short moves what it has gathered
- * into its table and goes on, so a flat array of a million objects decodes.
- * Each container keeps free, before each of its members, enough stack for
- * every level that may still open below it (RESERVE), which it can always
- * get back by flushing its own members: its parent kept that much for it.
+ * An object's table is made when its first member name is read, at the
+ * size the last object that began with the same name had (up to
+ * GUESS_MOST), and each member is set in it as it is read: objects of one
+ * schema have the same members, so a table of ordinary size is made at its
+ * final size without gathering its members first. Elements of an array are
+ * gathered on the Lua stack and the table is made at its final size. The
+ * stack is finite (8000 slots on Lua 5.1, a million on 5.4): an array that
+ * is about to run short moves what it has gathered into its table and goes
+ * on, so a flat array of a million objects decodes. Each container keeps
+ * free, before each of its members, enough stack for every level that may
+ * still open below it (RESERVE), which an array can always get back by
+ * flushing its own elements: its parent kept that much for it.
  *
  * Member names repeat from body to body: the state remembers them (see
- * name()), so most are a table read instead of a hash and a string table
- * search.
+ * push_name()), so most are a table read instead of a hash and a string
+ * table search.
  *
  * Numbers: a literal without fraction or exponent is an integer where the
  * Lua has integers and the value fits in 64 bits; every other number is a
@@ -41,11 +45,12 @@
 #define MAX_DEPTH 512
 
 /* Stack slots a container at `depth` keeps free before each member: two per
- * level that may still open below it (its placeholder and a member name),
- * and room for the innermost value, a luaL_Buffer's pieces included. */
+ * level that may still open below it (an array's placeholder, or an
+ * object's table and a member name), and room for the innermost value, a
+ * luaL_Buffer's pieces included. */
 #define RESERVE(depth) (2 * (MAX_DEPTH - (depth)) + 32)
-/* Members gathered between two checks of the stack (each takes at most two
- * slots): a check asks for RESERVE plus their room. */
+/* Array elements gathered between two checks of the stack (each takes one
+ * slot): a check asks for RESERVE plus their room. */
 #define CHECK_EVERY 16
 
 /* Member names seen before, remembered per Lua state: API bodies repeat the
@@ -56,20 +61,29 @@
  * name that meets another in its slot takes the slot over. */
 #define NAME_SLOTS 1024
 #define NAME_LONGEST 40 /* the longest name remembered (Lua 5.4 interns up to 40 bytes) */
+/* The largest size an object's table is made at before its members are read. */
+#define GUESS_MOST 64
 
 typedef struct {
   const char *s; /* the anchored string's bytes, or NULL */
   uint32_t len, hash;
 } name_slot;
 
-/* The registry key of the anchor table: its 1..NAME_SLOTS hold the strings,
- * its NAME_SLOTS + 1 the userdata holding the slots. */
+typedef struct {
+  name_slot names[NAME_SLOTS];
+  /* the member count of the last object whose first name took the slot of
+   * the same index: the size the next one's table is made at */
+  unsigned char members[NAME_SLOTS];
+} memory;
+
+/* The registry key of the anchor table: its 1..NAME_SLOTS hold the names,
+ * its NAME_SLOTS + 1 the userdata holding the memory. */
 static const char names_key = 'n';
 
 typedef struct {
   lua_State *L;
   const char *p, *start, *end;
-  name_slot *names; /* the state's remembered member names */
+  memory *mem;      /* the state's remembered names and object sizes */
   int names_idx;    /* stack index of their anchor table */
   const char *err; /* static message, set on a syntax error */
   int depth;
@@ -134,15 +148,67 @@ static void add_utf8(luaL_Buffer *b, unsigned cp) {
   luaL_addlstring(b, out, (size_t)n);
 }
 
+static uint64_t load8(const char *s) {
+  uint64_t v;
+  memcpy(&v, s, 8);
+  return v;
+}
+
+static uint32_t load4(const char *s) {
+  uint32_t v;
+  memcpy(&v, s, 4);
+  return v;
+}
+
+/* Whether x[0..n) and y[0..n) hold the same bytes (1 <= n <= NAME_LONGEST),
+ * word by word: at this length cheaper than a call to memcmp. */
+static int same_bytes(const char *x, const char *y, size_t n) {
+  if (n >= 8) {
+    for (size_t i = 0; i + 8 < n; i += 8)
+      if (load8(x + i) != load8(y + i)) return 0;
+    return load8(x + n - 8) == load8(y + n - 8);
+  }
+  if (n >= 4) return load4(x) == load4(y) && load4(x + n - 4) == load4(y + n - 4);
+  return x[0] == y[0] && x[n / 2] == y[n / 2] && x[n - 1] == y[n - 1];
+}
+
+/* Pushes the member name s[0..n) (1 <= n <= NAME_LONGEST): the remembered
+ * one when its slot holds the same bytes, else a new one, which takes the
+ * slot over. Returns the slot's index. */
+static unsigned push_name(decoder *d, const char *s, size_t n) {
+  /* the length and three of the bytes tell apart the names of a schema */
+  uint32_t h = (uint32_t)n * 0x9E3779B1u ^ (uint32_t)(unsigned char)s[0] << 16 ^
+               (uint32_t)(unsigned char)s[n / 2] << 8 ^ (unsigned char)s[n - 1];
+  unsigned i = (h ^ h >> 15 ^ h >> 24) & (NAME_SLOTS - 1);
+  name_slot *e = &d->mem->names[i];
+  if (e->s && e->hash == h && e->len == n && same_bytes(e->s, s, n)) {
+    lua_rawgeti(d->L, d->names_idx, (int)i + 1);
+    return i;
+  }
+  lua_pushlstring(d->L, s, n);
+  lua_pushvalue(d->L, -1);
+  lua_rawseti(d->L, d->names_idx, (int)i + 1);
+  e->s = lua_tostring(d->L, -1);
+  e->len = (uint32_t)n;
+  e->hash = h;
+  return i;
+}
+
 static int escaped_string(decoder *d, const char *s);
 
-/* A string (d->p at the opening quote) pushed on the stack. */
-static int string(decoder *d) {
+/* A string (d->p at the opening quote) pushed on the stack; `slot`, when
+ * not NULL, a member name: it gets the index of the name's slot, or
+ * NAME_SLOTS for a name not remembered (one with escapes, empty, or longer
+ * than NAME_LONGEST). */
+static int string(decoder *d, unsigned *slot) {
   const char *s = d->p + 1, *p = s;
   while (!stops[(unsigned char)*p]) p++;
+  size_t n = (size_t)(p - s);
+  if (slot) *slot = NAME_SLOTS;
   if (*p == '"') { /* no escapes: the common case (a quote is never the NUL at the end) */
     d->p = p + 1;
-    lua_pushlstring(d->L, s, (size_t)(p - s));
+    if (slot && n - 1 < NAME_LONGEST) *slot = push_name(d, s, n); /* not empty, not too long */
+    else lua_pushlstring(d->L, s, n);
     return 1;
   }
   d->p = p;
@@ -202,53 +268,26 @@ static __attribute__((noinline)) int escaped_string(decoder *d, const char *s) {
   return 1;
 }
 
-/* A member name (d->p at its opening quote) pushed on the stack: a
- * remembered one when its slot holds the same bytes, else made and
- * remembered (names with escapes, or longer than NAME_LONGEST, are not). */
-static int name(decoder *d) {
-  const char *s = d->p + 1, *p = s;
-  while (!stops[(unsigned char)*p]) p++;
-  size_t n = (size_t)(p - s);
-  if (*p != '"' || n > NAME_LONGEST || n == 0) return string(d);
-  d->p = p + 1;
-  /* the length and three of the bytes tell apart the names of a schema */
-  uint32_t h = (uint32_t)n * 0x9E3779B1u ^ (uint32_t)(unsigned char)s[0] << 16 ^
-               (uint32_t)(unsigned char)s[n / 2] << 8 ^ (unsigned char)s[n - 1];
-  unsigned i = (h ^ h >> 15 ^ h >> 24) & (NAME_SLOTS - 1);
-  name_slot *e = &d->names[i];
-  if (e->s && e->hash == h && e->len == n && memcmp(e->s, s, n) == 0) {
-    lua_rawgeti(d->L, d->names_idx, (int)i + 1);
-    return 1;
-  }
-  lua_pushlstring(d->L, s, n);
-  lua_pushvalue(d->L, -1);
-  lua_rawseti(d->L, d->names_idx, (int)i + 1);
-  e->s = lua_tostring(d->L, -1);
-  e->len = (uint32_t)n;
-  e->hash = h;
-  return 1;
-}
-
-/* Pushes the state's anchor table of member names (made the first time)
- * and returns its slots. */
-static name_slot *push_names(lua_State *L) {
+/* Pushes the state's anchor table of remembered names (made the first
+ * time) and returns its memory. */
+static memory *push_memory(lua_State *L) {
   lua_pushlightuserdata(L, (void *)&names_key);
   lua_rawget(L, LUA_REGISTRYINDEX);
   if (lua_istable(L, -1)) {
     lua_rawgeti(L, -1, NAME_SLOTS + 1);
-    name_slot *slots = lua_touserdata(L, -1);
+    memory *mem = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    return slots;
+    return mem;
   }
   lua_pop(L, 1);
   lua_createtable(L, NAME_SLOTS + 1, 0);
-  name_slot *slots = fly_newuserdata(L, NAME_SLOTS * sizeof *slots);
-  memset(slots, 0, NAME_SLOTS * sizeof *slots);
+  memory *mem = fly_newuserdata(L, sizeof *mem);
+  memset(mem, 0, sizeof *mem);
   lua_rawseti(L, -2, NAME_SLOTS + 1);
   lua_pushlightuserdata(L, (void *)&names_key);
   lua_pushvalue(L, -2);
   lua_rawset(L, LUA_REGISTRYINDEX);
-  return slots;
+  return mem;
 }
 
 /* A float from the number text s[0..n): strtod, which reads the decimal
@@ -320,61 +359,91 @@ static int literal(decoder *d, const char *word, size_t n) {
   return 1;
 }
 
-/* Moves the `n` values (or key/value pairs) on top of the stack into the
- * table at index `t`, made here at its final size when `t` still holds the
- * placeholder (nil), and pops them. Pairs are set in the order they came,
- * so that of two equal member names the last one wins; values by index. */
-static void collect(lua_State *L, int t, int n, int pairs) {
+/* Moves the `n` values on top of the stack into the table at index `t`,
+ * made here at its final size when `t` still holds the placeholder (nil),
+ * and pops them. */
+static void collect(lua_State *L, int t, int n) {
   if (lua_isnil(L, t)) {
-    lua_createtable(L, pairs ? 0 : n, pairs ? n : 0);
+    lua_createtable(L, n, 0);
     lua_replace(L, t);
   }
-  if (pairs) {
-    for (int k = -2 * n; k < 0; k += 2) { /* pair by pair from the bottom: the copies are popped */
-      lua_pushvalue(L, k);
-      lua_pushvalue(L, k);
-      lua_rawset(L, t);
-    }
-    lua_pop(L, 2 * n);
-  } else {
-    int base = (int)fly_rawlen(L, t);
-    for (int i = n; i >= 1; i--) lua_rawseti(L, t, base + i);
-  }
+  int base = (int)fly_rawlen(L, t);
+  for (int i = n; i >= 1; i--) lua_rawseti(L, t, base + i);
 }
 
-/* An object or array (d->p at its opening bracket). */
-static int container(decoder *d, int object) {
+/* The members of an object (d->p past its opening brace, at a member name
+ * or the closing brace). Members are set in the order they come, so that of
+ * two equal names the last one wins. Apart from the table and the name on
+ * top of it, a member takes no stack: what its parent kept free for it is
+ * what its value may take. */
+static int object(decoder *d) {
   lua_State *L = d->L;
-  char close = object ? '}' : ']';
-  if (++d->depth > MAX_DEPTH) return fail(d, "nested too deeply");
-  d->p++;
+  if (*d->p == '}') {
+    d->p++;
+    lua_createtable(L, 0, 0);
+    return 1;
+  }
+  unsigned first = NAME_SLOTS, slot;
+  int t = 0, n = 0;
+  for (;;) {
+    if (*d->p != '"') return fail(d, "expected a member name");
+    if (!string(d, &slot)) return 0;
+    if (n == 0) { /* the table, at the size of the last object that began with this name */
+      first = slot;
+      int guess = 0;
+      if (first < NAME_SLOTS) { /* taken: an object nested in this one gets no guess from it */
+        guess = d->mem->members[first];
+        d->mem->members[first] = 0;
+      }
+      lua_createtable(L, 0, guess);
+      lua_insert(L, -2);
+      t = lua_gettop(L) - 1;
+    }
+    skip_ws(d);
+    if (*d->p != ':') return fail(d, "expected ':'");
+    d->p++;
+    if (!value(d)) return 0;
+    lua_rawset(L, t);
+    n++;
+    skip_ws(d);
+    if (*d->p == ',') {
+      d->p++;
+      skip_ws(d);
+      continue;
+    }
+    if (*d->p == '}') {
+      d->p++;
+      break;
+    }
+    return fail(d, d->p >= d->end ? "unexpected end" : "expected ',' or '}'");
+  }
+  if (first < NAME_SLOTS) d->mem->members[first] = (unsigned char)(n < GUESS_MOST ? n : GUESS_MOST);
+  return 1;
+}
+
+/* The elements of an array (d->p past its opening bracket, at an element
+ * or the closing bracket), gathered on the stack and moved into the table
+ * at its end, or sooner when the stack runs short. */
+static int array(decoder *d) {
+  lua_State *L = d->L;
   lua_pushnil(L); /* the table's place, filled by collect */
-  int t = lua_gettop(L), n = 0, room = 0; /* room: members that fit before the next check */
-  skip_ws(d);
-  if (*d->p == close) {
+  int t = lua_gettop(L), n = 0, room = 0; /* room: elements that fit before the next check */
+  if (*d->p == ']') {
     d->p++;
   } else {
     for (;;) {
-      if (room == 0) { /* the stack is checked for CHECK_EVERY members at once */
-        if (lua_checkstack(L, RESERVE(d->depth) + 2 * CHECK_EVERY)) {
+      if (room == 0) { /* the stack is checked for CHECK_EVERY elements at once */
+        if (lua_checkstack(L, RESERVE(d->depth) + CHECK_EVERY)) {
           room = CHECK_EVERY;
         } else { /* short of stack: move what is gathered into the table */
-          collect(L, t, n, object);
+          collect(L, t, n);
           n = 0;
-          if (lua_checkstack(L, RESERVE(d->depth) + 2 * CHECK_EVERY)) room = CHECK_EVERY;
+          if (lua_checkstack(L, RESERVE(d->depth) + CHECK_EVERY)) room = CHECK_EVERY;
           else if (lua_checkstack(L, RESERVE(d->depth))) room = 1;
           else return fail(d, "out of stack");
         }
       }
       room--;
-      skip_ws(d);
-      if (object) {
-        if (*d->p != '"') return fail(d, "expected a member name");
-        if (!name(d)) return 0;
-        skip_ws(d);
-        if (*d->p != ':') return fail(d, "expected ':'");
-        d->p++;
-      }
       if (!value(d)) return 0;
       n++;
       skip_ws(d);
@@ -382,18 +451,25 @@ static int container(decoder *d, int object) {
         d->p++;
         continue;
       }
-      if (*d->p == close) {
+      if (*d->p == ']') {
         d->p++;
         break;
       }
-      return fail(d, d->p >= d->end ? "unexpected end" : object ? "expected ',' or '}'" : "expected ',' or ']'");
+      return fail(d, d->p >= d->end ? "unexpected end" : "expected ',' or ']'");
     }
   }
-  collect(L, t, n, object);
-  if (!object) {
-    lua_pushvalue(L, d->array_mt);
-    lua_setmetatable(L, t);
-  }
+  collect(L, t, n);
+  lua_pushvalue(L, d->array_mt);
+  lua_setmetatable(L, t);
+  return 1;
+}
+
+/* An object or array (d->p at its opening bracket). */
+static int container(decoder *d, int is_object) {
+  if (++d->depth > MAX_DEPTH) return fail(d, "nested too deeply");
+  d->p++;
+  skip_ws(d);
+  if (!(is_object ? object(d) : array(d))) return 0;
   d->depth--;
   return 1;
 }
@@ -405,7 +481,7 @@ static int value(decoder *d) {
   switch (*d->p) {
   case '{': return container(d, 1);
   case '[': return container(d, 0);
-  case '"': return string(d);
+  case '"': return string(d, NULL);
   case 't': return literal(d, "true", 4) && (lua_pushboolean(d->L, 1), 1);
   case 'f': return literal(d, "false", 5) && (lua_pushboolean(d->L, 0), 1);
   case 'n': return literal(d, "null", 4) && (lua_pushlightuserdata(d->L, NULL), 1);
@@ -417,8 +493,8 @@ int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, s
   int top = lua_gettop(L);
   array_mt = fly_absindex(L, array_mt);
   decoder d = {L, s, s, s + len, NULL, top + 1, NULL, 0, array_mt, 0, max_values};
-  /* push_names takes up to 4 slots; the decoding, RESERVE(0) + 2 above its table */
-  if (lua_checkstack(L, RESERVE(0) + 4) && (d.names = push_names(L)) && value(&d)) {
+  /* push_memory takes up to 4 slots; the decoding, RESERVE(0) + 2 above its table */
+  if (lua_checkstack(L, RESERVE(0) + 4) && (d.mem = push_memory(L)) && value(&d)) {
     skip_ws(&d);
     if (d.p == d.end) {
       lua_remove(L, top + 1);

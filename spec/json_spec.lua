@@ -96,6 +96,40 @@ describe("JSON decoding", function()
     assert.same({ k7 = 7, k2999 = "x" }, assert(decode('{"k7":7,"k2999":"x"}')))
   end)
 
+  it("decodes every member whatever size the objects before it had", function()
+    -- objects that begin with the same name, each larger or smaller than the one before
+    for _ = 1, 2 do
+      for _, n in ipairs { 1, 40, 3, 64, 200, 2, 65, 0, 5 } do
+        local parts, want = {}, {}
+        for i = 1, n do
+          parts[i] = ('"m%d":%d'):format(i, i * 7)
+          want["m" .. i] = i * 7
+        end
+        assert.same(want, assert(decode("{" .. table.concat(parts, ",") .. "}")))
+      end
+    end
+  end)
+
+  it("sizes at most one object from each one before it, so a body's tables stay small", function()
+    -- a large object, then 400 objects nested one in the next, each with one member and
+    -- beginning as the large one did: each gets a table for the one member it has
+    local parts = {}
+    for i = 1, 64 do parts[i] = ('"%s":%d'):format(i == 1 and "a" or "b" .. i, i) end
+    local text = "[{" .. table.concat(parts, ",") .. "}," .. ('{"a":'):rep(400) .. "1" .. ("}"):rep(400) .. "]"
+    assert.is_table(decode(text)) -- names remembered, as in the measured decode
+    collectgarbage()
+    collectgarbage("stop")
+    local before = collectgarbage("count")
+    local v = assert(decode(text))
+    local used = collectgarbage("count") - before
+    collectgarbage("restart")
+    assert.equals(64, v[1].b64)
+    local inner = v[2]
+    for _ = 1, 399 do inner = inner.a end
+    assert.equals(1, inner.a)
+    assert.is_true(used < 200, ("the body took %.0f KB"):format(used))
+  end)
+
   it("decodes a flat array of a million objects, and arrays of arrays that fill the stack", function()
     local v = assert(decode("[" .. ('{"a":1},'):rep(999999) .. '{"a":2}]'))
     assert.equals(1000000, #v)
