@@ -43,4 +43,23 @@ describe("the emulator's faults", function()
     assert.matches("seconds must be a positive number", answer.error, 1, true)
     client:close()
   end)
+
+  it("drops a delayed request that outlasts a reset: it does not touch the next spec's state", function()
+    -- the request arrives, sleeps 1 s, and meanwhile its client gives up and the next spec
+    -- resets the emulator: when it wakes it runs nothing and counts nothing
+    local client = H.client { rate_limit = false }
+    local app = H.name()
+    H.fault { op = "Apps_create", kind = "delay", delay = 1, count = 1 }
+    local _, err = client:call("Apps_create", { body = { app_name = app, org_slug = "personal" } },
+      { timeout = 0.3 })
+    assert.equals("timeout", err.code)
+    client:close()
+    H.reset()
+    require("socket").sleep(1.3)
+    assert.is_nil(H.stats().executed.Apps_create)
+    local check = H.client { rate_limit = false }
+    local _, missing = check.apps:get(app)
+    assert.equals(404, missing.status)
+    check:close()
+  end)
 end)

@@ -373,7 +373,11 @@ function router.handle()
   local f = faults.take(method, "/" .. table.concat(segs, "/"), op)
   if f then
     stats.fault()
+    local generation = state.generation
     if pre_fault(f, reqid) then return end
+    -- slept across a reset: the spec that sent it is over, and the next one's state and
+    -- counts are not its to touch (it ends as a dropped connection)
+    if state.generation ~= generation then return ngx.exit(444) end
   end
 
   if not route then

@@ -5,6 +5,8 @@
 --                       returned for the life of the process: reset() empties it in place, so
 --                       modules may keep `local apps = state.table("apps")` at load time.
 --   state.reset()       empties every named table and resets state.config to its defaults.
+--   state.generation    how many resets so far: a request that slept across one (a `delay`
+--                       fault) belongs to a spec that is over
 --   state.config        configuration (also reset in place):
 --       token                  the accepted API token (default: the one given to `run`)
 --       delays                 { transition = 0.05, start =, stop =, suspend =, restart =,
@@ -75,7 +77,10 @@ function state.set_default_token(token)
   state.config.token = token
 end
 
+state.generation = 0
+
 function state.reset()
+  state.generation = state.generation + 1
   for _, t in pairs(tables) do clear(t) end
   clear(state.config)
   merge(state.config, defaults())
