@@ -12,9 +12,10 @@
  *
  * An object's table is made when its first member name is read, at the
  * size the last object that began with the same name had (up to
- * GUESS_MOST), and each member is set in it as it is read: objects of one
- * schema have the same members, so a table of ordinary size is made at its
- * final size without gathering its members first. Elements of an array are
+ * GUESS_MOST, and within the body's `room`), and each member is set in it
+ * as it is read: objects of one schema have the same members, so a table
+ * of ordinary size is made at its final size without gathering its members
+ * first. Elements of an array are
  * gathered on the Lua stack and the table is made at its final size. The
  * stack is finite (8000 slots on Lua 5.1, a million on 5.4): an array that
  * is about to run short moves what it has gathered into its table and goes
@@ -89,6 +90,7 @@ typedef struct {
   int depth;
   int array_mt;    /* stack index of the array metatable */
   size_t values, max_values; /* values made so far, and the bound (0: none) */
+  size_t room;               /* members the rest of the body's tables may still be made for ahead */
 } decoder;
 
 const char FLY_JSON_TOO_MANY[] = "too many values";
@@ -394,6 +396,8 @@ static int object(decoder *d) {
       if (first < NAME_SLOTS) { /* taken: an object nested in this one gets no guess from it */
         guess = d->mem->members[first];
         d->mem->members[first] = 0;
+        if ((size_t)guess > d->room) guess = (int)d->room;
+        d->room -= (size_t)guess;
       }
       lua_createtable(L, 0, guess);
       lua_insert(L, -2);
@@ -492,7 +496,10 @@ static int value(decoder *d) {
 int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, size_t max_values) {
   int top = lua_gettop(L);
   array_mt = fly_absindex(L, array_mt);
-  decoder d = {L, s, s, s + len, NULL, top + 1, NULL, 0, array_mt, 0, max_values};
+  /* room for members ahead: one per 4 bytes of text, so that sizes taken from other bodies'
+     objects keep what a body takes in proportion to its length (a member takes 4 bytes at
+     least: `"":0,`, of which the name's quotes are read before its table is made) */
+  decoder d = {L, s, s, s + len, NULL, top + 1, NULL, 0, array_mt, 0, max_values, len / 4};
   /* push_memory takes up to 4 slots; the decoding, RESERVE(0) + 2 above its table */
   if (lua_checkstack(L, RESERVE(0) + 4) && (d.mem = push_memory(L)) && value(&d)) {
     skip_ws(&d);

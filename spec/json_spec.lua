@@ -130,6 +130,36 @@ describe("JSON decoding", function()
     assert.is_true(used < 200, ("the body took %.0f KB"):format(used))
   end)
 
+  it("keeps a body's tables in proportion to its length whatever bodies came before", function()
+    -- body A: objects of 64 members, each beginning with its own name; body B: objects of one
+    -- member beginning with the same names, so each could be made for 64
+    local a, b = {}, {}
+    for i = 1, 700 do
+      -- three letters, each its own: names that the decoder remembers in different places
+      local name = string.char(97 + i % 26, 97 + math.floor(i / 26) % 26, 97 + math.floor(i / 676) % 26)
+      local m = { ('"%s":0'):format(name) }
+      for k = 2, 64 do m[k] = ('"m%d":0'):format(k) end
+      a[i] = "{" .. table.concat(m, ",") .. "}"
+      b[i] = ('{"%s":1}'):format(name)
+    end
+    local A, B = "[" .. table.concat(a, ",") .. "]", "[" .. table.concat(b, ",") .. "]"
+    local function cost(text)
+      collectgarbage()
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      local v = assert(decode(text))
+      local used = collectgarbage("count") - before
+      collectgarbage("restart")
+      assert.equals(700, #v)
+      return used
+    end
+    assert.is_table(decode(B))
+    local alone = cost(B)
+    assert.is_table(decode(A))
+    local after = cost(B)
+    assert.is_true(after < 3 * alone, ("%.0f KB after A, %.0f KB after B"):format(after, alone))
+  end)
+
   it("decodes a flat array of a million objects, and arrays of arrays that fill the stack", function()
     local v = assert(decode("[" .. ('{"a":1},'):rep(999999) .. '{"a":2}]'))
     assert.equals(1000000, #v)

@@ -322,9 +322,11 @@ local function build_req(route, params, method, headers)
   return req
 end
 
-local function run_handler(route, req)
+-- `generation`: state.generation when the request came; a handler that waited across a reset
+-- (a wait's long poll) is not counted in the next spec's stats.
+local function run_handler(route, req, generation)
   local ok, status, body, headers = xpcall(route.handler, debug.traceback, req)
-  stats.executed(route.op, route.method .. " " .. route.path)
+  if state.generation == generation then stats.executed(route.op, route.method .. " " .. route.path) end
   if not ok then
     log(ngx.ERR, "emulator: handler ", route.op, " failed: ", tostring(status))
     return 500, { error = "emulator internal error in " .. route.op, status = "unknown" }
@@ -364,6 +366,7 @@ function router.handle()
   local route, params, allowed = match(method, segs)
   local op = route and route.op or (allowed and "_method_not_allowed" or "_not_found")
   stats.request(op, method, uri, headers)
+  local generation = state.generation
 
   if segs[1] == "v1" then
     local ok, msg = authorize(headers)
@@ -373,10 +376,9 @@ function router.handle()
   local f = faults.take(method, "/" .. table.concat(segs, "/"), op)
   if f then
     stats.fault()
-    local generation = state.generation
     if pre_fault(f, reqid) then return end
-    -- slept across a reset: the spec that sent it is over, and the next one's state and
-    -- counts are not its to touch (it ends as a dropped connection)
+    -- slept across a reset: it came from a spec that is over, and the next one's state and
+    -- counts are not its to touch (it ends without an answer, as `reset` does)
     if state.generation ~= generation then return ngx.exit(444) end
   end
 
@@ -399,7 +401,7 @@ function router.handle()
   end
 
   local req = build_req(route, params, method, headers)
-  local status, body, rheaders = run_handler(route, req)
+  local status, body, rheaders = run_handler(route, req, generation)
 
   if f and f.kind == "status_after" then return fault_status(f, reqid) end
   if f and f.kind == "close_after" then return close_connection() end
