@@ -11,18 +11,21 @@
  * every byte.
  *
  * An object's table is made when its first member name is read, at the
- * size the last object that began with the same name had (up to
- * GUESS_MOST, and within the body's `room`), and each member is set in it
- * as it is read: objects of one schema have the same members, so a table
- * of ordinary size is made at its final size without gathering its members
- * first. Elements of an array are
- * gathered on the Lua stack and the table is made at its final size. The
- * stack is finite (8000 slots on Lua 5.1, a million on 5.4): an array that
- * is about to run short moves what it has gathered into its table and goes
- * on, so a flat array of a million objects decodes. Each container keeps
- * free, before each of its members, enough stack for every level that may
- * still open below it (RESERVE), which an array can always get back by
- * flushing its own elements: its parent kept that much for it.
+ * size the last object that began with the same name had, and each member
+ * is set in it as it is read: objects of one schema have the same members,
+ * so a table of ordinary size is made at its final size without gathering
+ * its members first. What a body can make larger than it needs stays in
+ * proportion to its length: a size is at most GUESS_MOST, serves one object
+ * only, and all of one body's stay within `room` (one member per 4 bytes).
+ *
+ * Elements of an array are gathered on the Lua stack and the table is made
+ * at its final size. The stack is finite (8000 slots on Lua 5.1, a million
+ * on 5.4): an array that is about to run short moves what it has gathered
+ * into its table and goes on, so a flat array of a million objects decodes.
+ * Each container keeps free, before each of its members, enough stack for
+ * every level that may still open below it (RESERVE), which an array can
+ * always get back by flushing its own elements: its parent kept that much
+ * for it.
  *
  * Member names repeat from body to body: the state remembers them (see
  * push_name()), so most are a table read instead of a hash and a string
