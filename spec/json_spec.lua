@@ -110,6 +110,17 @@ describe("JSON decoding", function()
     end
   end)
 
+  -- Decodes `text` with the collector stopped: the value, and the KB of Lua memory it took.
+  local function measured(text)
+    collectgarbage()
+    collectgarbage("stop")
+    local before = collectgarbage("count")
+    local v = assert(decode(text))
+    local used = collectgarbage("count") - before
+    collectgarbage("restart")
+    return v, used
+  end
+
   it("sizes at most one object from each one before it, so a body's tables stay small", function()
     -- a large object, then 400 objects nested one in the next, each with one member and
     -- beginning as the large one did: each gets a table for the one member it has
@@ -117,12 +128,7 @@ describe("JSON decoding", function()
     for i = 1, 64 do parts[i] = ('"%s":%d'):format(i == 1 and "a" or "b" .. i, i) end
     local text = "[{" .. table.concat(parts, ",") .. "}," .. ('{"a":'):rep(400) .. "1" .. ("}"):rep(400) .. "]"
     assert.is_table(decode(text)) -- names remembered, as in the measured decode
-    collectgarbage()
-    collectgarbage("stop")
-    local before = collectgarbage("count")
-    local v = assert(decode(text))
-    local used = collectgarbage("count") - before
-    collectgarbage("restart")
+    local v, used = measured(text)
     assert.equals(64, v[1].b64)
     local inner = v[2]
     for _ = 1, 399 do inner = inner.a end
@@ -144,12 +150,7 @@ describe("JSON decoding", function()
     end
     local A, B = "[" .. table.concat(a, ",") .. "]", "[" .. table.concat(b, ",") .. "]"
     local function cost(text)
-      collectgarbage()
-      collectgarbage("stop")
-      local before = collectgarbage("count")
-      local v = assert(decode(text))
-      local used = collectgarbage("count") - before
-      collectgarbage("restart")
+      local v, used = measured(text)
       assert.equals(700, #v)
       return used
     end
