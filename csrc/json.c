@@ -11,12 +11,17 @@
  * every byte.
  *
  * An object's table is made when its first member name is read, at the
- * size the last object that began with the same name had, and each member
- * is set in it as it is read: objects of one schema have the same members,
- * so a table of ordinary size is made at its final size without gathering
- * its members first. What a body can make larger than it needs stays in
- * proportion to its length: a size is at most GUESS_MOST, serves one object
- * only, and all of one body's stay within `room` (one member per 4 bytes).
+ * size remembered for objects that begin with the same name in the same
+ * place (under the same member name: `"alive": {"type": …}` and the
+ * elements of `"events": [{"type": …}]` are apart), and each member is set
+ * in it as it is read: objects of one schema have the same members, so a
+ * table of ordinary size is made at its final size without gathering its
+ * members first, and without a rehash when the members come. What is
+ * remembered is the largest of the last objects there, forgotten a quarter
+ * at a time (an array whose elements have 3 and 2 members makes each at 3).
+ * What a body can make larger than it needs stays in proportion to its
+ * length: a size is at most GUESS_MOST, serves one object only, and all of
+ * one body's stay within `room` (one member per 4 bytes).
  *
  * Elements of an array are gathered on the Lua stack and the table is made
  * at its final size. The stack is finite (8000 slots on Lua 5.1, a million
@@ -61,9 +66,16 @@
  * same few dozen names in every object, and pushing a remembered string
  * costs a table read where lua_pushlstring hashes every byte and searches
  * Lua's string table. Each slot holds a name's bytes (those of a Lua string
- * the anchor table keeps alive at the slot's index) and a hash of them; a
- * name that meets another in its slot takes the slot over. */
-#define NAME_SLOTS 1024
+ * the anchor table keeps alive at the slot's index) and a hash of them. A
+ * name's hash picks a set of NAME_WAYS slots, any of which may hold it: a
+ * new name takes the set's slots in turn, so names that share a set (five
+ * of a Machine's 53 shared two, with one slot per set) do not push each
+ * other out body after body. */
+#define NAME_WAYS 4
+#define NAME_SETS 256
+#define NAME_SLOTS (NAME_WAYS * NAME_SETS)
+/* Remembered object sizes, by (first member name, the member name above) */
+#define SIZE_SLOTS 1024
 #define NAME_LONGEST 40 /* the longest name remembered (Lua 5.4 interns up to 40 bytes) */
 /* The largest size an object's table is made at before its members are read. */
 #define GUESS_MOST 64
@@ -75,9 +87,9 @@ typedef struct {
 
 typedef struct {
   name_slot names[NAME_SLOTS];
-  /* the member count of the last object whose first name took the slot of
-   * the same index: the size the next one's table is made at */
-  unsigned char members[NAME_SLOTS];
+  unsigned char next_way[NAME_SETS]; /* the way of its set the next new name takes */
+  /* by where an object is (size_key()): the size the next one's table is made at */
+  unsigned char sizes[SIZE_SLOTS];
 } memory;
 
 /* The registry key of the anchor table: its 1..NAME_SLOTS hold the names,
@@ -89,6 +101,9 @@ typedef struct {
   const char *p, *start, *end;
   memory *mem;      /* the state's remembered names and object sizes */
   int names_idx;    /* stack index of their anchor table */
+  unsigned place;   /* the slot of the member name the value being read is under
+                       (NAME_SLOTS: none, or one not remembered); an array's elements are
+                       under the array's */
   const char *err; /* static message, set on a syntax error */
   int depth;
   int array_mt;    /* stack index of the array metatable */
@@ -177,19 +192,34 @@ static int same_bytes(const char *x, const char *y, size_t n) {
   return x[0] == y[0] && x[n / 2] == y[n / 2] && x[n - 1] == y[n - 1];
 }
 
+/* A hash of the name s[0..n) (1 <= n <= NAME_LONGEST) from its length and
+ * its first, middle and last 8 bytes (4, or 3 single bytes, when shorter). */
+static uint32_t name_hash(const char *s, size_t n) {
+  uint64_t a, b, c;
+  if (n >= 8) a = load8(s), b = load8(s + (n - 8) / 2), c = load8(s + n - 8);
+  else if (n >= 4) a = load4(s), b = 0, c = load4(s + n - 4);
+  else a = (unsigned char)s[0], b = (unsigned char)s[n / 2], c = (unsigned char)s[n - 1];
+  uint64_t h = (a ^ (uint64_t)n << 59) * 0x9E3779B97F4A7C15u ^ b * 0xC2B2AE3D27D4EB4Fu ^ c * 0x165667B19E3779F9u;
+  return (uint32_t)(h >> 32) ^ (uint32_t)h;
+}
+
 /* Pushes the member name s[0..n) (1 <= n <= NAME_LONGEST): the remembered
- * one when its slot holds the same bytes, else a new one, which takes the
- * slot over. Returns the slot's index. */
+ * one when a slot of its set holds the same bytes, else a new one, which
+ * takes the set's next slot over. Returns the slot's index. */
 static unsigned push_name(decoder *d, const char *s, size_t n) {
-  /* the length and three of the bytes tell apart the names of a schema */
-  uint32_t h = (uint32_t)n * 0x9E3779B1u ^ (uint32_t)(unsigned char)s[0] << 16 ^
-               (uint32_t)(unsigned char)s[n / 2] << 8 ^ (unsigned char)s[n - 1];
-  unsigned i = (h ^ h >> 15 ^ h >> 24) & (NAME_SLOTS - 1);
+  uint32_t h = name_hash(s, n);
+  unsigned set = (h ^ h >> 16) & (NAME_SETS - 1), i = set * NAME_WAYS;
   name_slot *e = &d->mem->names[i];
-  if (e->s && e->hash == h && e->len == n && same_bytes(e->s, s, n)) {
-    lua_rawgeti(d->L, d->names_idx, (int)i + 1);
-    return i;
+  for (unsigned w = 0; w < NAME_WAYS; w++, e++, i++) {
+    if (e->hash == h && e->len == n && e->s && same_bytes(e->s, s, n)) {
+      lua_rawgeti(d->L, d->names_idx, (int)i + 1);
+      return i;
+    }
   }
+  unsigned w = d->mem->next_way[set];
+  d->mem->next_way[set] = (unsigned char)((w + 1) % NAME_WAYS);
+  i = set * NAME_WAYS + w;
+  e = &d->mem->names[i];
   lua_pushlstring(d->L, s, n);
   lua_pushvalue(d->L, -1);
   lua_rawseti(d->L, d->names_idx, (int)i + 1);
@@ -376,6 +406,13 @@ static void collect(lua_State *L, int t, int n) {
   for (int i = n; i >= 1; i--) lua_rawseti(L, t, base + i);
 }
 
+/* The slot of an object's remembered size: by its first member name's slot
+ * and the slot of the member name it is under (`place`). */
+static unsigned size_key(unsigned first, unsigned place) {
+  uint32_t x = (uint32_t)first * 0x9E3779B1u + (uint32_t)place * 0x85EBCA77u;
+  return (x ^ x >> 15) & (SIZE_SLOTS - 1);
+}
+
 /* The members of an object (d->p past its opening brace, at a member name
  * or the closing brace). Members are set in the order they come, so that of
  * two equal names the last one wins. Apart from the table and the name on
@@ -388,17 +425,17 @@ static int object(decoder *d) {
     lua_createtable(L, 0, 0);
     return 1;
   }
-  unsigned first = NAME_SLOTS, slot;
+  unsigned slot, key = SIZE_SLOTS, taken = 0;
   int t = 0, n = 0;
   for (;;) {
     if (*d->p != '"') return fail(d, "expected a member name");
     if (!string(d, &slot)) return 0;
-    if (n == 0) { /* the table, at the size of the last object that began with this name */
-      first = slot;
+    if (n == 0) { /* the table, at the size remembered for objects like this one */
       int guess = 0;
-      if (first < NAME_SLOTS) { /* taken: an object nested in this one gets no guess from it */
-        guess = d->mem->members[first];
-        d->mem->members[first] = 0;
+      if (slot < NAME_SLOTS) { /* taken: an object nested in this one gets no guess from it */
+        key = size_key(slot, d->place);
+        guess = taken = d->mem->sizes[key];
+        d->mem->sizes[key] = 0;
         if ((size_t)guess > d->room) guess = (int)d->room;
         d->room -= (size_t)guess;
       }
@@ -409,6 +446,7 @@ static int object(decoder *d) {
     skip_ws(d);
     if (*d->p != ':') return fail(d, "expected ':'");
     d->p++;
+    d->place = slot;
     if (!value(d)) return 0;
     lua_rawset(L, t);
     n++;
@@ -424,7 +462,10 @@ static int object(decoder *d) {
     }
     return fail(d, d->p >= d->end ? "unexpected end" : "expected ',' or '}'");
   }
-  if (first < NAME_SLOTS) d->mem->members[first] = (unsigned char)(n < GUESS_MOST ? n : GUESS_MOST);
+  if (key < SIZE_SLOTS) { /* this one's count, or what was remembered less a quarter if more */
+    unsigned keep = taken - taken / 4, count = n < GUESS_MOST ? (unsigned)n : GUESS_MOST;
+    d->mem->sizes[key] = (unsigned char)(count > keep ? count : keep);
+  }
   return 1;
 }
 
@@ -433,6 +474,7 @@ static int object(decoder *d) {
  * at its end, or sooner when the stack runs short. */
 static int array(decoder *d) {
   lua_State *L = d->L;
+  unsigned place = d->place; /* each element is under the array's member name */
   lua_pushnil(L); /* the table's place, filled by collect */
   int t = lua_gettop(L), n = 0, room = 0; /* room: elements that fit before the next check */
   if (*d->p == ']') {
@@ -451,6 +493,7 @@ static int array(decoder *d) {
         }
       }
       room--;
+      d->place = place;
       if (!value(d)) return 0;
       n++;
       skip_ws(d);
@@ -502,7 +545,7 @@ int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, s
   /* room for members ahead: one per 4 bytes of text, so that sizes taken from other bodies'
      objects keep what a body takes in proportion to its length (a member takes 4 bytes at
      least: `"":0,`, of which the name's quotes are read before its table is made) */
-  decoder d = {L, s, s, s + len, NULL, top + 1, NULL, 0, array_mt, 0, max_values, len / 4};
+  decoder d = {L, s, s, s + len, NULL, top + 1, NAME_SLOTS, NULL, 0, array_mt, 0, max_values, len / 4};
   /* push_memory takes up to 4 slots; the decoding, RESERVE(0) + 2 above its table */
   if (lua_checkstack(L, RESERVE(0) + 4) && (d.mem = push_memory(L)) && value(&d)) {
     skip_ws(&d);
