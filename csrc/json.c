@@ -16,9 +16,9 @@
  * elements of `"events": [{"type": …}]` are apart), and each member is set
  * in it as it is read: objects of one schema have the same members, so a
  * table of ordinary size is made at its final size without gathering its
- * members first, and without a rehash when the members come. What is
- * remembered is the largest of the last objects there, forgotten a quarter
- * at a time (an array whose elements have 3 and 2 members makes each at 3).
+ * members first, and without a rehash when the members come. The size is
+ * the larger of the last two objects there (an array whose elements have 3
+ * and 2 members makes each at 3; a large one is forgotten two objects on).
  * What a body can make larger than it needs stays in proportion to its
  * length: a size is at most GUESS_MOST, serves one object only, and all of
  * one body's stay within `room` (one member per 4 bytes).
@@ -88,8 +88,9 @@ typedef struct {
 typedef struct {
   name_slot names[NAME_SLOTS];
   unsigned char next_way[NAME_SETS]; /* the way of its set the next new name takes */
-  /* by where an object is (size_key()): the size the next one's table is made at */
-  unsigned char sizes[SIZE_SLOTS];
+  /* by where an object is (size_key()): the member counts of the last two
+   * objects there, the larger of which the next one's table is made at */
+  unsigned char last[SIZE_SLOTS], before[SIZE_SLOTS];
 } memory;
 
 /* The registry key of the anchor table: its 1..NAME_SLOTS hold the names,
@@ -425,7 +426,7 @@ static int object(decoder *d) {
     lua_createtable(L, 0, 0);
     return 1;
   }
-  unsigned slot, key = SIZE_SLOTS, taken = 0;
+  unsigned slot, key = SIZE_SLOTS, last = 0;
   int t = 0, n = 0;
   for (;;) {
     if (*d->p != '"') return fail(d, "expected a member name");
@@ -434,8 +435,9 @@ static int object(decoder *d) {
       int guess = 0;
       if (slot < NAME_SLOTS) { /* taken: an object nested in this one gets no guess from it */
         key = size_key(slot, d->place);
-        guess = taken = d->mem->sizes[key];
-        d->mem->sizes[key] = 0;
+        last = d->mem->last[key];
+        guess = last > d->mem->before[key] ? (int)last : d->mem->before[key];
+        d->mem->last[key] = d->mem->before[key] = 0;
         if ((size_t)guess > d->room) guess = (int)d->room;
         d->room -= (size_t)guess;
       }
@@ -462,9 +464,9 @@ static int object(decoder *d) {
     }
     return fail(d, d->p >= d->end ? "unexpected end" : "expected ',' or '}'");
   }
-  if (key < SIZE_SLOTS) { /* this one's count, or what was remembered less a quarter if more */
-    unsigned keep = taken - taken / 4, count = n < GUESS_MOST ? (unsigned)n : GUESS_MOST;
-    d->mem->sizes[key] = (unsigned char)(count > keep ? count : keep);
+  if (key < SIZE_SLOTS) {
+    d->mem->before[key] = (unsigned char)last;
+    d->mem->last[key] = (unsigned char)(n < GUESS_MOST ? n : GUESS_MOST);
   }
   return 1;
 }

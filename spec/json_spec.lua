@@ -150,6 +150,18 @@ describe("JSON decoding", function()
     assert.is_true(used < 300, ("the body took %.0f KB"):format(used))
   end)
 
+  it("forgets a larger object's size two objects on", function()
+    -- one object of 3 members, then 20,000 of one member in the same place: only the first two
+    -- may be made for 3
+    local small = "[" .. ('{"a":1},'):rep(19999) .. '{"a":1}]'
+    assert.is_table(decode(small))
+    local _, alone = measured(small)
+    assert.is_table(decode('[{"a":1,"b":2,"c":3}]'))
+    local v, after = measured(small)
+    assert.equals(20000, #v)
+    assert.is_true(after < 1.1 * alone, ("%.0f KB after the larger object, %.0f KB before"):format(after, alone))
+  end)
+
   it("keeps a body's tables in proportion to its length whatever bodies came before", function()
     -- body A: objects of 64 members, each beginning with its own name; body B: objects of one
     -- member beginning with the same names, so each could be made for 64
