@@ -20,7 +20,8 @@
  * the larger of the last two objects there (an array whose elements have 3
  * and 2 members makes each at 3; a large one is forgotten two objects on).
  * What a body can make larger than it needs stays in proportion to its
- * length: a size is at most GUESS_MOST, serves one object only, and all of
+ * length: a size is at most GUESS_MOST, is given to no object nested in the
+ * one that took it (it is taken away while that one is read), and all of
  * one body's stay within `room` (one member per 4 bytes).
  *
  * Elements of an array are gathered on the Lua stack and the table is made

@@ -131,7 +131,7 @@ describe("JSON decoding", function()
     return v, used
   end
 
-  it("sizes at most one object from each one before it, so a body's tables stay small", function()
+  it("gives no object nested in another the size that one took, so a body's tables stay small", function()
     -- a large object, then 400 objects nested one in the next, each with one member,
     -- beginning as the large one did and under the same member name: each gets a table for
     -- the one member it has. A 100 KB string at the end gives the body room for large
