@@ -48,6 +48,10 @@ struct fly_client {
   unsigned long long pinned;   /* requests pinned so far (their seq) */
   struct fly_trace *trace;     /* a reference to the trace queue (trace.h), kept until __gc; NULL: no hook */
   struct fly_redis *redis;     /* owned or NULL: rate_limit.redis, the buckets shared through Redis */
+  unsigned long turns;         /* steps begun so far (step_once): a step that ran Lua code sees
+                                  whether another step ran meanwhile */
+  size_t idle_heap;            /* the Lua heap (bytes) when a blocking wait last began; 0: none yet */
+  int idle_kb;                 /* what a call allocates between two blocking waits (KB), as last seen */
 };
 
 /* The client at idx; raises when it is closed. */

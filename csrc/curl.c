@@ -953,6 +953,41 @@ static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double
   harvest(L, c, finished, b);
 }
 
+/* The most a call is taken to allocate between two blocking waits (KB): a
+ * program that allocates a lot between its calls gets no larger hint (an
+ * incremental step's work grows with the debt it pays). */
+#define IDLE_KB_MOST 64
+
+/* Collector work that a blocking call would soon do anyway, done while it
+ * waits for the server (Lua 5.3 and 5.4, while the collector runs; its time
+ * comes off the call's own): when the collector would step within about
+ * what a call allocates (the growth of the heap from one blocking wait to
+ * the next, when no collection came between), it steps now, as it would
+ * then, instead of after the answer, on the way back to the caller. The
+ * debt the hint adds is taken away again, so the collector's pace stays its
+ * own: a step comes earlier, none comes in addition. Finalizers may run
+ * here, as at any allocation: the caller looks at the client again
+ * afterwards. Lua 5.1, 5.2 and LuaJIT: nothing (their LUA_GCSTEP always
+ * works, due or not). */
+static void idle_collect(lua_State *L, fly_client *c) {
+#if LUA_VERSION_NUM >= 503
+  if (lua_gc(L, LUA_GCISRUNNING, 0) != 1) return; /* stopped by the program, or collecting now (-1) */
+  size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+  if (c->idle_heap && heap > c->idle_heap) {
+    size_t kb = (heap - c->idle_heap) / 1024 + 1;
+    c->idle_kb = kb < IDLE_KB_MOST ? (int)kb : IDLE_KB_MOST;
+  }
+  if (c->idle_kb > 0) {
+    lua_gc(L, LUA_GCSTEP, c->idle_kb);  /* steps if its debt is within idle_kb of due */
+    lua_gc(L, LUA_GCSTEP, -c->idle_kb); /* and takes the hint back: never a step */
+    heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+  }
+  c->idle_heap = heap;
+#else
+  (void)L, (void)c;
+#endif
+}
+
 /* One turn: work within `seconds` (INFINITY: no limit) as the budget `b`
  * lets it; if nothing finished and no work was left over, wait at most
  * max_wait seconds on the sockets and the nearest deadline (with nothing in
@@ -960,8 +995,10 @@ static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double
  * that gives an idle client the rest of its frame sleeps, it does not spin),
  * then work within a new `seconds` if it waited, else within what is left of
  * the first. b->end is when the last of them ends. */
-static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double seconds, budget *b) {
+static void step_once(lua_State *L, fly_client *c, int *finished, double max_wait, double seconds, budget *b,
+                      int idle) {
   struct fly_curl *t = c->curl;
+  unsigned long turn = ++c->turns;
   t->backlog = 0;
   b->end = budget_end(seconds);
   work(L, c, finished, 0, seconds, b);
@@ -973,6 +1010,10 @@ static void step_once(lua_State *L, fly_client *c, int *finished, double max_wai
     if (t->timer_at - now < wait) wait = t->timer_at - now;
     if (shared_timeout(c) < wait) wait = shared_timeout(c);
     if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
+    if (idle && wait > 0) {
+      idle_collect(L, c);
+      if (c->closed || c->turns != turn) return; /* a finalizer closed the client or stepped it */
+    }
     work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, seconds, b);
   }
 }
@@ -980,7 +1021,7 @@ static void step_once(lua_State *L, fly_client *c, int *finished, double max_wai
 /* A step with no budget. */
 static void step_free(lua_State *L, fly_client *c, int *finished, double max_wait) {
   budget b = {INFINITY, 0, 0};
-  step_once(L, c, finished, max_wait, INFINITY, &b);
+  step_once(L, c, finished, max_wait, INFINITY, &b, 1);
 }
 
 /* client:_submit(operation_id, params, opts, level) -> Request, queued on
@@ -1030,7 +1071,7 @@ int fly_l_step(lua_State *L) {
   budget b = {INFINITY, (int)luaL_optinteger(L, 4, 0), lua_toboolean(L, 5)};
   lua_settop(L, 5);
   int finished = 0;
-  step_once(L, c, &finished, max_wait, seconds, &b);
+  step_once(L, c, &finished, max_wait, seconds, &b, 0);
   if (!budgeted) return finished;
   luaL_checkstack(L, 2, "fly: too many finished requests");
   lua_pushnumber(L, b.end);

@@ -1,0 +1,120 @@
+-- The Lua collector and a blocking call: the collection a call would soon
+-- need is done while the call waits for the server, never when the program
+-- stopped the collector, and finalizers that run there may use the client.
+local H = require "helper"
+local core = require "fly.core"
+
+local submit, wait = core.Client._submit, core.Client._wait
+local success, result = core.request_mt.methods.success, core.request_mt.methods.result
+
+-- Lua 5.3 and 5.4 take a collector step as a hint (LUA_GCSTEP with a size steps only
+-- when one is due that soon); the others' step always works, so they get none.
+local hints = (_VERSION == "Lua 5.3" or _VERSION == "Lua 5.4") and not rawget(_G, "jit")
+
+-- A collector that comes every few calls, whatever the run's heap: on Lua 5.4 a young
+-- collection at each 1% of growth, else (5.3) incremental cycles that begin as the last
+-- one ends; returns what puts the previous settings back.
+local function busy_collector()
+  if _VERSION == "Lua 5.4" then
+    local mode = collectgarbage("incremental") -- a fresh generational state (no "bad collection" mode)
+    collectgarbage("generational", 1, 100)
+    collectgarbage("step") -- a young collection, which sets when the next is due (entering does not)
+    return function()
+      collectgarbage("generational", 20, 100) -- Lua's defaults
+      collectgarbage(mode)
+    end
+  end
+  local pause = collectgarbage("setpause", 100)
+  return function() collectgarbage("setpause", pause) end
+end
+
+describe("the collector during a blocking call", function()
+  local c, name, restore
+  before_each(function()
+    H.reset()
+    c = H.client()
+    name = H.app(c)
+    restore = busy_collector()
+  end)
+  after_each(function()
+    collectgarbage("restart")
+    restore()
+    c:close()
+  end)
+
+  -- Makes `n` calls to Apps_show, each with a finalizer made garbage just before it
+  -- waits, and counts in `seen` the finalizers that ran while a request was in flight
+  -- (`during`) and the others (`after`, also those that run later); `probe(req)` runs in
+  -- each finalizer with the request then in flight (nil when none is).
+  local function calls(n, seen, probe)
+    local current
+    for _ = 1, n do
+      if c:is_closed() then break end
+      local req = submit(c, "Apps_show", { app_name = name })
+      setmetatable({}, { __gc = function()
+        if current and not current:done() then seen.during = seen.during + 1 else seen.after = seen.after + 1 end
+        if probe then probe(current) end
+      end })
+      current = req
+      wait(c, req)
+      current = nil
+      if not c:is_closed() then assert(success(req)) end
+      -- (a request cut off by close is cancelled: the spec that closes looks at it)
+    end
+    return seen
+  end
+  local function counts() return { during = 0, after = 0 } end
+
+  it("collects while the call waits for the server, not after the answer (Lua 5.3, 5.4)", function()
+    if not hints then return pending("the collector takes no hints before Lua 5.3") end
+    local seen = calls(400, counts())
+    local during, after = seen.during, seen.after
+    -- the calls make garbage at a steady rate: once the client has seen one call's worth,
+    -- every collection that falls due comes in a wait
+    assert.is_true(during > 0, "no finalizer ran during a wait")
+    assert.is_true(during > 4 * after, ("%d finalizers ran during a wait, %d after"):format(during, after))
+  end)
+
+  it("leaves a stopped collector stopped", function()
+    calls(50, counts()) -- the client has seen calls: a step would be hinted if the collector ran
+    collectgarbage("collect")
+    collectgarbage("stop")
+    local seen = calls(300, counts())
+    assert.same({ during = 0, after = 0 }, seen)
+    collectgarbage("restart")
+    collectgarbage("collect")
+    collectgarbage("collect")
+    assert.same({ during = 0, after = 300 }, seen) -- they were garbage all along
+  end)
+
+  it("lets a finalizer that runs during the wait close the client: the call is cancelled", function()
+    if not hints then return pending("the collector takes no hints before Lua 5.3") end
+    local closed_in
+    calls(400, counts(), function(req)
+      if req and not closed_in then
+        closed_in = req
+        c:close()
+      end
+    end)
+    assert.is_not_nil(closed_in, "no finalizer ran during a wait")
+    assert.is_true(closed_in:done())
+    assert.is_nil(success(closed_in))
+    assert.equals("cancelled", result(closed_in).code)
+    assert.is_true(c:is_closed())
+  end)
+
+  it("lets a finalizer that runs during the wait make a call on the same client", function()
+    if not hints then return pending("the collector takes no hints before Lua 5.3") end
+    local nested = 0
+    local during = calls(400, counts(), function(req)
+      if req and nested < 5 then
+        nested = nested + 1
+        local app = assert(c.apps:get(name))
+        assert(app.name == name)
+      end
+    end).during
+    assert.is_true(during > 0, "no finalizer ran during a wait")
+    assert.equals(5, nested)
+    assert.is_truthy(c.apps:get(name))
+  end)
+end)
