@@ -31,6 +31,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 
+#include "json.h"
 #include "redis.h"
 #include "request.h"
 #include "trace.h"
@@ -1012,6 +1013,7 @@ static void step_once(lua_State *L, fly_client *c, int *finished, double max_wai
     if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
     if (idle && wait > 0) {
       idle_collect(L, c);
+      fly_json_prefill(L);
       if (c->closed || c->turns != turn) return; /* a finalizer closed the client or stepped it */
     }
     work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, seconds, b);

@@ -37,6 +37,12 @@
  * push_name()), so most are a table read instead of a hash and a string
  * table search.
  *
+ * Empty tables made ahead: fly_json_prefill() makes, while a call waits for
+ * its answer, as many empty tables of each size (a hash part of 1, 2, 4 …
+ * 64 slots) as the last decode asked for, up to a bound, and an object
+ * whose size is guessed takes one of its size instead of making it. A table
+ * made at 3 slots has 4, as one made at 4 does: the tables are the same.
+ *
  * Numbers: a literal without fraction or exponent is an integer where the
  * Lua has integers and the value fits in 64 bits; every other number is a
  * float read by strtod (correctly rounded). `-0` is the integer 0 there;
@@ -80,6 +86,13 @@
 #define NAME_LONGEST 40 /* the longest name remembered (Lua 5.4 interns up to 40 bytes) */
 /* The largest size an object's table is made at before its members are read. */
 #define GUESS_MOST 64
+/* Tables made ahead (fly_json_prefill): by size class k, hash parts of 2^k
+ * slots up to GUESS_MOST, at most POOL_MOST(k) of each (fewer of the larger:
+ * 126 tables of 736 slots in all), held in the pool table at the slots
+ * pool_slot(k, 0 .. POOL_MOST(k) - 1). */
+#define POOL_CLASSES 7
+#define POOL_PER_CLASS 32
+#define POOL_MOST(k) ((128 >> (k)) < POOL_PER_CLASS ? (128 >> (k)) : POOL_PER_CLASS)
 
 typedef struct {
   const char *s; /* the anchored string's bytes, or NULL */
@@ -92,17 +105,29 @@ typedef struct {
   /* by where an object is (size_key()): the member counts of the last two
    * objects there, the larger of which the next one's table is made at */
   unsigned char last[SIZE_SLOTS], before[SIZE_SLOTS];
+  /* tables made ahead: how many the pool holds of each size class, and how
+   * many the last decode asked for (at most POOL_MOST) */
+  unsigned char pooled[POOL_CLASSES], wanted[POOL_CLASSES];
 } memory;
 
 /* The registry key of the anchor table: its 1..NAME_SLOTS hold the names,
- * its NAME_SLOTS + 1 the userdata holding the memory. */
+ * its NAME_SLOTS + 1 the userdata holding the memory, its POOL_INDEX the
+ * pool table (apart: filling it touches only that table, which a
+ * generational collector then traverses again, not the names). The pool
+ * table's array part has a slot for every table it may hold, so that
+ * storing one allocates nothing. */
 static const char names_key = 'n';
+#define POOL_INDEX (NAME_SLOTS + 2)
+
+static int pool_slot(unsigned k, unsigned i) { return (int)(k * POOL_PER_CLASS + i + 1); }
 
 typedef struct {
   lua_State *L;
   const char *p, *start, *end;
   memory *mem;      /* the state's remembered names and object sizes */
   int names_idx;    /* stack index of their anchor table */
+  int pool_idx;     /* stack index of the pool table */
+  unsigned char asked[POOL_CLASSES]; /* tables this decode asked for, by size class (saturating) */
   unsigned place;   /* the slot of the member name the value being read is under
                        (NAME_SLOTS: none, or one not remembered); an array's elements are
                        under the array's */
@@ -305,8 +330,8 @@ static __attribute__((noinline)) int escaped_string(decoder *d, const char *s) {
   return 1;
 }
 
-/* Pushes the state's anchor table of remembered names (made the first
- * time) and returns its memory. */
+/* Pushes the state's anchor table of remembered names and its pool table
+ * (made the first time) and returns its memory. */
 static memory *push_memory(lua_State *L) {
   lua_pushlightuserdata(L, (void *)&names_key);
   lua_rawget(L, LUA_REGISTRYINDEX);
@@ -314,17 +339,70 @@ static memory *push_memory(lua_State *L) {
     lua_rawgeti(L, -1, NAME_SLOTS + 1);
     memory *mem = lua_touserdata(L, -1);
     lua_pop(L, 1);
+    lua_rawgeti(L, -1, POOL_INDEX);
     return mem;
   }
   lua_pop(L, 1);
-  lua_createtable(L, NAME_SLOTS + 1, 0);
+  lua_createtable(L, POOL_INDEX, 0);
   memory *mem = fly_newuserdata(L, sizeof *mem);
   memset(mem, 0, sizeof *mem);
   lua_rawseti(L, -2, NAME_SLOTS + 1);
+  lua_createtable(L, POOL_CLASSES * POOL_PER_CLASS, 0);
+  lua_rawseti(L, -2, POOL_INDEX);
   lua_pushlightuserdata(L, (void *)&names_key);
   lua_pushvalue(L, -2);
   lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_rawgeti(L, -1, POOL_INDEX);
   return mem;
+}
+
+/* The size class of a table made for `n` >= 1 members: its hash part has
+ * 2^k slots (n <= GUESS_MOST). */
+static unsigned size_class(unsigned n) {
+  unsigned k = 0;
+  while ((1u << k) < n) k++;
+  return k;
+}
+
+/* Pushes an empty table with room for `n` members: one made ahead when the
+ * pool has one of its size, else a new one. */
+static void new_table(decoder *d, int n) {
+  if (n > 0) {
+    unsigned k = size_class((unsigned)n);
+    if (d->asked[k] < POOL_MOST(k)) d->asked[k]++;
+    if (d->mem->pooled[k] > 0) {
+      int i = pool_slot(k, --d->mem->pooled[k]);
+      lua_rawgeti(d->L, d->pool_idx, i);
+      if (lua_type(d->L, -1) == LUA_TTABLE) {
+        lua_pushnil(d->L); /* the pool lets go of it */
+        lua_rawseti(d->L, d->pool_idx, i);
+        return;
+      }
+      lua_pop(d->L, 1); /* (never: the count says what the pool holds) */
+      d->mem->pooled[k] = 0;
+    }
+  }
+  lua_createtable(d->L, 0, n);
+}
+
+void fly_json_prefill(lua_State *L) {
+  if (!lua_checkstack(L, 4)) return;
+  memory *mem = push_memory(L);
+  for (unsigned k = 0; k < POOL_CLASSES; k++) {
+    /* a finalizer that the collector runs at an allocation here may decode (and
+       take tables): the count is read again after each */
+    while (mem->pooled[k] < mem->wanted[k]) {
+      lua_createtable(L, 0, 1 << k);
+      unsigned i = mem->pooled[k];
+      if (i >= mem->wanted[k]) { /* (it changed meanwhile) */
+        lua_pop(L, 1);
+        break;
+      }
+      lua_rawseti(L, -2, pool_slot(k, i)); /* in the array part: allocates nothing */
+      mem->pooled[k] = (unsigned char)(i + 1);
+    }
+  }
+  lua_pop(L, 2);
 }
 
 /* A float from the number text s[0..n): strtod, which reads the decimal
@@ -442,7 +520,7 @@ static int object(decoder *d) {
         if ((size_t)guess > d->room) guess = (int)d->room;
         d->room -= (size_t)guess;
       }
-      lua_createtable(L, 0, guess);
+      new_table(d, guess);
       lua_insert(L, -2);
       t = lua_gettop(L) - 1;
     }
@@ -548,12 +626,17 @@ int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, s
   /* room for members ahead: one per 4 bytes of text, so that sizes taken from other bodies'
      objects keep what a body takes in proportion to its length (a member takes 4 bytes at
      least: `"":0,`, of which the name's quotes are read before its table is made) */
-  decoder d = {L, s, s, s + len, NULL, top + 1, NAME_SLOTS, NULL, 0, array_mt, 0, max_values, len / 4};
-  /* push_memory takes up to 4 slots; the decoding, RESERVE(0) + 2 above its table */
-  if (lua_checkstack(L, RESERVE(0) + 4) && (d.mem = push_memory(L)) && value(&d)) {
+  decoder d = {L,    s,      s, s + len, NULL, top + 1,    top + 2, {0}, NAME_SLOTS,
+               NULL, 0, array_mt, 0,       max_values, len / 4};
+  /* push_memory takes up to 5 slots; the decoding, RESERVE(0) + 2 above its table */
+  int ok = lua_checkstack(L, RESERVE(0) + 5) && (d.mem = push_memory(L)) && value(&d);
+  if (d.mem)
+    for (unsigned k = 0; k < POOL_CLASSES; k++) d.mem->wanted[k] = d.asked[k];
+  if (ok) {
     skip_ws(&d);
     if (d.p == d.end) {
-      lua_remove(L, top + 1);
+      lua_replace(L, top + 1);
+      lua_settop(L, top + 1);
       return 1;
     }
     d.err = "trailing characters";

@@ -20,4 +20,9 @@ extern const char FLY_JSON_TOO_MANY[];
  * empty object costs about 60 bytes of Lua memory for its 3 bytes of text. */
 int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, size_t max_values);
 
+/* Makes, for the next decode, the empty tables the last one asked for (as
+ * many of each size as it took, within a bound): for a moment when the
+ * program waits anyway. May run the collector, and so finalizers. */
+void fly_json_prefill(lua_State *L);
+
 #endif

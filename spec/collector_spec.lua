@@ -11,6 +11,17 @@ local success, result = core.request_mt.methods.success, core.request_mt.methods
 -- when one is due that soon); the others' step always works, so they get none.
 local hints = (_VERSION == "Lua 5.3" or _VERSION == "Lua 5.4") and not rawget(_G, "jit")
 
+local newproxy = rawget(_G, "newproxy") -- Lua 5.1 and LuaJIT, whose tables take no __gc
+
+-- Makes garbage that runs `fn` when it is collected.
+local function finalized(fn)
+  if newproxy then
+    getmetatable(newproxy(true)).__gc = fn
+  else
+    setmetatable({}, { __gc = fn })
+  end
+end
+
 -- A collector that comes every few calls, whatever the run's heap: on Lua 5.4 a young
 -- collection at each 1% of growth, else (5.3) incremental cycles that begin as the last
 -- one ends; returns what puts the previous settings back.
@@ -51,10 +62,10 @@ describe("the collector during a blocking call", function()
     for _ = 1, n do
       if c:is_closed() then break end
       local req = submit(c, "Apps_show", { app_name = name })
-      setmetatable({}, { __gc = function()
+      finalized(function()
         if current and not current:done() then seen.during = seen.during + 1 else seen.after = seen.after + 1 end
         if probe then probe(current) end
-      end })
+      end)
       current = req
       wait(c, req)
       current = nil
@@ -116,5 +127,89 @@ describe("the collector during a blocking call", function()
     assert.is_true(during > 0, "no finalizer ran during a wait")
     assert.equals(5, nested)
     assert.is_truthy(c.apps:get(name))
+  end)
+end)
+
+-- Every table reachable from `v`, each once; raises when one is reached twice.
+local function tables_of(v, seen)
+  seen = seen or {}
+  if type(v) ~= "table" then return seen end
+  assert(not seen[v], "a table is reached twice")
+  seen[v] = true
+  for _, x in pairs(v) do tables_of(x, seen) end
+  return seen
+end
+
+describe("tables made while a call waits", function()
+  local c, app, id
+  before_each(function()
+    H.reset()
+    c = H.client()
+    app = H.app(c)
+    local m = assert(c.machines:create(app, {
+      config = {
+        image = "nginx", env = { A = "1", B = "2" }, guest = { cpus = 1, memory_mb = 256, cpu_kind = "shared" },
+        services = { { protocol = "tcp", internal_port = 8080, ports = { { port = 80 }, { port = 443 } } } },
+      },
+      region = "ams",
+    }))
+    assert.equals("started", (m:wait("started", { timeout = 10 }))) -- it changes no more
+    id = m.id
+  end)
+  after_each(function() c:close() end)
+
+  -- The Machine as the emulator sends it, decoded by lua-cjson: what each result must equal.
+  local function truth()
+    local http, ltn12, cjson = require "socket.http", require "ltn12", require "cjson"
+    local out = {}
+    local _, status = http.request {
+      url = ("%s/v1/apps/%s/machines/%s"):format(H.plain_url(), app, id), sink = ltn12.sink.table(out),
+      headers = { authorization = "Bearer " .. H.TOKEN },
+    }
+    assert(status == 200, "the emulator did not answer")
+    return cjson.decode(table.concat(out))
+  end
+
+  it("go to one result each: no table is in two results, and each holds its own members", function()
+    local all, results = {}, {}
+    for i = 1, 60 do
+      local m = assert(c.machines:get(app, id))
+      for t in pairs(tables_of(m)) do
+        assert(not all[t], "a table is in two results")
+        all[t] = i
+      end
+      results[i] = m
+    end
+    local want = truth()
+    for i = 1, 60 do assert.same(want, results[i]) end
+  end)
+
+  it("go to one result each also when a finalizer decodes during the wait", function()
+    local json = require "fly.json"
+    local mine, theirs = {}, {}
+    local restore = busy_collector()
+    local ok, err = pcall(function()
+      -- (Lua 5.1 and LuaJIT take no hints: their cycles come when they come)
+      for i = 1, 3000 do
+        if #theirs >= 3 then break end
+        finalized(function()
+          theirs[#theirs + 1] = json.decode('{"a":{"b":1,"c":{"d":[{"e":1,"f":2}]}},"g":{"h":"i"}}')
+        end)
+        mine[i] = assert(c.machines:get(app, id))
+      end
+    end)
+    restore()
+    assert(ok, err)
+    assert.is_true(#theirs > 0, "no finalizer ran")
+    local all, want = {}, truth()
+    for _, v in ipairs(mine) do
+      assert.same(want, v)
+      tables_of(v, all)
+    end
+    for _, v in ipairs(theirs) do
+      assert.equals(1, v.a.c.d[1].e)
+      assert.equals("i", v.g.h)
+      tables_of(v, all)
+    end
   end)
 end)
