@@ -960,18 +960,22 @@ static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double
 #define IDLE_KB_MOST 64
 
 /* Collector work that a blocking call would soon do anyway, done while it
- * waits for the server (Lua 5.3 and 5.4, while the collector runs; its time
- * comes off the call's own): when the collector would step within about
- * what a call allocates (the growth of the heap from one blocking wait to
- * the next, when no collection came between), it steps now, as it would
- * then, instead of after the answer, on the way back to the caller. The
- * debt the hint adds is taken away again, so the collector's pace stays its
- * own: a step comes earlier, none comes in addition. Finalizers may run
- * here, as at any allocation: the caller looks at the client again
- * afterwards. Lua 5.1, 5.2 and LuaJIT: nothing (their LUA_GCSTEP always
- * works, due or not). */
+ * waits for the server (Lua 5.4, while the collector runs; its time comes
+ * off the call's own): when the collector would step within about what a
+ * call allocates (the growth of the heap from one blocking wait to the
+ * next, when no collection came between), it steps now instead of after
+ * the answer, on the way back to the caller. The hint is taken back after:
+ * a step in the middle of an incremental cycle has paid for it; one that
+ * sets a new debt (a young collection, the end of a cycle) then falls due a
+ * hint later, so the next step again comes at the first wait after it is
+ * due. No step comes in addition (a young collection comes at most one
+ * call's allocation later than it would). Finalizers may run here, as at any
+ * allocation: the caller looks at the client again afterwards. Other Luas:
+ * nothing (the LUA_GCSTEP of 5.1, 5.2 and LuaJIT always works, due or not;
+ * 5.3's incremental steps come several a call, of which a hint would move
+ * one). */
 static void idle_collect(lua_State *L, fly_client *c) {
-#if LUA_VERSION_NUM >= 503
+#if LUA_VERSION_NUM >= 504
   if (lua_gc(L, LUA_GCISRUNNING, 0) != 1) return; /* stopped by the program, or collecting now (-1) */
   size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
   if (c->idle_heap && heap > c->idle_heap) {
@@ -980,13 +984,25 @@ static void idle_collect(lua_State *L, fly_client *c) {
   }
   if (c->idle_kb > 0) {
     lua_gc(L, LUA_GCSTEP, c->idle_kb);  /* steps if its debt is within idle_kb of due */
-    lua_gc(L, LUA_GCSTEP, -c->idle_kb); /* and takes the hint back: never a step */
+    lua_gc(L, LUA_GCSTEP, -c->idle_kb); /* takes the hint back (never a step) */
     heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
   }
   c->idle_heap = heap;
 #else
   (void)L, (void)c;
 #endif
+}
+
+/* How long a step may wait on the sockets: at most max_wait, and not past
+ * the nearest queued request's time or deadline, libcurl's timer or the
+ * shared limiter's. */
+static double wait_time(fly_client *c, double max_wait) {
+  struct fly_curl *t = c->curl;
+  double now = fly_now(), wait = max_wait, next = earliest(c);
+  if (next - now < wait) wait = next - now;
+  if (t->timer_at - now < wait) wait = t->timer_at - now;
+  if (shared_timeout(c) < wait) wait = shared_timeout(c);
+  return wait > 3600 ? 3600 : wait; /* the caller loops; keeps the int in work() in range */
 }
 
 /* One turn: work within `seconds` (INFINITY: no limit) as the budget `b`
@@ -1004,17 +1020,12 @@ static void step_once(lua_State *L, fly_client *c, int *finished, double max_wai
   b->end = budget_end(seconds);
   work(L, c, finished, 0, seconds, b);
   if (*finished == 0 && !t->backlog && max_wait > 0) {
-    double now = fly_now();
-    double wait = max_wait;
-    double next = earliest(c);
-    if (next - now < wait) wait = next - now;
-    if (t->timer_at - now < wait) wait = t->timer_at - now;
-    if (shared_timeout(c) < wait) wait = shared_timeout(c);
-    if (wait > 3600) wait = 3600; /* the caller loops; keeps the int below in range */
+    double wait = wait_time(c, max_wait);
     if (idle && wait > 0) {
       idle_collect(L, c);
       fly_json_prefill(L);
       if (c->closed || c->turns != turn) return; /* a finalizer closed the client or stepped it */
+      wait = wait_time(c, max_wait); /* without the time that took, or what a finalizer queued */
     }
     work(L, c, finished, wait > 0 ? (int)ceil(wait * 1000) : 0, seconds, b);
   }

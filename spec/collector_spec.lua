@@ -7,9 +7,10 @@ local core = require "fly.core"
 local submit, wait = core.Client._submit, core.Client._wait
 local success, result = core.request_mt.methods.success, core.request_mt.methods.result
 
--- Lua 5.3 and 5.4 take a collector step as a hint (LUA_GCSTEP with a size steps only
--- when one is due that soon); the others' step always works, so they get none.
-local hints = (_VERSION == "Lua 5.3" or _VERSION == "Lua 5.4") and not rawget(_G, "jit")
+-- Lua 5.4 takes a collector step as a hint (LUA_GCSTEP with a size steps only when one is
+-- due that soon); the step of 5.1, 5.2 and LuaJIT always works, and 5.3's incremental steps
+-- come several a call: the client hints only on 5.4.
+local hints = _VERSION == "Lua 5.4" and not rawget(_G, "jit")
 
 local newproxy = rawget(_G, "newproxy") -- Lua 5.1 and LuaJIT, whose tables take no __gc
 
@@ -22,9 +23,9 @@ local function finalized(fn)
   end
 end
 
--- A collector that comes every few calls, whatever the run's heap: on Lua 5.4 a young
--- collection at each 1% of growth, else (5.3) incremental cycles that begin as the last
--- one ends; returns what puts the previous settings back.
+-- A busy collector, whatever the run's heap: on Lua 5.4 a young collection at each 1% of
+-- growth (every few calls), elsewhere incremental cycles that begin as the last one ends;
+-- returns what puts the previous settings back.
 local function busy_collector()
   if _VERSION == "Lua 5.4" then
     local mode = collectgarbage("incremental") -- a fresh generational state (no "bad collection" mode)
@@ -79,8 +80,8 @@ describe("the collector during a blocking call", function()
   -- emulator, no answer is there before the call has begun to wait for it.
   local function late_answers() H.fault { op = "Apps_show", kind = "delay", delay = 0.005, count = 100000 } end
 
-  it("collects while the call waits for the server, not after the answer (Lua 5.3, 5.4)", function()
-    if not hints then return pending("the collector takes no hints before Lua 5.3") end
+  it("collects while the call waits for the server, not after the answer (Lua 5.4)", function()
+    if not hints then return pending("the client gives the collector hints on Lua 5.4 only") end
     late_answers()
     local seen = calls(200, counts())
     local during, after = seen.during, seen.after
@@ -103,7 +104,7 @@ describe("the collector during a blocking call", function()
   end)
 
   it("lets a finalizer that runs during the wait close the client: the call is cancelled", function()
-    if not hints then return pending("the collector takes no hints before Lua 5.3") end
+    if not hints then return pending("the client gives the collector hints on Lua 5.4 only") end
     late_answers()
     local closed_in
     calls(200, counts(), function(req)
@@ -120,7 +121,7 @@ describe("the collector during a blocking call", function()
   end)
 
   it("lets a finalizer that runs during the wait make a call on the same client", function()
-    if not hints then return pending("the collector takes no hints before Lua 5.3") end
+    if not hints then return pending("the client gives the collector hints on Lua 5.4 only") end
     late_answers()
     local nested = 0
     local during = calls(200, counts(), function(req)
