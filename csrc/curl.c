@@ -974,10 +974,16 @@ static void work(lua_State *L, fly_client *c, int *finished, int wait_ms, double
  * nothing (the LUA_GCSTEP of 5.1, 5.2 and LuaJIT always works, due or not;
  * 5.3's incremental steps come several a call, of which a hint would move
  * one). */
+#if LUA_VERSION_NUM >= 504
+static size_t heap_bytes(lua_State *L) {
+  return (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+}
+#endif
+
 static void idle_collect(lua_State *L, fly_client *c) {
 #if LUA_VERSION_NUM >= 504
   if (lua_gc(L, LUA_GCISRUNNING, 0) != 1) return; /* stopped by the program, or collecting now (-1) */
-  size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+  size_t heap = heap_bytes(L);
   if (c->idle_heap && heap > c->idle_heap) {
     size_t kb = (heap - c->idle_heap) / 1024 + 1;
     c->idle_kb = kb < IDLE_KB_MOST ? (int)kb : IDLE_KB_MOST;
@@ -985,7 +991,7 @@ static void idle_collect(lua_State *L, fly_client *c) {
   if (c->idle_kb > 0) {
     lua_gc(L, LUA_GCSTEP, c->idle_kb);  /* steps if its debt is within idle_kb of due */
     lua_gc(L, LUA_GCSTEP, -c->idle_kb); /* takes the hint back (never a step) */
-    heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    heap = heap_bytes(L);
   }
   c->idle_heap = heap;
 #else

@@ -372,14 +372,10 @@ static void new_table(decoder *d, int n) {
     if (d->asked[k] < POOL_MOST(k)) d->asked[k]++;
     if (d->mem->pooled[k] > 0) {
       int i = pool_slot(k, --d->mem->pooled[k]);
-      lua_rawgeti(d->L, d->pool_idx, i);
-      if (lua_type(d->L, -1) == LUA_TTABLE) {
-        lua_pushnil(d->L); /* the pool lets go of it */
-        lua_rawseti(d->L, d->pool_idx, i);
-        return;
-      }
-      lua_pop(d->L, 1); /* (never: the count says what the pool holds) */
-      d->mem->pooled[k] = 0;
+      lua_rawgeti(d->L, d->pool_idx, i); /* a table: the count says what the pool holds */
+      lua_pushnil(d->L);                  /* the pool lets go of it */
+      lua_rawseti(d->L, d->pool_idx, i);
+      return;
     }
   }
   lua_createtable(d->L, 0, n);
