@@ -39,9 +39,13 @@
  *
  * Empty tables made ahead: fly_json_prefill() makes, while a call waits for
  * its answer, as many empty tables of each size (a hash part of 1, 2, 4 …
- * 64 slots) as the last decode asked for, up to a bound, and an object
- * whose size is guessed takes one of its size instead of making it. A table
- * made at 3 slots has 4, as one made at 4 does: the tables are the same.
+ * 64 slots, or an array part of as many) as the last decode asked for, up
+ * to a bound; an object whose size is guessed takes one of its size instead
+ * of making it, and so does an array of up to 64 elements once they are
+ * read. A table made at 3 hash slots has 4, as one made at 4 does: the
+ * tables are the same. An array of 3 elements in an array part of 4 is
+ * the same array to Lua (its length, its elements, `next`), as a table
+ * whose fourth element was set to nil.
  *
  * Numbers: a literal without fraction or exponent is an integer where the
  * Lua has integers and the value fits in 64 bits; every other number is a
@@ -86,13 +90,15 @@
 #define NAME_LONGEST 40 /* the longest name remembered (Lua 5.4 interns up to 40 bytes) */
 /* The largest size an object's table is made at before its members are read. */
 #define GUESS_MOST 64
-/* Tables made ahead (fly_json_prefill): by size class k, hash parts of 2^k
- * slots up to GUESS_MOST, at most POOL_MOST(k) of each (fewer of the larger:
- * 126 tables of 736 slots in all), held in the pool table at the slots
- * pool_slot(k, 0 .. POOL_MOST(k) - 1). */
-#define POOL_CLASSES 7
+/* Tables made ahead (fly_json_prefill): by class c, hash parts (c <
+ * POOL_SIZES) or array parts (the rest) of 2^k slots, k = c % POOL_SIZES,
+ * up to GUESS_MOST, at most POOL_MOST(c) of each (fewer of the larger: 126
+ * tables of 736 slots of each kind), held in the pool table at the slots
+ * pool_slot(c, 0 .. POOL_MOST(c) - 1). */
+#define POOL_SIZES 7
+#define POOL_CLASSES (2 * POOL_SIZES)
 #define POOL_PER_CLASS 32
-#define POOL_MOST(k) ((128 >> (k)) < POOL_PER_CLASS ? (128 >> (k)) : POOL_PER_CLASS)
+#define POOL_MOST(c) ((128 >> (c) % POOL_SIZES) < POOL_PER_CLASS ? (128 >> (c) % POOL_SIZES) : POOL_PER_CLASS)
 
 typedef struct {
   const char *s; /* the anchored string's bytes, or NULL */
@@ -119,7 +125,7 @@ typedef struct {
 static const char names_key = 'n';
 #define POOL_INDEX (NAME_SLOTS + 2)
 
-static int pool_slot(unsigned k, unsigned i) { return (int)(k * POOL_PER_CLASS + i + 1); }
+static int pool_slot(unsigned c, unsigned i) { return (int)(c * POOL_PER_CLASS + i + 1); }
 
 typedef struct {
   lua_State *L;
@@ -356,46 +362,59 @@ static memory *push_memory(lua_State *L) {
   return mem;
 }
 
-/* The size class of a table made for `n` >= 1 members: its hash part has
- * 2^k slots (n <= GUESS_MOST). */
+/* The size of a table made for `n` >= 1 members or elements: 2^k slots
+ * (n <= GUESS_MOST). */
 static unsigned size_class(unsigned n) {
   unsigned k = 0;
   while ((1u << k) < n) k++;
   return k;
 }
 
+/* Pushes an empty table of class c (made with narr array slots and nrec
+ * hash slots when the pool has none). */
+static void pool_take(decoder *d, unsigned c, int narr, int nrec) {
+  if (d->asked[c] < POOL_MOST(c)) d->asked[c]++;
+  if (d->mem->pooled[c] > 0) {
+    int i = pool_slot(c, --d->mem->pooled[c]);
+    lua_rawgeti(d->L, d->pool_idx, i); /* a table: the count says what the pool holds */
+    lua_pushnil(d->L);                  /* the pool lets go of it */
+    lua_rawseti(d->L, d->pool_idx, i);
+    return;
+  }
+  lua_createtable(d->L, narr, nrec);
+}
+
 /* Pushes an empty table with room for `n` members: one made ahead when the
  * pool has one of its size, else a new one. */
 static void new_table(decoder *d, int n) {
-  if (n > 0) {
-    unsigned k = size_class((unsigned)n);
-    if (d->asked[k] < POOL_MOST(k)) d->asked[k]++;
-    if (d->mem->pooled[k] > 0) {
-      int i = pool_slot(k, --d->mem->pooled[k]);
-      lua_rawgeti(d->L, d->pool_idx, i); /* a table: the count says what the pool holds */
-      lua_pushnil(d->L);                  /* the pool lets go of it */
-      lua_rawseti(d->L, d->pool_idx, i);
-      return;
-    }
-  }
-  lua_createtable(d->L, 0, n);
+  if (n > 0) pool_take(d, size_class((unsigned)n), 0, n);
+  else lua_createtable(d->L, 0, 0);
+}
+
+/* Pushes an empty table for an array of `n` elements: one made ahead with
+ * room for them when there is one, else a new one of their size. */
+static void new_array(decoder *d, int n) {
+  if (n > 0 && n <= GUESS_MOST) pool_take(d, POOL_SIZES + size_class((unsigned)n), n, 0);
+  else lua_createtable(d->L, n, 0);
 }
 
 void fly_json_prefill(lua_State *L) {
   if (!lua_checkstack(L, 4)) return;
   memory *mem = push_memory(L);
-  for (unsigned k = 0; k < POOL_CLASSES; k++) {
+  for (unsigned c = 0; c < POOL_CLASSES; c++) {
     /* a finalizer that the collector runs at an allocation here may decode (and
        take tables): the count is read again after each */
-    while (mem->pooled[k] < mem->wanted[k]) {
-      lua_createtable(L, 0, 1 << k);
-      unsigned i = mem->pooled[k];
-      if (i >= mem->wanted[k]) { /* (it changed meanwhile) */
+    while (mem->pooled[c] < mem->wanted[c]) {
+      int slots = 1 << c % POOL_SIZES;
+      if (c < POOL_SIZES) lua_createtable(L, 0, slots);
+      else lua_createtable(L, slots, 0);
+      unsigned i = mem->pooled[c];
+      if (i >= mem->wanted[c]) { /* (it changed meanwhile) */
         lua_pop(L, 1);
         break;
       }
-      lua_rawseti(L, -2, pool_slot(k, i)); /* in the array part: allocates nothing */
-      mem->pooled[k] = (unsigned char)(i + 1);
+      lua_rawseti(L, -2, pool_slot(c, i)); /* in the array part: allocates nothing */
+      mem->pooled[c] = (unsigned char)(i + 1);
     }
   }
   lua_pop(L, 2);
@@ -471,11 +490,12 @@ static int literal(decoder *d, const char *word, size_t n) {
 }
 
 /* Moves the `n` values on top of the stack into the table at index `t`,
- * made here at its final size when `t` still holds the placeholder (nil),
- * and pops them. */
-static void collect(lua_State *L, int t, int n) {
+ * made here with room for them (or taken from those made ahead) when `t`
+ * still holds the placeholder (nil), and pops them. */
+static void collect(decoder *d, int t, int n) {
+  lua_State *L = d->L;
   if (lua_isnil(L, t)) {
-    lua_createtable(L, n, 0);
+    new_array(d, n);
     lua_replace(L, t);
   }
   int base = (int)fly_rawlen(L, t);
@@ -562,7 +582,7 @@ static int array(decoder *d) {
         if (lua_checkstack(L, RESERVE(d->depth) + CHECK_EVERY)) {
           room = CHECK_EVERY;
         } else { /* short of stack: move what is gathered into the table */
-          collect(L, t, n);
+          collect(d, t, n);
           n = 0;
           if (lua_checkstack(L, RESERVE(d->depth) + CHECK_EVERY)) room = CHECK_EVERY;
           else if (lua_checkstack(L, RESERVE(d->depth))) room = 1;
@@ -585,7 +605,7 @@ static int array(decoder *d) {
       return fail(d, d->p >= d->end ? "unexpected end" : "expected ',' or ']'");
     }
   }
-  collect(L, t, n);
+  collect(d, t, n);
   lua_pushvalue(L, d->array_mt);
   lua_setmetatable(L, t);
   return 1;

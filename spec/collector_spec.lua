@@ -191,6 +191,27 @@ describe("tables made while a call waits", function()
     for i = 1, 60 do assert.same(want, results[i]) end
   end)
 
+  it("make arrays that hold exactly their elements, with room to spare or not", function()
+    local json = require "fly.json"
+    local shapes = { "[1,2,3]", "[[1],[2,3],[4,5,6],[7,8,9,10,11]]", '[{"a":[true]},["x","y","z"]]' }
+    for _, text in ipairs(shapes) do
+      json.decode(text)                   -- the next wait makes tables of these sizes ahead
+      assert.truthy(c.apps:get(app))      -- a blocking call: its wait makes them
+      for _ = 1, 3 do
+        local v = json.decode(text)       -- takes what the App's decode left
+        local again = json.encode(v)
+        assert.equals(text, again)
+        local n = 0
+        for _ in pairs(v) do n = n + 1 end
+        assert.equals(#v, n)
+        assert.is_nil(v[#v + 1])
+        v[#v + 1] = "more"
+        assert.equals(n + 1, #v)
+        assert.equals("more", v[n + 1])
+      end
+    end
+  end)
+
   it("go to one result each also when a finalizer decodes during the wait", function()
     local json = require "fly.json"
     local mine, theirs = {}, {}
