@@ -6,9 +6,10 @@
  * each request goes out, when the client starts and stops sleeping in a poll
  * that may block, and when it reads its answer, and at exit writes to the
  * file named by BENCH_TIMELINE one line of medians over the calls (the first
- * fifth left out as warm-up), in microseconds:
+ * fifth left out as warm-up), in microseconds, each over the calls where
+ * both its ends were seen (nan when none was):
  *
- *   calls <n> answer_to_request <a> request_to_sleep <b> asleep <c> wake_to_read <d>
+ *   calls <n> answer_to_request <a> request_to_sleep <b> asleep <c> wake_to_read <d> [truncated]
  *
  *   answer_to_request  from the last read of an answer to the next request's
  *                      send: the client's own work between two calls (the
@@ -22,10 +23,14 @@
  *   wake_to_read       from the end of that sleep to the read
  *
  * Plain HTTP only (over TLS the library reads and writes through its own
- * calls); one connection at a time. Without BENCH_TIMELINE it records
- * nothing. */
+ * calls); one connection at a time, one thread (the recording takes no
+ * lock; a name lookup's thread makes no such calls on 127.0.0.1). `calls`
+ * is the number of requests sent after the warm-up; `truncated` says the
+ * run outgrew the event buffer and its end was not recorded. Without
+ * BENCH_TIMELINE it records nothing. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +47,7 @@ static struct event {
   int kind;
 } *events;
 static size_t nevents;
+static int truncated;
 static int off; /* BENCH_TIMELINE unset, or no memory: record nothing */
 
 static double now(void) {
@@ -59,6 +65,7 @@ static void note(int kind) {
     }
   }
   if (nevents < EVENTS_MOST) events[nevents++] = (struct event){now(), kind};
+  else truncated = 1;
 }
 
 static void *next_fn(const char *name) {
@@ -115,47 +122,53 @@ static int by_value(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* The median of v[0..n), or NAN when n is 0. */
 static double median(double *v, size_t n) {
-  if (n == 0) return 0;
+  if (n == 0) return NAN;
   qsort(v, n, sizeof *v, by_value);
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* Spans of the calls, one array each. */
+enum { TURN, TO_SLEEP, ASLEEP, TO_READ, SPANS };
+
 __attribute__((destructor)) static void report(void) {
   const char *path = getenv("BENCH_TIMELINE");
   if (off || !events || !path) return;
-  /* the sends, each with the span up to the next (its answer comes in it) */
   size_t nsends = 0;
   for (size_t i = 0; i < nevents; i++) nsends += events[i].kind == SEND;
-  double *a = calloc(nsends + 1, sizeof *a), *b = calloc(nsends + 1, sizeof *b);
-  double *c = calloc(nsends + 1, sizeof *c), *d = calloc(nsends + 1, sizeof *d);
-  if (!a || !b || !c || !d) return;
-  size_t n = 0, k = 0, skip = nsends / 5;
-  double last_read = -1;
-  for (size_t i = 0; i < nevents; i++) {
-    if (events[i].kind == READ) last_read = events[i].t;
-    if (events[i].kind != SEND) continue;
-    size_t j = i + 1;
-    double sleep_at = -1, slept = 0, wake_at = -1, read_at = -1;
-    for (; j < nevents && events[j].kind != SEND; j++) {
-      if (read_at >= 0) continue;
-      if (events[j].kind == SLEEP && sleep_at < 0) sleep_at = events[j].t;
-      if (events[j].kind == WAKE && j > 0 && events[j - 1].kind == SLEEP) slept += events[j].t - events[j - 1].t;
-      if (events[j].kind == WAKE) wake_at = events[j].t;
-      if (events[j].kind == READ) read_at = events[j].t;
+  double *span[SPANS] = {NULL};
+  size_t n[SPANS] = {0};
+  int ok = 1;
+  for (int s = 0; s < SPANS; s++) ok = ok && (span[s] = malloc((nsends + 1) * sizeof **span)) != NULL;
+  FILE *f = ok ? fopen(path, "w") : NULL;
+  if (f) {
+    size_t k = 0, skip = nsends / 5, calls = 0;
+    double last_read = -1;
+    for (size_t i = 0; i < nevents; i++) {
+      if (events[i].kind == READ) last_read = events[i].t;
+      if (events[i].kind != SEND || k++ < skip) continue;
+      calls++;
+      if (last_read >= 0) span[TURN][n[TURN]++] = events[i].t - last_read;
+      /* up to the next send: the first sleep, the sleeps before the first read, the read */
+      double sleep_at = -1, slept = 0, wake_at = -1, read_at = -1;
+      for (size_t j = i + 1; j < nevents && events[j].kind != SEND && read_at < 0; j++) {
+        if (events[j].kind == SLEEP && sleep_at < 0) sleep_at = events[j].t;
+        if (events[j].kind == WAKE) {
+          if (events[j - 1].kind == SLEEP) slept += events[j].t - events[j - 1].t;
+          wake_at = events[j].t;
+        }
+        if (events[j].kind == READ) read_at = events[j].t;
+      }
+      if (sleep_at >= 0) span[TO_SLEEP][n[TO_SLEEP]++] = sleep_at - events[i].t;
+      if (sleep_at >= 0 && read_at >= 0) span[ASLEEP][n[ASLEEP]++] = slept;
+      if (wake_at >= 0 && read_at >= 0) span[TO_READ][n[TO_READ]++] = read_at - wake_at;
     }
-    if (k++ >= skip && last_read >= 0 && sleep_at >= 0 && wake_at >= 0 && read_at >= 0) {
-      a[n] = events[i].t - last_read;
-      b[n] = sleep_at - events[i].t;
-      c[n] = slept;
-      d[n] = read_at - wake_at;
-      n++;
-    }
+    fprintf(f, "calls %zu answer_to_request %.2f request_to_sleep %.2f asleep %.2f wake_to_read %.2f%s\n", calls,
+            median(span[TURN], n[TURN]) * 1e6, median(span[TO_SLEEP], n[TO_SLEEP]) * 1e6,
+            median(span[ASLEEP], n[ASLEEP]) * 1e6, median(span[TO_READ], n[TO_READ]) * 1e6,
+            truncated ? " truncated" : "");
+    fclose(f);
   }
-  FILE *f = fopen(path, "w");
-  if (!f) return;
-  fprintf(f, "calls %zu answer_to_request %.2f request_to_sleep %.2f asleep %.2f wake_to_read %.2f\n", n,
-          median(a, n) * 1e6, median(b, n) * 1e6, median(c, n) * 1e6, median(d, n) * 1e6);
-  fclose(f);
-  free(a), free(b), free(c), free(d);
+  for (int s = 0; s < SPANS; s++) free(span[s]);
 }

@@ -25,7 +25,8 @@
  * one body's stay within `room` (one member per 4 bytes).
  *
  * Elements of an array are gathered on the Lua stack and the table is made
- * at its final size. The stack is finite (8000 slots on Lua 5.1, a million
+ * with room for them once they are read (2^k >= n slots when it is one made
+ * ahead, see below). The stack is finite (8000 slots on Lua 5.1, a million
  * on 5.4): an array that is about to run short moves what it has gathered
  * into its table and goes on, so a flat array of a million objects decodes.
  * Each container keeps free, before each of its members, enough stack for
@@ -98,7 +99,8 @@
 #define POOL_SIZES 7
 #define POOL_CLASSES (2 * POOL_SIZES)
 #define POOL_PER_CLASS 32
-#define POOL_MOST(c) ((128 >> (c) % POOL_SIZES) < POOL_PER_CLASS ? (128 >> (c) % POOL_SIZES) : POOL_PER_CLASS)
+#define POOL_MOST(c) \
+  ((128 >> ((c) % POOL_SIZES)) < POOL_PER_CLASS ? (128 >> ((c) % POOL_SIZES)) : POOL_PER_CLASS)
 
 typedef struct {
   const char *s; /* the anchored string's bytes, or NULL */
@@ -405,7 +407,7 @@ void fly_json_prefill(lua_State *L) {
     /* a finalizer that the collector runs at an allocation here may decode (and
        take tables): the count is read again after each */
     while (mem->pooled[c] < mem->wanted[c]) {
-      int slots = 1 << c % POOL_SIZES;
+      int slots = 1 << (c % POOL_SIZES);
       if (c < POOL_SIZES) lua_createtable(L, 0, slots);
       else lua_createtable(L, slots, 0);
       unsigned i = mem->pooled[c];

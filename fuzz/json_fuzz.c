@@ -12,7 +12,10 @@
  * same subtype): integers to 64 bits, correctly rounded floats. Before the
  * first decode, the tables the last input's decode asked for are made
  * ahead (fly_json_prefill), as a call's wait makes them, so that objects
- * also take tables from the pool. */
+ * and arrays also take tables from the pool; every table of a result is
+ * then in it once, and every array holds exactly its elements (its length
+ * is what `next` counts, with nothing after the last), room to spare or
+ * not. */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -30,6 +33,41 @@ static void check(int ok, const char *what, const uint8_t *data, size_t size) {
   fprintf(stderr, "json_fuzz: %s (input of %zu bytes)\n", what, size);
   (void)data;
   abort();
+}
+
+/* Walks the value at the top of the stack: each table is met once (`seen`,
+ * a table at stack index seen_idx, holds those met), and each table with
+ * the array mark (stack index 1) has a length equal to its count of
+ * members, and nothing at length + 1. */
+static void walk(int seen_idx, const uint8_t *data, size_t size) {
+  if (!lua_istable(L, -1)) return;
+  check(lua_checkstack(L, 4), "no stack to walk the result", data, size);
+  lua_pushvalue(L, -1);
+  lua_rawget(L, seen_idx);
+  check(lua_isnil(L, -1), "a table is in the result twice", data, size);
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, seen_idx);
+  int array = 0;
+  if (lua_getmetatable(L, -1)) {
+    array = lua_rawequal(L, -1, 1);
+    lua_pop(L, 1);
+  }
+  lua_Integer count = 0;
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    count++;
+    walk(seen_idx, data, size);
+    lua_pop(L, 1);
+  }
+  if (array) {
+    lua_Integer len = (lua_Integer)lua_rawlen(L, -1);
+    check(len == count, "an array's length is not its count of elements", data, size);
+    lua_rawgeti(L, -1, len + 1);
+    check(lua_isnil(L, -1), "an array holds something after its last element", data, size);
+    lua_pop(L, 1);
+  }
 }
 
 /* Decodes; returns 1 (a value) or 2 (nil, message), leaving the stack as it found it. */
@@ -53,9 +91,14 @@ static int decode(const char *text, size_t size, size_t max_values, const uint8_
     check(lua_stringtonumber(L, text) != 0, "a number Lua does not read as one", data, size);
     check(lua_rawequal(L, -1, -2), "a number read differently from Lua", data, size);
     check(lua_isinteger(L, -1) == lua_isinteger(L, -2), "a number of another subtype than Lua's", data, size);
-  } else if (lua_istable(L, -1) && lua_getmetatable(L, -1)) {
-    check(lua_rawequal(L, -1, 1), "a table carries a metatable other than the array mark", data, size);
-    lua_pop(L, 1);
+  } else if (lua_istable(L, -1)) {
+    if (lua_getmetatable(L, -1)) {
+      check(lua_rawequal(L, -1, 1), "a table carries a metatable other than the array mark", data, size);
+      lua_pop(L, 1);
+    }
+    lua_newtable(L); /* the tables met */
+    lua_insert(L, -2);
+    walk(lua_gettop(L) - 1, data, size);
   }
   lua_settop(L, top);
   return n;

@@ -193,21 +193,32 @@ describe("tables made while a call waits", function()
 
   it("make arrays that hold exactly their elements, with room to spare or not", function()
     local json = require "fly.json"
-    local shapes = { "[1,2,3]", "[[1],[2,3],[4,5,6],[7,8,9,10,11]]", '[{"a":[true]},["x","y","z"]]' }
-    for _, text in ipairs(shapes) do
-      json.decode(text)                   -- the next wait makes tables of these sizes ahead
-      assert.truthy(c.apps:get(app))      -- a blocking call: its wait makes them
-      for _ = 1, 3 do
-        local v = json.decode(text)       -- takes what the App's decode left
-        local again = json.encode(v)
-        assert.equals(text, again)
-        local n = 0
-        for _ in pairs(v) do n = n + 1 end
-        assert.equals(#v, n)
-        assert.is_nil(v[#v + 1])
-        v[#v + 1] = "more"
+    -- every array in v: its length is its count of elements, nothing follows the last, and an
+    -- element appended goes right after it
+    local function check_arrays(v)
+      if type(v) ~= "table" then return end
+      local n = 0
+      for _, x in pairs(v) do
+        n = n + 1
+        check_arrays(x)
+      end
+      if json.is_array(v) then
+        assert.equals(n, #v)
+        assert.is_nil(v[n + 1])
+        v[n + 1] = "more"
         assert.equals(n + 1, #v)
-        assert.equals("more", v[n + 1])
+        v[n + 1] = nil
+        assert.equals(n, #v)
+      end
+    end
+    local shapes = { "[1,2,3]", "[[1],[2,3],[4,5,6],[7,8,9,10,11]]", '[{"a":[true]},["x","y","z"],[]]' }
+    for _, text in ipairs(shapes) do
+      json.decode(text) -- the next wait makes tables of these sizes ahead
+      for _ = 1, 3 do
+        assert.truthy(c.apps:get(app)) -- a blocking call: its wait makes them
+        local v = json.decode(text)     -- takes what the App's decode left
+        assert.equals(text, json.encode(v))
+        check_arrays(v)
       end
     end
   end)
