@@ -1004,10 +1004,10 @@ static void idle_collect(lua_State *L, fly_client *c) {
  * shared limiter's. */
 static double wait_time(fly_client *c, double max_wait) {
   struct fly_curl *t = c->curl;
-  double now = fly_now(), wait = max_wait, next = earliest(c);
+  double now = fly_now(), wait = max_wait, next = earliest(c), shared = shared_timeout(c);
   if (next - now < wait) wait = next - now;
   if (t->timer_at - now < wait) wait = t->timer_at - now;
-  if (shared_timeout(c) < wait) wait = shared_timeout(c);
+  if (shared < wait) wait = shared;
   return wait > 3600 ? 3600 : wait; /* the caller loops; keeps the int in work() in range */
 }
 

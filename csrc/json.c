@@ -648,8 +648,7 @@ int fly_json_decode_max(lua_State *L, const char *s, size_t len, int array_mt, s
                NULL, 0, array_mt, 0,       max_values, len / 4};
   /* push_memory takes up to 5 slots; the decoding, RESERVE(0) + 2 above its table */
   int ok = lua_checkstack(L, RESERVE(0) + 5) && (d.mem = push_memory(L)) && value(&d);
-  if (d.mem)
-    for (unsigned k = 0; k < POOL_CLASSES; k++) d.mem->wanted[k] = d.asked[k];
+  if (d.mem) memcpy(d.mem->wanted, d.asked, sizeof d.asked);
   if (ok) {
     skip_ws(&d);
     if (d.p == d.end) {
