@@ -9,8 +9,9 @@
  * fifth left out as warm-up), in microseconds, each over the calls where
  * both its ends were seen (nan when none was):
  *
- *   calls <n> answer_to_request <a> answer_to_request_mean <m> request_to_sleep <b> asleep <c>
- *   wake_to_read <d> [truncated]
+ *   calls <n> answer_to_request <a> request_to_sleep <b> asleep <c> wake_to_read <d>
+ *   answer_to_request_mean <a'> request_to_sleep_mean <b'> asleep_mean <c'> wake_to_read_mean <d'>
+ *   [truncated]
  *
  *   answer_to_request  from the last read of an answer to the next request's
  *                      send: the client's own work between two calls (the
@@ -23,10 +24,10 @@
  *                      wake-up)
  *   wake_to_read       from the end of that sleep to the read
  *
- * answer_to_request_mean is that span's mean: the median is the usual call,
- * the mean also counts the calls that pay for something now and then (the
- * collector's step, the allocator sorting what was freed, an interrupt), and
- * it is the mean that the rate feels.
+ * and each span's mean (..._mean): the median is the usual call, the mean
+ * also counts the calls that pay for something now and then (the collector's
+ * step, the allocator sorting what was freed, an interrupt), and it is the
+ * means that the rate feels: together they are the time of a call.
  *
  * Plain HTTP only (over TLS the library reads and writes through its own
  * calls); one connection at a time, one thread (the recording takes no
@@ -178,13 +179,14 @@ __attribute__((destructor)) static void report(void) {
       if (sleep_at >= 0 && read_at >= 0) span[ASLEEP][n[ASLEEP]++] = slept;
       if (wake_at >= 0 && read_at >= 0) span[TO_READ][n[TO_READ]++] = read_at - wake_at;
     }
-    double turn_mean = mean(span[TURN], n[TURN]);
+    double means[SPANS];
+    for (int s = 0; s < SPANS; s++) means[s] = mean(span[s], n[s]);
     fprintf(f,
-            "calls %zu answer_to_request %.2f answer_to_request_mean %.2f request_to_sleep %.2f asleep %.2f "
-            "wake_to_read %.2f%s\n",
-            calls, median(span[TURN], n[TURN]) * 1e6, turn_mean * 1e6, median(span[TO_SLEEP], n[TO_SLEEP]) * 1e6,
-            median(span[ASLEEP], n[ASLEEP]) * 1e6, median(span[TO_READ], n[TO_READ]) * 1e6,
-            truncated ? " truncated" : "");
+            "calls %zu answer_to_request %.2f request_to_sleep %.2f asleep %.2f wake_to_read %.2f "
+            "answer_to_request_mean %.2f request_to_sleep_mean %.2f asleep_mean %.2f wake_to_read_mean %.2f%s\n",
+            calls, median(span[TURN], n[TURN]) * 1e6, median(span[TO_SLEEP], n[TO_SLEEP]) * 1e6,
+            median(span[ASLEEP], n[ASLEEP]) * 1e6, median(span[TO_READ], n[TO_READ]) * 1e6, means[TURN] * 1e6,
+            means[TO_SLEEP] * 1e6, means[ASLEEP] * 1e6, means[TO_READ] * 1e6, truncated ? " truncated" : "");
     fclose(f);
   }
   for (int s = 0; s < SPANS; s++) free(span[s]);
