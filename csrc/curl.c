@@ -1000,19 +1000,25 @@ static void idle_collect(lua_State *L, fly_client *c) {
 }
 
 /* Freed memory sorted while a blocking call waits. glibc's malloc keeps the
- * small blocks a program frees (the collector's sweep frees dozens a call)
- * in "fast" bins, and merges and sorts them into its ordinary bins only
- * when a request of 1 KiB or more comes: that request pays for all of them,
- * and after the answer it is the call's own (the answer's body buffer,
- * libcurl's connection record), as the allocations that follow pay for the
- * blocks left unsorted. One such request made and freed here, after the
- * collector's step and the tables made ahead, pays for it while the server
- * works: 1 us less on average from an answer to the next request, on the
- * get benchmark's machines row. With another malloc: a malloc and a free. */
-#define TIDY_BYTES 2048
+ * small blocks a program frees (the collector's sweep frees dozens a call,
+ * a young collection thousands) in "fast" bins, and merges them into its
+ * unsorted list only when a request of 1 KiB or more comes; that request,
+ * and the ones after it, then sort the list into the ordinary bins, block by
+ * block, until one finds a block of exactly its size. Left to the call, the
+ * first such request is the answer's body buffer, right after the answer,
+ * and libcurl's next allocations sort the rest. Requests made and freed
+ * here, after the collector's step and the tables made ahead, do it while
+ * the server works. Their sizes (1,216 and 1,264-byte blocks) are ones that
+ * nothing of the client's allocates (Lua's table parts, the body buffers
+ * and libcurl's are powers of two), so that neither stops at a block of its
+ * size before the list is sorted; the second goes on should the first find
+ * one. With another allocator: two mallocs and two frees. */
+#define TIDY_BYTES 1200
 static void tidy_heap(void) {
-  void *volatile block = malloc(TIDY_BYTES); /* volatile: kept, not folded away with its free */
-  free(block);
+  void *volatile a = malloc(TIDY_BYTES); /* volatile: kept, not folded away with their frees */
+  void *volatile b = malloc(TIDY_BYTES + 48);
+  free(a);
+  free(b);
 }
 
 /* How long a step may wait on the sockets: at most max_wait, and not past
