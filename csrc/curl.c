@@ -1008,11 +1008,12 @@ static void idle_collect(lua_State *L, fly_client *c) {
  * first such request is the answer's body buffer, right after the answer,
  * and libcurl's next allocations sort the rest. Requests made and freed
  * here, after the collector's step and the tables made ahead, do it while
- * the server works. Their sizes (1,216 and 1,264-byte blocks) are ones that
- * nothing of the client's allocates (Lua's table parts, the body buffers
- * and libcurl's are powers of two), so that neither stops at a block of its
- * size before the list is sorted; the second goes on should the first find
- * one. With another allocator: two mallocs and two frees. */
+ * the server works. Their sizes (blocks of 1,216 and 1,264 bytes) are away
+ * from what the client frees in bulk (Lua's table parts and the body
+ * buffers are powers of two: a young collection frees dozens of 2 KiB body
+ * buffers at once), so that the sort is unlikely to stop at a block of the
+ * size asked for before the list is sorted; should the first meet one, the
+ * second goes on. With another allocator: two mallocs and two frees. */
 #define TIDY_BYTES 1200
 static void tidy_heap(void) {
   void *volatile a = malloc(TIDY_BYTES); /* volatile: kept, not folded away with their frees */
