@@ -30,6 +30,7 @@
 #include <strings.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "json.h"
 #include "redis.h"
@@ -38,7 +39,6 @@
 #include "util.h"
 
 #define POOL_MAX 32
-#define SOCKETS_MAX 64
 #define STREAMS_MAX 100L /* HTTP/2 streams per connection */
 /* HTTP/2 connections to the host at most: calls beyond their streams wait for one to end. Until
    a connection shows the server speaks only HTTP/1.1 (then each call needs its own). */
@@ -84,10 +84,12 @@ struct fly_curl {
   struct curl_slist *json_headers; /* owned: the same plus Content-Type */
   fly_easy *pool[POOL_MAX];
   int npool;
-  /* the sockets libcurl opened for this client (they may be closed since:
-     a number is only trusted once its addresses match, see find_socket) */
-  int sockets[SOCKETS_MAX];
-  int nsockets, next_socket;
+  /* the sockets libcurl opened for this client and has not closed (on_sockopt adds one,
+     on_close_socket takes it out), with their ports once read (see find_socket) */
+  struct fly_socket {
+    int fd, local_port, remote_port; /* the ports: 0 until read */
+  } *opened;                         /* owned */
+  int nopened, opened_cap;
   /* The sockets libcurl waits on, kept by its socket callback (on_socket):
    * socks[i] is the socket libcurl knows as index i + 1 (curl_multi_assign). */
   struct pollfd *socks; /* owned */
@@ -230,6 +232,7 @@ void fly_curl_close(fly_client *c) {
   if (t->multi) curl_multi_cleanup(t->multi); /* may still call on_socket */
   free(t->socks);
   free(t->ready);
+  free(t->opened); /* after the multi: closing its connections calls on_close_socket */
   curl_slist_free_all(t->headers);
   curl_slist_free_all(t->json_headers);
   free(t);
@@ -241,12 +244,18 @@ void fly_curl_request_free(fly_request *r) {
 }
 
 /* Easy handles are reused: the options that never change for a client are
- * set once, when a handle is made; start_transfer sets the rest. */
-static void pool_put(fly_client *c, fly_easy *e) {
+ * set once, when a handle is made; start_transfer sets the rest. Not one
+ * that libcurl may have counted a resend on (one it made, or one it meant
+ * to make when the transfer failed): libcurl 7.88 keeps that count on the
+ * handle from transfer to transfer and gives up on the resend that takes it
+ * past 5, so a reused handle would fail a later call's first resend with
+ * "Connection died, tried 5 times", and the message would not mean what
+ * attempt_done reads in it. */
+static void pool_put(fly_client *c, fly_easy *e, int failed) {
   struct fly_curl *t = c->curl;
   unsent_unlink(t, e);
   e->paced = NULL; /* the request it carried may go now */
-  if (t->npool < POOL_MAX) t->pool[t->npool++] = e;
+  if (t->npool < POOL_MAX && e->sends <= 1 && !failed) t->pool[t->npool++] = e;
   else easy_free(e);
 }
 
@@ -254,6 +263,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud);
 static size_t on_header(char *line, size_t size, size_t n, void *ud);
 static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port, int local_port);
 static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose);
+static int on_close_socket(void *ud, curl_socket_t fd);
 
 static fly_easy *pool_get(fly_client *c) {
   struct fly_curl *t = c->curl;
@@ -267,6 +277,8 @@ static fly_easy *pool_get(fly_client *c) {
   curl_easy_setopt(e, CURLOPT_PREREQDATA, fe);
   curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
   curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, t);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket); /* a connection keeps it */
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, t);
   /* over TLS the server may offer HTTP/2: a request waits for a connection
      in progress to share it rather than open its own. Plain HTTP is
      HTTP/1.1 only, where waiting would only delay. */
@@ -314,7 +326,7 @@ void fly_curl_stop(fly_request *r) {
   if (r->shared_taken && redis) shared_refund(r->client, r); /* it never went out */
   if (r->easy && r->client) {
     curl_multi_remove_handle(r->client->curl->multi, r->easy->curl);
-    pool_put(r->client, r->easy);
+    pool_put(r->client, r->easy, 1); /* stopped in the middle: whatever libcurl counted goes with it */
   } else if (r->easy) {
     easy_free(r->easy);
   }
@@ -337,19 +349,41 @@ static size_t on_header(char *line, size_t size, size_t n, void *ud) {
   return len;
 }
 
-/* Remembers a socket libcurl opens for this client (before it connects). */
+/* Remembers a socket libcurl opens for this client (before it connects): the
+ * client's sockets are known exactly, however many it has had at once. A
+ * number already there is a socket closed without a word (libcurl closes a
+ * connection's sockets through on_close_socket): its ports are read again.
+ * Out of memory: the connection fails before anything is sent on it. */
 static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose) {
   struct fly_curl *t = ud;
   (void)purpose;
-  for (int i = 0; i < t->nsockets; i++)
-    if (t->sockets[i] == (int)fd) return CURL_SOCKOPT_OK;
-  if (t->nsockets < SOCKETS_MAX) {
-    t->sockets[t->nsockets++] = (int)fd;
-  } else { /* full: the oldest numbers are the likeliest to be gone */
-    t->sockets[t->next_socket] = (int)fd;
-    t->next_socket = (t->next_socket + 1) % SOCKETS_MAX;
+  for (int i = 0; i < t->nopened; i++)
+    if (t->opened[i].fd == (int)fd) {
+      t->opened[i].local_port = t->opened[i].remote_port = 0;
+      return CURL_SOCKOPT_OK;
+    }
+  if (t->nopened == t->opened_cap) {
+    int cap = t->opened_cap ? t->opened_cap * 2 : 16;
+    struct fly_socket *n = realloc(t->opened, (size_t)cap * sizeof *n);
+    if (!n) return CURL_SOCKOPT_ERROR;
+    t->opened = n;
+    t->opened_cap = cap;
   }
+  t->opened[t->nopened++] = (struct fly_socket){(int)fd, 0, 0};
   return CURL_SOCKOPT_OK;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: libcurl closes one of the client's sockets
+ * (a connection keeps the callback of the handle that made it, so this
+ * comes also while the multi handle is cleaned up). */
+static int on_close_socket(void *ud, curl_socket_t fd) {
+  struct fly_curl *t = ud;
+  for (int i = 0; i < t->nopened; i++)
+    if (t->opened[i].fd == (int)fd) {
+      t->opened[i] = t->opened[--t->nopened];
+      break;
+    }
+  return close(fd) == 0 ? 0 : 1;
 }
 
 static int port_of(const struct sockaddr_storage *a) {
@@ -358,16 +392,32 @@ static int port_of(const struct sockaddr_storage *a) {
   return -1;
 }
 
+/* Reads the ports of a connected socket: 0 when it has none (yet). */
+static int read_ports(int fd, int *local_port, int *remote_port) {
+  struct sockaddr_storage a;
+  socklen_t n = sizeof a;
+  if (getsockname(fd, (struct sockaddr *)&a, &n) != 0 || (*local_port = port_of(&a)) <= 0) return 0;
+  n = sizeof a;
+  if (getpeername(fd, (struct sockaddr *)&a, &n) != 0 || (*remote_port = port_of(&a)) <= 0) return 0;
+  return 1;
+}
+
 /* The socket of the connection with these ports, among the client's; -1
- * when none matches. */
+ * when none matches. Ports are read once per socket; the one that matches
+ * is read again, so that a number reused behind libcurl's back is not
+ * trusted. */
 static int find_socket(struct fly_curl *t, int local_port, int remote_port) {
-  for (int i = 0; i < t->nsockets; i++) {
-    struct sockaddr_storage a;
-    socklen_t n = sizeof a;
-    int fd = t->sockets[i];
-    if (getsockname(fd, (struct sockaddr *)&a, &n) != 0 || port_of(&a) != local_port) continue;
-    n = sizeof a;
-    if (getpeername(fd, (struct sockaddr *)&a, &n) == 0 && port_of(&a) == remote_port) return fd;
+  for (int i = 0; i < t->nopened; i++) {
+    struct fly_socket *s = &t->opened[i];
+    int lp, rp;
+    if (!s->local_port) {
+      if (!read_ports(s->fd, &lp, &rp)) continue; /* still connecting */
+      s->local_port = lp, s->remote_port = rp;
+      if (lp == local_port && rp == remote_port) return s->fd;
+    } else if (s->local_port == local_port && s->remote_port == remote_port) {
+      if (read_ports(s->fd, &lp, &rp) && lp == local_port && rp == remote_port) return s->fd;
+      s->local_port = s->remote_port = 0; /* not what it was: read again next time */
+    }
   }
   return -1;
 }
@@ -431,9 +481,10 @@ static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
     int reused = connects == fe->connects;
     fe->connects = connects;
     if (reused && !fe->h2) {
+      /* a socket not found (never, while the client knows its sockets) is taken as closed */
       int fd = find_socket(fe->t, local_port, remote_port);
       struct pollfd p = {.fd = fd, .events = POLLIN};
-      if (fd >= 0 && poll(&p, 1, 0) != 0) {
+      if (fd < 0 || poll(&p, 1, 0) != 0) {
         fe->stop = STOP_STALE;
         curl_easy_setopt(fe->curl, CURLOPT_FORBID_REUSE, 1L); /* it is closed when this attempt ends */
         return CURL_PREREQFUNC_ABORT;
@@ -505,7 +556,7 @@ static int start_transfer(fly_client *c, fly_request *r) {
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
   r->retry.started = fly_now();
   if (curl_multi_add_handle(t->multi, e) != CURLM_OK) {
-    pool_put(c, fe);
+    pool_put(c, fe, 0);
     r->easy = NULL;
     return 0;
   }
@@ -686,7 +737,7 @@ static void attempt_done(lua_State *L, fly_client *c, fly_request *r, CURLcode c
     r->reply.code = transport_code(cc, version);
   }
   curl_multi_remove_handle(c->curl->multi, e);
-  pool_put(c, fe);
+  pool_put(c, fe, cc != CURLE_OK && !(stop == STOP_STALE && fe->sends == 0)); /* that stop came first */
   r->easy = NULL;
   if (stop == STOP_STALE) { /* nothing was sent: again at once, on another connection */
     r->reply.code = NULL;

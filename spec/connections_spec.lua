@@ -130,6 +130,29 @@ local function idle_cases(name, get_E, idle_key)
       assert.equals((before.executed.Machines_create or 0) + 1, after.executed.Machines_create)
     end)
 
+    it("the reconnect holds after the client has had more than 64 connections at once", function()
+      -- 100 calls at once (each held 0.5 s by the server): over HTTP/1.1, 100 connections
+      local many = E.client(E.env[idle_key], { retry = false, rate_limit = false })
+      local list = {}
+      for i = 1, 100 do list[i] = i end
+      E.control("POST", "faults", { op = "Machines_show", kind = "delay", delay = 0.5, count = 100 })
+      local _, errs = many:map(list, function(i) return many.machines:get(app, "nope" .. i) end,
+        { concurrency = 100 })
+      for i = 1, 100 do assert.equals("not_found", errs[i].code, tostring(errs[i])) end
+      sleep(idle_seconds(E.env) * 2 + 0.2) -- the server closes them all meanwhile
+      for k = 1, 2 do -- each on a connection the server closed, or on the new one the last opened
+        local before = E.control("GET", "stats")
+        local m, err = many.machines:create(app, { config = { image = "nginx" } })
+        assert.is_nil(err, k .. ": " .. tostring(err))
+        assert.truthy(m.id)
+        local after = E.control("GET", "stats")
+        assert.equals((before.requests.Machines_create or 0) + 1, after.requests.Machines_create)
+        assert.equals((before.executed.Machines_create or 0) + 1, after.executed.Machines_create)
+        sleep(idle_seconds(E.env) * 2 + 0.2)
+      end
+      many:close()
+    end)
+
     it("a safe call after the idle close succeeds on a new connection", function()
       assert(c.apps:get(app))
       local before = E.control("GET", "stats")
@@ -293,6 +316,26 @@ describe("connections", function()
       assert.equals(1, s.executed.Apps_create)
       assert.equals(5, s.executed.Apps_show)
       assert.is_true(s.connections >= 1 and s.connections <= 2, "connections: " .. s.connections)
+      c:close()
+    end)
+
+    it("libcurl's own resend of a safe call on a reused connection that died works every time", function()
+      -- libcurl counts such resends on the easy handle, across transfers, and gives up at the
+      -- sixth: a handle it resent on is not reused for another call
+      local E = suite_instance()
+      E.control("POST", "reset")
+      local c = E.client(E.env.FLY_EMULATOR_PLAIN_URL, { retry = false })
+      local app = H.app(c)
+      for k = 1, 8 do
+        -- the next request on the warm connection finds it closed, with no answer
+        E.control("POST", "faults", { op = "Apps_show", kind = "close", count = 1 })
+        local before = E.control("GET", "stats")
+        local got, err = c.apps:get(app)
+        assert.is_nil(err, k .. ": " .. tostring(err))
+        assert.equals(app, got.name)
+        local after = E.control("GET", "stats")
+        assert.equals(before.connections + 1, after.connections) -- the resend's new connection
+      end
       c:close()
     end)
 
