@@ -101,6 +101,32 @@ describe("a hostile server", function()
     assert.equals("personal", app.organization.slug)
   end)
 
+  it("a listing that never ends, empty page after empty page: a protocol error, not a loop", function()
+    local items, last = 0, nil
+    for m, err in client().orgs:each_machine("endless") do
+      if not m then
+        last = err
+        break
+      end
+      items = items + 1
+    end
+    assert.equals(0, items)
+    assert.is_true(fly.Error.is(last))
+    assert.equals("protocol", last.code)
+    assert.matches(require("fly.pages").MAX_EMPTY_PAGES + 1 .. " empty pages in a row", last.message)
+  end)
+
+  it("a lease granted without a nonce: a protocol error, and fn never runs", function()
+    local ran = false
+    local v, err = client().machines:with_lease("app", "m1", { ttl = 2 }, function() ran = true end)
+    assert.is_nil(v)
+    assert.is_true(fly.Error.is(err))
+    assert.equals("protocol", err.code)
+    assert.is_false(err.retryable)
+    assert.matches("carries no nonce", err.message)
+    assert.is_false(ran)
+  end)
+
   describe("cut short", function()
     it("a length, then a close before the body ends: protocol error", function()
       for _, case in ipairs { "truncated", "truncated-empty" } do

@@ -186,6 +186,20 @@ describe("machines:wait", function()
     assert.equals("started", state)
   end)
 
+  it("reads the machine within its own deadline, whatever the client's timeout", function()
+    local m = started()
+    -- the API's 408 at once, so a wait scoped to a version reads the machine after each one,
+    -- and a read that takes 30 s
+    H.fault { op = "Machines_wait", kind = "status", status = 408, count = 0 }
+    H.fault { op = "Machines_show", kind = "delay", delay = 30, count = 0 }
+    local t0 = fly.now()
+    local state, err = m:wait("stopped", { timeout = 1 })
+    local took = fly.now() - t0
+    assert.is_nil(state)
+    assert.equals("timeout", err.code)
+    assert.is_true(took < 1 + 0.25 + 2, "took " .. took)
+  end)
+
   it("answers a wait of timeout 0 from the machine's state now", function()
     local m = started()
     local before = H.stats().requests.Machines_wait or 0

@@ -325,8 +325,11 @@ local function other_version(id, states, version, m, timeout)
   end
 end
 
-local function show(c, app, id, d)
-  local m, err = call(c, "Machines_show", { app_name = app, machine_id = id }, { attempts = 1 }, d + 1)
+-- The machine now, for a wait: the answer must come `within` seconds (the wait's own deadline
+-- and its 0.25 s margin), whatever the client's timeout.
+local function show(c, app, id, within, d)
+  local m, err = call(c, "Machines_show", { app_name = app, machine_id = id },
+    { attempts = 1, timeout = within, deadline = within }, d + 1)
   if type(m) == "table" then return m end
   return nil, err
 end
@@ -386,7 +389,7 @@ local function wait(c, app, id, opts, name, d)
     elseif own_408(err) then -- not there yet: poll again, unless this version is gone
       first_404, failures = nil, 0
       if version then
-        local m = show(c, app, id, d + 1)
+        local m = show(c, app, id, math.max(deadline - now(), 0) + 0.25, d + 1)
         local gone = m and other_version(id, states, version, m)
         if gone then return nil, masked(c, gone) end
       end
@@ -407,8 +410,8 @@ local function wait(c, app, id, opts, name, d)
       c:sleep(pause)
     end
   end
-  -- the overall timeout: report the state the machine is in now
-  local m, gone = show(c, app, id, d + 1)
+  -- the overall timeout: report the state the machine is in now, within the 0.25 s margin
+  local m, gone = show(c, app, id, math.max(deadline + 0.25 - now(), 0.001), d + 1)
   if not m and wants_destroyed and gone and gone.status == 404 then return "destroyed", version end
   if m and version then
     local e = other_version(id, states, version, m, timeout)
@@ -530,7 +533,14 @@ local function with_lease(c, app, id, opts, fn, base, name, d)
     c:sleep(math.min(0.5, left))
   end
   lease = parse_lease(lease)
-  local nonce = lease.nonce
+  local nonce = type(lease) == "table" and lease.nonce
+  if type(nonce) ~= "string" or nonce == "" then -- nothing to hold it by: fn never runs unprotected
+    return nil, Error.new {
+      code = "protocol", operation = "Machines_create_lease", retryable = false,
+      message = ("the lease answer for machine %s carries no nonce: the lease cannot be used or released "
+        .. "(a lease the server granted expires after its ttl, %gs)"):format(id, ttl),
+    }
+  end
   -- The refresher, and whether its refresh is on its way. Stopped before the release: a refresh
   -- on its way is let end first (the server could take the lease again with it, after the
   -- release), where this can wait for it.

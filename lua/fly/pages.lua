@@ -17,6 +17,11 @@ local json = require "fly.json"
 
 local pages = {}
 
+--- Empty pages in a row that a listing may give before the iterator ends it
+-- with a protocol error (each still naming a next page: a server that never
+-- ends would otherwise keep the loop inside one step).
+pages.MAX_EMPTY_PAGES = 100
+
 local function present(cursor)
   return type(cursor) == "string" and cursor ~= ""
 end
@@ -31,7 +36,7 @@ end
 -- @treturn function the iterator, giving `item` or, once, `false, err`
 function pages.iterate(fetch, field, bind)
   local items, i, cursor, done = nil, 0, nil, false
-  local seen = {}
+  local seen, empty = {}, 0
   return function()
     while true do
       if items and i < #items then
@@ -57,6 +62,12 @@ function pages.iterate(fetch, field, bind)
       items, i = (type(list) == "table") and list or {}, 0
       local next_cursor = page.next_cursor
       if next_cursor == json.null then next_cursor = nil end
+      empty = #items == 0 and empty + 1 or 0
+      if empty > pages.MAX_EMPTY_PAGES and present(next_cursor) then
+        done = true
+        return false, Error.new { code = "protocol", retryable = false,
+          message = ("the listing answered %d empty pages in a row, each naming another"):format(empty) }
+      end
       if present(next_cursor) then
         if seen[next_cursor] then
           done = true

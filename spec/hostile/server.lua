@@ -140,6 +140,17 @@ local cases = {
     "bad " .. ESC .. "[2J" .. ESC .. "[31mred" .. ESC .. "[0m\a\r\nforged: line\0end\127"),
   -- an error whose text is 10 MB long
   ["big-error"] = stream("application/json", '{"error":"', "too long ", '"}', 10 * MB, "400 Bad Request"),
+  -- a listing that never ends: empty pages, each naming a next one never given before
+  -- (`orgs:each_machine` asks for /v1/orgs/<org>/machines)
+  ["machines"] = (function()
+    local served = 0
+    return function(c)
+      served = served + 1
+      answer("200 OK", "application/json", ('{"machines":[],"next_cursor":"page-%d"}'):format(served))(c)
+    end
+  end)(),
+  -- a lease granted without a nonce (`machines:with_lease` asks for …/machines/<id>/lease)
+  ["lease"] = answer("200 OK", "application/json", '{"status":"success","data":{"expires_at":1759424761}}'),
   -- a plain good answer, to show the server itself works
   ["ok"] = answer("200 OK", "application/json; charset=utf-8",
     '{"id":"ok","name":"ok","organization":{"slug":"personal"}}'),
