@@ -174,6 +174,41 @@ end
 -- The requests whose attempt is being sent (weak keys): a task cancelled meanwhile may have run.
 local sending = setmetatable({}, { __mode = "k" })
 
+-- The tokens that threads carrying a request hold for attempts not sent yet: the thread ->
+-- what gives its token back. nginx may end a thread while it waits for its turn (its request or
+-- timer ended, its client went away under lua_check_client_abort, a kill), and no code of that
+-- thread runs then: the next reservation in this worker gives back what a dead thread held, so
+-- the requests after it do not wait for a turn no one takes. Strong keys: a dead thread stays
+-- here until then.
+local held = {}
+
+-- Whether a light thread has ended: "zombie" (OpenResty's) until its parent waits for it.
+local function ended(co)
+  local status = coroutine.status(co)
+  return status == "dead" or status == "zombie"
+end
+
+local function reclaim()
+  for co, give_back in pairs(held) do
+    if ended(co) then
+      held[co] = nil
+      give_back()
+    end
+  end
+end
+
+-- A task whose light thread nginx ended (its request or timer ended, ngx.exit, a client gone
+-- under lua_check_client_abort) without its end being recorded: cancelled now, so that joins,
+-- counts and client:run do not wait for it.
+local function settle(task)
+  local thread = task._thread
+  if task._status == "running" and thread and ended(thread) then
+    finish(task, "cancelled", nil, Error.new { code = "cancelled", retryable = false,
+      message = "nginx ended the task's light thread (the request or timer it belonged to ended)",
+      may_have_run = task._req and sending[task._req] or nil })
+  end
+end
+
 -- Carries a request built by loop.submit to its end: admission, attempts, retries.
 -- The trace hook sees each step's events as the libcurl loop's do (fly.trace).
 local function carry(client, req)
@@ -182,14 +217,18 @@ local function carry(client, req)
   -- when that attempt never goes out (the request ended while it waited, or its connection
   -- could not be made)
   local holds = false
-  local function admit(penalize)
-    local wait, took = bucket_wait(client, req, key, rate, burst, margin, penalize)
-    holds = took
-    req:_admit(wait)
-  end
+  local co = coroutine.running()
   local function give_back()
+    held[co] = nil
     if holds then buckets_of(client):refund(key, rate, burst) end
     holds = false
+  end
+  local function admit(penalize)
+    reclaim()
+    local wait, took = bucket_wait(client, req, key, rate, burst, margin, penalize)
+    holds = took
+    if took then held[co] = give_back end
+    req:_admit(wait)
   end
   if key and not done_fn(req) then admit(false) end
   drain(client)
@@ -202,6 +241,7 @@ local function carry(client, req)
       if req:_admit(0) == "done" then break end
       local w = req:_wire()
       sending[req] = true -- from here a cancel may leave it running on the server
+      held[co] = nil -- and a thread ended meanwhile may have used its token
       local res, err = http.send(w, http_options(w)) -- the phase was checked by loop.submit
       sending[req] = nil
       if res or err.sent then holds = false end -- it may have reached the server: used
@@ -284,6 +324,7 @@ function loop.spawn(client, fn, ...)
   local st = state(client)
   st.tasks[task] = true
   st.count = st.count + 1
+  task._parent = coroutine.running() -- the only thread that may wait for (and so free) its thread
   local thread, err = ngx.thread.spawn(run, task, fn, pack(...))
   if not thread then
     finish(task, "failed", nil, Error.new { code = "task_failed", message = tostring(err) })
@@ -298,6 +339,7 @@ function Task:join(timeout)
   task_base.check_join(self, timeout, running_task())
   if self._status == "running" then phase.check(user_level()) end
   local deadline = timeout and (now() + timeout)
+  settle(self)
   while self._status == "running" do
     local left = deadline and (deadline - now()) or 60
     if left <= 0 then return nil, task_base.timeout() end
@@ -311,6 +353,14 @@ function Task:join(timeout)
     if me then me._waits_on = nil end
     self._joiners[sema] = nil
     check_cancelled()
+    settle(self)
+  end
+  -- nginx keeps an ended light thread (and what it holds) until its parent waits for it or the
+  -- request ends: the parent joining it frees it, so a long handler or timer does not pile them up
+  local thread = self._thread
+  if thread and self._parent == coroutine.running() and ended(thread) then
+    self._thread = nil
+    pcall(ngx.thread.wait, thread)
   end
   return self:result()
 end
@@ -327,8 +377,12 @@ local function cancel(self)
   if thread and task_of[coroutine.running()] ~= self then
     -- only the thread that spawned it may kill it (and not in every phase); otherwise it stops
     -- at once if it sleeps or waits for a join, else when its exchange in flight ends
-    local _, killed = pcall(ngx.thread.kill, thread)
-    if not killed and self._waits_on then self._waits_on:post(1) end
+    local ok, killed = pcall(ngx.thread.kill, thread)
+    if ok and killed then
+      reclaim() -- a token it held for an attempt not sent goes back
+    elseif self._waits_on then
+      self._waits_on:post(1)
+    end
   end
   task_base.run_cascade(self, err) -- the tasks that go with it (map's workers)
   -- what the task left to clean up (a lease to release, …) runs as tasks of its own
@@ -366,8 +420,13 @@ loop.shield = task_base.shield
 --- Waits until a task of the client finishes or `wait` seconds pass (0: lets the other
 -- light threads run once).
 -- @return the number of unfinished tasks
+local function settle_all(st)
+  for task in pairs(st.tasks) do settle(task) end
+end
+
 function loop.drive(client, wait)
   local st = state(client)
+  settle_all(st)
   if st.count - st.background == 0 then return 0 end
   phase.check(user_level())
   if not wait or wait <= 0 then
@@ -386,6 +445,7 @@ end
 function loop.count(client, all)
   local st = client:_state().ngx_loop
   if not st then return 0 end
+  settle_all(st)
   return all and st.count or st.count - st.background
 end
 
