@@ -245,6 +245,6 @@ check-redis-asan: setup build/spec/slow-resolver.so
 	@FLY_SPEC_REDIS_DRIVER="$(CURDIR)/build/asan/redis-driver" \
 	  ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=66" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
 	  LSAN_OPTIONS="suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0" \
-	  $(LUA) /usr/bin/busted spec/redis_spec.lua
+	  $(LUA) /usr/bin/busted --tags=driver spec/redis_spec.lua spec/redis_hostile_spec.lua
 
 .PHONY: check-redis-asan

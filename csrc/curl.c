@@ -155,6 +155,16 @@ static struct curl_slist *to_slist(const fly_strlist *l, int body, int *ok) {
   return s;
 }
 
+/* Doubles the room for sockets to wait on; 0 when out of memory. */
+static int socks_grow(struct fly_curl *t) {
+  int cap = t->socks_cap ? t->socks_cap * 2 : 16;
+  struct pollfd *n = realloc(t->socks, (size_t)cap * sizeof *n);
+  if (!n) return 0;
+  t->socks = n;
+  t->socks_cap = cap;
+  return 1;
+}
+
 /* CURLMOPT_SOCKETFUNCTION: libcurl tells what to wait for on a socket. Only
  * the client's socket table changes; -1 (out of memory) aborts the transfers. */
 static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sockp) {
@@ -171,13 +181,7 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *sockp) 
     return 0;
   }
   if (i < 0) {
-    if (t->nsocks == t->socks_cap) {
-      int cap = t->socks_cap ? t->socks_cap * 2 : 16;
-      struct pollfd *n = realloc(t->socks, (size_t)cap * sizeof *n);
-      if (!n) return -1;
-      t->socks = n;
-      t->socks_cap = cap;
-    }
+    if (t->nsocks == t->socks_cap && !socks_grow(t)) return -1;
     i = t->nsocks++;
     t->socks[i].fd = s;
     curl_multi_assign(t->multi, s, (void *)(intptr_t)(i + 1));
@@ -858,7 +862,19 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
   int limited = b->end < INFINITY;
   for (fly_request *r = c->queue, *next; r; r = next) {
     next = r->qnext; /* r may leave the queue, and no other request does meanwhile */
-    if (r->admitting) continue;
+    if (r->admitting) { /* waits for the shared limiter's answer, within its deadline */
+      if (r->kind != KIND_HTTP || fly_request_fits(r, now)) continue;
+      if (!room(L, t)) break;
+      if (!may_begin(b, STAGE_LAUNCH)) {
+        t->backlog = 1;
+        break;
+      }
+      begin(b, STAGE_LAUNCH);
+      /* its admission is cancelled as it finishes: a token Redis takes for it goes back */
+      fly_request_out_of_time(r, "the shared rate limiter did not answer before the deadline");
+      deliver(L, r, finished);
+      continue;
+    }
     /* past its deadline, or a retry due with less time left than its last attempt took */
     int expired = r->kind == KIND_HTTP && !fly_request_fits(r, r->ready_at > now ? r->ready_at : now);
     if (!expired && r->ready_at > now) continue;
@@ -900,7 +916,11 @@ static void launch_ready(lua_State *L, fly_client *c, int *finished, budget *b) 
 static double earliest(fly_client *c) {
   double next = INFINITY, now = fly_now();
   for (fly_request *r = c->queue; r; r = r->qnext) {
-    if (r->admitting) continue;
+    if (r->admitting) { /* only its deadline: the limiter's answer comes on its socket */
+      double latest = r->kind == KIND_HTTP ? fly_request_latest(r) : INFINITY;
+      if (latest < next) next = latest;
+      continue;
+    }
     double t = r->held && r->ready_at <= now ? now + HOLD_RECHECK : r->ready_at;
     if (r->kind == KIND_HTTP && r->retry.deadline > 0 && r->retry.deadline < t) t = r->retry.deadline;
     if (t < next) next = t;
@@ -941,12 +961,13 @@ static double budget_end(double seconds) { return seconds < INFINITY ? fly_now()
  * from the step's start (asking the kernel which sockets are ready counts). */
 static void act_on_sockets(struct fly_curl *t, int wait_ms, double seconds, budget *b, struct pollfd *extra) {
   int n, waits = wait_ms > 0;
+  if (extra && t->nsocks == t->socks_cap) socks_grow(t); /* a spare slot for it */
   if (extra && t->nsocks < t->socks_cap) { /* the extra socket rides in the spare slot */
     t->socks[t->nsocks] = *extra;
     n = poll(t->socks, (nfds_t)t->nsocks + 1, wait_ms);
     extra->revents = n > 0 ? t->socks[t->nsocks].revents : 0;
     if (extra->revents) n--;
-  } else if (extra) { /* no spare slot (none allocated yet, or full): the extra socket alone first */
+  } else if (extra) { /* no spare slot (out of memory): the extra socket alone first */
     n = poll(extra, 1, t->nsocks ? 0 : wait_ms);
     if (n > 0) wait_ms = 0; /* something to do already */
     n = t->nsocks ? poll(t->socks, (nfds_t)t->nsocks, wait_ms) : 0;

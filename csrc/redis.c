@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <math.h>
@@ -28,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* The reservation, atomic on the server. KEYS[1]: the bucket, holding its
  * theoretical arrival time (TAT) in microseconds of the server's clock.
@@ -122,6 +124,10 @@ typedef struct resolution {
 
 struct fly_redis {
   redisAsyncContext *ac; /* owned; NULL while disconnected */
+  /* owned: reads what the connection's reader reads, to count whole answers before hiredis
+     matches them with their commands (see handle_read); one per connection */
+  redisReader *counter;
+  size_t unanswered; /* bytes read since the counter last completed an answer */
   int want_read, want_write;
   /* where */
   char *host;        /* owned; NULL for a Unix socket */
@@ -427,7 +433,11 @@ static void on_setup(redisAsyncContext *ac, void *reply, void *privdata) {
   if (!rep) return;
   if (rep->type == REDIS_REPLY_ERROR) {
     char why[160];
-    snprintf(why, sizeof why, "%s: %.100s", what, rep->str);
+    if (strcmp(what, "AUTH") == 0) { /* only its code: a server may quote the command's arguments */
+      size_t code = strcspn(rep->str, " \t\r\n");
+      snprintf(why, sizeof why, "AUTH: refused (%.*s)", (int)(code < 32 ? code : 32), rep->str);
+    } else
+      snprintf(why, sizeof why, "%s: %.100s", what, rep->str);
     request_drop(r, why);
   } else if (strcmp(what, "SCRIPT LOAD") == 0 &&
              (rep->type != REDIS_REPLY_STRING || strcmp(rep->str, r->sha) != 0)) {
@@ -442,6 +452,10 @@ static int send_admission(fly_redis *r, pending *p, int full);
 static int took_token(const pending *p, long long delay) {
   return !p->latest[0] || (double)delay < strtod(p->latest, NULL);
 }
+
+/* The longest delay (microseconds) taken from the script: a day. A longer one is no answer of
+ * the script's, whose queue of reservations never gets that long. */
+#define DELAY_MOST_US 86400000000LL
 
 /* The latest (ARGV[4]) no delay is before: the script takes no token. */
 #define NO_TOKEN "-1000000000000000000"
@@ -480,7 +494,7 @@ static void on_admit(redisAsyncContext *ac, void *reply, void *privdata) {
     return;
   }
   if (!p->answered || p->refund) { /* (answer() passes a refund by) */
-    if (rep->type == REDIS_REPLY_INTEGER) {
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer <= DELAY_MOST_US) {
       answer(r, p, FLY_REDIS_GRANTED, (double)rep->integer / 1e6, took_token(p, rep->integer), r->io_now);
     } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 && !p->retried &&
                !r->drop) {
@@ -494,6 +508,7 @@ static void on_admit(redisAsyncContext *ac, void *reply, void *privdata) {
     } else {
       char why[160];
       if (rep->type == REDIS_REPLY_ERROR) snprintf(why, sizeof why, "EVALSHA: %.100s", rep->str);
+      else if (rep->type == REDIS_REPLY_INTEGER) snprintf(why, sizeof why, "EVALSHA: a delay of %lld us", rep->integer);
       else snprintf(why, sizeof why, "EVALSHA: unexpected answer of type %d", rep->type);
       request_drop(r, why);
       answer(r, p, FLY_REDIS_LOCAL, 0, 0, r->io_now);
@@ -585,6 +600,14 @@ static int connect_now(fly_redis *r, double now, const char *addr) {
     snprintf(why, sizeof why, "%s", ac->errstr);
     redisAsyncFree(ac);
     mark_down(r, why, now);
+    return 0;
+  }
+  if (r->counter) redisReaderFree(r->counter);
+  r->counter = redisReaderCreate();
+  r->unanswered = 0;
+  if (!r->counter) {
+    redisAsyncFree(ac);
+    mark_down(r, "out of memory", now);
     return 0;
   }
   r->ac = ac;
@@ -745,7 +768,74 @@ void fly_redis_connect(fly_redis *r, double now) {
   else mark_down(r, why, now);
 }
 
-static void handle_read(redisAsyncContext *ac) { redisAsyncHandleRead(ac); }
+/* hiredis's own, which 0.14's header does not declare: matches the answers its reader holds with
+   their commands' callbacks (what redisAsyncHandleRead does after reading). */
+void redisProcessCallbacks(redisAsyncContext *ac);
+
+/* The most bytes one answer may take before it is whole: the script's answers are integers, the
+ * setup's a few words (an error a line); more is no answer of a Redis running the script, and is
+ * not buffered. */
+#define ANSWER_MOST 4096
+/* Reads at most this many times 16 KB in one turn (answers that came while the loop was busy). */
+#define READS_MOST 64
+
+static int commands_waiting(const redisAsyncContext *ac) {
+  int n = 0;
+  for (const redisCallback *cb = ac->replies.head; cb; cb = cb->next) n++;
+  return n;
+}
+
+/* Reads what the server sent, as redisAsyncHandleRead would, but counts the whole answers first
+ * (r->counter reads the same bytes): hiredis 0.14 aborts the process (an assert) on an answer
+ * that no command waits for, which a server that is not a sound Redis may send, and buffers an
+ * answer of any announced length. Either drops the connection instead (the admissions in flight
+ * fall back to the local buckets). Reads until the socket has nothing more (at most READS_MOST
+ * times), so that answers that came while the loop was busy are all read before the oldest
+ * admission is judged overdue. */
+static void handle_read(redisAsyncContext *ac) {
+  fly_redis *r = ac->ev.data;
+  if (!(ac->c.flags & REDIS_CONNECTED)) { /* the connection's outcome: nothing to read yet */
+    redisAsyncHandleRead(ac);
+    return;
+  }
+  for (int k = 0; k < READS_MOST && r->ac == ac && !r->drop; k++) {
+    char buf[16 * 1024];
+    ssize_t n = read(ac->c.fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n <= 0) { /* closed, or failed: hiredis ends the connection its way (its read fails again) */
+      redisAsyncHandleRead(ac);
+      return;
+    }
+    if (redisReaderFeed(r->counter, buf, (size_t)n) != REDIS_OK ||
+        redisReaderFeed(ac->c.reader, buf, (size_t)n) != REDIS_OK) {
+      request_drop(r, "out of memory");
+      return;
+    }
+    int whole = 0;
+    void *reply;
+    while (redisReaderGetReply(r->counter, &reply) == REDIS_OK && reply) {
+      freeReplyObject(reply);
+      whole++;
+    }
+    if (r->counter->err) {
+      request_drop(r, "an answer that is not in Redis's protocol");
+      return;
+    }
+    if (whole > commands_waiting(ac)) {
+      request_drop(r, "an answer to no command");
+      return;
+    }
+    r->unanswered = whole ? r->counter->len - r->counter->pos : r->unanswered + (size_t)n;
+    if (r->unanswered > ANSWER_MOST) {
+      request_drop(r, "an answer longer than any the limiter asks for");
+      return;
+    }
+    r->want_read = 1;
+    redisProcessCallbacks(ac); /* may free the context (a protocol error): r->ac then is not ac */
+    if ((size_t)n < sizeof buf) return;
+  }
+}
 static void handle_write(redisAsyncContext *ac) { redisAsyncHandleWrite(ac); }
 
 void fly_redis_free(fly_redis *r) {
@@ -767,6 +857,7 @@ void fly_redis_free(fly_redis *r) {
     memset(r->password, 0, strlen(r->password));
     free(r->password);
   }
+  if (r->counter) redisReaderFree(r->counter);
   free(r->shown);
   free(r->results);
   free(r);

@@ -31,6 +31,7 @@
  *   grant <n> <wall-clock seconds> <redis|local> <answer latency in microseconds>
  *   warning <text>
  *   stats granted=<n> local=<n> reloads=<n> connects=<n> down=<0|1>
+ *   maxrss <the process's peak resident memory, KB>
  * Exit status 0 when all COUNT were granted. A bad URL: status 2 and the
  * message on stderr. */
 #define _POSIX_C_SOURCE 200809L
@@ -40,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -277,6 +279,8 @@ int main(int argc, char **argv) {
   fly_redis_get_stats(r, &st);
   printf("stats granted=%lu local=%lu reloads=%lu connects=%lu down=%d\n", st.granted, st.local,
          st.reloads, st.connects, st.down);
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) == 0) printf("maxrss %ld\n", ru.ru_maxrss);
   fflush(stdout);
   fly_redis_free(r);
   free(slots);
