@@ -794,9 +794,9 @@ static int commands_waiting(const redisAsyncContext *ac) {
  * admission is judged overdue. */
 static void handle_read(redisAsyncContext *ac) {
   fly_redis *r = ac->ev.data;
-  if (!(ac->c.flags & REDIS_CONNECTED)) { /* the connection's outcome: nothing to read yet */
-    redisAsyncHandleRead(ac);
-    return;
+  if (!(ac->c.flags & REDIS_CONNECTED)) { /* hiredis completes (or fails) the connection, and reads nothing */
+    redisAsyncHandleWrite(ac);
+    if (r->ac != ac || !(ac->c.flags & REDIS_CONNECTED)) return;
   }
   for (int k = 0; k < READS_MOST && r->ac == ac && !r->drop; k++) {
     char buf[16 * 1024];

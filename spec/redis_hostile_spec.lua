@@ -52,6 +52,10 @@ describe("the shared rate limiter against a server that is not a sound Redis #dr
     falls_back("double", "an answer to no command")
   end)
 
+  it("answers before any command, as the connection opens: falls back", function()
+    falls_back("greeting", "an answer to no command")
+  end)
+
   it("a delay of 285,000 years: falls back instead of waiting for it", function()
     falls_back("huge", "EVALSHA: a delay of 9000000000000000000 us")
   end)

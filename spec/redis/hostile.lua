@@ -11,6 +11,7 @@
 --   endless    a bulk string announced as 2 GB, then its bytes, 64 KB at a time, until the
 --              client goes
 --   silent     nothing
+--   greeting   :0 as it is served, before any command (then as Redis)
 -- and `auth-echo` answers AUTH with an error that quotes its arguments, as a server without
 -- AUTH does ("ERR unknown command 'AUTH', with args beginning with: '<password>'").
 local socket = require "socket"
@@ -46,6 +47,7 @@ local function command(c)
 end
 
 local function serve(c)
+  if mode == "greeting" then c:send((":0\r\n"):rep(10)) end
   while true do
     local args = command(c)
     if not args then return end
