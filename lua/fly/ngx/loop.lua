@@ -417,13 +417,14 @@ function loop.background(client, task) task_base.background(state(client), task)
 
 loop.shield = task_base.shield
 
---- Waits until a task of the client finishes or `wait` seconds pass (0: lets the other
--- light threads run once).
--- @return the number of unfinished tasks
+-- Settles every task of the client's state whose light thread nginx ended.
 local function settle_all(st)
   for task in pairs(st.tasks) do settle(task) end
 end
 
+--- Waits until a task of the client finishes or `wait` seconds pass (0: lets the other
+-- light threads run once).
+-- @return the number of unfinished tasks
 function loop.drive(client, wait)
   local st = state(client)
   settle_all(st)
