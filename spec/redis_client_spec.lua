@@ -415,6 +415,21 @@ describe("rate_limit.redis", function()
     c:close()
   end)
 
+  it("reads every answer that came while the loop did not look, however many, before judging", function()
+    -- 3,000 admissions on one bucket (a place each, 1 a second: none starts), answered while the
+    -- program is busy past redis_timeout: more answers than one read of hiredis's takes
+    local name = "batch-" .. math.floor(socket.gettime() * 1000)
+    local warned = {}
+    local c = H.client { rate_limit = { redis = url(), Apps_show = { rate = 1, burst = 1 } },
+      trace = function(e) if e.kind == "limiter" then warned[#warned + 1] = e.message end end }
+    for _ = 1, 3000 do c:_submit("Apps_show", { app_name = name }) end
+    socket.sleep(0.3)
+    c:_step(0)
+    c:call("Apps_show", { app_name = name .. "-after" }) -- (a call that returns tells the trace hook)
+    assert.same({}, warned)
+    c:close()
+  end)
+
   it("falls back when Redis does not answer or is not there, and rejects bad URLs at fly.new", function()
     local c = H.client { rate_limit = { redis = url() } }
     assert(c.apps:get(app))
