@@ -38,6 +38,9 @@ Machines.DEFAULT_WAIT_TIMEOUT = 300
 Machines.MAX_POLL = 60
 --- How long a wait tolerates 404 (eventual consistency after create), seconds.
 Machines.DEFAULT_NOT_FOUND_GRACE = 5
+--- How long past its deadline a wait's reads of the machine (after a 408 on a wait scoped to a
+-- version, and at the end) may go on, seconds: they do not wait for the client's `timeout`.
+Machines.WAIT_READ_GRACE = 5
 
 -- Operations that change a machine: they carry the lease nonce when one is held
 -- (API-NOTES: every mutating call on a leased machine must send it).
@@ -325,9 +328,10 @@ local function other_version(id, states, version, m, timeout)
   end
 end
 
--- The machine now, for a wait: the answer must come `within` seconds (the wait's own deadline
--- and its 0.25 s margin), whatever the client's timeout.
-local function show(c, app, id, within, d)
+-- The machine now, for a wait whose deadline is `deadline`: by WAIT_READ_GRACE past it, or
+-- within 1 s when that has passed, whatever the client's timeout.
+local function show(c, app, id, deadline, d)
+  local within = math.max(deadline + Machines.WAIT_READ_GRACE - now(), 1)
   local m, err = call(c, "Machines_show", { app_name = app, machine_id = id },
     { attempts = 1, timeout = within, deadline = within }, d + 1)
   if type(m) == "table" then return m end
@@ -389,7 +393,7 @@ local function wait(c, app, id, opts, name, d)
     elseif own_408(err) then -- not there yet: poll again, unless this version is gone
       first_404, failures = nil, 0
       if version then
-        local m = show(c, app, id, math.max(deadline - now(), 0) + 0.25, d + 1)
+        local m = show(c, app, id, deadline, d + 1)
         local gone = m and other_version(id, states, version, m)
         if gone then return nil, masked(c, gone) end
       end
@@ -410,8 +414,8 @@ local function wait(c, app, id, opts, name, d)
       c:sleep(pause)
     end
   end
-  -- the overall timeout: report the state the machine is in now, within the 0.25 s margin
-  local m, gone = show(c, app, id, math.max(deadline + 0.25 - now(), 0.001), d + 1)
+  -- the overall timeout: report the state the machine is in now
+  local m, gone = show(c, app, id, deadline, d + 1)
   if not m and wants_destroyed and gone and gone.status == 404 then return "destroyed", version end
   if m and version then
     local e = other_version(id, states, version, m, timeout)
